@@ -1,0 +1,1 @@
+"""decodekit: exact, fast decoding for neural sequence models."""

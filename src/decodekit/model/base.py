@@ -1,0 +1,63 @@
+"""The contract between the engine and a model.
+
+A :class:`LanguageModel` prefills a batch of prompts once and then advances rows: after
+``advance(state, parents, tokens)`` new row ``i`` is old row ``parents[i]`` extended by
+``tokens[i]``. Beam reordering, beam expansion and sample fan-out are all expressed this way,
+so a prompt's cache is shared by its beams and never prefilled twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class DecodeState:
+    """What a model keeps between calls for one batch of rows. Mutated by the model only.
+
+    ``logits``: ``(rows, vocab)`` float32 next-token logits of every row.
+    ``prompt_length``: padded prompt length (decoder-only) or decoder start length; positions
+    ``[0, prompt_length)`` of the cache are identical for all rows of one prompt.
+    ``row_prompt``: ``(rows,)`` index of the prompt each row belongs to.
+    ``extra``: the model's own bookkeeping (cache, masks, encoder outputs).
+    """
+
+    logits: torch.Tensor
+    prompt_length: int
+    row_prompt: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.logits.shape[0]
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A next-token model the engine can drive."""
+
+    vocab_size: int
+    """Width of the logits (may exceed the tokenizer's vocabulary: padded embeddings)."""
+    max_length: int | None
+    """Longest sequence (prompt + new tokens) the model can attend over, or None if unbounded."""
+    is_encoder_decoder: bool
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+
+    def start(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
+        """Prefill every prompt once; ``state.logits`` holds each prompt's next-token logits."""
+        ...
+
+    def select(self, state: DecodeState, rows: torch.Tensor) -> None:
+        """Reindex rows without adding a token: new row i = old row ``rows[i]`` (fan-out)."""
+        ...
+
+    def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
+        """New row i = old row ``parents[i]`` (identity if None) extended by ``tokens[i]``.
+
+        ``parents`` must keep each row within its prompt. Updates ``state.logits``.
+        """
+        ...

@@ -1,0 +1,85 @@
+"""The strategy contract: a strategy decides, the engine drives the model.
+
+A :class:`Strategy` is a small frozen config object. ``strategy.begin(context)`` returns a
+:class:`Search`, the mutable per-call state; the engine calls ``search.step(scores, t)`` once
+per model forward and gets back a typed :class:`Step`. A search never calls the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from decodekit.logits.base import ProcessorList
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decoding decision for every live row.
+
+    ``parents``: ``(rows,)`` int64, new row i continues old row ``parents[i]``; ``None`` means
+    row i continues row i (greedy, sampling). ``tokens``: ``(rows,)`` int64 appended tokens.
+    ``done``: ``()`` bool tensor, True when no row needs another token.
+    """
+
+    parents: torch.Tensor | None
+    tokens: torch.Tensor
+    done: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One finished output of a search (host data, built once at the end)."""
+
+    token_ids: list[int]
+    token_logprobs: list[float]
+    logprob: float
+    score: float
+    finish_reason: str
+    group: int = 0
+    group_score: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What a search needs to know about the call (all tensors on the model's device)."""
+
+    batch_size: int
+    max_new_tokens: int
+    eos_token_ids: torch.Tensor  # (n_eos,) int64, may be empty
+    pad_token_id: int
+    device: torch.device
+    generator: torch.Generator | None = None
+    warpers: ProcessorList | None = None
+    input_embeddings: torch.Tensor | None = None
+
+
+class Search(Protocol):
+    width: int
+    """Rows per prompt (1 for greedy, n for sampling, beams for beam search)."""
+    scores_are_logprobs: bool
+    """True: the engine passes processed log-probs (beam search); False: processed logits."""
+
+    def step(self, scores: torch.Tensor, t: int) -> Step:
+        """Decide step ``t`` (0-based count of generated tokens) from ``(rows, vocab)`` scores."""
+        ...
+
+    def stop_rows(self, rows: torch.Tensor) -> None:
+        """Mark rows (``(rows,)`` bool) finished by a stop string after the last step."""
+        ...
+
+    def finish(self) -> list[list[Hypothesis]]:
+        """The hypotheses of each prompt, best first. Called once, after the last step."""
+        ...
+
+
+class Strategy(Protocol):
+    name: str
+
+    def validate(self) -> None:
+        """Raise :class:`~decodekit.errors.ConfigError` for a bad setting."""
+        ...
+
+    def begin(self, context: SearchContext) -> Search: ...

@@ -1,0 +1,184 @@
+"""Beam search with transformers' semantics, and beam sampling.
+
+Per step, for each prompt: keep the top ``C = max(2, 1 + #eos) * K`` continuations of the K
+running beams; the best K that did not just finish keep running; those among the first K
+candidates that finished (EOS, or the length limit) compete, length-normalised, for the K slots
+of the finished pool. ``early_stopping`` decides when a prompt is done:
+
+- ``True``: as soon as K hypotheses finished;
+- ``False``: when the best running beam, normalised at its *current* length, cannot beat the
+  worst finished one (transformers' heuristic);
+- ``"never"``: the same test at the best *possible* length (the canonical, exact stop when the
+  length penalty is positive).
+
+Everything is a tensor of shape ``(batch, K, ...)``; there is no Python loop over beams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from decodekit.errors import check
+from decodekit.scoring.length import LengthPenalty
+from decodekit.search.base import Hypothesis, SearchContext, Step
+from decodekit.search.sampling import Sampling
+
+_MASKED = -1.0e9  # the additive mask transformers uses; kept identical for score parity
+
+
+def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Gather along dim 1 of ``(batch, n, ...)`` with ``(batch, m)`` indices."""
+    while index.dim() < tensor.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(tensor, index, dim=1)
+
+
+@dataclass(frozen=True)
+class BeamSearch:
+    """Beam search returning an n-best list. ``sampler`` turns it into beam sampling
+    (candidates drawn without replacement from the accumulated scores, as transformers)."""
+
+    name: ClassVar[str] = "beam"
+    num_beams: int = 4
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0
+    length_penalty_form: str = "exponent"
+    early_stopping: bool | str = False
+    sampler: Sampling | None = field(default=None)
+
+    @property
+    def penalty(self) -> LengthPenalty:
+        return LengthPenalty(self.length_penalty, self.length_penalty_form)
+
+    def validate(self) -> None:
+        check(isinstance(self.num_beams, int) and self.num_beams >= 1, "num_beams", self.num_beams, "an integer >= 1")
+        check(
+            isinstance(self.num_return_sequences, int) and 1 <= self.num_return_sequences <= self.num_beams,
+            "num_return_sequences",
+            self.num_return_sequences,
+            f"an integer in [1, num_beams={self.num_beams}]",
+        )
+        check(self.early_stopping in (True, False, "never"), "early_stopping", self.early_stopping, "True, False or 'never'")
+        self.penalty.validate()
+        if self.sampler is not None:
+            self.sampler.validate()
+            check(self.sampler.n == 1, "sampler.n", self.sampler.n, "1 (beam sampling keeps num_beams rows)")
+
+    def begin(self, context: SearchContext) -> BeamSearchRun:
+        return BeamSearchRun(self, context)
+
+
+class BeamSearchRun:
+    """The running state of one beam search call; ``step`` mutates it."""
+
+    scores_are_logprobs = True
+
+    def __init__(self, config: BeamSearch, context: SearchContext, num_beams: int | None = None):
+        self.config, self.context = config, context
+        self.width = K = num_beams or config.num_beams
+        B, M, device = context.batch_size, context.max_new_tokens, context.device
+        self.penalty = config.penalty
+        self.warpers = config.sampler.warpers() if config.sampler is not None else None
+        self.candidates = max(2, 1 + context.eos_token_ids.numel()) * K
+        # running beams; only beam 0 is live at the start so the K beams do not duplicate
+        self.running_scores = torch.zeros((B, K), device=device)
+        self.running_scores[:, 1:] = _MASKED
+        self.running_tokens = torch.full((B, K, M), context.pad_token_id, dtype=torch.long, device=device)
+        self.running_logprobs = torch.zeros((B, K, M), device=device)
+        # finished pool, best first
+        self.pool_scores = torch.full((B, K), _MASKED, device=device)
+        self.pool_logprob = torch.zeros((B, K), device=device)
+        self.pool_tokens = self.running_tokens.clone()
+        self.pool_logprobs = self.running_logprobs.clone()
+        self.pool_lengths = torch.zeros((B, K), dtype=torch.long, device=device)
+        self.pool_finished = torch.zeros((B, K), dtype=torch.bool, device=device)
+        self.can_improve = torch.ones((B, 1), dtype=torch.bool, device=device)
+        self.top_k_mask = torch.arange(self.candidates, device=device) < K
+        self.row_offset = torch.arange(B, device=device)[:, None] * K
+
+    def _select(self, accumulated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, K*V)`` accumulated scores -> the C candidates' (scores, flat indices)."""
+        if self.warpers is None:
+            return torch.topk(accumulated, self.candidates, dim=-1)
+        probs = accumulated.softmax(-1)
+        index = torch.multinomial(probs, self.candidates, replacement=False, generator=self.context.generator)
+        return accumulated.gather(1, index), index
+
+    def step(self, scores: torch.Tensor, t: int) -> Step:
+        """``scores``: ``(B*K, V)`` processed log-probs of the running beams."""
+        B, K, M = self.context.batch_size, self.width, self.context.max_new_tokens
+        if self.warpers is not None:
+            scores = self.warpers(None, scores)
+        V = scores.shape[-1]
+        step_logprobs = scores.view(B, K * V)
+        accumulated = (scores.view(B, K, V) + self.running_scores[:, :, None]).view(B, K * V)
+
+        # 1. the C best (or sampled) continuations
+        cand_scores, cand_index = self._select(accumulated)
+        cand_beam, cand_token = cand_index // V, cand_index % V
+        cand_logprob = step_logprobs.gather(1, cand_index)
+        hits = torch.isin(cand_token, self.context.eos_token_ids) | (t + 1 >= M)
+        cand_tokens = _take(self.running_tokens, cand_beam)
+        cand_tokens[:, :, t] = cand_token
+        cand_logprobs = _take(self.running_logprobs, cand_beam)
+        cand_logprobs[:, :, t] = cand_logprob
+
+        # 2. the K best unfinished candidates keep running
+        running = cand_scores + hits.float() * _MASKED
+        keep = torch.topk(running, K, dim=-1).indices
+        parents = _take(cand_beam, keep)
+        tokens = _take(cand_token, keep)
+        self.running_scores = _take(running, keep)
+        self.running_tokens = _take(cand_tokens, keep)
+        self.running_logprobs = _take(cand_logprobs, keep)
+
+        # 3. finished candidates among the first K compete for the pool
+        just_finished = hits & self.top_k_mask
+        finished_scores = cand_scores / self.penalty(t + 1)
+        if self.config.early_stopping is True:
+            pool_full = self.pool_finished.all(-1, keepdim=True)
+            finished_scores = finished_scores + pool_full.float() * _MASKED
+        finished_scores = finished_scores + (~self.can_improve).float() * _MASKED
+        finished_scores = finished_scores + (~just_finished).float() * _MASKED
+        merged = torch.cat([self.pool_scores, finished_scores], dim=1)
+        pick = torch.topk(merged, K, dim=-1).indices
+        lengths = torch.full_like(cand_beam, t + 1)
+        self.pool_scores = _take(merged, pick)
+        self.pool_logprob = _take(torch.cat([self.pool_logprob, cand_scores], dim=1), pick)
+        self.pool_tokens = _take(torch.cat([self.pool_tokens, cand_tokens], dim=1), pick)
+        self.pool_logprobs = _take(torch.cat([self.pool_logprobs, cand_logprobs], dim=1), pick)
+        self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=1), pick)
+        self.pool_finished = _take(torch.cat([self.pool_finished, just_finished], dim=1), pick)
+
+        # 4. can a running beam still beat the worst finished hypothesis?
+        never = self.config.early_stopping == "never" and self.penalty.favors_long
+        best_length = M if never else t + 1
+        best_possible = self.running_scores[:, :1] / self.penalty(best_length)
+        worst = torch.where(self.pool_finished, self.pool_scores.min(1, keepdim=True).values, _MASKED)
+        self.can_improve &= (best_possible > worst).any(-1, keepdim=True)
+        done = ~self.can_improve.any() | hits.all()
+        if self.config.early_stopping is True:
+            done |= self.pool_finished.all()
+        return Step((parents + self.row_offset).view(-1), tokens.view(-1), done)
+
+    def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("stop strings are checked by the engine only for per-row searches")
+
+    def finish(self) -> list[list[Hypothesis]]:
+        n = self.config.num_return_sequences
+        scores, logprob = self.pool_scores[:, :n].tolist(), self.pool_logprob[:, :n].tolist()
+        lengths, tokens = self.pool_lengths[:, :n].tolist(), self.pool_tokens[:, :n].tolist()
+        logprobs = self.pool_logprobs[:, :n].tolist()
+        eos = set(self.context.eos_token_ids.tolist())
+        out = []
+        for b in range(self.context.batch_size):
+            hyps = []
+            for k in range(n):
+                ids = tokens[b][k][: lengths[b][k]]
+                reason = "eos" if ids and ids[-1] in eos else "length"
+                hyps.append(Hypothesis(ids, logprobs[b][k][: lengths[b][k]], logprob[b][k], scores[b][k], reason))
+            out.append(hyps)
+        return out

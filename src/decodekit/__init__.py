@@ -1,1 +1,33 @@
-"""decodekit: exact, fast decoding for neural sequence models."""
+"""decodekit: exact, fast decoding for neural sequence models.
+
+>>> import decodekit
+>>> decoder = decodekit.load()                       # the embedded code model
+>>> decoder.generate("def fibonacci(n):", decodekit.BeamSearch(num_beams=4)).text
+"""
+
+from decodekit.api import Decoder, load, make_strategy
+from decodekit.errors import ConfigError, DecodeKitError, InputError, NumericalError
+from decodekit.options import DecodeOptions
+from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
+from decodekit.scoring.length import LengthPenalty
+from decodekit.search.beam import BeamSearch
+from decodekit.search.sampling import Greedy, Sampling
+
+__all__ = [
+    "BeamSearch",
+    "ConfigError",
+    "DecodeKitError",
+    "DecodeOptions",
+    "Decoder",
+    "GeneratedSequence",
+    "GenerationResult",
+    "Greedy",
+    "InputError",
+    "LengthPenalty",
+    "NumericalError",
+    "Sampling",
+    "StreamEvent",
+    "load",
+    "make_strategy",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,234 @@
+"""The public surface: :func:`load`, :meth:`Decoder.generate`, :meth:`Decoder.stream`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decodekit.engine import Decoding
+from decodekit.errors import ConfigError, InputError
+from decodekit.model.base import LanguageModel
+from decodekit.model.hf import HFLanguageModel
+from decodekit.options import DecodeOptions
+from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
+from decodekit.search.base import Hypothesis, Strategy
+from decodekit.search.beam import BeamSearch
+from decodekit.search.sampling import Greedy, Sampling
+from decodekit.stopping import StopStrings
+
+STRATEGIES: dict[str, type] = {"greedy": Greedy, "sample": Sampling, "beam": BeamSearch}
+"""Strategy name -> config class; other modules register theirs here."""
+
+Prompt = str | Sequence[int]
+
+
+def make_strategy(strategy: str | Strategy, **settings: Any) -> Strategy:
+    """A strategy from its name and settings, or the config object itself."""
+    if not isinstance(strategy, str):
+        if settings:
+            raise ConfigError("strategy", strategy, "settings go into the config object, not beside it")
+        return strategy
+    if strategy not in STRATEGIES:
+        raise ConfigError("strategy", strategy, f"one of {', '.join(sorted(STRATEGIES))}")
+    cls = STRATEGIES[strategy]
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in settings:
+        if key not in known:
+            raise ConfigError(key, settings[key], f"a setting of {strategy!r}: one of {', '.join(sorted(known))}")
+    return cls(**settings)
+
+
+def make_options(options: DecodeOptions | None, settings: dict[str, Any]) -> DecodeOptions:
+    if options is not None and settings:
+        raise ConfigError("options", options, "either an options object or keyword settings, not both")
+    if options is not None:
+        return options
+    known = {f.name for f in dataclasses.fields(DecodeOptions)}
+    for key in settings:
+        if key not in known:
+            raise ConfigError(key, settings[key], f"a decoding option: one of {', '.join(sorted(known))}")
+    tupled = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v for k, v in settings.items()}
+    return DecodeOptions(**tupled)
+
+
+class Decoder:
+    """A model (and optionally its tokenizer) ready to decode."""
+
+    def __init__(self, model: LanguageModel, tokenizer=None, name: str | None = None):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        if tokenizer is not None and len(tokenizer) > model.vocab_size:
+            raise InputError(
+                f"tokenizer: its vocabulary has {len(tokenizer)} tokens but the model's logits cover "
+                f"{model.vocab_size}; use the tokenizer the model was trained with"
+            )
+
+    # -- text <-> ids -----------------------------------------------------------------------
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InputError("prompt: an empty string; give at least one character")
+            if self.tokenizer is None:
+                raise InputError("prompt: text needs a tokenizer; pass token ids or load() one")
+            ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            raise InputError("prompt: no tokens; give at least one token")
+        return ids
+
+    def decode_text(self, ids: list[int]) -> str | None:
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _prompts(self, prompts: Prompt | Sequence[Prompt]) -> tuple[list, bool]:
+        single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], int))
+        items = [prompts] if single else list(prompts)
+        if not items:
+            raise InputError("prompts: an empty list; give at least one prompt")
+        return items, single
+
+    def _decoding(self, items, strategy, options, settings, seed=None) -> tuple[Decoding, StopStrings | None]:
+        strategy = make_strategy(strategy)
+        options = make_options(options, settings)
+        if options.stop and self.tokenizer is None:
+            raise ConfigError("stop", options.stop, "stop strings need a tokenizer")
+        stop = StopStrings(self.tokenizer, options.stop) if options.stop else None
+        seed = seed if seed is not None else getattr(strategy, "seed", None)
+        sampler = getattr(strategy, "sampler", None)
+        if seed is None and sampler is not None:
+            seed = sampler.seed
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=getattr(self.model, "device", "cpu")).manual_seed(int(seed))
+        context = {}
+        if hasattr(self.model, "input_embeddings"):
+            context["input_embeddings"] = self.model.input_embeddings
+        ids = [self.encode(p) for p in items]
+        decoding = Decoding(self.model, ids, strategy, options, stop_check=stop, generator=generator, search_context=context)
+        return decoding, stop
+
+    # -- generate / stream ------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        strategy: str | Strategy = "greedy",
+        *,
+        options: DecodeOptions | None = None,
+        seed: int | None = None,
+        **settings: Any,
+    ) -> GenerationResult | list[GenerationResult]:
+        """Decode one prompt (text or token ids) or a list of them.
+
+        ``strategy``: a config object (``Greedy()``, ``Sampling(...)``, ``BeamSearch(...)``, ...)
+        or a name with default settings. ``settings`` are :class:`DecodeOptions` fields
+        (``max_new_tokens=32``, ``stop=["\\n\\n"]``, ...). Returns one
+        :class:`GenerationResult` per prompt (a single one for a single prompt).
+        """
+        items, single = self._prompts(prompts)
+        strategy = make_strategy(strategy)
+        decoding, stop = self._decoding(items, strategy, options, settings, seed)
+        hypotheses = decoding.results()
+        results = [
+            GenerationResult(
+                prompt=item if isinstance(item, str) else None,
+                prompt_token_ids=ids,
+                sequences=[self._sequence(h, stop) for h in hyps],
+                strategy=strategy.name,
+            )
+            for item, ids, hyps in zip(items, decoding.prompts, hypotheses)
+        ]
+        return results[0] if single else results
+
+    def _sequence(self, h: Hypothesis, stop: StopStrings | None) -> GeneratedSequence:
+        text = self.decode_text(h.token_ids)
+        if text is not None and stop is not None and h.finish_reason == "stop":
+            text = stop.trim(text)
+        return GeneratedSequence(h.token_ids, text, h.token_logprobs, h.logprob, h.score, h.finish_reason, h.group)
+
+    def stream(
+        self,
+        prompt: Prompt,
+        strategy: str | Strategy = "greedy",
+        *,
+        options: DecodeOptions | None = None,
+        seed: int | None = None,
+        **settings: Any,
+    ) -> Iterator[StreamEvent]:
+        """Yield a :class:`StreamEvent` per generated token as it is decided (greedy and
+        sampling; with ``n`` samples, ``event.row`` tells them apart)."""
+        strategy = make_strategy(strategy)
+        if not isinstance(strategy, Greedy | Sampling):
+            raise ConfigError("strategy", strategy.name, "greedy or sample (stream); use generate() for beam search")
+        decoding, stop = self._decoding([prompt], strategy, options, settings, seed)
+        search = decoding.search
+        shown = [""] * search.width
+        emitted = [False] * search.width
+        for t, step in enumerate(decoding):
+            tokens, logprobs = step.tokens.tolist(), search.logprobs[:, t].tolist()
+            reasons = search.reason.tolist()
+            for row in range(search.width):
+                if emitted[row]:
+                    continue
+                text = self.decode_text(search.tokens[row, : t + 1].tolist()) or ""
+                if stop is not None and reasons[row] == 3:
+                    text = stop.trim(text)
+                # hold back an incomplete multi-byte character
+                delta = "" if text.endswith("\ufffd") else text[len(shown[row]) :]
+                shown[row] += delta
+                reason = {1: "eos", 3: "stop"}.get(reasons[row])
+                emitted[row] = reason is not None
+                yield StreamEvent(row, t, tokens[row], delta, logprobs[row], reason)
+        for row in range(search.width):
+            if not emitted[row]:
+                yield StreamEvent(row, search.context.max_new_tokens, None, "", None, "length")
+
+
+def _embedded(name: str) -> Path | None:
+    try:
+        from decodekit.models import EMBEDDED_MODELS, embedded_model_path
+    except ImportError:
+        return None
+    return embedded_model_path(name) if name in EMBEDDED_MODELS else None
+
+
+def load(
+    model: str | Path | torch.nn.Module | LanguageModel | None = None,
+    tokenizer=None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> Decoder:
+    """A :class:`Decoder` for an embedded model name (default: the embedded code model), a
+    local transformers checkpoint directory, an already-built transformers model (pass its
+    tokenizer), or any :class:`~decodekit.model.base.LanguageModel`. Never downloads."""
+    if isinstance(model, LanguageModel) and not isinstance(model, torch.nn.Module):
+        return Decoder(model, tokenizer)
+    if isinstance(model, torch.nn.Module):
+        return Decoder(HFLanguageModel(model.to(device)), tokenizer)
+    name = "stdlib-code" if model is None else str(model)
+    path = _embedded(name)
+    if path is None:
+        path = Path(name)
+        if not (path / "config.json").is_file():
+            raise InputError(
+                f"model: {name!r} is neither an embedded model name nor a local directory holding a "
+                "transformers checkpoint (config.json); decodekit never downloads"
+            )
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    local = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(path, **local)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    hf_model = auto.from_pretrained(path, use_safetensors=True, **local, **kwargs).to(device)
+    if tokenizer is None and (path / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(path, **local)
+    return Decoder(HFLanguageModel(hf_model), tokenizer, name=name)

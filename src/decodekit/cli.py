@@ -1,0 +1,143 @@
+"""``decodekit`` command line. ``decodekit generate --help`` lists every flag; each maps onto
+one field of a strategy config or of :class:`~decodekit.options.DecodeOptions`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Iterator
+
+from decodekit.cli_flags import add_config_flags, config_from_flags, reject_unused
+from decodekit.errors import DecodeKitError, InputError
+from decodekit.options import DecodeOptions
+
+EXTENSIONS = ("decodekit.compare",)
+"""Modules that add subcommands through ``register(subparsers)``, when present."""
+
+_GENERAL = {"prompt", "model", "input", "output_format", "batch_size", "strategy", "command", "handler", "beam_sample", "device"}
+
+
+def _strategies() -> dict[str, type]:
+    from decodekit.api import STRATEGIES
+
+    return STRATEGIES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="decodekit", description="Exact, fast decoding for sequence models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="decode prompts with one strategy")
+    gen.add_argument("prompt", nargs="?", help="prompt text; '-' or absent reads stdin (unless --input)")
+    gen.add_argument("--model", default=None, help="embedded model name or local checkpoint directory (default: stdlib-code)")
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--input", default=None, help="JSONL file, one {\"prompt\": ...} per line")
+    gen.add_argument("--output-format", choices=("text", "jsonl"), default="text")
+    gen.add_argument("--batch-size", type=int, default=8, help="prompts decoded together from --input")
+    gen.add_argument("--strategy", default="greedy", help="greedy, sample, beam, ... (see decodekit.api.STRATEGIES)")
+    gen.add_argument("--beam-sample", action="store_true", help="beam sampling: beam search drawing with the sampling flags")
+    seen: set[str] = set()
+    add_config_flags(gen.add_argument_group("decoding options"), DecodeOptions, seen)
+    for name, cls in _strategies().items():
+        add_config_flags(gen.add_argument_group(f"{name} strategy"), cls, seen)
+    gen.set_defaults(handler=run_generate)
+    for module in EXTENSIONS:
+        try:
+            importlib.import_module(module).register(commands)
+        except ModuleNotFoundError:
+            continue
+    return parser
+
+
+def _read_prompts(args: argparse.Namespace) -> tuple[list[str], bool]:
+    if args.input:
+        prompts = []
+        with open(args.input, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise InputError(f"--input line {number}: not JSON ({error.msg})") from None
+                prompt = record.get("prompt") if isinstance(record, dict) else None
+                if not isinstance(prompt, str):
+                    raise InputError(f"--input line {number}: needs a string field \"prompt\"")
+                prompts.append(prompt)
+        return prompts, True
+    if args.prompt is not None and args.prompt != "-":
+        return [args.prompt], False
+    return [sys.stdin.read()], False
+
+
+def make_cli_strategy(args: argparse.Namespace):
+    from decodekit.search.sampling import Sampling
+
+    strategies = _strategies()
+    if args.strategy not in strategies:
+        from decodekit.errors import ConfigError
+
+        raise ConfigError("--strategy", args.strategy, f"one of {', '.join(sorted(strategies))}")
+    cls = strategies[args.strategy]
+    shared = _GENERAL | {f for f in vars(DecodeOptions()).keys()}
+    if args.beam_sample:
+        sampler = config_from_flags(Sampling, args)
+        shared |= set(vars(sampler))
+        strategy = config_from_flags(cls, args)
+        reject_unused(args.strategy, cls, args, shared)
+        import dataclasses
+
+        return dataclasses.replace(strategy, sampler=sampler)
+    reject_unused(args.strategy, cls, args, shared)
+    return config_from_flags(cls, args)
+
+
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import decodekit
+
+    strategy = make_cli_strategy(args)
+    options = config_from_flags(DecodeOptions, args)
+    strategy.validate()
+    prompts, from_file = _read_prompts(args)
+    decoder = decodekit.load(args.model, device=args.device)
+    progress = None
+    if from_file:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(prompts), unit="prompt", file=sys.stderr, disable=None)
+    for batch in _batches(prompts, max(1, args.batch_size)):
+        results = decoder.generate(batch, strategy, options=options)
+        for result in results:
+            if args.output_format == "jsonl":
+                print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+            elif len(result.sequences) == 1:
+                print(result.prompt + (result.text or ""), flush=True)
+            else:
+                for rank, sequence in enumerate(result.sequences, 1):
+                    print(f"# {rank} score={sequence.score:.4f} ({sequence.finish_reason})")
+                    print(result.prompt + (sequence.text or ""), flush=True)
+        if progress is not None:
+            progress.update(len(batch))
+    if progress is not None:
+        progress.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except DecodeKitError as error:
+        print(f"decodekit: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

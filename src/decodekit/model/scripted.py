@@ -1,0 +1,75 @@
+"""A model whose next-token distributions are given by a Python function, for tests.
+
+``next_logprobs(sequence)`` receives a row's whole sequence (prompt + generated, as a tuple)
+and returns the next-token log-probabilities (length ``vocab_size``). Rows are tracked as
+Python tuples, which is fine for a test double and keeps the semantics obvious.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from decodekit.model.base import DecodeState
+
+
+def table_model(
+    vocab_size: int,
+    table: Mapping[tuple[int, ...], Mapping[int, float]],
+    default: Mapping[int, float],
+    prompt_length: int,
+) -> Callable[[tuple[int, ...]], list[float]]:
+    """A ``next_logprobs`` function from probabilities keyed by the *generated* prefix.
+    Tokens missing from a row's mapping get probability 0 (log-prob -inf)."""
+
+    def next_logprobs(sequence: tuple[int, ...]) -> list[float]:
+        probs = table.get(tuple(sequence[prompt_length:]), default)
+        return [math.log(probs[i]) if probs.get(i, 0) > 0 else -math.inf for i in range(vocab_size)]
+
+    return next_logprobs
+
+
+class ScriptedModel:
+    """A :class:`~decodekit.model.base.LanguageModel` driven by a scripted function."""
+
+    is_encoder_decoder = False
+    decoder_start_token_id = None
+
+    def __init__(
+        self,
+        vocab_size: int,
+        next_logprobs: Callable[[tuple[int, ...]], Sequence[float] | torch.Tensor],
+        eos_token_ids: Sequence[int] = (0,),
+        pad_token_id: int | None = None,
+        max_length: int | None = None,
+    ):
+        self.vocab_size, self.next_logprobs = vocab_size, next_logprobs
+        self.eos_token_ids, self.pad_token_id = tuple(eos_token_ids), pad_token_id
+        self.max_length = max_length
+        self.device = torch.device("cpu")
+        self.forward_count = 0
+        self.calls: list[int] = []  # rows per forward, for tests of the engine's economy
+
+    def _logits(self, sequences: list[tuple[int, ...]]) -> torch.Tensor:
+        self.forward_count += 1
+        self.calls.append(len(sequences))
+        rows = [torch.as_tensor(self.next_logprobs(s), dtype=torch.float32) for s in sequences]
+        return torch.stack(rows)
+
+    def start(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
+        sequences = [tuple(p) for p in prompts]
+        width = max(len(p) for p in prompts)
+        return DecodeState(self._logits(sequences), width, torch.arange(len(prompts)), {"sequences": sequences})
+
+    def select(self, state: DecodeState, rows: torch.Tensor) -> None:
+        state.extra["sequences"] = [state.extra["sequences"][i] for i in rows.tolist()]
+        state.logits = state.logits.index_select(0, rows)
+        state.row_prompt = state.row_prompt.index_select(0, rows)
+
+    def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
+        old = state.extra["sequences"]
+        order = parents.tolist() if parents is not None else range(len(old))
+        state.extra["sequences"] = [old[p] + (t,) for p, t in zip(order, tokens.tolist())]
+        state.logits = self._logits(state.extra["sequences"])

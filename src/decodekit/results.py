@@ -1,0 +1,66 @@
+"""Typed results of a decoding call."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class GeneratedSequence:
+    """One output. ``token_ids`` are the generated tokens (the EOS that ended it included);
+    ``token_logprobs[i]`` is token i's log-probability under the processed distribution the
+    strategy scored (before sampling warpers); ``logprob`` is their sum; ``score`` is what the
+    strategy ranked by (equal to ``logprob`` for greedy and sampling, length-normalised for beam
+    search, diversity-penalised for Diverse Beam Search). ``finish_reason`` is one of
+    ``eos``, ``length``, ``stop``, ``constraint``, ``error``."""
+
+    token_ids: list[int]
+    text: str | None
+    token_logprobs: list[float]
+    logprob: float
+    score: float
+    finish_reason: str
+    group: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Everything decoded for one prompt, best first (samples keep their draw order)."""
+
+    prompt: str | None
+    prompt_token_ids: list[int]
+    sequences: list[GeneratedSequence] = field(default_factory=list)
+    strategy: str = ""
+
+    @property
+    def best(self) -> GeneratedSequence:
+        return self.sequences[0]
+
+    @property
+    def text(self) -> str | None:
+        return self.best.text
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt": self.prompt,
+            "prompt_token_ids": self.prompt_token_ids,
+            "strategy": self.strategy,
+            "sequences": [s.to_dict() for s in self.sequences],
+        }
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One streamed token of row ``row`` (sample index); ``text`` is the new text it adds (may
+    be empty while a multi-byte character is incomplete). The last event of a row carries its
+    ``finish_reason``."""
+
+    row: int
+    step: int
+    token_id: int | None
+    text: str
+    logprob: float | None
+    finish_reason: str | None = None

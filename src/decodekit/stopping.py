@@ -1,0 +1,27 @@
+"""Stop strings: a sequence ends as soon as its text contains one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class StopStrings:
+    """Check each row's recent text for stop strings. Only the last ``window`` tokens are
+    decoded per row (a stop string of c characters spans at most c tokens plus split bytes)."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, tuple(stop)
+        self.window = 4 * max(len(s) for s in self.stop) + 4
+
+    def __call__(self, generated: torch.Tensor) -> torch.Tensor:
+        """``(rows, t)`` generated ids -> ``(rows,)`` bool."""
+        tails = generated[:, -self.window :].tolist()
+        hits = [any(s in self.tokenizer.decode(tail) for s in self.stop) for tail in tails]
+        return torch.tensor(hits, dtype=torch.bool, device=generated.device)
+
+    def trim(self, text: str) -> str:
+        """Cut ``text`` at the first stop string (the stop string itself is not returned)."""
+        cuts = [i for s in self.stop if (i := text.find(s)) >= 0]
+        return text[: min(cuts)] if cuts else text

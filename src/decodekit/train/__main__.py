@@ -1,0 +1,173 @@
+"""``python -m decodekit.train``: corpus, tokenizer, target + draft, evaluation, export.
+
+Stages (``--stage``): ``prepare`` (corpus split, tokenizer, packed token
+stream), ``target`` and ``draft`` (time-budgeted training, resumable; the two
+may run at the same time in separate processes), ``export`` (held-out
+evaluation, samples, HF directories, model card) and ``all`` (the four in
+order). Scratch files live under ``--work``; nothing there is shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file
+from transformers import AutoTokenizer
+
+from decodekit.train.corpus import collect_corpus, write_manifest
+from decodekit.train.export import evaluate_model, export_model, greedy_samples
+from decodekit.train.loop import MODEL_SIZES, TrainSettings, build_model, parameter_count, train
+from decodekit.train.tokenizer import check_round_trip, encode_file, save_tokenizer, train_tokenizer
+
+PACKAGE_MODELS = Path(__file__).resolve().parent.parent / "models"
+MODEL_NAMES = {"target": "stdlib-code", "draft": "stdlib-code-draft"}
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m decodekit.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("all", "prepare", "target", "draft", "export"), default="all")
+    parser.add_argument("--out", type=Path, default=PACKAGE_MODELS, help="where the exported models go")
+    parser.add_argument("--work", type=Path, default=Path("runs/train"), help="scratch: checkpoints, logs")
+    parser.add_argument("--card", type=Path, default=None, help="write the model card here (export)")
+    parser.add_argument("--vocab-size", type=int, default=6144)
+    parser.add_argument("--target-minutes", type=float, default=35.0)
+    parser.add_argument("--draft-minutes", type=float, default=25.0)
+    parser.add_argument("--target-size", choices=sorted(MODEL_SIZES), default="target")
+    parser.add_argument("--draft-size", choices=sorted(MODEL_SIZES), default="draft")
+    parser.add_argument("--target-hidden", type=int, help="override the preset's hidden size")
+    parser.add_argument("--target-layers", type=int, help="override the preset's layer count")
+    parser.add_argument("--draft-hidden", type=int)
+    parser.add_argument("--draft-layers", type=int)
+    parser.add_argument("--target-lr", type=float, default=2e-3)
+    parser.add_argument("--draft-lr", type=float, default=3e-3)
+    parser.add_argument("--sequence-length", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many steps")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--resume", action="store_true", help="continue from --work's checkpoints")
+    return parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Corpus split, tokenizer and the packed training stream, under ``--work``."""
+    work = args.work
+    if args.resume and (work / "train_tokens.safetensors").exists():
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = collect_corpus()
+    write_manifest(corpus, work / "corpus.json")
+    tokenizer = train_tokenizer((corpus.texts[p] for p in corpus.train), args.vocab_size)
+    check_round_trip(tokenizer, [corpus.texts[p] for p in corpus.validation])
+    save_tokenizer(tokenizer, work / "tokenizer")
+    ids: list[int] = []
+    for path in corpus.train:
+        ids.extend(encode_file(tokenizer, corpus.texts[path]))
+    save_file({"tokens": torch.tensor(ids, dtype=torch.int32)}, str(work / "train_tokens.safetensors"))
+    print(f"corpus: {len(corpus.train)} train / {len(corpus.validation)} validation files, "
+          f"{len(ids)} training tokens")
+
+
+def model_size(args: argparse.Namespace, role: str):
+    size = MODEL_SIZES[getattr(args, f"{role}_size")]
+    hidden = getattr(args, f"{role}_hidden")
+    layers = getattr(args, f"{role}_layers")
+    if hidden:
+        size = replace(size, hidden=hidden, intermediate=(hidden * 11 // 4 + 63) // 64 * 64)
+    if layers:
+        size = replace(size, layers=layers)
+    return size
+
+
+def fresh_model(args: argparse.Namespace, role: str, tokenizer):
+    special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
+    return build_model(model_size(args, role), len(tokenizer), special, args.seed)
+
+
+def train_role(args: argparse.Namespace, role: str) -> None:
+    """Train the target or the draft for its wall-clock budget."""
+    work = args.work
+    tokenizer = AutoTokenizer.from_pretrained(str(work / "tokenizer"), local_files_only=True)
+    stream = load_file(str(work / "train_tokens.safetensors"))["tokens"]
+    model = fresh_model(args, role, tokenizer)
+    settings = TrainSettings(
+        sequence_length=args.sequence_length,
+        batch_size=args.batch_size,
+        peak_lr=getattr(args, f"{role}_lr"),
+        budget_seconds=60.0 * getattr(args, f"{role}_minutes"),
+        max_steps=args.max_steps,
+        seed=args.seed,
+    )
+    role_dir = work / role
+    role_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{role}: {parameter_count(model):,} parameters, {asdict(model_size(args, role))}")
+    started = time.time()
+    state = train(model, stream, settings, role_dir / "checkpoint", role_dir / "log.jsonl",
+                  resume=args.resume, description=role)
+    summary = {
+        "size": asdict(model_size(args, role)),
+        "settings": asdict(settings),
+        "state": asdict(state),
+        "threads": torch.get_num_threads(),
+        "process_seconds": time.time() - started,
+    }
+    (role_dir / "done.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def export_all(args: argparse.Namespace) -> None:
+    """Evaluate both trained models, export them, and optionally write the card."""
+    work = args.work
+    tokenizer = AutoTokenizer.from_pretrained(str(work / "tokenizer"), local_files_only=True)
+    manifest = json.loads((work / "corpus.json").read_text())
+    corpus = collect_corpus()
+    if corpus.validation != manifest["validation"]:
+        raise RuntimeError("the standard library changed since --stage prepare")
+    counts = {}
+    for role, name in MODEL_NAMES.items():
+        model = fresh_model(args, role, tokenizer)
+        load_model(model, str(work / role / "checkpoint" / "model.safetensors"))
+        model.eval()
+        metrics = {
+            "name": name,
+            "role": role,
+            "training": json.loads((work / role / "done.json").read_text()),
+            **evaluate_model(model, tokenizer, corpus.texts, corpus.validation),
+            "samples": greedy_samples(model, tokenizer),
+        }
+        written = export_model(model, tokenizer, args.out / name, manifest, metrics)
+        counts[role] = written["parameters"]
+        print(f"{name}: {written['parameters']:,} parameters, held-out "
+              f"{written['validation_full']['nats_per_token']:.4f} nats/token")
+    if counts["draft"] * 4 > counts["target"]:
+        print("warning: the draft has more than a quarter of the target's parameters")
+    if args.card is not None:
+        from decodekit.train.card import write_card
+
+        write_card(args.out, args.card, command=reproduce_command(args))
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    return (f"python -m decodekit.train --stage all --target-minutes {args.target_minutes:g} "
+            f"--draft-minutes {args.draft_minutes:g} --seed {args.seed} --card MODEL.md")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    torch.set_num_threads(args.threads)
+    stages = ("prepare", "target", "draft", "export") if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        if stage == "prepare":
+            prepare(args)
+        elif stage == "export":
+            export_all(args)
+        else:
+            train_role(args, stage)
+
+
+if __name__ == "__main__":
+    main()

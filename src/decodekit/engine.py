@@ -58,6 +58,7 @@ class Decoding:
         stop_check: StopCheck | None = None,
         generator: torch.Generator | None = None,
         search_context: dict | None = None,
+        processors: list | None = None,
     ):
         strategy.validate()
         options.validate(model.vocab_size)
@@ -79,6 +80,7 @@ class Decoding:
             **(search_context or {}),
         )
         self.search = strategy.begin(self.context)
+        self.extra_processors = list(processors or [])
         self._finished = False
 
     def __iter__(self) -> Iterator[Step]:
@@ -89,6 +91,10 @@ class Decoding:
             model.select(state, torch.arange(len(self.prompts), device=state.logits.device).repeat_interleave(search.width))
         history = self._history(prompt_length, state.logits.device, search.width)
         processors = options.processors(prompt_length, self.eos, model.vocab_size)
+        processors.processors.extend(self.extra_processors)
+        stateful = processors.stateful
+        for processor in stateful:
+            processor.reset(state.rows)
         for t in range(options.max_new_tokens):
             logits = state.logits
             nonfinite = ~torch.isfinite(logits).all(-1)
@@ -99,6 +105,8 @@ class Decoding:
             if step.parents is not None:
                 history = history.index_select(0, step.parents)
             history[:, prompt_length + t] = step.tokens
+            for processor in stateful:
+                processor.advance(step.parents, step.tokens)
             done = step.done
             if self.stop_check is not None:
                 done = search.stop_rows(self.stop_check(history[:, prompt_length : prompt_length + t + 1]))

@@ -9,7 +9,7 @@ beam search, as transformers does); a processor may modify it in place and retur
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -20,6 +20,18 @@ class Processor(Protocol):
     decoding may skip it (e.g. temperature)."""
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class StatefulProcessor(Processor, Protocol):
+    """A processor that tracks each row (e.g. a constraint cursor). After every step the engine
+    calls ``advance(parents, tokens)``: new row i continues old row ``parents[i]`` (identity if
+    None) with ``tokens[i]``. ``reset(rows)`` is called once before the first step with the
+    number of rows (after fan-out)."""
+
+    def reset(self, rows: int) -> None: ...
+
+    def advance(self, parents: torch.Tensor | None, tokens: torch.Tensor) -> None: ...
 
 
 def present_tokens(token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -52,3 +64,7 @@ class ProcessorList:
 
     def __len__(self) -> int:
         return len(self.processors)
+
+    @property
+    def stateful(self) -> list[StatefulProcessor]:
+        return [p for p in self.processors if isinstance(p, StatefulProcessor)]

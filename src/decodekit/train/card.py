@@ -1,0 +1,187 @@
+"""Render MODEL.md, the model card, from the exported models' metrics.json.
+
+Every number in the card comes from ``metrics.json`` / ``corpus.json`` in the
+exported directories, so the card and the integration test read the same
+figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from decodekit.train.evaluate import EVALUATION_WINDOW, SUBSET_MAX_TOKENS
+
+NAMES = ("stdlib-code", "stdlib-code-draft")
+
+
+def _hardware() -> str:
+    processor = platform.processor() or platform.machine()
+    model_name = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    return f"{model_name or processor}, {os.cpu_count()} logical CPUs, no GPU, torch {torch.__version__}"
+
+
+def _fence(text: str) -> str:
+    return "```python\n" + text.rstrip("\n") + "\n```"
+
+
+def render(models_dir: Path, command: str) -> str:
+    metrics = {name: json.loads((models_dir / name / "metrics.json").read_text()) for name in NAMES}
+    corpus = json.loads((models_dir / NAMES[0] / "corpus.json").read_text())
+    config = {name: json.loads((models_dir / name / "config.json").read_text()) for name in NAMES}
+    target, draft = (metrics[name] for name in NAMES)
+    lines = [
+        "# Model card: `stdlib-code` and `stdlib-code-draft`",
+        "",
+        "Two small Llama-architecture causal language models for Python source, trained",
+        "from scratch on this machine's CPU and shipped inside the package",
+        "(`src/decodekit/models/`), so decodekit has a real model to decode with offline.",
+        "`stdlib-code` is the default model; `stdlib-code-draft` shares its tokenizer and",
+        "is meant as the draft model for speculative decoding. They are toys: good",
+        "enough to produce plausible Python-looking text and to make decoding",
+        "strategies, speculation and benchmarks meaningful, not to write code.",
+        "",
+        "## Corpus",
+        "",
+        f"The `*.py` files of the CPython {corpus['python_version']} standard library",
+        "(`sysconfig.get_paths()['stdlib']`), excluding directories named "
+        + ", ".join(f"`{d}`" for d in corpus["excluded_directories"]) + ",",
+        "files that are not valid UTF-8 and empty files, deduplicated by content hash",
+        f"({corpus['skipped_duplicates']} duplicates dropped).",
+        f"Split: `{corpus['split_rule']}`.",
+        "",
+        "| split | files | bytes |",
+        "|---|---:|---:|",
+        f"| train | {corpus['train_files']} | {corpus['train_bytes']:,} |",
+        f"| validation | {corpus['validation_files']} | {corpus['validation_bytes']:,} |",
+        "",
+        "Validation files: " + ", ".join(f"`{p}`" for p in corpus["validation"]) + ".",
+        "The full file lists are in `corpus.json` next to each model.",
+        "",
+        "## Tokenizer",
+        "",
+        f"Byte-level BPE (`tokenizers`), {config[NAMES[0]]['vocab_size']:,} entries including",
+        "`<pad>` (0), `<bos>` (1) and `<eos>` (2), trained on the training split only.",
+        "No normaliser and no added prefix space: decoding the encoding of any text gives",
+        "back exactly that text (checked on every validation file at build time and by",
+        "the tests). The tokenizer prepends `<bos>`; training files were packed as",
+        "`<bos> file <eos>`.",
+        "",
+        "## Architectures",
+        "",
+        "| | stdlib-code (target) | stdlib-code-draft |",
+        "|---|---:|---:|",
+    ]
+    rows = [
+        ("parameters (tied embeddings counted once)", lambda n: f"{metrics[n]['parameters']:,}"),
+        ("hidden size", lambda n: config[n]["hidden_size"]),
+        ("layers", lambda n: config[n]["num_hidden_layers"]),
+        ("attention heads / key-value heads",
+         lambda n: f"{config[n]['num_attention_heads']} / {config[n]['num_key_value_heads']}"),
+        ("MLP (SwiGLU) size", lambda n: config[n]["intermediate_size"]),
+        ("max positions (RoPE)", lambda n: config[n]["max_position_embeddings"]),
+        ("weights", lambda n: f"{config[n]['dtype']}, safetensors"),
+    ]
+    lines += [f"| {label} | {value(NAMES[0])} | {value(NAMES[1])} |" for label, value in rows]
+    ratio = target["parameters"] / draft["parameters"]
+    lines += [
+        "",
+        f"The draft has 1/{ratio:.1f} of the target's parameters.",
+        "",
+        "## Training",
+        "",
+        f"Hardware: {_hardware()}. The two models trained at the same time, each in its",
+        "own process with `torch.set_num_threads(1)`, while other work shared the machine.",
+        "",
+        "Recipe (both): AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear",
+        "warm-up then cosine decay to 10% of the peak learning rate over the wall-clock",
+        "budget, gradient clipping at 1.0, float32, random chunks of the packed training",
+        "stream (a seeded permutation per epoch).",
+        "",
+        "| | stdlib-code | stdlib-code-draft |",
+        "|---|---:|---:|",
+    ]
+    train = {n: metrics[n]["training"] for n in NAMES}
+    train_rows = [
+        ("sequence length x batch", lambda n: f"{train[n]['settings']['sequence_length']} x {train[n]['settings']['batch_size']}"),
+        ("peak learning rate", lambda n: f"{train[n]['settings']['peak_lr']:g}"),
+        ("optimizer steps", lambda n: f"{train[n]['state']['step']:,}"),
+        ("tokens seen", lambda n: f"{train[n]['state']['tokens_seen']:,}"),
+        ("training time (step time, minutes)", lambda n: f"{train[n]['state']['elapsed_seconds'] / 60:.1f}"),
+        ("process wall time (minutes)", lambda n: f"{train[n]['process_seconds'] / 60:.1f}"),
+        ("final training loss (nats)", lambda n: f"{train[n]['state']['last_loss']:.3f}"),
+    ]
+    lines += [f"| {label} | {value(NAMES[0])} | {value(NAMES[1])} |" for label, value in train_rows]
+    lines += [
+        "",
+        "## Held-out evaluation",
+        "",
+        "Mean per-token cross-entropy in nats (and perplexity) of next-token prediction",
+        "on the validation files, each encoded as `<bos> file <eos>` and scored in",
+        f"windows of {EVALUATION_WINDOW} tokens overlapping by one token",
+        "(`decodekit.train.evaluate.held_out_loss`). *Full*: every validation file,",
+        f"all tokens. *Subset*: every validation file cut to its first {SUBSET_MAX_TOKENS}",
+        "tokens; this is the figure `tests/integration/test_embedded_models.py`",
+        "recomputes and checks (within 5%).",
+        "",
+        "| model | full: nats/token | full: perplexity | full: tokens | subset: nats/token | subset: perplexity | subset: tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in NAMES:
+        full, subset = metrics[name]["validation_full"], metrics[name]["validation_subset"]
+        lines.append(
+            f"| {name} | {full['nats_per_token']:.4f} | {full['perplexity']:.2f} | {full['tokens']:,} "
+            f"| {subset['nats_per_token']:.4f} | {subset['perplexity']:.2f} | {subset['tokens']:,} |"
+        )
+    lines += [
+        "",
+        "## Samples",
+        "",
+        "Greedy continuations (64 new tokens, plain `transformers` `generate`,",
+        "`do_sample=False`); the prompt is shown first, then the continuation.",
+        "",
+    ]
+    for name in NAMES:
+        lines += [f"### {name}", ""]
+        for sample in metrics[name]["samples"]:
+            lines += [f"Prompt `{sample['prompt']!r}`:", "", _fence(sample["prompt"] + sample["continuation"]), ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "This runs the four stages in order (`prepare`, `target`, `draft`, `export`);",
+        "scratch files and resumable checkpoints go under `--work` (default",
+        "`runs/train`, add `--resume` to continue). The shipped models were built with",
+        "the stages run as separate commands, target and draft at the same time:",
+        "",
+        "```sh",
+        "python -m decodekit.train --stage prepare",
+        f"python -m decodekit.train --stage target --target-minutes {train[NAMES[0]]['settings']['budget_seconds'] / 60:g} &",
+        f"python -m decodekit.train --stage draft --draft-minutes {train[NAMES[1]]['settings']['budget_seconds'] / 60:g} &",
+        "wait",
+        "python -m decodekit.train --stage export --card MODEL.md",
+        "```",
+        "",
+        "The learning-rate schedule follows the wall-clock budget, so a rerun on other",
+        "hardware takes a different number of steps and gives close, not identical,",
+        "weights (pass `--max-steps` to fix the step count).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(models_dir: Path, card_path: Path, command: str) -> None:
+    card_path.write_text(render(models_dir, command), encoding="utf-8")

@@ -107,6 +107,10 @@ def train_role(args: argparse.Namespace, role: str) -> None:
     role_dir.mkdir(parents=True, exist_ok=True)
     print(f"{role}: {parameter_count(model):,} parameters, {asdict(model_size(args, role))}")
     started = time.time()
+    first_start = role_dir / "started.json"  # kept across --resume: wall time of the whole run
+    if not first_start.exists():
+        first_start.write_text(json.dumps({"started": started}) + "\n")
+    run_started = json.loads(first_start.read_text())["started"]
     state = train(model, stream, settings, role_dir / "checkpoint", role_dir / "log.jsonl",
                   resume=args.resume, description=role)
     summary = {
@@ -115,6 +119,7 @@ def train_role(args: argparse.Namespace, role: str) -> None:
         "state": asdict(state),
         "threads": torch.get_num_threads(),
         "process_seconds": time.time() - started,
+        "wall_seconds": time.time() - run_started,
     }
     (role_dir / "done.json").write_text(json.dumps(summary, indent=1) + "\n")
 
@@ -128,6 +133,7 @@ def export_all(args: argparse.Namespace) -> None:
     if corpus.validation != manifest["validation"]:
         raise RuntimeError("the standard library changed since --stage prepare")
     counts = {}
+    budgets = {}
     for role, name in MODEL_NAMES.items():
         model = fresh_model(args, role, tokenizer)
         load_model(model, str(work / role / "checkpoint" / "model.safetensors"))
@@ -141,6 +147,7 @@ def export_all(args: argparse.Namespace) -> None:
         }
         written = export_model(model, tokenizer, args.out / name, manifest, metrics)
         counts[role] = written["parameters"]
+        budgets[role] = metrics["training"]["settings"]["budget_seconds"] / 60.0
         print(f"{name}: {written['parameters']:,} parameters, held-out "
               f"{written['validation_full']['nats_per_token']:.4f} nats/token")
     if counts["draft"] * 4 > counts["target"]:
@@ -148,12 +155,12 @@ def export_all(args: argparse.Namespace) -> None:
     if args.card is not None:
         from decodekit.train.card import write_card
 
-        write_card(args.out, args.card, command=reproduce_command(args))
+        write_card(args.out, args.card, command=reproduce_command(args, budgets))
 
 
-def reproduce_command(args: argparse.Namespace) -> str:
-    return (f"python -m decodekit.train --stage all --target-minutes {args.target_minutes:g} "
-            f"--draft-minutes {args.draft_minutes:g} --seed {args.seed} --card MODEL.md")
+def reproduce_command(args: argparse.Namespace, budgets: dict[str, float]) -> str:
+    return (f"python -m decodekit.train --stage all --target-minutes {budgets['target']:g} "
+            f"--draft-minutes {budgets['draft']:g} --seed {args.seed} --card MODEL.md")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -118,7 +118,8 @@ def render(models_dir: Path, command: str) -> str:
         ("optimizer steps", lambda n: f"{train[n]['state']['step']:,}"),
         ("tokens seen", lambda n: f"{train[n]['state']['tokens_seen']:,}"),
         ("training time (step time, minutes)", lambda n: f"{train[n]['state']['elapsed_seconds'] / 60:.1f}"),
-        ("process wall time (minutes)", lambda n: f"{train[n]['process_seconds'] / 60:.1f}"),
+        ("wall-clock time (minutes)",
+         lambda n: f"{train[n].get('wall_seconds', train[n]['process_seconds']) / 60:.1f}"),
         ("final training loss (nats)", lambda n: f"{train[n]['state']['last_loss']:.3f}"),
     ]
     lines += [f"| {label} | {value(NAMES[0])} | {value(NAMES[1])} |" for label, value in train_rows]

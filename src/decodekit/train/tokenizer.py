@@ -51,7 +51,7 @@ def wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 
 def encode_file(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
     """Token ids of one file as the model is trained on it: ``<bos> text <eos>``."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
 
 

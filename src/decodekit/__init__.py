@@ -11,6 +11,7 @@ from decodekit.options import DecodeOptions
 from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.beam import BeamSearch
+from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.sampling import Greedy, Sampling
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DecodeKitError",
     "DecodeOptions",
     "Decoder",
+    "DiverseBeamSearch",
     "GeneratedSequence",
     "GenerationResult",
     "Greedy",

@@ -17,10 +17,16 @@ from decodekit.options import DecodeOptions
 from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
 from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
+from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.stopping import StopStrings
 
-STRATEGIES: dict[str, type] = {"greedy": Greedy, "sample": Sampling, "beam": BeamSearch}
+STRATEGIES: dict[str, type] = {
+    "greedy": Greedy,
+    "sample": Sampling,
+    "beam": BeamSearch,
+    "diverse_beam": DiverseBeamSearch,
+}
 """Strategy name -> config class; other modules register theirs here."""
 
 Prompt = str | Sequence[int]
@@ -93,9 +99,17 @@ class Decoder:
             raise InputError("prompts: an empty list; give at least one prompt")
         return items, single
 
-    def _decoding(self, items, strategy, options, settings, seed=None) -> tuple[Decoding, StopStrings | None]:
+    def _decoding(self, items, strategy, options, settings, seed=None, constraint=None) -> tuple[Decoding, StopStrings | None]:
         strategy = make_strategy(strategy)
         options = make_options(options, settings)
+        processors = []
+        if constraint is not None:
+            from decodekit.constraints import constraint_processor
+
+            eos = options.eos_token_ids if options.eos_token_ids is not None else self.model.eos_token_ids
+            processors.append(
+                constraint_processor(constraint, strategy.name, self.tokenizer, self.model.vocab_size, tuple(eos), options.max_new_tokens)
+            )
         if options.stop and self.tokenizer is None:
             raise ConfigError("stop", options.stop, "stop strings need a tokenizer")
         stop = StopStrings(self.tokenizer, options.stop) if options.stop else None
@@ -110,7 +124,9 @@ class Decoder:
         if hasattr(self.model, "input_embeddings"):
             context["input_embeddings"] = self.model.input_embeddings
         ids = [self.encode(p) for p in items]
-        decoding = Decoding(self.model, ids, strategy, options, stop_check=stop, generator=generator, search_context=context)
+        decoding = Decoding(
+            self.model, ids, strategy, options, stop_check=stop, generator=generator, search_context=context, processors=processors
+        )
         return decoding, stop
 
     # -- generate / stream ------------------------------------------------------------------
@@ -122,35 +138,40 @@ class Decoder:
         *,
         options: DecodeOptions | None = None,
         seed: int | None = None,
+        constraint=None,
         **settings: Any,
     ) -> GenerationResult | list[GenerationResult]:
         """Decode one prompt (text or token ids) or a list of them.
 
         ``strategy``: a config object (``Greedy()``, ``Sampling(...)``, ``BeamSearch(...)``, ...)
         or a name with default settings. ``settings`` are :class:`DecodeOptions` fields
-        (``max_new_tokens=32``, ``stop=["\\n\\n"]``, ...). Returns one
+        (``max_new_tokens=32``, ``stop=["\\n\\n"]``, ...). ``constraint``: a
+        :mod:`decodekit.constraints` spec (``JsonSchema``, ``Regex``, ``Grammar``, ``Catalog``,
+        ``CorpusSubstring``) every output must satisfy. Returns one
         :class:`GenerationResult` per prompt (a single one for a single prompt).
         """
         items, single = self._prompts(prompts)
         strategy = make_strategy(strategy)
-        decoding, stop = self._decoding(items, strategy, options, settings, seed)
+        decoding, stop = self._decoding(items, strategy, options, settings, seed, constraint)
+        review = decoding.extra_processors[0].review if constraint is not None else None
         hypotheses = decoding.results()
         results = [
             GenerationResult(
                 prompt=item if isinstance(item, str) else None,
                 prompt_token_ids=ids,
-                sequences=[self._sequence(h, stop) for h in hyps],
+                sequences=[self._sequence(h, stop, review) for h in hyps],
                 strategy=strategy.name,
             )
             for item, ids, hyps in zip(items, decoding.prompts, hypotheses)
         ]
         return results[0] if single else results
 
-    def _sequence(self, h: Hypothesis, stop: StopStrings | None) -> GeneratedSequence:
+    def _sequence(self, h: Hypothesis, stop: StopStrings | None, review=None) -> GeneratedSequence:
         text = self.decode_text(h.token_ids)
         if text is not None and stop is not None and h.finish_reason == "stop":
             text = stop.trim(text)
-        return GeneratedSequence(h.token_ids, text, h.token_logprobs, h.logprob, h.score, h.finish_reason, h.group)
+        sequence = GeneratedSequence(h.token_ids, text, h.token_logprobs, h.logprob, h.score, h.finish_reason, h.group)
+        return review(sequence) if review is not None else sequence
 
     def stream(
         self,

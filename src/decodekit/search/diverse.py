@@ -1,0 +1,327 @@
+"""Diverse Beam Search (Vijayakumar et al., "Diverse Beam Search: Decoding Diverse Solutions
+from Neural Sequence Models", AAAI 2018, arXiv:1610.02424, Algorithm 1).
+
+``num_beams`` beams are split into ``num_groups`` groups of ``K = num_beams / num_groups``.
+Every step scores all rows with ONE model forward; then the groups decide in order: group 1 is
+plain beam search with K beams, group g ranks its candidates by
+``log p - lambda_g * similarity(candidate, what groups < g chose)`` (the paper's Eq. 5; the
+similarity is a :mod:`decodekit.scoring.diversity` function). Only this ranking runs group by
+group; selection bookkeeping, the finished pools and the stopping test are tensors over
+``(batch, group, beam)``.
+
+Semantics are those of transformers 4.55's ``_group_beam_search`` (``num_beam_groups``,
+``diversity_penalty``), ``BeamSearchScorer``, ``BeamHypotheses`` and
+``HammingDiversityLogitsProcessor``, read from its source:
+
+- **The penalty is part of the score.** The Hamming processor subtracts
+  ``diversity_penalty * count`` from the group's log-softmaxed, processed scores; those penalised
+  scores are added to the running beam scores, so a beam's score is the running sum of
+  ``log p(token) - lambda * count(token)`` over its steps. A finished hypothesis is stored with
+  ``score = penalised_sum / generated_len ** length_penalty`` and that is what
+  ``sequences_scores`` reports and what ranks the returned sequences. Here ``score`` is that
+  number, ``group_score`` the penalised sum before length normalisation and ``logprob`` the
+  raw (unpenalised) sum of the processed log-probs.
+- ``generated_len`` counts generated tokens including the EOS (``cur_len = input_ids + 1``);
+  the stored token ids exclude the EOS and ``finalize`` writes ``eos_token_id[0]`` after them
+  (decodekit returns the EOS that was actually chosen). Beams still running at the end enter
+  their group's pool with their penalised sum over all ``T`` steps run, divided by ``T ** alpha``.
+- Per (prompt, group): the top ``max(2, 1 + #eos) * K`` candidates; EOS candidates among the
+  first K ranks go to the group's pool of K (best K kept); the first K non-EOS candidates keep
+  running. The group is done when its pool holds K hypotheses and (``early_stopping=True``)
+  always; (``False``) ``worst >= best_candidate / (t + 1) ** alpha`` where ``best_candidate`` is
+  the best of this step's candidates, EOS ones included; (``"never"``) the same with
+  ``max_new_tokens`` in place of ``t + 1`` when ``alpha > 0``.
+- A done group keeps emitting the pad token with running score 0, and that pad counts as the
+  group's token in later groups' penalty. The call ends when every group of every prompt is
+  done, or at ``max_new_tokens``; the returned sequences are the best
+  ``num_return_sequences`` of all groups' pools together (or per group, ``per_group=True``).
+
+One difference: decodekit's engine applies processors (repetition penalty, ...) before the
+search, so the diversity penalty comes after them; transformers 4.55 subtracts it before the
+other processors. The two orders agree except for the multiplicative repetition penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from decodekit.errors import check
+from decodekit.scoring.diversity import (
+    DIVERSITY_FUNCTIONS,
+    DiversityFunction,
+    EarlierGroups,
+    make_diversity,
+)
+from decodekit.scoring.length import LengthPenalty
+from decodekit.search.base import Hypothesis, SearchContext, Step
+
+_MASKED = -1.0e9  # transformers' initial score of the beams that must not duplicate beam 0
+
+
+def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Gather along dim 2 of ``(batch, groups, n, ...)`` with ``(batch, groups, m)`` indices."""
+    while index.dim() < tensor.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(tensor, index, dim=2)
+
+
+def _rows(tensor: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``(batch, G, K, ...)`` -> ``(batch, n, ...)``: entries ``order`` (``(batch, n)``) of G*K."""
+    flat = tensor.reshape(tensor.shape[0], -1, *tensor.shape[3:])
+    return torch.take_along_dim(flat, order.view(*order.shape, *([1] * (flat.dim() - 2))), dim=1)
+
+
+@dataclass(frozen=True)
+class DiverseBeamSearch:
+    """Diverse Beam Search: ``num_beams`` beams in ``num_groups`` groups, group g penalised by
+    ``diversity_strength`` (lambda: one value, or one per group, the first unused) times a
+    ``diversity`` function: ``hamming``, ``cumulative`` (temperature ``diversity_temperature``,
+    the paper's Gamma), ``ngram`` (n = ``ngram_size``) or ``embedding`` (cosine similarity of
+    ``embeddings``, default the model's input embeddings; ``ngram_size`` tokens summed).
+    Returns the best ``num_return_sequences`` of all groups together, or of each group when
+    ``per_group``. Length penalty and ``early_stopping`` as in :class:`~decodekit.BeamSearch`."""
+
+    name: ClassVar[str] = "diverse_beam"
+    num_beams: int = 8
+    num_groups: int = 4
+    diversity_strength: float | tuple[float, ...] = 0.5
+    diversity: str = "hamming"
+    diversity_temperature: float = 1.0
+    ngram_size: int = 2
+    embeddings: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    num_return_sequences: int = 1
+    per_group: bool = False
+    length_penalty: float = 1.0
+    length_penalty_form: str = "exponent"
+    early_stopping: bool | str = False
+
+    @property
+    def group_size(self) -> int:
+        return self.num_beams // self.num_groups
+
+    @property
+    def strengths(self) -> tuple[float, ...]:
+        """lambda for each group (group 0's is never used: it has no earlier groups)."""
+        strength = self.diversity_strength
+        if isinstance(strength, tuple | list) and len(strength) != 1:
+            return tuple(float(s) for s in strength)
+        value = strength[0] if isinstance(strength, tuple | list) else strength
+        return (float(value),) * self.num_groups
+
+    def validate(self) -> None:
+        beams, groups = self.num_beams, self.num_groups
+        check(isinstance(beams, int) and beams >= 1, "num_beams", beams, "an integer >= 1")
+        check(isinstance(groups, int) and groups >= 1, "num_groups", groups, "an integer >= 1")
+        check(groups <= beams, "num_groups", groups, f"at most num_beams={beams}")
+        check(beams % groups == 0, "num_groups", groups, f"a divisor of num_beams={beams}")
+        strength = self.diversity_strength
+        if isinstance(strength, tuple | list):
+            check(len(strength) in (1, groups), "diversity_strength", strength, f"one number, or {groups} (one per group)")
+        values = strength if isinstance(strength, tuple | list) else (strength,)
+        check(
+            all(isinstance(v, int | float) and 0 <= v < float("inf") for v in values),
+            "diversity_strength",
+            strength,
+            "finite numbers >= 0 (0 disables the penalty)",
+        )
+        check(self.diversity in DIVERSITY_FUNCTIONS, "diversity", self.diversity, f"one of {', '.join(DIVERSITY_FUNCTIONS)}")
+        temperature = self.diversity_temperature
+        check(isinstance(temperature, int | float) and 0 < temperature < float("inf"), "diversity_temperature", temperature, "a finite number > 0")
+        check(isinstance(self.ngram_size, int) and self.ngram_size >= 1, "ngram_size", self.ngram_size, "an integer >= 1")
+        if self.embeddings is not None:
+            check(self.embeddings.dim() == 2, "embeddings", tuple(self.embeddings.shape), "a (vocab, dim) matrix")
+        most = self.group_size if self.per_group else beams
+        check(
+            isinstance(self.num_return_sequences, int) and 1 <= self.num_return_sequences <= most,
+            "num_return_sequences",
+            self.num_return_sequences,
+            f"an integer in [1, {most}] ({'beams per group' if self.per_group else 'num_beams'})",
+        )
+        check(self.early_stopping in (True, False, "never"), "early_stopping", self.early_stopping, "True, False or 'never'")
+        LengthPenalty(self.length_penalty, self.length_penalty_form).validate()
+
+    def begin(self, context: SearchContext) -> DiverseBeamSearchRun:
+        embeddings = self.embeddings if self.embeddings is not None else context.input_embeddings
+        function = make_diversity(
+            self.diversity, temperature=self.diversity_temperature, ngram=self.ngram_size, embeddings=embeddings
+        )
+        return DiverseBeamSearchRun(self, context, function)
+
+
+class DiverseBeamSearchRun:
+    """The running state of one Diverse Beam Search call; ``step`` mutates it. Every tensor is
+    ``(batch, groups, K, ...)``; row ``r`` of the engine is ``(r // B, (r % B) // K, r % K)``."""
+
+    scores_are_logprobs = True
+
+    def __init__(self, config: DiverseBeamSearch, context: SearchContext, diversity: DiversityFunction):
+        self.config, self.context, self.diversity = config, context, diversity
+        self.width = config.num_beams
+        batch, groups, K, M = context.batch_size, config.num_groups, config.group_size, context.max_new_tokens
+        device = context.device
+        self.shape = (batch, groups, K)
+        self.penalty = LengthPenalty(config.length_penalty, config.length_penalty_form)
+        self.strengths = config.strengths
+        self.candidates = max(2, 1 + context.eos_token_ids.numel()) * K
+        # running beams: only beam 0 of each group is live at first, so beams do not duplicate
+        self.running_scores = torch.zeros(self.shape, device=device)
+        self.running_scores[:, :, 1:] = _MASKED
+        self.running_logprob = torch.zeros(self.shape, device=device)
+        self.running_tokens = torch.full((*self.shape, M), context.pad_token_id, dtype=torch.long, device=device)
+        self.running_logprobs = torch.zeros((*self.shape, M), device=device)
+        # each group's finished pool of K, best first
+        self.pool_scores = torch.full(self.shape, -float("inf"), device=device)
+        self.pool_sum = torch.zeros(self.shape, device=device)
+        self.pool_logprob = torch.zeros(self.shape, device=device)
+        self.pool_tokens = self.running_tokens.clone()
+        self.pool_logprobs = self.running_logprobs.clone()
+        self.pool_lengths = torch.zeros(self.shape, dtype=torch.long, device=device)
+        self.pool_valid = torch.zeros(self.shape, dtype=torch.bool, device=device)
+        self.done = torch.zeros((batch, groups), dtype=torch.bool, device=device)
+        self.local = torch.arange(K, device=device).expand(self.shape)
+        self.row_offset = (torch.arange(batch * groups, device=device) * K).view(batch, groups, 1)
+        self.steps = 0
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _rank_groups(self, scores: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sequential part: each group's candidates, penalised by what earlier groups chose.
+
+        ``scores``: ``(batch, G, K, V)``. Returns candidate scores and flat indices
+        ``(batch, G, C)``, the positions of the K candidates that keep running ``(batch, G, K)``
+        and the tokens the rows append ``(batch, G, K)`` (pad for done groups).
+        """
+        batch, groups, K, V = scores.shape
+        eos, pad = self.context.eos_token_ids, self.context.pad_token_id
+        chosen = torch.empty((batch, groups, K), dtype=torch.long, device=scores.device)
+        history = None
+        if self.diversity.needs_history:
+            history = torch.empty((batch, groups, K, t + 1), dtype=torch.long, device=scores.device)
+        all_scores, all_index, all_keep = [], [], []
+        for g in range(groups):
+            group_scores = scores[:, g]  # (B, K, V)
+            strength = self.strengths[g]
+            if g > 0 and strength != 0.0:
+                earlier = EarlierGroups(g, t, V, chosen[:, :g].reshape(batch, g * K))
+                if history is not None:
+                    earlier = EarlierGroups(
+                        g, t, V, earlier.tokens, history[:, :g].reshape(batch, g * K, t + 1), self.running_tokens[:, g, :, :t]
+                    )
+                group_scores = group_scores - strength * self.diversity(earlier)
+            accumulated = (group_scores + self.running_scores[:, g, :, None]).view(batch, K * V)
+            cand_scores, cand_index = torch.topk(accumulated, self.candidates, dim=-1)  # (B, C)
+            cand_token = cand_index % V
+            # the first K candidates that are not EOS keep running, in rank order
+            keep = torch.argsort(torch.isin(cand_token, eos).to(torch.int8), dim=-1, stable=True)[:, :K]
+            tokens = cand_token.gather(1, keep).masked_fill(self.done[:, g, None], pad)
+            chosen[:, g] = tokens
+            if history is not None:
+                parents = torch.where(self.done[:, g, None], self.local[:, 0], cand_index.gather(1, keep) // V)
+                history[:, g, :, :t] = self.running_tokens[:, g, :, :t].gather(1, parents[..., None].expand(-1, -1, t))
+                history[:, g, :, t] = tokens
+            all_scores.append(cand_scores)
+            all_index.append(cand_index)
+            all_keep.append(keep)
+        return torch.stack(all_scores, 1), torch.stack(all_index, 1), torch.stack(all_keep, 1), chosen
+
+    def step(self, scores: torch.Tensor, t: int) -> Step:
+        """``scores``: ``(batch * num_beams, V)`` processed log-probs of all rows."""
+        batch, groups, K = self.shape
+        V = scores.shape[-1]
+        scores = scores.view(batch, groups, K, V)
+        cand_scores, cand_index, keep, tokens = self._rank_groups(scores, t)
+        cand_beam, cand_token = cand_index // V, cand_index % V
+        cand_logprob = scores.view(batch, groups, K * V).gather(2, cand_index)  # unpenalised
+        cand_sum = self.running_logprob.gather(2, cand_beam) + cand_logprob
+        was_done = self.done[..., None]  # (B, G, 1)
+
+        # 1. EOS candidates among the first K ranks of a live group compete for its pool
+        first = cand_beam[..., :K]
+        finished = torch.isin(cand_token[..., :K], self.context.eos_token_ids) & ~was_done
+        finished_tokens = _take(self.running_tokens, first)
+        finished_tokens[..., t] = cand_token[..., :K]
+        finished_logprobs = _take(self.running_logprobs, first)
+        finished_logprobs[..., t] = cand_logprob[..., :K]
+        finished_scores = (cand_scores[..., :K] / self.penalty(t + 1)).masked_fill(~finished, -float("inf"))
+        self._merge(finished_scores, cand_scores[..., :K], cand_sum[..., :K], finished_tokens, finished_logprobs, t + 1, finished)
+
+        # 2. the kept candidates run on; done groups continue themselves with pad and score 0
+        parents = torch.where(was_done, self.local, _take(cand_beam, keep))
+        self.running_scores = _take(cand_scores, keep).masked_fill(was_done, 0.0)
+        kept_logprob = _take(cand_logprob, keep).masked_fill(was_done, 0.0)
+        self.running_logprob = torch.where(was_done, self.running_logprob, _take(cand_sum, keep))
+        self.running_tokens = _take(self.running_tokens, parents)
+        self.running_tokens[..., t] = tokens
+        self.running_logprobs = _take(self.running_logprobs, parents)
+        self.running_logprobs[..., t] = kept_logprob
+
+        # 3. is a group done? (transformers 4.55's BeamHypotheses.is_done, per group)
+        full = self.pool_valid.all(-1)
+        if self.config.early_stopping is True:
+            newly_done = full
+        else:
+            never = self.config.early_stopping == "never" and self.penalty.favors_long
+            best = cand_scores[..., 0] / self.penalty(self.context.max_new_tokens if never else t + 1)
+            newly_done = full & (self.pool_scores.min(-1).values >= best)
+        self.done = self.done | newly_done
+        self.steps = t + 1
+        return Step((parents + self.row_offset).view(-1), tokens.view(-1), self.done.all())
+
+    def _merge(self, scores, sums, logprob, tokens, logprobs, length: int, valid) -> None:
+        """Keep each group's K best of its pool and ``(batch, G, K)`` new entries."""
+        merged = torch.cat([self.pool_scores, scores], dim=2)
+        pick = torch.topk(merged, self.shape[2], dim=-1).indices
+        self.pool_scores = _take(merged, pick)
+        self.pool_sum = _take(torch.cat([self.pool_sum, sums], dim=2), pick)
+        self.pool_logprob = _take(torch.cat([self.pool_logprob, logprob], dim=2), pick)
+        self.pool_tokens = _take(torch.cat([self.pool_tokens, tokens], dim=2), pick)
+        self.pool_logprobs = _take(torch.cat([self.pool_logprobs, logprobs], dim=2), pick)
+        lengths = torch.full_like(self.pool_lengths, length)
+        self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=2), pick)
+        self.pool_valid = _take(torch.cat([self.pool_valid, valid], dim=2), pick)
+
+    def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("stop strings are checked by the engine only for per-row searches")
+
+    # -- results ----------------------------------------------------------------------------------
+
+    def finish(self) -> list[list[Hypothesis]]:
+        """Beams of groups that are not done enter their pools with all ``T`` steps, then the
+        best ``num_return_sequences`` (of all groups, or of each group) are returned."""
+        T = self.steps
+        if T > 0:
+            live = ~self.done[..., None].expand(self.shape)
+            scores = (self.running_scores / self.penalty(T)).masked_fill(~live, -float("inf"))
+            self._merge(scores, self.running_scores, self.running_logprob, self.running_tokens, self.running_logprobs, T, live)
+        batch, groups, K = self.shape
+        n = self.config.num_return_sequences
+        if self.config.per_group:
+            order = torch.arange(groups * K, device=self.pool_scores.device).view(groups, K)[:, :n].reshape(1, -1)
+            order = order.expand(batch, -1)
+        else:
+            order = torch.sort(self.pool_scores.view(batch, -1), dim=-1, descending=True, stable=True).indices[:, :n]
+        host = {
+            name: _rows(tensor, order).tolist()
+            for name, tensor in (
+                ("score", self.pool_scores), ("sum", self.pool_sum), ("logprob", self.pool_logprob),
+                ("length", self.pool_lengths), ("tokens", self.pool_tokens), ("logprobs", self.pool_logprobs),
+            )
+        }
+        group_of = (order // K).tolist()
+        eos = set(self.context.eos_token_ids.tolist())
+        out = []
+        for b in range(batch):
+            hyps = []
+            for i in range(order.shape[1]):
+                length = host["length"][b][i]
+                ids = host["tokens"][b][i][:length]
+                reason = "eos" if ids and ids[-1] in eos else "length"
+                hyps.append(Hypothesis(
+                    ids, host["logprobs"][b][i][:length], host["logprob"][b][i], host["score"][b][i], reason,
+                    group=group_of[b][i], group_score=host["sum"][b][i],
+                ))
+            out.append(hyps)
+        return out

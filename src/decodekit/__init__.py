@@ -6,6 +6,7 @@
 """
 
 from decodekit.api import Decoder, load, make_strategy
+from decodekit.constraints import Catalog, CorpusSubstring, Grammar, JsonSchema, Regex
 from decodekit.errors import ConfigError, DecodeKitError, InputError, NumericalError
 from decodekit.options import DecodeOptions
 from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
@@ -16,6 +17,11 @@ from decodekit.search.sampling import Greedy, Sampling
 
 __all__ = [
     "BeamSearch",
+    "Catalog",
+    "CorpusSubstring",
+    "Grammar",
+    "JsonSchema",
+    "Regex",
     "ConfigError",
     "DecodeKitError",
     "DecodeOptions",

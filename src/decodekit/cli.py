@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 
 from decodekit.cli_flags import add_config_flags, config_from_flags, reject_unused
+from decodekit.constraints.flags import CONSTRAINT_FLAGS, add_constraint_flags, constraint_from_args
 from decodekit.errors import DecodeKitError, InputError
 from decodekit.options import DecodeOptions
 
@@ -17,6 +18,7 @@ EXTENSIONS = ("decodekit.compare",)
 """Modules that add subcommands through ``register(subparsers)``, when present."""
 
 _GENERAL = {"prompt", "model", "input", "output_format", "batch_size", "strategy", "command", "handler", "beam_sample", "device"}
+_GENERAL |= set(CONSTRAINT_FLAGS)
 
 
 def _strategies() -> dict[str, type]:
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(gen.add_argument_group("decoding options"), DecodeOptions, seen)
     for name, cls in _strategies().items():
         add_config_flags(gen.add_argument_group(f"{name} strategy"), cls, seen)
+    add_constraint_flags(gen)
     gen.set_defaults(handler=run_generate)
     for module in EXTENSIONS:
         try:
@@ -104,6 +107,7 @@ def run_generate(args: argparse.Namespace) -> int:
     strategy = make_cli_strategy(args)
     options = config_from_flags(DecodeOptions, args)
     strategy.validate()
+    constraint = constraint_from_args(args)
     prompts, from_file = _read_prompts(args)
     decoder = decodekit.load(args.model, device=args.device)
     progress = None
@@ -112,7 +116,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
         progress = tqdm(total=len(prompts), unit="prompt", file=sys.stderr, disable=None)
     for batch in _batches(prompts, max(1, args.batch_size)):
-        results = decoder.generate(batch, strategy, options=options)
+        results = decoder.generate(batch, strategy, options=options, constraint=constraint)
         for result in results:
             if args.output_format == "jsonl":
                 print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)

@@ -12,7 +12,9 @@ class GeneratedSequence:
     strategy scored (before sampling warpers); ``logprob`` is their sum; ``score`` is what the
     strategy ranked by (equal to ``logprob`` for greedy and sampling, length-normalised for beam
     search, diversity-penalised for Diverse Beam Search). ``finish_reason`` is one of
-    ``eos``, ``length``, ``stop``, ``constraint``, ``error``."""
+    ``eos``, ``length``, ``stop``, ``constraint``, ``error``. ``constraint``: with a
+    constraint, its report on this output (``name``, ``valid``, and e.g. ``occurrences`` for a
+    corpus substring or ``entry`` for a catalog); None without one."""
 
     token_ids: list[int]
     text: str | None
@@ -21,6 +23,7 @@ class GeneratedSequence:
     score: float
     finish_reason: str
     group: int = 0
+    constraint: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,135 @@
+"""The constraint as an engine processor: masks each step's scores and follows the rows.
+
+:class:`ConstraintProcessor` is a :class:`~decodekit.logits.base.StatefulProcessor`, so it
+works with every strategy that moves rows by ``advance(parents, tokens)``: greedy and sampling
+(``parents`` None), beam search and Diverse Beam Search (``parents`` reorders and forks rows).
+Per step it
+
+1. asks the cursor for the allowed content tokens of every row (one ``(rows, vocab)`` bool
+   mask, built with tensor ops);
+2. allows EOS exactly where the cursor is accepting; on the last step of the length budget an
+   accepting row may only take EOS, so outputs that can end, end;
+3. sets every other score of a live row to ``-inf``.
+
+Rows are LIVE (following the constraint), DONE (took EOS; later tokens are the search's
+padding) or DEAD (took a token that was masked, which only a row whose every candidate was
+``-inf`` does, e.g. a spare beam). DONE and DEAD rows are left unmasked: their scores no
+longer matter and masking them could turn a whole row to ``-inf`` (NaN probabilities).
+
+Honesty: :meth:`review` re-checks every finished output on the host with a fresh cursor and
+relabels it ``constraint`` when it does not satisfy the constraint, so a result never reports
+an invalid output as a success, whatever the search did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from decodekit.constraints.base import CompiledConstraint
+from decodekit.errors import ConfigError
+from decodekit.results import GeneratedSequence
+
+LIVE, DONE, DEAD = 0, 1, 2
+_STUCK = -1.0e30
+"""Score given to EOS in a live row none of whose allowed tokens has a finite score (another
+processor banned them all): the row ends at once, is effectively never preferred by beam
+search, and :meth:`ConstraintProcessor.review` labels it ``constraint``."""
+
+
+class ConstraintProcessor:
+    """Masks scores to a compiled constraint and tracks one cursor position per row.
+
+    ``eos_token_ids``: the tokens that end an output (at least one). ``max_new_tokens``: the
+    length budget (None: unbounded), used to keep rows on outputs that can still end in time.
+    """
+
+    changes_argmax = True
+
+    def __init__(self, compiled: CompiledConstraint, eos_token_ids: tuple[int, ...], max_new_tokens: int | None = None):
+        if not eos_token_ids:
+            raise ConfigError("eos_token_ids", eos_token_ids, "at least one EOS token: a constrained output ends with EOS once complete")
+        self.compiled, self.eos, self.max_new_tokens = compiled, tuple(int(e) for e in eos_token_ids), max_new_tokens
+        self.cursor = compiled.cursor(0)
+        self.status = torch.zeros(0, dtype=torch.int8)
+        self.ended = torch.zeros(0, dtype=torch.long)  # (rows,) step at which a row ended
+        self.last_allowed: torch.Tensor | None = None
+        self.step = 0
+
+    def reset(self, rows: int) -> None:
+        """Start ``rows`` rows at the start of the constraint (mutates)."""
+        self.cursor = self.compiled.cursor(rows)
+        self.status = torch.zeros(rows, dtype=torch.int8)
+        self.ended = torch.zeros(rows, dtype=torch.long)
+        self.last_allowed, self.step = None, 0
+
+    def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``scores``: ``(rows, vocab)``; returns them masked (a new tensor)."""
+        rows, vocab = scores.shape
+        device = scores.device
+        eos = torch.tensor(self.eos, device=device)
+        remaining = None if self.max_new_tokens is None else self.max_new_tokens - self.step
+        allowed = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
+        self.cursor.allowed(allowed, remaining)
+        accepting = self.cursor.is_accepting().to(device)
+        if remaining is not None and remaining <= 1:
+            # the last token of the budget: an output that can end must end now
+            allowed &= ~accepting[:, None]
+        allowed[:, eos] = accepting[:, None]
+        self.last_allowed = allowed
+        live = (self.status == LIVE).to(device)
+        masked = scores.masked_fill(~allowed, -torch.inf)
+        stuck = live & ~torch.isfinite(masked).any(-1)
+        masked[:, eos[0]] = torch.where(stuck, torch.full_like(masked[:, 0], _STUCK), masked[:, eos[0]])
+        return torch.where(live[:, None], masked, scores)
+
+    def advance(self, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
+        """New row i continues old row ``parents[i]`` (identity if None) with ``tokens[i]``."""
+        allowed = self.last_allowed
+        if parents is not None:
+            parents_cpu = parents.cpu()
+            self.cursor.fork(parents)
+            self.status = self.status.index_select(0, parents_cpu)
+            self.ended = self.ended.index_select(0, parents_cpu)
+            if allowed is not None:
+                allowed = allowed.index_select(0, parents)
+        if allowed is None:
+            raise RuntimeError("ConstraintProcessor.advance before any step was masked")
+        took_allowed = allowed.gather(1, tokens[:, None]).squeeze(1).cpu()
+        is_eos = torch.isin(tokens, torch.tensor(self.eos, device=tokens.device)).cpu()
+        live = self.status == LIVE
+        self.cursor.advance(tokens, (live & took_allowed & ~is_eos).to(tokens.device))
+        self.ended = torch.where(live, self.step, self.ended)
+        self.status = torch.where(live & took_allowed & is_eos, DONE, self.status).to(torch.int8)
+        self.status = torch.where(live & ~took_allowed, DEAD, self.status).to(torch.int8)
+        self.last_allowed = None
+        self.step += 1
+
+    def rollback(self, count: int) -> None:
+        """Undo the last ``count`` steps of every row (speculation: rejected draft tokens).
+        Rows that ended inside the undone steps are live again; mutates."""
+        count = min(int(count), self.step)
+        start = self.step - count  # the first undone step
+        # a row that ended at step e consumed its tokens of steps < e only
+        ended = torch.where(self.status == LIVE, self.step, self.ended)
+        self.cursor.rollback((ended - start).clamp_min(0))
+        revive = ended >= start
+        self.status = torch.where(revive, LIVE, self.status).to(torch.int8)
+        self.step = start
+
+    def review(self, sequence: GeneratedSequence) -> GeneratedSequence:
+        """``sequence`` checked against the constraint: ``finish_reason`` becomes
+        ``constraint`` unless its tokens (without the final EOS) satisfy it; the constraint's
+        report goes into ``sequence.constraint``."""
+        ids = list(sequence.token_ids)
+        if ids and ids[-1] in self.eos:
+            ids = ids[:-1]
+        if any(i in self.eos for i in ids):
+            valid, info = False, {}
+        else:
+            verdict = self.compiled.check(ids)
+            valid, info = verdict.valid, verdict.info
+        reason = sequence.finish_reason if valid else "constraint"
+        report = {"name": self.compiled.name, "valid": valid, **info}
+        return dataclasses.replace(sequence, finish_reason=reason, constraint=report)

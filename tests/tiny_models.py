@@ -131,3 +131,26 @@ def generated_part(model, output, prompt_batch) -> list[list[int]]:
             row = row[: row.index(EOS) + 1]
         out.append(row)
     return out
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (256 byte tokens after <pad>, <bos>, <eos>), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS}
+    for char in sorted(alphabet):
+        vocab[char] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+TEXT_VOCAB = 259
+
+
+def text_model(seed: int = 0):
+    """A tiny GPT-2 whose vocabulary fits :func:`byte_tokenizer`."""
+    return gpt2(seed=seed, vocab=TEXT_VOCAB)

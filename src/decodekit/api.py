@@ -200,15 +200,17 @@ class Decoder:
                 text = self.decode_text(search.tokens[row, : t + 1].tolist()) or ""
                 if stop is not None and reasons[row] == 3:
                     text = stop.trim(text)
-                # hold back an incomplete multi-byte character
-                delta = "" if text.endswith("\ufffd") else text[len(shown[row]) :]
-                shown[row] += delta
                 reason = {1: "eos", 3: "stop"}.get(reasons[row])
+                # hold back an incomplete multi-byte character until the row ends
+                held = text.endswith("\ufffd") and reason is None
+                delta = "" if held else text[len(shown[row]) :]
+                shown[row] += delta
                 emitted[row] = reason is not None
                 yield StreamEvent(row, t, tokens[row], delta, logprobs[row], reason)
         for row in range(search.width):
             if not emitted[row]:
-                yield StreamEvent(row, search.context.max_new_tokens, None, "", None, "length")
+                text = self.decode_text(search.tokens[row].tolist()) or ""
+                yield StreamEvent(row, search.context.max_new_tokens, None, text[len(shown[row]) :], None, "length")
 
 
 def _embedded(name: str) -> Path | None:

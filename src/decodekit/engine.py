@@ -97,7 +97,8 @@ class Decoding:
             processor.reset(state.rows)
         for t in range(options.max_new_tokens):
             logits = state.logits
-            nonfinite = ~torch.isfinite(logits).all(-1)
+            # NaN, +inf, or a row with no possible token; -inf alone is a legitimate "never"
+            nonfinite = (torch.isnan(logits) | torch.isposinf(logits)).any(-1) | torch.isneginf(logits).all(-1)
             scores = logits.log_softmax(-1) if search.scores_are_logprobs else logits.clone()
             if len(processors):
                 scores = processors(history[:, : prompt_length + t], scores)

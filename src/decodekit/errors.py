@@ -26,7 +26,7 @@ class InputError(DecodeKitError):
 class NumericalError(DecodeKitError):
     """The model produced NaN or infinite logits; names the decoding step and the row."""
 
-    def __init__(self, step: int, row: int, what: str = "NaN or infinite logits"):
+    def __init__(self, step: int, row: int, what: str = "NaN, +inf or all -inf logits"):
         self.step, self.row = step, row
         super().__init__(f"{what} at step {step}, row {row}: the model's output is unusable")
 

@@ -1,0 +1,82 @@
+"""Sampling: exact reproducibility and the empirical distribution of the warped softmax."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+import decodekit
+from decodekit.model.scripted import ScriptedModel
+
+LOGITS = [0.0, 2.0, 1.0, 0.5, -1.0, 1.5]  # token 0 is EOS
+VOCAB = len(LOGITS)
+
+
+def fixed_model():
+    return ScriptedModel(VOCAB, lambda seq: LOGITS, eos_token_ids=(0,))
+
+
+def expected_probs(temperature=1.0, top_k=None, top_p=1.0):
+    """The processed softmax derived independently of decodekit's code."""
+    scaled = np.array(LOGITS) / temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    keep = np.zeros(VOCAB, dtype=bool)
+    mass = 0.0
+    for rank, token in enumerate(order):
+        if top_k is not None and rank >= top_k:
+            break
+        if rank > 0 and mass >= top_p:
+            break
+        keep[token] = True
+        mass += probs[token]
+    probs = np.where(keep, probs, 0.0)
+    return probs / probs.sum()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(), dict(temperature=0.7), dict(top_k=3), dict(top_p=0.8), dict(temperature=1.5, top_k=4, top_p=0.9)],
+)
+def test_empirical_distribution_matches_processed_softmax(settings):
+    n = 4000
+    decoder = decodekit.load(fixed_model())
+    strategy = decodekit.Sampling(n=n, seed=123, **settings)
+    result = decoder.generate([3], strategy, max_new_tokens=1)
+    counts = np.bincount([s.token_ids[0] for s in result.sequences], minlength=VOCAB)
+    probs = expected_probs(**settings)
+    assert counts[probs == 0].sum() == 0
+    kept = probs > 0
+    # significance level 0.001: a correct sampler fails this 1 time in 1000
+    assert chisquare(counts[kept], probs[kept] * n).pvalue > 1e-3
+
+
+def test_same_seed_same_output_different_seed_different_output():
+    decoder = decodekit.load(fixed_model())
+
+    def run(seed):
+        return [s.token_ids for s in decoder.generate([3], decodekit.Sampling(n=8, seed=seed), max_new_tokens=6).sequences]
+
+    assert run(5) == run(5)
+    assert run(5) != run(6)
+
+
+def test_sample_logprobs_are_the_processed_distribution():
+    decoder = decodekit.load(fixed_model())
+    result = decoder.generate([3], decodekit.Sampling(n=4, seed=1, temperature=0.5), max_new_tokens=3)
+    log_z = math.log(sum(math.exp(v) for v in LOGITS))
+    for s in result.sequences:
+        assert s.token_logprobs == pytest.approx([LOGITS[t] - log_z for t in s.token_ids], abs=1e-5)
+        assert s.logprob == pytest.approx(sum(s.token_logprobs), abs=1e-5)
+
+
+def test_beam_sampling_is_seeded():
+    decoder = decodekit.load(fixed_model())
+    strategy = decodekit.BeamSearch(num_beams=3, num_return_sequences=3, sampler=decodekit.Sampling(seed=9, temperature=1.2))
+    first = decoder.generate([3], strategy, max_new_tokens=5)
+    again = decoder.generate([3], strategy, max_new_tokens=5)
+    assert [s.token_ids for s in first.sequences] == [s.token_ids for s in again.sequences]

@@ -61,3 +61,20 @@ class LanguageModel(Protocol):
         ``parents`` must keep each row within its prompt. Updates ``state.logits``.
         """
         ...
+
+
+def tree_ancestors(parents: torch.Tensor) -> torch.Tensor:
+    """``(rows, n)`` block-index parents (``-1``: the token continues the row's cache; parents
+    precede children) -> ``(rows, n, n)`` bool, ``[r, i, j]`` true when token ``j`` is token
+    ``i`` or one of its ancestors. A token's depth in its tree is ``ancestors.sum(-1) - 1``."""
+    rows, n = parents.shape
+    eye = torch.eye(n, dtype=torch.bool, device=parents.device).expand(rows, n, n)
+    parent_rows = parents.clamp(min=0)[:, :, None].expand(rows, n, n)
+    has_parent = (parents >= 0)[:, :, None]
+    ancestors = eye
+    for _ in range(n):  # one tree level per gather; stops at the tree's depth
+        widened = eye | (torch.gather(ancestors, 1, parent_rows) & has_parent)
+        if torch.equal(widened, ancestors):
+            break
+        ancestors = widened
+    return ancestors

@@ -73,3 +73,30 @@ class ScriptedModel:
         order = parents.tolist() if parents is not None else range(len(old))
         state.extra["sequences"] = [old[p] + (t,) for p, t in zip(order, tokens.tolist())]
         state.logits = self._logits(state.extra["sequences"])
+
+    # -- speculation (same contract as HFLanguageModel.verify / keep) ---------------------------
+
+    def verify(self, state: DecodeState, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """``(rows, n)`` block tokens with block-index ``parents`` (-1: the row's sequence) ->
+        ``(rows, n, vocab)`` logits after each token's path; one counted forward."""
+        self.forward_count += 1
+        sequences, out = state.extra["sequences"], []
+        for row, (ids, links) in enumerate(zip(tokens.tolist(), parents.tolist())):
+            paths: list[tuple[int, ...]] = []
+            for token, parent in zip(ids, links):
+                paths.append((sequences[row] if parent < 0 else paths[parent]) + (token,))
+            out.append(torch.stack([torch.as_tensor(self.next_logprobs(p), dtype=torch.float32) for p in paths]))
+        self.calls.append(tokens.numel())
+        state.extra["block"] = tokens.tolist()
+        return torch.stack(out)
+
+    def keep(self, state: DecodeState, index: torch.Tensor, count: torch.Tensor) -> None:
+        """Row ``r`` keeps block tokens ``index[r, :count[r]]`` (a root-to-node path)."""
+        block = state.extra.pop("block")
+        state.extra["sequences"] = [
+            seq + tuple(block[r][i] for i in index[r, :c].tolist())
+            for r, (seq, c) in enumerate(zip(state.extra["sequences"], count.tolist()))
+        ]
+
+    def compact(self, state: DecodeState) -> None:
+        """Nothing to squeeze: rows are Python tuples."""

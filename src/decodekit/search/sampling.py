@@ -11,6 +11,7 @@ from decodekit.errors import check
 from decodekit.logits.base import ProcessorList
 from decodekit.logits.warpers import MinP, Temperature, TopK, TopP, TypicalP
 from decodekit.search.base import Hypothesis, SearchContext, Step
+from decodekit.speculative.config import Speculative
 
 RUNNING, EOS, LENGTH, STOP = 0, 1, 2, 3
 REASONS = {EOS: "eos", LENGTH: "length", STOP: "stop"}
@@ -18,9 +19,11 @@ REASONS = {EOS: "eos", LENGTH: "length", STOP: "stop"}
 
 @dataclass(frozen=True)
 class Greedy:
-    """Take the highest-scoring token at every step."""
+    """Take the highest-scoring token at every step. ``speculative``: draft-and-verify with a
+    proposer (:class:`~decodekit.speculative.config.Speculative`); the output is unchanged."""
 
     name: ClassVar[str] = "greedy"
+    speculative: Speculative | None = None
 
     def validate(self) -> None:
         pass
@@ -33,7 +36,8 @@ class Greedy:
 class Sampling:
     """Ancestral sampling from the processed distribution, reshaped by the warpers in the order
     temperature, top-k, top-p, min-p, typical-p; ``n`` samples per prompt share its prefill.
-    Seeded through a ``torch.Generator`` (``seed``) for exact reproducibility."""
+    Seeded through a ``torch.Generator`` (``seed``) for exact reproducibility. ``speculative``:
+    speculative sampling with a proposer; the output distribution is unchanged."""
 
     name: ClassVar[str] = "sample"
     temperature: float = 1.0
@@ -43,6 +47,7 @@ class Sampling:
     typical_p: float = 1.0
     n: int = 1
     seed: int | None = None
+    speculative: Speculative | None = None
 
     def validate(self) -> None:
         check(self.temperature > 0, "temperature", self.temperature, "a number > 0 (use greedy for 0)")

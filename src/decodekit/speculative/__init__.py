@@ -1,0 +1,144 @@
+"""Lossless speculative decoding: proposers (n-gram prompt lookup, SuffixDecoding, draft model,
+Token Recycling) behind one protocol, one verifier, and a batched loop.
+
+>>> import decodekit
+>>> from decodekit.speculative import Speculative
+>>> decoder = decodekit.load()
+>>> result = decoder.generate("def f(x):", decodekit.Greedy(speculative=Speculative("suffix")))
+>>> result.stats.accepted_per_forward  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from decodekit.errors import ConfigError
+from decodekit.options import DecodeOptions
+from decodekit.search.base import Hypothesis
+from decodekit.speculative.base import Draft, Proposer, SpeculationContext, Verification
+from decodekit.speculative.config import (
+    CONFIGS,
+    DraftModelConfig,
+    PromptLookupConfig,
+    RecyclingConfig,
+    Speculative,
+    SuffixConfig,
+)
+from decodekit.speculative.loop import SpeculationStats, SpeculativeDecoding
+
+__all__ = [
+    "CONFIGS",
+    "Draft",
+    "DraftModelConfig",
+    "PromptLookupConfig",
+    "Proposer",
+    "RecyclingConfig",
+    "SpeculationContext",
+    "SpeculationStats",
+    "Speculative",
+    "SuffixConfig",
+    "Verification",
+    "check_supported",
+    "make_proposer",
+    "speculative_decode",
+]
+
+_DEFAULT_OPTIONS = DecodeOptions()
+_SUPPORTED_OPTIONS = {"max_new_tokens", "eos_token_ids", "stop"}
+
+
+def check_supported(strategy: Any, options: DecodeOptions) -> Speculative:
+    """The strategy's :class:`Speculative` config, validated; ``ConfigError`` naming the field
+    for a strategy or an option speculation does not support. Touches no model."""
+    from decodekit.search.sampling import Greedy, Sampling
+
+    speculative = getattr(strategy, "speculative", None)
+    if not isinstance(speculative, Speculative):
+        raise ConfigError("speculative", speculative, "a decodekit.speculative.Speculative config")
+    if not isinstance(strategy, Greedy | Sampling):
+        raise ConfigError(
+            "speculative",
+            speculative.proposer,
+            f"greedy or sample strategies, not {strategy.name!r}",
+        )
+    speculative.validate()
+    for name in vars(options):
+        if name not in _SUPPORTED_OPTIONS and getattr(options, name) != getattr(
+            _DEFAULT_OPTIONS, name
+        ):
+            raise ConfigError(
+                name,
+                getattr(options, name),
+                "its default with speculative decoding (supported options: max_new_tokens, eos_token_ids, stop)",
+            )
+    return speculative
+
+
+def make_proposer(speculative: Speculative, target) -> Proposer:
+    """A fresh proposer for ``speculative`` driving ``target`` (loads a draft model and checks
+    its vocabulary against the target's before any forward)."""
+    from decodekit.speculative.draft_model import (
+        DraftModelProposer,
+        check_vocabulary,
+        load_draft_model,
+    )
+    from decodekit.speculative.ngram import PromptLookupProposer
+    from decodekit.speculative.recycling import TokenRecyclingProposer
+    from decodekit.speculative.suffix import SuffixTreeProposer
+
+    config = speculative.resolved()
+    if speculative.proposer == "ngram":
+        return PromptLookupProposer(config)
+    if speculative.proposer == "suffix":
+        return SuffixTreeProposer(config)
+    if speculative.proposer == "recycling":
+        return TokenRecyclingProposer(config, target.vocab_size)
+    if target.is_encoder_decoder:
+        raise ConfigError("speculative.proposer", "draft", "a decoder-only target model")
+    draft = load_draft_model(config, getattr(target, "device", "cpu"))
+    check_vocabulary(target.vocab_size, draft)
+    return DraftModelProposer(config, draft)
+
+
+def speculative_decode(
+    model,
+    prompts: list[list[int]],
+    strategy: Any,
+    options: DecodeOptions,
+    proposer: Proposer,
+    *,
+    generator: torch.Generator | None = None,
+    stop_check=None,
+) -> tuple[list[list[Hypothesis]], list[SpeculationStats]]:
+    """Decode ``prompts`` with ``strategy`` (Greedy or Sampling) speculatively. Returns each
+    prompt's hypotheses (as the plain engine would) and its acceptance statistics."""
+    from decodekit.engine import check_prompts
+
+    check_supported(strategy, options)
+    strategy.validate()
+    options.validate(model.vocab_size)
+    check_prompts(model, prompts, options)
+    if model.is_encoder_decoder:
+        raise ConfigError(
+            "speculative", strategy.speculative.proposer, "a decoder-only target model"
+        )
+    eos = tuple(options.eos_token_ids) if options.eos_token_ids is not None else model.eos_token_ids
+    sampling = getattr(strategy, "name", "") == "sample"
+    warp = None
+    if sampling:
+        warpers = strategy.warpers()
+        warp = (lambda logits: warpers(None, logits)) if len(warpers) else (lambda logits: logits)
+    run = SpeculativeDecoding(
+        model,
+        prompts,
+        proposer,
+        width=strategy.n if sampling else 1,
+        max_new_tokens=options.max_new_tokens,
+        eos=eos,
+        warp=warp,
+        generator=generator,
+        stop_check=stop_check,
+    )
+    return run.run()

@@ -1,0 +1,175 @@
+"""Config objects of speculative decoding: :class:`Speculative` names a proposer and carries
+its own config. Each config validates itself and names the offending field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from decodekit.errors import ConfigError, check
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass(frozen=True)
+class PromptLookupConfig:
+    """n-gram prompt lookup (Saxena, 2023): find the most recent earlier occurrence of the
+    context's last ``n`` tokens, longest ``n`` in ``[min_ngram, max_ngram]`` first, and draft
+    the ``num_tokens`` tokens that followed it."""
+
+    num_tokens: int = 10
+    min_ngram: int = 1
+    max_ngram: int = 4
+
+    def validate(self) -> None:
+        check(
+            _positive(self.num_tokens),
+            "num_tokens",
+            self.num_tokens,
+            "speculation length: an integer >= 1",
+        )
+        check(_positive(self.min_ngram), "min_ngram", self.min_ngram, "an integer >= 1")
+        check(
+            _positive(self.max_ngram) and self.max_ngram >= self.min_ngram,
+            "max_ngram",
+            self.max_ngram,
+            f"an integer >= min_ngram={self.min_ngram}",
+        )
+
+
+@dataclass(frozen=True)
+class SuffixConfig:
+    """SuffixDecoding (Oliaro et al., NeurIPS 2025). A match of ``m`` context tokens in a suffix
+    tree allows up to ``max_spec_factor * m + max_spec_offset`` draft tokens (at most
+    ``max_tokens``); a path stops where its estimated probability falls below
+    ``min_token_prob``. ``max_depth`` bounds the trees' depth (match + continuation);
+    ``max_cached_requests`` bounds the global tree over previous outputs (FIFO eviction;
+    0 turns it off). ``tree``: best-first tree drafts instead of a single path."""
+
+    max_tokens: int = 32
+    max_depth: int = 32
+    max_spec_factor: float = 2.0
+    max_spec_offset: float = 0.0
+    min_token_prob: float = 0.1
+    max_cached_requests: int = 256
+    tree: bool = False
+
+    def validate(self) -> None:
+        check(
+            _positive(self.max_tokens),
+            "max_tokens",
+            self.max_tokens,
+            "speculation length: an integer >= 1",
+        )
+        check(
+            isinstance(self.max_depth, int) and self.max_depth >= 2,
+            "max_depth",
+            self.max_depth,
+            "an integer >= 2",
+        )
+        check(self.max_spec_factor > 0, "max_spec_factor", self.max_spec_factor, "a number > 0")
+        check(self.max_spec_offset >= 0, "max_spec_offset", self.max_spec_offset, "a number >= 0")
+        check(
+            0 <= self.min_token_prob < 1,
+            "min_token_prob",
+            self.min_token_prob,
+            "a number in [0, 1)",
+        )
+        check(
+            isinstance(self.max_cached_requests, int) and self.max_cached_requests >= 0,
+            "max_cached_requests",
+            self.max_cached_requests,
+            "an integer >= 0",
+        )
+
+
+@dataclass(frozen=True)
+class DraftModelConfig:
+    """A small causal LM with the target's vocabulary drafts ``num_tokens`` tokens (Leviathan et
+    al., 2023). ``model``: an embedded model name, a checkpoint directory, a transformers
+    module or a :class:`~decodekit.model.hf.HFLanguageModel`."""
+
+    model: Any = "stdlib-code-draft"
+    num_tokens: int = 4
+
+    def validate(self) -> None:
+        check(
+            _positive(self.num_tokens),
+            "num_tokens",
+            self.num_tokens,
+            "speculation length: an integer >= 1",
+        )
+        check(
+            self.model is not None and (not isinstance(self.model, str | Path) or str(self.model)),
+            "model",
+            self.model,
+            "an embedded model name, a checkpoint directory or a model object",
+        )
+
+
+@dataclass(frozen=True)
+class RecyclingConfig:
+    """Token Recycling (Luo et al., 2024): a ``(vocab, top_k)`` matrix of each token's top-k
+    successors under the target, refreshed at every verification and kept across calls; drafts
+    follow a static breadth-first tree template. ``branching[d]``: children of the best node at
+    depth ``d``; the sibling ranked ``r`` gets ``r`` fewer."""
+
+    top_k: int = 8
+    branching: tuple[int, ...] = (6, 3, 2, 2, 1, 1, 1, 1)
+
+    def validate(self) -> None:
+        check(_positive(self.top_k), "top_k", self.top_k, "an integer >= 1")
+        check(
+            len(self.branching) >= 1
+            and all(_positive(b) and b <= self.top_k for b in self.branching),
+            "branching",
+            self.branching,
+            f"speculation depth >= 1: a non-empty tuple of integers in [1, top_k={self.top_k}]",
+        )
+
+
+CONFIGS: dict[str, type] = {
+    "ngram": PromptLookupConfig,
+    "suffix": SuffixConfig,
+    "draft": DraftModelConfig,
+    "recycling": RecyclingConfig,
+}
+"""Proposer name -> its config class."""
+
+
+@dataclass(frozen=True)
+class Speculative:
+    """Speculative decoding with the proposer ``proposer`` (one of :data:`CONFIGS`) configured
+    by ``config`` (that proposer's config object; None: its defaults). Lossless: greedy output
+    is exactly plain greedy's, sampled output has exactly plain sampling's distribution."""
+
+    proposer: str = "suffix"
+    config: Any = None
+
+    def validate(self) -> None:
+        check(
+            self.proposer in CONFIGS,
+            "speculative.proposer",
+            self.proposer,
+            f"one of {', '.join(CONFIGS)}",
+        )
+        expected = CONFIGS[self.proposer]
+        if self.config is not None and not isinstance(self.config, expected):
+            raise ConfigError(
+                "speculative.config",
+                self.config,
+                f"a {expected.__name__} for proposer {self.proposer!r}",
+            )
+        try:
+            self.resolved().validate()
+        except ConfigError as error:
+            raise ConfigError(
+                f"speculative.config.{error.field}", error.value, error.allowed
+            ) from None
+
+    def resolved(self) -> Any:
+        """The proposer config, defaults filled in."""
+        return self.config if self.config is not None else CONFIGS[self.proposer]()

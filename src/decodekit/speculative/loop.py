@@ -1,0 +1,211 @@
+"""The speculative decoding loop: propose, verify in one target forward, keep what was accepted.
+
+Per step, for all live rows at once:
+
+1. the proposer drafts a tree (or chain) per row from the row's tokens so far;
+2. the target scores ``[last token, draft...]`` in one forward (:meth:`verify`: a 4D mask,
+   depth positions, per-row positions so rows may differ in length);
+3. the verifier picks each row's accepted path and its recovered or bonus token;
+4. the target cache keeps the last token and the accepted path (:meth:`keep`); rows that
+   kept fewer leave masked holes, squeezed out now and then (:meth:`compact`), so a row's
+   output never depends on the other rows of the batch;
+5. rows that reached EOS, ``max_new_tokens`` or a stop string leave the batch.
+
+One host sync per step (the accepted tokens, which the proposers need as Python lists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from decodekit.search.base import Hypothesis
+from decodekit.speculative.base import Proposer, SpeculationContext, Verification, Warp
+from decodekit.speculative.verify import accept_greedy, accept_sampling
+
+
+@dataclass(frozen=True)
+class SpeculationStats:
+    """Acceptance statistics of one prompt (summed over its rows when ``n > 1``).
+
+    ``target_forwards``: verification forwards the prompt's rows took part in (the prefill is
+    not counted). ``drafted``: draft tokens proposed; ``accepted``: draft tokens accepted;
+    ``generated``: tokens emitted (accepted + recovered/bonus, + the first token, which comes
+    from the prefill)."""
+
+    proposer: str
+    target_forwards: int
+    drafted: int
+    accepted: int
+    generated: int
+
+    @property
+    def accepted_per_forward(self) -> float:
+        return self.accepted / max(1, self.target_forwards)
+
+    @property
+    def forwards_per_token(self) -> float:
+        return self.target_forwards / max(1, self.generated)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(1, self.drafted)
+
+
+class SpeculativeDecoding:
+    """One speculative decoding call over ``rows`` independent rows (``prompts`` repeated
+    ``width`` times for ``n`` samples). ``warp`` None means greedy."""
+
+    def __init__(
+        self,
+        model,
+        prompts,
+        proposer: Proposer,
+        *,
+        width: int,
+        max_new_tokens: int,
+        eos: tuple[int, ...],
+        warp: Warp | None,
+        generator: torch.Generator | None,
+        stop_check=None,
+        max_draft: int = 64,
+    ):
+        self.model, self.prompts, self.proposer = model, prompts, proposer
+        self.width, self.max_new = width, max_new_tokens
+        self.eos, self.warp, self.generator = set(eos), warp, generator
+        self.stop_check, self.max_draft = stop_check, max_draft
+
+    def _first_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.warp is None:
+            return logits.argmax(-1)
+        probs = self.warp(logits).softmax(-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+
+    def run(self) -> tuple[list[list[Hypothesis]], list[SpeculationStats]]:
+        model, width = self.model, self.width
+        state = model.start(self.prompts, self.max_new + self.max_draft + 2)
+        device = state.logits.device
+        rows = len(self.prompts) * width
+        if width > 1:
+            model.select(
+                state, torch.arange(len(self.prompts), device=device).repeat_interleave(width)
+            )
+        first = self._first_tokens(state.logits)
+        first_logprob = state.logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
+        row_prompts = [list(self.prompts[r // width]) for r in range(rows)]
+        self.out = [[t] for t in first.tolist()]
+        self.logprobs = [[v] for v in first_logprob.tolist()]
+        self.reason = [None] * rows
+        self.forwards, self.drafted, self.accepted = [0] * rows, [0] * rows, [0] * rows
+        sequences = [p + o for p, o in zip(row_prompts, self.out)]
+        for r in range(rows):
+            self._check_finished(r, 1)
+        self.proposer.begin(row_prompts, self.warp, self.generator)
+        live = [r for r in range(rows) if self.reason[r] is None]
+        if len(live) < rows:
+            model.select(state, torch.tensor(live, dtype=torch.long, device=device))
+        while live:
+            limits = [min(self.max_draft, self.max_new - len(self.out[r]) - 1) for r in live]
+            context = SpeculationContext(live, [sequences[r] for r in live], limits)
+            draft = self.proposer.propose(context)
+            # Block: the last token (root), then the draft; padding and depth cuts are invalid.
+            count = len(live)
+            last = torch.tensor([sequences[r][-1] for r in live], dtype=torch.long, device=device)
+            inputs = torch.cat([last[:, None], draft.tokens.to(device)], 1)
+            parents = torch.cat(
+                [torch.full((count, 1), -1, device=device), draft.parents.to(device) + 1], 1
+            )
+            valid = torch.cat(
+                [torch.ones((count, 1), dtype=torch.bool, device=device), draft.valid.to(device)], 1
+            )
+            parents = torch.where(valid, parents, 0)  # padding hangs off the root, never accepted
+            logits = model.verify(state, inputs, parents)
+            if self.warp is None:
+                acceptance = accept_greedy(logits, inputs, parents, valid)
+            else:
+                probs = draft.probs.to(device) if draft.probs is not None else None
+                acceptance = accept_sampling(
+                    logits, inputs, parents, valid, self.warp, self.generator, probs
+                )
+            model.keep(state, acceptance.path, acceptance.kept)
+            kept = acceptance.kept.tolist()  # the one host sync of the step
+            tokens, logprobs = acceptance.tokens.tolist(), acceptance.logprobs.tolist()
+            drafted = draft.valid.sum(-1).tolist()
+            emitted: list[list[int]] = []
+            for i, r in enumerate(live):
+                new, new_logprobs = tokens[i][: kept[i]], logprobs[i][: kept[i]]
+                room = self.max_new - len(self.out[r])
+                new, new_logprobs = new[:room], new_logprobs[:room]
+                for j, token in enumerate(new):  # cut at the first EOS
+                    if token in self.eos:
+                        new, new_logprobs = new[: j + 1], new_logprobs[: j + 1]
+                        break
+                before = len(self.out[r])
+                self.out[r].extend(new)
+                self.logprobs[r].extend(new_logprobs)
+                sequences[r].extend(new)
+                self.forwards[r] += 1
+                self.drafted[r] += drafted[i]
+                self.accepted[r] += kept[i] - 1
+                self._check_finished(r, before + 1)
+                emitted.append(new)
+            self.proposer.observe(
+                Verification(live, inputs, parents, valid, logits, [k - 1 for k in kept], emitted)
+            )
+            still = [i for i, r in enumerate(live) if self.reason[r] is None]
+            if len(still) < len(live):
+                if still:
+                    model.select(state, torch.tensor(still, dtype=torch.long, device=device))
+                live = [live[i] for i in still]
+            elif live and state.extra.get("length", 0) > 2 * (
+                max(len(sequences[r]) for r in live) + 32
+            ):
+                model.compact(state)
+        self.proposer.finish(self.out)
+        return self._hypotheses(), self._stats()
+
+    def _check_finished(self, r: int, first_new: int) -> None:
+        """Set row ``r``'s finish reason from its tokens ``out[r][first_new - 1:]``."""
+        out = self.out[r]
+        if out[-1] in self.eos:
+            self.reason[r] = "eos"
+            return
+        if self.stop_check is not None:
+            for end in range(first_new, len(out) + 1):
+                if bool(self.stop_check(torch.tensor([out[:end]], dtype=torch.long))[0]):
+                    del out[end:]
+                    del self.logprobs[r][end:]
+                    self.reason[r] = "stop"
+                    return
+        if len(out) >= self.max_new:
+            self.reason[r] = "length"
+
+    def _hypotheses(self) -> list[list[Hypothesis]]:
+        groups = []
+        for prompt in range(len(self.prompts)):
+            group = []
+            for r in range(prompt * self.width, (prompt + 1) * self.width):
+                total = float(sum(self.logprobs[r]))
+                group.append(
+                    Hypothesis(
+                        self.out[r], self.logprobs[r], total, total, self.reason[r] or "length"
+                    )
+                )
+            groups.append(group)
+        return groups
+
+    def _stats(self) -> list[SpeculationStats]:
+        stats = []
+        for prompt in range(len(self.prompts)):
+            rows = range(prompt * self.width, (prompt + 1) * self.width)
+            stats.append(
+                SpeculationStats(
+                    self.proposer.name,
+                    sum(self.forwards[r] for r in rows),
+                    sum(self.drafted[r] for r in rows),
+                    sum(self.accepted[r] for r in rows),
+                    sum(len(self.out[r]) for r in rows),
+                )
+            )
+        return stats

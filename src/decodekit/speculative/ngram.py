@@ -1,0 +1,71 @@
+"""n-gram prompt lookup: draft what followed the most recent earlier occurrence of the
+context's last n tokens (Saxena, 2023, "Prompt Lookup Decoding"; the idea of copying spans
+from the input is also in Yang et al., 2023, "Inference with Reference").
+
+Each row keeps, per ``n``, a dictionary from an n-gram to the position right after its most
+recent occurrence that has a continuation, updated as tokens arrive, so a proposal costs
+``max_ngram - min_ngram + 1`` dictionary look-ups whatever the context length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decodekit.speculative.base import Draft, SpeculationContext, Verification, Warp, chain_parents
+from decodekit.speculative.config import PromptLookupConfig
+
+
+class PromptLookupProposer:
+    """Chain drafts copied from the row's own context (see module docstring)."""
+
+    name = "ngram"
+
+    def __init__(self, config: PromptLookupConfig):
+        self.config = config
+        self._index: dict[int, list[dict[tuple[int, ...], int]]] = {}
+        self._indexed: dict[int, int] = {}  # row -> tokens whose n-grams are indexed
+
+    def begin(
+        self, prompts: list[list[int]], warp: Warp | None, generator: torch.Generator | None
+    ) -> None:
+        sizes = range(self.config.min_ngram, self.config.max_ngram + 1)
+        self._index = {row: [{} for _ in sizes] for row in range(len(prompts))}
+        self._indexed = dict.fromkeys(range(len(prompts)), 0)
+
+    def _catch_up(self, row: int, sequence: list[int]) -> None:
+        """Index every n-gram that now has a continuation (ends before the last token)."""
+        low = self.config.min_ngram
+        tables = self._index[row]
+        for end in range(max(self._indexed[row], 1), len(sequence)):
+            # the n-gram sequence[end - n : end] is followed by sequence[end]
+            for offset, table in enumerate(tables):
+                n = low + offset
+                if end >= n:
+                    table[tuple(sequence[end - n : end])] = end
+        self._indexed[row] = len(sequence)
+
+    def propose(self, context: SpeculationContext) -> Draft:
+        tokens, parents = [], []
+        low = self.config.min_ngram
+        for row, sequence, limit in zip(context.rows, context.sequences, context.limits):
+            self._catch_up(row, sequence)
+            draft: list[int] = []
+            budget = min(self.config.num_tokens, limit)
+            tables = self._index[row]
+            for offset in range(len(tables) - 1, -1, -1):
+                n = low + offset
+                if budget <= 0 or len(sequence) < n:
+                    continue
+                start = tables[offset].get(tuple(sequence[-n:]))
+                if start is not None:
+                    draft = sequence[start : start + budget]
+                    break
+            tokens.append(draft)
+            parents.append(chain_parents(len(draft)))
+        return Draft.from_lists(tokens, parents)
+
+    def observe(self, verification: Verification) -> None:
+        pass  # the context itself is the only state; it is indexed lazily in propose
+
+    def finish(self, outputs: list[list[int]]) -> None:
+        self._index, self._indexed = {}, {}

@@ -1,0 +1,136 @@
+"""The verifier: which draft path the target accepts, and its recovered or bonus token.
+
+Input is the block the target scored in one forward: block token 0 is the row's last token
+(the root) and tokens ``1..n`` are the draft nodes; ``logits[:, j]`` is the target's
+next-token distribution after block token ``j``'s path. Words as in
+:mod:`decodekit.speculative.base`: *accepted*, *recovered*, *bonus*.
+
+- Greedy: a node is accepted when it equals the target's argmax after its parent and all its
+  ancestors are accepted; the deepest accepted node wins (siblings are distinct, so at most
+  one node per depth qualifies). Its argmax is the recovered or bonus token. Exact: the kept
+  tokens are the target's own greedy tokens.
+- Sampling (Leviathan et al., 2023, Alg. 1; Chen et al., 2023, Alg. 2): a node ``x`` drawn
+  from ``q`` is accepted with probability ``min(1, p(x) / q(x))``; on rejection the recovered
+  token is drawn from ``norm(max(0, p - q))``. A deterministic node has ``q`` one-hot, so it
+  is accepted with probability ``p(x)`` and the residual is ``p`` without ``x``; trying the
+  distinct deterministic children of a node one after another in this way is the same as
+  drawing ``y ~ p`` once and following the child equal to ``y`` (the recovered token is ``y``
+  when there is none), which is what is implemented for them. Either way every emitted token
+  is distributed exactly as plain sampling from ``p`` would draw it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from decodekit.model.base import tree_ancestors
+from decodekit.speculative.base import Warp
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """``path``: ``(rows, m)`` block indices root-first of each row's accepted path (root
+    included, padded); ``kept``: ``(rows,)`` path lengths (1 + accepted); ``tokens``:
+    ``(rows, m)`` the tokens emitted at path steps: ``tokens[r, j]`` follows ``path[r, j]``,
+    so ``tokens[r, :kept[r]]`` are the accepted tokens then the recovered or bonus token.
+    ``logprobs``: ``(rows, m)`` their target log-probabilities (before warping)."""
+
+    path: torch.Tensor
+    kept: torch.Tensor
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+
+
+def _path_of(best: torch.Tensor, ancestors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows,)`` chosen nodes -> root-first ``(rows, m)`` paths and ``(rows,)`` lengths."""
+    rows, n = best.shape[0], ancestors.shape[1]
+    on_path = ancestors[torch.arange(rows, device=best.device), best]  # (rows, n)
+    kept = on_path.sum(-1)
+    # Parents precede children, so block order along a path is root-first order.
+    key = torch.where(on_path, torch.arange(n, device=best.device), n)
+    m = int(kept.max())
+    path = key.sort(-1).values[:, :m]
+    return path.clamp(max=n - 1), kept
+
+
+def accept_greedy(
+    logits: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor
+) -> Acceptance:
+    """Longest agreeing path. ``logits``: ``(rows, n, V)``; ``tokens``/``parents``/``valid``:
+    ``(rows, n)`` block tensors (index 0 is the root, parent ``-1``)."""
+    target = logits.argmax(-1)  # (rows, n)
+    rows, n = tokens.shape
+    ancestors = tree_ancestors(parents)
+    agrees = valid & (tokens == target.gather(1, parents.clamp(min=0)))
+    agrees[:, 0] = True
+    path_ok = ~(ancestors & ~agrees[:, None, :]).any(-1)  # every ancestor-or-self agrees
+    depth = ancestors.sum(-1) - 1
+    best = torch.where(path_ok, depth, -1).argmax(-1)  # (rows,)
+    path, kept = _path_of(best, ancestors)
+    emitted = target.gather(1, path)
+    return Acceptance(path, kept, emitted, _logprobs(logits, path, emitted))
+
+
+def accept_sampling(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    valid: torch.Tensor,
+    warp: Warp,
+    generator: torch.Generator | None,
+    draft_probs: torch.Tensor | None = None,
+) -> Acceptance:
+    """Speculative sampling over a tree (deterministic nodes) or a chain (``draft_probs``:
+    ``(rows, n - 1, V)`` distributions the draft nodes were drawn from). One depth per loop
+    iteration, vectorised over rows."""
+    rows, n, vocab = logits.shape
+    device = logits.device
+    probs = warp(logits.reshape(rows * n, vocab)).softmax(-1).reshape(rows, n, vocab)
+    ancestors = tree_ancestors(parents)
+    arange = torch.arange(rows, device=device)
+    current = torch.zeros(rows, dtype=torch.long, device=device)
+    live = torch.ones(rows, dtype=torch.bool, device=device)
+    chosen = torch.zeros(rows, dtype=torch.long, device=device)  # the emitted token at `current`
+    while True:
+        p = probs[arange, current]  # (rows, V)
+        children = valid & (parents == current[:, None])  # (rows, n)
+        children &= live[:, None]
+        if draft_probs is None:
+            y = torch.multinomial(p, 1, generator=generator).squeeze(-1)
+            match = children & (tokens == y[:, None])
+            step = match.any(-1)
+            chosen = torch.where(live, y, chosen)
+            current = torch.where(step, match.int().argmax(-1), current)
+        else:
+            has_child = children.any(-1)
+            child = children.int().argmax(-1)  # a chain has one child per node
+            x = tokens[arange, child]
+            q = draft_probs[arange, (child - 1).clamp(min=0)]  # (rows, V)
+            u = torch.rand(rows, generator=generator, device=device)
+            ok = has_child & (u * q[arange, x] < p[arange, x])
+            residual = (p - q).clamp(min=0)
+            residual_sum = residual.sum(-1, keepdim=True)
+            # subtle: p == q leaves no residual, and then rejection has probability 0 anyway
+            residual = torch.where(residual_sum > 0, residual / residual_sum.clamp(min=1e-30), p)
+            fallback = torch.where(has_child[:, None], residual, p)
+            y = torch.multinomial(fallback, 1, generator=generator).squeeze(-1)
+            step = ok
+            chosen = torch.where(live, torch.where(ok, x, y), chosen)
+            current = torch.where(step, child, current)
+        live = live & step
+        if not bool(live.any()):
+            break
+    path, kept = _path_of(current, ancestors)
+    emitted = tokens.gather(1, path[:, 1:]) if path.shape[1] > 1 else path[:, :0]
+    emitted = torch.cat([emitted, chosen[:, None]], 1)
+    # rows whose path is shorter than m: put the final token at its own step
+    emitted[arange, kept - 1] = chosen
+    return Acceptance(path, kept, emitted, _logprobs(logits, path, emitted))
+
+
+def _logprobs(logits: torch.Tensor, path: torch.Tensor, emitted: torch.Tensor) -> torch.Tensor:
+    rows, m = path.shape
+    steps = logits.gather(1, path[:, :, None].expand(rows, m, logits.shape[-1]))  # (rows, m, V)
+    return steps.log_softmax(-1).gather(2, emitted[:, :, None]).squeeze(-1)

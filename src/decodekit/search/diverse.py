@@ -184,6 +184,7 @@ class DiverseBeamSearchRun:
         self.local = torch.arange(K, device=device).expand(self.shape)
         self.row_offset = (torch.arange(batch * groups, device=device) * K).view(batch, groups, 1)
         self.steps = 0
+        self.eos_at: torch.Tensor | None = None
 
     # -- one step ---------------------------------------------------------------------------------
 
@@ -192,40 +193,39 @@ class DiverseBeamSearchRun:
 
         ``scores``: ``(batch, G, K, V)``. Returns candidate scores and flat indices
         ``(batch, G, C)``, the positions of the K candidates that keep running ``(batch, G, K)``
-        and the tokens the rows append ``(batch, G, K)`` (pad for done groups).
+        and the tokens the rows append ``(batch, G, K)`` (pad for done groups). Subtle: this
+        loop is the only per-group Python, so it is kept to about a dozen tensor ops per group.
         """
         batch, groups, K, V = scores.shape
-        eos, pad = self.context.eos_token_ids, self.context.pad_token_id
-        chosen = torch.empty((batch, groups, K), dtype=torch.long, device=scores.device)
-        history = None
-        if self.diversity.needs_history:
-            history = torch.empty((batch, groups, K, t + 1), dtype=torch.long, device=scores.device)
-        all_scores, all_index, all_keep = [], [], []
+        if self.eos_at is None or self.eos_at.numel() != K * V:
+            # flat candidate index (beam * V + token) -> is the token an EOS?
+            self.eos_at = torch.isin(torch.arange(K * V, device=scores.device) % V, self.context.eos_token_ids)
+        pad, history_needed = self.context.pad_token_id, self.diversity.needs_history
+        group_scores, running, done = scores.unbind(1), self.running_scores.unbind(1), self.done.unbind(1)
+        own = self.running_tokens[..., :t].unbind(1) if history_needed else None
+        chosen, histories, all_scores, all_index, all_keep = [], [], [], [], []
         for g in range(groups):
-            group_scores = scores[:, g]  # (B, K, V)
-            strength = self.strengths[g]
-            if g > 0 and strength != 0.0:
-                earlier = EarlierGroups(g, t, V, chosen[:, :g].reshape(batch, g * K))
-                if history is not None:
-                    earlier = EarlierGroups(
-                        g, t, V, earlier.tokens, history[:, :g].reshape(batch, g * K, t + 1), self.running_tokens[:, g, :, :t]
-                    )
-                group_scores = group_scores - strength * self.diversity(earlier)
-            accumulated = (group_scores + self.running_scores[:, g, :, None]).view(batch, K * V)
+            penalised = group_scores[g]  # (B, K, V)
+            if g > 0 and self.strengths[g] != 0.0:
+                earlier = EarlierGroups(g, t, V, torch.cat(chosen, 1))
+                if history_needed:
+                    earlier = EarlierGroups(g, t, V, earlier.tokens, torch.cat(histories, 1), own[g])
+                penalised = penalised - self.strengths[g] * self.diversity(earlier)
+            accumulated = (penalised + running[g][..., None]).view(batch, K * V)
             cand_scores, cand_index = torch.topk(accumulated, self.candidates, dim=-1)  # (B, C)
-            cand_token = cand_index % V
             # the first K candidates that are not EOS keep running, in rank order
-            keep = torch.argsort(torch.isin(cand_token, eos).to(torch.int8), dim=-1, stable=True)[:, :K]
-            tokens = cand_token.gather(1, keep).masked_fill(self.done[:, g, None], pad)
-            chosen[:, g] = tokens
-            if history is not None:
-                parents = torch.where(self.done[:, g, None], self.local[:, 0], cand_index.gather(1, keep) // V)
-                history[:, g, :, :t] = self.running_tokens[:, g, :, :t].gather(1, parents[..., None].expand(-1, -1, t))
-                history[:, g, :, t] = tokens
+            keep = torch.argsort(self.eos_at[cand_index], dim=-1, stable=True)[:, :K]
+            kept = cand_index.gather(1, keep)
+            tokens = torch.where(done[g][:, None], pad, kept % V)
+            chosen.append(tokens)
+            if history_needed:
+                parents = torch.where(done[g][:, None], self.local[:, 0], kept // V)
+                rows = own[g].gather(1, parents[..., None].expand(-1, -1, t))
+                histories.append(torch.cat([rows, tokens[..., None]], -1))
             all_scores.append(cand_scores)
             all_index.append(cand_index)
             all_keep.append(keep)
-        return torch.stack(all_scores, 1), torch.stack(all_index, 1), torch.stack(all_keep, 1), chosen
+        return torch.stack(all_scores, 1), torch.stack(all_index, 1), torch.stack(all_keep, 1), torch.stack(chosen, 1)
 
     def step(self, scores: torch.Tensor, t: int) -> Step:
         """``scores``: ``(batch * num_beams, V)`` processed log-probs of all rows."""

@@ -32,7 +32,6 @@ def _llguidance():
     try:
         import llguidance
         import llguidance.hf
-        import llguidance.torch
     except ImportError as error:  # pragma: no cover - a declared dependency
         raise InputError("grammar constraints need the 'llguidance' package (pip install llguidance)") from error
     return llguidance
@@ -79,7 +78,7 @@ def _compile(kind: str, field: str, text: str, grammar_of, tokenizer, vocab_size
     template = llguidance.LLMatcher(lltok, grammar, log_level=0)
     if template.is_error():
         raise ConfigError(field, shown, f"a valid {kind} (llguidance: {template.get_error().strip()})")
-    compiled = CompiledGrammar(kind, template, lltok, vocab_size)
+    compiled = CompiledGrammar(field, template, lltok, vocab_size)
     with _lock:
         _compiled[key] = compiled
         while len(_compiled) > _CACHE_SIZE:
@@ -154,10 +153,10 @@ class Grammar:
 class CompiledGrammar:
     """A grammar compiled for one tokenizer: the template matcher its cursors copy."""
 
-    def __init__(self, kind: str, template, lltokenizer, vocab_size: int):
+    def __init__(self, name: str, template, lltokenizer, vocab_size: int):
         import llguidance
 
-        self.name, self.kind = "grammar", kind
+        self.name = name  # json_schema, regex or grammar
         self.template, self.lltokenizer, self.vocab_size = template, lltokenizer, vocab_size
         self.tokenizer_vocab = int(lltokenizer.vocab_size)
         self.special = torch.tensor(sorted(set(lltokenizer.eos_tokens)), dtype=torch.long)
@@ -193,12 +192,14 @@ class GrammarCursor(Cursor):
 
     def allowed(self, mask: torch.Tensor, remaining: int | None = None) -> None:
         """Fill ``mask`` (``(rows, vocab)`` bool) from llguidance's bitmasks."""
-        from llguidance.torch import fill_next_token_bitmask_par
-
         compiled, rows = self.compiled, len(self.matchers)
         if self.bitmask.shape[0] != rows:
             self.bitmask = torch.zeros((rows, self.bitmask.shape[1]), dtype=torch.int32)
-        fill_next_token_bitmask_par(compiled.executor, [(m, i) for i, m in enumerate(self.matchers)], self.bitmask)
+        # what llguidance.torch.fill_next_token_bitmask_par does, without importing that module
+        # (it compiles a kernel with torch.compile at import time)
+        words = self.bitmask.shape[1]
+        targets = [(m, i) for i, m in enumerate(self.matchers)]
+        compiled.executor.unsafe_compute_mask_ptr(targets, self.bitmask.data_ptr(), words * 4, rows)
         # (rows, words) int32 -> (rows, words, 32) bits -> (rows, words * 32) bool
         bits = ((self.bitmask.unsqueeze(-1) >> _SHIFTS) & 1).view(rows, -1)[:, : compiled.tokenizer_vocab]
         mask[:, : compiled.tokenizer_vocab] = bits.to(device=mask.device, dtype=torch.bool)

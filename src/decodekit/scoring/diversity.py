@@ -15,7 +15,7 @@ transformers 4.55's ``HammingDiversityLogitsProcessor``, which Hamming reproduce
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import torch
@@ -143,16 +143,21 @@ class Embedding:
     embeddings: torch.Tensor
     n: int = 1
     needs_history: ClassVar[bool] = True
+    _tables: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def _table(self, vocab_size: int, device: torch.device) -> torch.Tensor:
-        table = self.embeddings.detach().to(device=device, dtype=torch.float32)
-        if table.shape[0] < vocab_size:
-            table = torch.cat([table, table.new_zeros((vocab_size - table.shape[0], table.shape[1]))])
-        return table[:vocab_size]
+    def _table(self, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(V, D)`` float32 vectors and their unit-length versions, built once per call site."""
+        key = (vocab_size, device)
+        if key not in self._tables:
+            table = self.embeddings.detach().to(device=device, dtype=torch.float32)
+            if table.shape[0] < vocab_size:
+                table = torch.cat([table, table.new_zeros((vocab_size - table.shape[0], table.shape[1]))])
+            table = table[:vocab_size]
+            self._tables[key] = (table, torch.nn.functional.normalize(table, dim=-1))
+        return self._tables[key]
 
     def __call__(self, earlier: EarlierGroups) -> torch.Tensor:
-        table = self._table(earlier.vocab_size, earlier.tokens.device)  # (V, D)
-        unit = torch.nn.functional.normalize(table, dim=-1)
+        table, unit = self._table(earlier.vocab_size, earlier.tokens.device)  # (V, D) each
         if self.n == 1:
             total = unit[earlier.tokens].sum(1)  # (B, D): sum of earlier tokens' unit vectors
             return (total @ unit.T)[:, None, :]  # (B, 1, V)

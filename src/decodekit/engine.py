@@ -61,6 +61,8 @@ class Decoding:
         processors: list | None = None,
     ):
         strategy.validate()
+        if getattr(strategy, "speculative", None) is not None:
+            raise ConfigError("speculative", strategy.speculative, "None here: speculative decoding runs through Decoder.generate()")
         options.validate(model.vocab_size)
         check_prompts(model, prompts, options)
         eos = tuple(options.eos_token_ids) if options.eos_token_ids is not None else model.eos_token_ids
@@ -97,8 +99,9 @@ class Decoding:
             processor.reset(state.rows)
         for t in range(options.max_new_tokens):
             logits = state.logits
-            # NaN, +inf, or a row with no possible token; -inf alone is a legitimate "never"
-            nonfinite = (torch.isnan(logits) | torch.isposinf(logits)).any(-1) | torch.isneginf(logits).all(-1)
+            # NaN, +inf, or a row with no possible token; -inf alone is a legitimate "never".
+            # Subtle: a row's max is NaN if any entry is NaN, so one reduction covers all three.
+            nonfinite = ~torch.isfinite(logits.amax(-1))
             scores = logits.log_softmax(-1) if search.scores_are_logprobs else logits.clone()
             if len(processors):
                 scores = processors(history[:, : prompt_length + t], scores)

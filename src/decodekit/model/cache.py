@@ -1,11 +1,13 @@
 """A key/value cache that is allocated once and written in place.
 
 transformers' ``DynamicCache`` concatenates at every step (copying the whole cache) and its beam
-reorder copies every layer from position 0. Here each layer holds one buffer
-``(rows, heads, capacity, head_dim)``: a step writes its new keys/values into
-``[length, length + n)`` and the attention reads a *view* of ``[0, length + n)``, so nothing is
-copied. A beam reorder copies only positions ``[shared, length)``: every row of a prompt holds the
-same prompt keys/values, so the prompt region never needs to move.
+reorder copies every layer from position 0. Here all layers share one storage
+``(layers, 2, rows, heads, capacity, head_dim)`` (keys and values): a step writes its new
+states into ``[length, length + n)`` and the attention reads a *view* of ``[0, length + n)``, so
+nothing is copied. A beam reorder is one gather + one copy for all layers at once, and only of
+positions ``[shared, length)``: every row of a prompt holds the same prompt keys/values, so the
+prompt region never moves. Layers whose shapes differ from the first layer's (rare hybrid
+models) fall back to buffers of their own.
 """
 
 from __future__ import annotations
@@ -15,22 +17,24 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 
 class PreallocatedLayer(DynamicLayer):
-    """One attention layer's keys/values in a preallocated buffer (see module docstring)."""
+    """One attention layer's keys/values: views into its cache's shared storage."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, owner: PreallocatedCache | None = None, index: int = 0):
         super().__init__()
-        self.capacity = capacity
+        self.capacity, self.owner, self.index = capacity, owner, index
         self.length = 0
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
+        self.shared = False  # True while the buffers are views of the owner's storage
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        rows, heads, _, key_dim = key_states.shape
-        self._key_buffer = key_states.new_empty(rows, heads, self.capacity, key_dim)
-        self._value_buffer = value_states.new_empty(
-            rows, value_states.shape[1], self.capacity, value_states.shape[-1]
-        )
+        if self.owner is not None and self.owner.attach(self, key_states, value_states):
+            self.shared = True
+        else:
+            rows, heads, _, key_dim = key_states.shape
+            self._key_buffer = key_states.new_empty(rows, heads, self.capacity, key_dim)
+            self._value_buffer = value_states.new_empty(rows, value_states.shape[1], self.capacity, value_states.shape[-1])
         self.is_initialized = True
         self._refresh_views()
 
@@ -40,6 +44,9 @@ class PreallocatedLayer(DynamicLayer):
 
     def _grow(self, needed: int) -> None:
         # Subtle: only reached when a caller under-estimates the capacity; doubling keeps it amortised.
+        if self.shared:
+            self.owner.grow(max(needed, 2 * self.capacity))
+            return
         capacity = max(needed, 2 * self.capacity)
         for name in ("_key_buffer", "_value_buffer"):
             old = getattr(self, name)
@@ -66,14 +73,14 @@ class PreallocatedLayer(DynamicLayer):
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """New row i = old row ``rows[i]`` over the whole length; the row count may change."""
-        if self.is_initialized:
+        if self.is_initialized and not self.shared:
             self._key_buffer = self._key_buffer.index_select(0, rows)
             self._value_buffer = self._value_buffer.index_select(0, rows)
             self._refresh_views()
 
     def reorder_from(self, parents: torch.Tensor, start: int) -> None:
         """New row i = old row ``parents[i]`` on positions ``[start, length)``, in place."""
-        if self.is_initialized and self.length > start:
+        if self.is_initialized and not self.shared and self.length > start:
             span = slice(start, self.length)
             self._key_buffer[:, :, span] = self._key_buffer[parents, :, span]
             self._value_buffer[:, :, span] = self._value_buffer[parents, :, span]
@@ -95,16 +102,68 @@ class PreallocatedLayer(DynamicLayer):
 
 
 class PreallocatedCache(Cache):
-    """A transformers ``Cache`` whose layers are :class:`PreallocatedLayer` s."""
+    """A transformers ``Cache`` of :class:`PreallocatedLayer` s sharing one storage tensor.
+
+    ``num_layers`` is the expected layer count (the storage's size); a model with more layers
+    still works, the extra ones get their own buffers.
+    """
 
     def __init__(self, num_layers: int, capacity: int):
-        super().__init__(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
+        self.num_layers, self.capacity = num_layers, capacity
+        self.storage: torch.Tensor | None = None  # (layers, 2, rows, heads, capacity, dim)
+        super().__init__(layer_class_to_replicate=self._new_layer)
+
+    def _new_layer(self) -> PreallocatedLayer:
+        return PreallocatedLayer(self.capacity, self, len(self.layers))
+
+    def attach(self, layer: PreallocatedLayer, keys: torch.Tensor, values: torch.Tensor) -> bool:
+        """Point ``layer`` at its slice of the storage (allocated on first use); False if the
+        layer does not fit the storage's shape."""
+        if keys.shape != values.shape or layer.index >= self.num_layers:
+            return False
+        rows, heads, _, dim = keys.shape
+        if self.storage is None:
+            self.storage = keys.new_empty(self.num_layers, 2, rows, heads, self.capacity, dim)
+        elif self.storage.shape[2:4] != (rows, heads) or self.storage.shape[-1] != dim:
+            return False
+        self._point(layer)
+        return True
+
+    def _point(self, layer: PreallocatedLayer) -> None:
+        layer._key_buffer = self.storage[layer.index, 0]
+        layer._value_buffer = self.storage[layer.index, 1]
+        layer.capacity = self.storage.shape[4]
+        layer._refresh_views()
+
+    def _shared_layers(self) -> list[PreallocatedLayer]:
+        return [layer for layer in self.layers if layer.shared]
+
+    def grow(self, capacity: int) -> None:
+        old = self.storage
+        self.storage = old.new_empty(*old.shape[:4], capacity, old.shape[5])
+        length = max(layer.length for layer in self._shared_layers())
+        self.storage[:, :, :, :, :length] = old[:, :, :, :, :length]
+        self.capacity = capacity
+        for layer in self._shared_layers():
+            self._point(layer)
 
     def select_rows(self, rows: torch.Tensor) -> None:
+        """New row i = old row ``rows[i]``; the row count may change (fan-out)."""
+        if self.storage is not None:
+            self.storage = self.storage.index_select(2, rows)
+            for layer in self._shared_layers():
+                self._point(layer)
         for layer in self.layers:
             layer.select_rows(rows)
 
     def reorder_from(self, parents: torch.Tensor, start: int) -> None:
+        """New row i = old row ``parents[i]`` on positions ``[start, length)``: one gather and
+        one copy for every layer together."""
+        shared = self._shared_layers()
+        if self.storage is not None and shared:
+            length = shared[0].length
+            if length > start:
+                self.storage[:, :, :, :, start:length] = self.storage[:, :, parents, :, start:length]
         for layer in self.layers:
             layer.reorder_from(parents, start)
 

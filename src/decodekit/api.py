@@ -152,6 +152,9 @@ class Decoder:
         """
         items, single = self._prompts(prompts)
         strategy = make_strategy(strategy)
+        if getattr(strategy, "speculative", None) is not None:
+            results = self._generate_speculative(items, strategy, make_options(options, settings), seed, constraint)
+            return results[0] if single else results
         decoding, stop = self._decoding(items, strategy, options, settings, seed, constraint)
         review = decoding.extra_processors[0].review if constraint is not None else None
         hypotheses = decoding.results()
@@ -165,6 +168,40 @@ class Decoder:
             for item, ids, hyps in zip(items, decoding.prompts, hypotheses)
         ]
         return results[0] if single else results
+
+    def _generate_speculative(self, items, strategy, options: DecodeOptions, seed, constraint) -> list[GenerationResult]:
+        """Greedy or sampling with ``strategy.speculative`` (:mod:`decodekit.speculative`). The
+        proposer is built once per config and kept, so cross-request state (SuffixDecoding's
+        global tree, Token Recycling's successor matrix) carries over between calls."""
+        from decodekit.speculative import check_supported, make_proposer, speculative_decode
+
+        speculative = check_supported(strategy, options)
+        if constraint is not None:
+            raise ConfigError("constraint", constraint, "None with speculative decoding")
+        if options.stop and self.tokenizer is None:
+            raise ConfigError("stop", options.stop, "stop strings need a tokenizer")
+        stop = StopStrings(self.tokenizer, options.stop) if options.stop else None
+        seed = seed if seed is not None else getattr(strategy, "seed", None)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=getattr(self.model, "device", "cpu")).manual_seed(int(seed))
+        ids = [self.encode(p) for p in items]
+        proposers = self.__dict__.setdefault("_proposers", {})
+        if speculative not in proposers:
+            proposers[speculative] = make_proposer(speculative, self.model)
+        hypotheses, stats = speculative_decode(
+            self.model, ids, strategy, options, proposers[speculative], generator=generator, stop_check=stop
+        )
+        return [
+            GenerationResult(
+                prompt=item if isinstance(item, str) else None,
+                prompt_token_ids=prompt_ids,
+                sequences=[self._sequence(h, stop) for h in hyps],
+                strategy=strategy.name,
+                stats=prompt_stats,
+            )
+            for item, prompt_ids, hyps, prompt_stats in zip(items, ids, hypotheses, stats)
+        ]
 
     def _sequence(self, h: Hypothesis, stop: StopStrings | None, review=None) -> GeneratedSequence:
         text = self.decode_text(h.token_ids)

@@ -19,6 +19,7 @@ EXTENSIONS = ("decodekit.compare",)
 
 _GENERAL = {"prompt", "model", "input", "output_format", "batch_size", "strategy", "command", "handler", "beam_sample", "device"}
 _GENERAL |= set(CONSTRAINT_FLAGS)
+_GENERAL |= {"speculative_proposer", "draft_model"}
 
 
 def _strategies() -> dict[str, type]:
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=8, help="prompts decoded together from --input")
     gen.add_argument("--strategy", default="greedy", help="greedy, sample, beam, ... (see decodekit.api.STRATEGIES)")
     gen.add_argument("--beam-sample", action="store_true", help="beam sampling: beam search drawing with the sampling flags")
+    spec = gen.add_argument_group("speculative decoding (greedy and sample; output unchanged)")
+    spec.add_argument("--speculative", dest="speculative_proposer", choices=("suffix", "ngram", "draft", "recycling"), default=None, help="Greedy/Sampling.speculative: draft with this proposer, verify with the model")
+    spec.add_argument("--draft-model", dest="draft_model", default=None, help="DraftModelConfig.model for --speculative draft (default: stdlib-code-draft)")
     seen: set[str] = set()
     add_config_flags(gen.add_argument_group("decoding options"), DecodeOptions, seen)
     for name, cls in _strategies().items():
@@ -91,9 +95,27 @@ def make_cli_strategy(args: argparse.Namespace):
         reject_unused(args.strategy, cls, args, shared)
         import dataclasses
 
-        return dataclasses.replace(strategy, sampler=sampler)
+        return with_speculative(dataclasses.replace(strategy, sampler=sampler), args)
     reject_unused(args.strategy, cls, args, shared)
-    return config_from_flags(cls, args)
+    return with_speculative(config_from_flags(cls, args), args)
+
+
+def with_speculative(strategy, args: argparse.Namespace):
+    """``strategy`` with ``speculative`` set from ``--speculative`` / ``--draft-model``."""
+    import dataclasses
+
+    from decodekit.errors import ConfigError
+    from decodekit.speculative import DraftModelConfig, Speculative
+
+    name, draft = getattr(args, "speculative_proposer", None), getattr(args, "draft_model", None)
+    if draft is not None and name != "draft":
+        raise ConfigError("--draft-model", draft, "only together with --speculative draft")
+    if name is None:
+        return strategy
+    if "speculative" not in {f.name for f in dataclasses.fields(strategy)}:
+        raise ConfigError("--speculative", name, f"--strategy greedy or sample, not {args.strategy!r}")
+    config = DraftModelConfig(model=draft) if draft is not None else None
+    return dataclasses.replace(strategy, speculative=Speculative(name, config))
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class GenerationResult:
     prompt_token_ids: list[int]
     sequences: list[GeneratedSequence] = field(default_factory=list)
     strategy: str = ""
+    stats: Any = None
+    """Speculative decoding's acceptance statistics
+    (:class:`~decodekit.speculative.loop.SpeculationStats`); None otherwise."""
 
     @property
     def best(self) -> GeneratedSequence:
@@ -52,7 +56,7 @@ class GenerationResult:
             "prompt_token_ids": self.prompt_token_ids,
             "strategy": self.strategy,
             "sequences": [s.to_dict() for s in self.sequences],
-        }
+        } | ({"stats": asdict(self.stats)} if self.stats is not None else {})
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,9 @@ class ScriptedModel:
 
     def compact(self, state: DecodeState) -> None:
         """Nothing to squeeze: rows are Python tuples."""
+
+    def rewind(self, state: DecodeState, count: torch.Tensor) -> None:
+        """Forget the last ``count[r]`` tokens of row ``r``."""
+        state.extra["sequences"] = [
+            seq[: len(seq) - c] for seq, c in zip(state.extra["sequences"], count.tolist())
+        ]

@@ -17,6 +17,7 @@ second); a step costs one gather over the children of the rows' nodes.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ def encode_entries(entries: Sequence[str] | Sequence[Sequence[int]], tokenizer) 
     if not all(isinstance(e, str) for e in entries):
         if any(isinstance(e, str) for e in entries):
             raise ConfigError("catalog", type(entries[0]).__name__, "all strings or all token-id sequences, not a mix")
-        return [[int(t) for t in e] for e in entries]
+        return [e if isinstance(e, list) else list(e) for e in entries]
     if tokenizer is None:
         raise InputError("catalog: string entries need the model's tokenizer; pass token-id sequences or load() one")
     encoded = tokenizer(entries, add_special_tokens=False)["input_ids"]
@@ -69,14 +70,15 @@ class CatalogTrie:
 
     def __init__(self, sequences: list[list[int]], vocab_size: int, eos_token_ids: Sequence[int] = ()):
         self.vocab_size = vocab_size
-        _check_sequences(sequences, vocab_size, eos_token_ids)
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+        rows = np.repeat(np.arange(len(sequences)), lengths)
+        _check_sequences(flat, rows, lengths, vocab_size, eos_token_ids)
         self.max_length = int(lengths.max())
         # 1. pad to (N, L) with -1 (sorts before every token, so a prefix precedes its extensions)
         padded = np.full((len(sequences), self.max_length), -1, dtype=np.int64)
-        rows = np.repeat(np.arange(len(sequences)), lengths)
         starts = np.cumsum(lengths) - lengths
-        padded[rows, np.arange(lengths.sum()) - np.repeat(starts, lengths)] = np.concatenate(sequences)
+        padded[rows, np.arange(flat.size) - np.repeat(starts, lengths)] = flat
         order = np.lexsort(padded.T[::-1])
         padded, lengths = padded[order], lengths[order]
         # 2. lcp[i]: leading tokens entry i shares with entry i-1; it opens nodes at depths lcp+1..len
@@ -139,15 +141,17 @@ class CatalogTrie:
         return Verdict(index >= 0, {"entry": index} if index >= 0 else {})
 
 
-def _check_sequences(sequences: list[list[int]], vocab_size: int, eos_token_ids: Sequence[int]) -> None:
-    eos = {int(e) for e in eos_token_ids}
-    for i, sequence in enumerate(sequences):
-        if not sequence:
-            raise InputError(f"catalog entry {i} is empty (encodes to no tokens)")
-        if min(sequence) < 0 or max(sequence) >= vocab_size:
-            raise InputError(f"catalog entry {i} has token ids outside [0, {vocab_size})")
-        if eos and not eos.isdisjoint(sequence):
-            raise InputError(f"catalog entry {i} contains an EOS token; outputs end with EOS after their entry")
+def _check_sequences(flat: np.ndarray, rows: np.ndarray, lengths: np.ndarray, vocab_size: int, eos_token_ids: Sequence[int]) -> None:
+    """Raise :class:`InputError` naming the first empty entry, out-of-vocabulary token or EOS
+    inside an entry (``flat``: every token, ``rows``: the entry of each)."""
+    if (lengths == 0).any():
+        raise InputError(f"catalog entry {int(np.argmax(lengths == 0))} is empty (encodes to no tokens)")
+    outside = (flat < 0) | (flat >= vocab_size)
+    if outside.any():
+        raise InputError(f"catalog entry {int(rows[np.argmax(outside)])} has token ids outside [0, {vocab_size})")
+    has_eos = np.isin(flat, np.asarray(list(eos_token_ids), dtype=np.int64))
+    if has_eos.any():
+        raise InputError(f"catalog entry {int(rows[np.argmax(has_eos)])} contains an EOS token; outputs end with EOS after their entry")
 
 
 class CatalogCursor(Cursor):

@@ -51,6 +51,7 @@ class ConstraintProcessor:
         if not eos_token_ids:
             raise ConfigError("eos_token_ids", eos_token_ids, "at least one EOS token: a constrained output ends with EOS once complete")
         self.compiled, self.eos, self.max_new_tokens = compiled, tuple(int(e) for e in eos_token_ids), max_new_tokens
+        self.eos_index = torch.tensor(self.eos, dtype=torch.long)
         self.cursor = compiled.cursor(0)
         self.status = torch.zeros(0, dtype=torch.int8)
         self.ended = torch.zeros(0, dtype=torch.long)  # (rows,) step at which a row ended
@@ -65,44 +66,46 @@ class ConstraintProcessor:
         self.last_allowed, self.step = None, 0
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """``scores``: ``(rows, vocab)``; returns them masked (a new tensor)."""
+        """``scores``: ``(rows, vocab)``; returns them masked (a new tensor). Four full-width
+        tensor ops: the mask, the cursor's fill, the masking, the stuck-row check."""
         rows, vocab = scores.shape
         device = scores.device
-        eos = torch.tensor(self.eos, device=device)
         remaining = None if self.max_new_tokens is None else self.max_new_tokens - self.step
         allowed = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
         self.cursor.allowed(allowed, remaining)
-        accepting = self.cursor.is_accepting().to(device)
-        if remaining is not None and remaining <= 1:
+        accepting = self.cursor.is_accepting().cpu()
+        if remaining is not None and remaining <= 1 and bool(accepting.any()):
             # the last token of the budget: an output that can end must end now
-            allowed &= ~accepting[:, None]
-        allowed[:, eos] = accepting[:, None]
+            allowed[accepting.to(device)] = False
+        allowed[:, self.eos_index.to(device)] = accepting.to(device)[:, None]
+        finished = self.status != LIVE  # host data: no device sync
+        if bool(finished.any()):
+            allowed[finished.to(device)] = True  # DONE/DEAD rows: scores left as they are
         self.last_allowed = allowed
-        live = (self.status == LIVE).to(device)
-        masked = scores.masked_fill(~allowed, -torch.inf)
-        stuck = live & ~torch.isfinite(masked).any(-1)
-        masked[:, eos[0]] = torch.where(stuck, torch.full_like(masked[:, 0], _STUCK), masked[:, eos[0]])
-        return torch.where(live[:, None], masked, scores)
+        masked = torch.where(allowed, scores, -torch.inf)
+        # a row with no allowed token of finite score ends at once (see _STUCK)
+        stuck = masked.amax(-1) == -torch.inf
+        first_eos = self.eos[0]
+        masked[:, first_eos] = torch.where(stuck, _STUCK, masked[:, first_eos])
+        return masked
 
     def advance(self, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
         """New row i continues old row ``parents[i]`` (identity if None) with ``tokens[i]``."""
-        allowed = self.last_allowed
+        if self.last_allowed is None:
+            raise RuntimeError("ConstraintProcessor.advance before any step was masked")
+        rows = parents if parents is not None else torch.arange(tokens.shape[0], device=tokens.device)
+        took_allowed = self.last_allowed[rows, tokens].cpu()
         if parents is not None:
             parents_cpu = parents.cpu()
             self.cursor.fork(parents)
             self.status = self.status.index_select(0, parents_cpu)
             self.ended = self.ended.index_select(0, parents_cpu)
-            if allowed is not None:
-                allowed = allowed.index_select(0, parents)
-        if allowed is None:
-            raise RuntimeError("ConstraintProcessor.advance before any step was masked")
-        took_allowed = allowed.gather(1, tokens[:, None]).squeeze(1).cpu()
-        is_eos = torch.isin(tokens, torch.tensor(self.eos, device=tokens.device)).cpu()
+        is_eos = torch.isin(tokens.cpu(), self.eos_index)
         live = self.status == LIVE
         self.cursor.advance(tokens, (live & took_allowed & ~is_eos).to(tokens.device))
         self.ended = torch.where(live, self.step, self.ended)
-        self.status = torch.where(live & took_allowed & is_eos, DONE, self.status).to(torch.int8)
-        self.status = torch.where(live & ~took_allowed, DEAD, self.status).to(torch.int8)
+        status = torch.where(live & is_eos, DONE, self.status)
+        self.status = torch.where(live & ~took_allowed, DEAD, status).to(torch.int8)
         self.last_allowed = None
         self.step += 1
 

@@ -106,6 +106,29 @@ def test_corpus_counts_and_allowed_continuations():
     assert cursor.occurrences().tolist() == [3] and cursor.depth.tolist() == [1]
 
 
+def test_corpus_cursor_fast_advance_matches_the_binary_search():
+    generator = torch.Generator().manual_seed(1)
+    documents = [torch.randint(1, 5, (n,), generator=generator).tolist() for n in (40, 25, 60)]
+    index = SuffixArrayIndex(documents, vocab_size=6)
+    fast, slow = index.cursor(3), index.cursor(3)
+    for _ in range(6):
+        mask = torch.zeros((3, 6), dtype=torch.bool)
+        fast.allowed(mask)  # fills the keys the fast advance uses
+        if not mask.any():
+            break
+        parents = torch.randint(0, 3, (3,), generator=generator)
+        parents = torch.where(mask.any(1)[parents], parents, mask.any(1).nonzero()[0, 0])
+        fast.fork(parents)
+        slow.fork(parents)
+        choices = mask[parents].float()
+        tokens = torch.multinomial(choices, 1, generator=generator).squeeze(1)
+        live = torch.ones(3, dtype=torch.bool)
+        fast.advance(tokens, live)
+        slow.advance(tokens, live)
+        assert torch.equal(fast.lo, slow.lo) and torch.equal(fast.hi, slow.hi)
+        assert bool((fast.occurrences() > 0).all())
+
+
 # -- the processor ---------------------------------------------------------------------------------
 
 
@@ -165,6 +188,13 @@ def test_beam_search_matches_an_exhaustive_scoring_of_the_catalog():
     assert [s.token_ids[:-1] for s in result.sequences] == expected
     assert [s.score for s in result.sequences] == pytest.approx([oracle_score(e) for e in expected], abs=1e-4)
     assert all(s.finish_reason == "eos" for s in result.sequences)
+
+
+def test_diverse_beam_search_returns_catalog_members():
+    strategy = decodekit.DiverseBeamSearch(num_beams=6, num_groups=3, num_return_sequences=6)
+    result = decoder().generate(PROMPT, strategy, constraint=Catalog(CATALOG), max_new_tokens=6)
+    assert {s.group for s in result.sequences} == {0, 1, 2}
+    assert all(s.finish_reason == "eos" and s.token_ids[:-1] in CATALOG for s in result.sequences)
 
 
 def test_an_entry_that_cannot_fit_the_budget_finishes_as_constraint():

@@ -75,6 +75,7 @@ class SuffixArrayIndex:
             text[text == int(eos) + 1] = 0
         self.text = torch.from_numpy(text)
         self.suffixes = torch.from_numpy(divsufsort(text.astype(np.int32)).astype(np.int64))
+        self.first = self.text[self.suffixes]  # (n,) each suffix's first token: sorted
         self.length = len(text)
         self.iterations = max(1, math.ceil(math.log2(self.length + 1)))
         self.root_tokens = torch.zeros(vocab_size, dtype=torch.bool)
@@ -128,6 +129,10 @@ class SubstringCursor(Cursor):
         self.depth = torch.zeros(rows, dtype=torch.long)
         self.history_lo = torch.zeros((rows, 16), dtype=torch.long)
         self.history_hi = torch.full((rows, 16), index.length, dtype=torch.long)
+        # the columns allowed() gathered, as sorted keys ``source_row * width + column``, and
+        # each row's source row in them (forks remap it): advance() narrows with searchsorted
+        self.keys: torch.Tensor | None = None
+        self.source = torch.arange(rows)
 
     def allowed(self, mask: torch.Tensor, remaining: int | None = None) -> None:
         """Tokens that extend each row's n-gram; none when the budget leaves no room for a
@@ -140,19 +145,35 @@ class SubstringCursor(Cursor):
             mask[root.to(mask.device)] = index.root_tokens.to(mask.device)
         size = torch.where(root, 0, self.hi - self.lo)
         total = int(size.sum())
+        self.source = torch.arange(self.rows)
         if total == 0:
+            self.keys = torch.zeros(0, dtype=torch.long)
             return
         row = torch.repeat_interleave(torch.arange(self.rows), size, output_size=total)
         suffix = torch.arange(total) - (torch.cumsum(size, 0) - size)[row] + self.lo[row]
         column = index.column(suffix, self.depth[row])
+        self.keys = row * (index.vocab_size + 2) + column  # sorted: rows in order, columns within
         # separators (0) go to a spare column that is dropped
         spare = torch.zeros((self.rows, index.vocab_size + 1), dtype=torch.bool)
         spare[row, torch.where(column > 0, column - 1, index.vocab_size)] = True
         mask |= spare[:, : mask.shape[1]].to(mask.device)
 
     def advance(self, tokens: torch.Tensor, live: torch.Tensor) -> None:
-        live = live.cpu()
-        lo, hi = self.index.narrow(self.lo, self.hi, self.depth, tokens.cpu())
+        live, tokens = live.cpu(), tokens.cpu()
+        if self.keys is None:  # allowed() was not called since the last move: binary search
+            lo, hi = self.index.narrow(self.lo, self.hi, self.depth, tokens)
+        else:
+            # within a row's interval the column is sorted, so the chosen token's sub-interval
+            # starts after the entries below it: one searchsorted for every row
+            value, index = tokens + 1, self.index
+            base = self.source * (index.vocab_size + 2)
+            start = torch.searchsorted(self.keys, base)
+            lo = self.lo + torch.searchsorted(self.keys, base + value) - start
+            hi = self.lo + torch.searchsorted(self.keys, base + value + 1) - start
+            root = self.depth == 0
+            lo = torch.where(root, torch.searchsorted(index.first, value), lo)
+            hi = torch.where(root, torch.searchsorted(index.first, value + 1), hi)
+        self.keys = None
         self.lo, self.hi = torch.where(live, lo, self.lo), torch.where(live, hi, self.hi)
         self.depth = self.depth + live
         needed = int(self.depth.max()) + 1
@@ -163,11 +184,12 @@ class SubstringCursor(Cursor):
 
     def fork(self, parents: torch.Tensor) -> None:
         parents = parents.cpu()
-        for name in ("lo", "hi", "depth", "history_lo", "history_hi"):
+        for name in ("lo", "hi", "depth", "history_lo", "history_hi", "source"):
             setattr(self, name, getattr(self, name).index_select(0, parents))
         self.rows = int(parents.numel())
 
     def rollback(self, count: int | torch.Tensor) -> None:
+        self.keys = None
         self.depth = history_rollback(self.depth, count)
         self.lo = self.history_lo.gather(1, self.depth[:, None]).squeeze(1)
         self.hi = self.history_hi.gather(1, self.depth[:, None]).squeeze(1)

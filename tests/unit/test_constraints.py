@@ -197,6 +197,16 @@ def test_diverse_beam_search_returns_catalog_members():
     assert all(s.finish_reason == "eos" and s.token_ids[:-1] in CATALOG for s in result.sequences)
 
 
+def test_a_prompt_s_constrained_result_does_not_depend_on_its_batch():
+    strategy = decodekit.BeamSearch(num_beams=4, num_return_sequences=3)
+    prompts = [PROMPT, [7, 8, 9], [4]]
+    together = decoder().generate(prompts, strategy, constraint=Catalog(CATALOG), max_new_tokens=6)
+    for prompt, result in zip(prompts, together, strict=True):
+        alone = decoder().generate(prompt, strategy, constraint=Catalog(CATALOG), max_new_tokens=6)
+        assert [s.token_ids for s in result.sequences] == [s.token_ids for s in alone.sequences]
+        assert [s.score for s in result.sequences] == pytest.approx([s.score for s in alone.sequences])
+
+
 def test_an_entry_that_cannot_fit_the_budget_finishes_as_constraint():
     result = decoder().generate(PROMPT, "greedy", constraint=Catalog([[1, 2, 3, 4, 5]]), max_new_tokens=3)
     assert result.best.finish_reason == "constraint" and result.best.constraint["valid"] is False

@@ -28,16 +28,13 @@ from decodekit.constraints.base import Cursor, Verdict, history_rollback
 from decodekit.errors import ConfigError, InputError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: entries can be huge
 class Catalog:
     """Outputs are exactly one of ``entries``: strings (encoded with the model's tokenizer,
     without special tokens; each must decode back to itself) or token-id sequences."""
 
     entries: Sequence[str] | Sequence[Sequence[int]]
     name = "catalog"
-
-    def __hash__(self) -> int:
-        return id(self)
 
     def compile(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int] = ()) -> CatalogTrie:
         return CatalogTrie(encode_entries(self.entries, tokenizer), vocab_size, eos_token_ids)

@@ -26,7 +26,7 @@ from decodekit.constraints.base import Cursor, Verdict, grow_history, history_ro
 from decodekit.errors import ConfigError, InputError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: entries can be huge
 class CorpusSubstring:
     """Outputs are substrings (n-grams of at least ``min_tokens`` tokens) of ``corpus``: a
     text, a list of documents, or a list of token-id sequences. Text is encoded with the model's
@@ -35,9 +35,6 @@ class CorpusSubstring:
     corpus: str | Sequence[str] | Sequence[Sequence[int]]
     min_tokens: int = 1
     name = "corpus_substring"
-
-    def __hash__(self) -> int:
-        return id(self)
 
     def compile(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int] = ()) -> SuffixArrayIndex:
         if not isinstance(self.min_tokens, int) or self.min_tokens < 1:

@@ -111,7 +111,9 @@ def _speculations(model):
 
 def _proposer(speculation, model):
     if isinstance(speculation, tuple):
-        return Speculative("draft"), DraftModelProposer(DraftModelConfig(num_tokens=3), speculation[1])
+        return Speculative("draft"), DraftModelProposer(
+            DraftModelConfig(num_tokens=3), speculation[1]
+        )
     return speculation, make_proposer(speculation, model)
 
 
@@ -119,14 +121,19 @@ def _proposer(speculation, model):
 def test_speculative_greedy_equals_greedy(batch):
     model = markov_model(vocab=12, seed=3)
     g = torch.Generator().manual_seed(batch)
-    prompts = [torch.randint(1, 12, (int(n),), generator=g).tolist() for n in torch.randint(2, 9, (16,), generator=g)]
+    prompts = [
+        torch.randint(1, 12, (int(n),), generator=g).tolist()
+        for n in torch.randint(2, 9, (16,), generator=g)
+    ]
     options = DecodeOptions(max_new_tokens=20)
     plain = [h[0] for h in decode(model, prompts, Greedy(), options)]
     for speculation in _speculations(model):
         speculative, proposer = _proposer(speculation, model)
         for start in range(0, len(prompts), batch):
             chunk = prompts[start : start + batch]
-            hyps, stats = speculative_decode(model, chunk, Greedy(speculative=speculative), options, proposer)
+            hyps, stats = speculative_decode(
+                model, chunk, Greedy(speculative=speculative), options, proposer
+            )
             for h, want in zip(hyps, plain[start : start + batch]):
                 assert h[0].token_ids == want.token_ids, speculative.proposer
                 assert h[0].finish_reason == want.finish_reason
@@ -145,7 +152,9 @@ def _exact_distribution(model, prompt, length, warp):
         if len(generated) == length or (generated and generated[-1] in model.eos_token_ids):
             out[generated] = prob
             return
-        p = warp(torch.as_tensor(model.next_logprobs(tuple(prompt) + generated))[None]).softmax(-1)[0]
+        p = warp(torch.as_tensor(model.next_logprobs(tuple(prompt) + generated))[None]).softmax(-1)[
+            0
+        ]
         for token in range(model.vocab_size):
             if p[token] > 0:
                 expand(generated + (token,), prob * float(p[token]))
@@ -165,13 +174,21 @@ def test_speculative_sampling_has_sampling_distribution(proposer_name):
         speculative = Speculative("recycling", RecyclingConfig(top_k=2, branching=(2, 1)))
         proposer = make_proposer(speculative, model)
         # the successor matrix persists across calls: let one call fill it
-        speculative_decode(model, [prompt], Greedy(speculative=speculative), DecodeOptions(max_new_tokens=8), proposer)
+        speculative_decode(
+            model,
+            [prompt],
+            Greedy(speculative=speculative),
+            DecodeOptions(max_new_tokens=8),
+            proposer,
+        )
     else:
         speculative = Speculative("suffix", SuffixConfig(tree=True, min_token_prob=0.0))
         proposer = make_proposer(speculative, model)
     strategy = Sampling(temperature=0.8, top_k=3, n=3000, speculative=speculative)
     generator = torch.Generator().manual_seed(2024)
-    hyps, stats = speculative_decode(model, [prompt], strategy, DecodeOptions(max_new_tokens=3), proposer, generator=generator)
+    hyps, stats = speculative_decode(
+        model, [prompt], strategy, DecodeOptions(max_new_tokens=3), proposer, generator=generator
+    )
     assert stats[0].accepted > 0  # the draft was used, so the test tests something
     warpers = sampler.warpers()
     exact = _exact_distribution(model, prompt, 3, lambda x: warpers(None, x))
@@ -197,16 +214,38 @@ def test_speculative_sampling_has_sampling_distribution(proposer_name):
 def test_bad_settings_raise_before_any_model_call():
     model = markov_model(vocab=6, seed=1)
     cases = [
-        (Greedy(speculative=Speculative("ngram", PromptLookupConfig(num_tokens=0))), DecodeOptions(), "speculative.config.num_tokens"),
-        (Greedy(speculative=Speculative("suffix", SuffixConfig(max_tokens=0))), DecodeOptions(), "speculative.config.max_tokens"),
-        (Greedy(speculative=Speculative("recycling", RecyclingConfig(branching=()))), DecodeOptions(), "speculative.config.branching"),
+        (
+            Greedy(speculative=Speculative("ngram", PromptLookupConfig(num_tokens=0))),
+            DecodeOptions(),
+            "speculative.config.num_tokens",
+        ),
+        (
+            Greedy(speculative=Speculative("suffix", SuffixConfig(max_tokens=0))),
+            DecodeOptions(),
+            "speculative.config.max_tokens",
+        ),
+        (
+            Greedy(speculative=Speculative("recycling", RecyclingConfig(branching=()))),
+            DecodeOptions(),
+            "speculative.config.branching",
+        ),
         (Greedy(speculative=Speculative("medusa")), DecodeOptions(), "speculative.proposer"),
-        (Greedy(speculative=Speculative("ngram", SuffixConfig())), DecodeOptions(), "speculative.config"),
-        (Greedy(speculative=Speculative("ngram")), DecodeOptions(repetition_penalty=1.2), "repetition_penalty"),
+        (
+            Greedy(speculative=Speculative("ngram", SuffixConfig())),
+            DecodeOptions(),
+            "speculative.config",
+        ),
+        (
+            Greedy(speculative=Speculative("ngram")),
+            DecodeOptions(repetition_penalty=1.2),
+            "repetition_penalty",
+        ),
     ]
     for strategy, options, field in cases:
         with pytest.raises(ConfigError) as error:
-            speculative_decode(model, [[1, 2]], strategy, options, make_proposer(Speculative("ngram"), model))
+            speculative_decode(
+                model, [[1, 2]], strategy, options, make_proposer(Speculative("ngram"), model)
+            )
         assert error.value.field == field
     assert model.forward_count == 0
     from decodekit.search.beam import BeamSearch

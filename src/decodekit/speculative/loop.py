@@ -22,7 +22,7 @@ import torch
 
 from decodekit.search.base import Hypothesis
 from decodekit.speculative.base import Proposer, SpeculationContext, Verification, Warp
-from decodekit.speculative.verify import accept_greedy, accept_sampling
+from decodekit.speculative.verify import accept_greedy, accept_sampling, inverse_cdf
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,26 @@ class SpeculativeDecoding:
     def _first_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         if self.warp is None:
             return logits.argmax(-1)
-        probs = self.warp(logits).softmax(-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+        return inverse_cdf(self.warp(logits).softmax(-1), self.uniforms[:, 0, 0])
+
+    def _block_uniforms(self, live: list[int], n: int) -> torch.Tensor:
+        """``(live, n, 2)``: the numbers of each live row's next ``n`` output positions."""
+        device = self.uniforms.device
+        start = torch.tensor([len(self.out[r]) for r in live], device=device)
+        positions = (start[:, None] + torch.arange(n, device=device)).clamp(max=self.max_new)
+        rows = torch.tensor(live, device=device)[:, None]
+        return self.uniforms[rows, positions]
 
     def run(self) -> tuple[list[list[Hypothesis]], list[SpeculationStats]]:
         model, width = self.model, self.width
         state = model.start(self.prompts, self.max_new + self.max_draft + 2)
         device = state.logits.device
         rows = len(self.prompts) * width
+        if self.warp is not None:
+            # two U[0, 1) numbers per row and output position (see verify.accept_sampling)
+            self.uniforms = torch.rand(
+                (rows, self.max_new + 1, 2), generator=self.generator, device=device
+            )
         if width > 1:
             model.select(
                 state, torch.arange(len(self.prompts), device=device).repeat_interleave(width)
@@ -125,8 +137,9 @@ class SpeculativeDecoding:
                 acceptance = accept_greedy(logits, inputs, parents, valid)
             else:
                 probs = draft.probs.to(device) if draft.probs is not None else None
+                uniforms = self._block_uniforms(live, inputs.shape[1])
                 acceptance = accept_sampling(
-                    logits, inputs, parents, valid, self.warp, self.generator, probs
+                    logits, inputs, parents, valid, self.warp, uniforms, probs
                 )
             model.keep(state, acceptance.path, acceptance.kept)
             kept = acceptance.kept.tolist()  # the one host sync of the step

@@ -79,12 +79,19 @@ def accept_sampling(
     parents: torch.Tensor,
     valid: torch.Tensor,
     warp: Warp,
-    generator: torch.Generator | None,
+    uniforms: torch.Tensor,
     draft_probs: torch.Tensor | None = None,
 ) -> Acceptance:
     """Speculative sampling over a tree (deterministic nodes) or a chain (``draft_probs``:
     ``(rows, n - 1, V)`` distributions the draft nodes were drawn from). One depth per loop
-    iteration, vectorised over rows."""
+    iteration, vectorised over rows.
+
+    ``uniforms``: ``(rows, n, 2)`` independent U[0, 1) numbers, ``[:, d]`` for the output
+    position at depth ``d``. Subtle: tying the randomness to the output *position* (not to the
+    draft) makes a deterministic draft irrelevant to the result: the token at each position is
+    the inverse-CDF draw of ``p`` with that position's number, exactly what plain sampling
+    with the same numbers would emit. So a seed fixes the output even though proposers with
+    cross-call state (suffix trees, recycling) draft differently from call to call."""
     rows, n, vocab = logits.shape
     device = logits.device
     probs = warp(logits.reshape(rows * n, vocab)).softmax(-1).reshape(rows, n, vocab)
@@ -93,12 +100,15 @@ def accept_sampling(
     current = torch.zeros(rows, dtype=torch.long, device=device)
     live = torch.ones(rows, dtype=torch.bool, device=device)
     chosen = torch.zeros(rows, dtype=torch.long, device=device)  # the emitted token at `current`
+    depth = 0
     while True:
+        u = uniforms[:, min(depth, uniforms.shape[1] - 1)]  # (rows, 2)
+        depth += 1
         p = probs[arange, current]  # (rows, V)
         children = valid & (parents == current[:, None])  # (rows, n)
         children &= live[:, None]
         if draft_probs is None:
-            y = torch.multinomial(p, 1, generator=generator).squeeze(-1)
+            y = inverse_cdf(p, u[:, 0])
             match = children & (tokens == y[:, None])
             step = match.any(-1)
             chosen = torch.where(live, y, chosen)
@@ -108,14 +118,13 @@ def accept_sampling(
             child = children.int().argmax(-1)  # a chain has one child per node
             x = tokens[arange, child]
             q = draft_probs[arange, (child - 1).clamp(min=0)]  # (rows, V)
-            u = torch.rand(rows, generator=generator, device=device)
-            ok = has_child & (u * q[arange, x] < p[arange, x])
+            ok = has_child & (u[:, 0] * q[arange, x] < p[arange, x])
             residual = (p - q).clamp(min=0)
             residual_sum = residual.sum(-1, keepdim=True)
             # subtle: p == q leaves no residual, and then rejection has probability 0 anyway
             residual = torch.where(residual_sum > 0, residual / residual_sum.clamp(min=1e-30), p)
             fallback = torch.where(has_child[:, None], residual, p)
-            y = torch.multinomial(fallback, 1, generator=generator).squeeze(-1)
+            y = inverse_cdf(fallback, u[:, 1])
             step = ok
             chosen = torch.where(live, torch.where(ok, x, y), chosen)
             current = torch.where(step, child, current)
@@ -128,6 +137,14 @@ def accept_sampling(
     # rows whose path is shorter than m: put the final token at its own step
     emitted[arange, kept - 1] = chosen
     return Acceptance(path, kept, emitted, _logprobs(logits, path, emitted))
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``(rows, V)`` probabilities (unnormalised is fine), ``(rows,)`` U[0, 1) -> ``(rows,)``
+    tokens; never a zero-probability token (the first index whose CDF exceeds ``u * total``)."""
+    cdf = probs.cumsum(-1)
+    target = (u * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def _logprobs(logits: torch.Tensor, path: torch.Tensor, emitted: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,174 @@
+"""Speculative decoding on real transformers models: greedy output token-for-token equal to
+plain greedy for every proposer, batch sizes 1 and 8; the cache after a tree verification
+holds exactly the accepted path; draft models with another vocabulary are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import decodekit
+from decodekit.errors import ConfigError
+from decodekit.model.hf import HFLanguageModel
+from decodekit.speculative import (
+    DraftModelConfig,
+    PromptLookupConfig,
+    RecyclingConfig,
+    Speculative,
+    SuffixConfig,
+)
+
+
+def tiny_llama(seed: int, vocab: int = 48, hidden: int = 32, layers: int = 2, std: float = 0.25):
+    """A random Llama whose large initialisation makes it repeat itself, so drafts get accepted."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=std,
+        bos_token_id=1,
+        eos_token_id=vocab - 1,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def target():
+    return decodekit.load(tiny_llama(0))
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(8):
+        motif = torch.randint(
+            2, 47, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g
+        ).tolist()
+        out.append((motif * 4)[: int(torch.randint(3, 20, (1,), generator=g))])
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain(target, prompts):
+    return target.generate(prompts, "greedy", max_new_tokens=20)
+
+
+SPECULATIONS = [
+    Speculative("ngram", PromptLookupConfig(num_tokens=6)),
+    Speculative("suffix", SuffixConfig(max_cached_requests=0)),
+    Speculative("suffix", SuffixConfig(tree=True, max_tokens=16)),
+    Speculative("recycling", RecyclingConfig(top_k=4, branching=(4, 2, 2, 1, 1))),
+    Speculative("draft", DraftModelConfig(model=tiny_llama(1, hidden=16, layers=1), num_tokens=3)),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize(
+    "speculative",
+    SPECULATIONS,
+    ids=lambda s: s.proposer + ("-tree" if getattr(s.config, "tree", False) else ""),
+)
+def test_greedy_is_lossless(target, prompts, plain, speculative, batch):
+    accepted = 0
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        results = target.generate(
+            chunk, decodekit.Greedy(speculative=speculative), max_new_tokens=20
+        )
+        for got, want in zip(results, plain[start : start + batch]):
+            assert got.best.token_ids == want.best.token_ids
+            assert got.best.finish_reason == want.best.finish_reason
+            assert got.best.logprob == pytest.approx(want.best.logprob, abs=1e-3)
+            accepted += got.stats.accepted
+    assert accepted > 0
+
+
+def test_tree_verify_then_keep_leaves_exactly_the_path():
+    model = HFLanguageModel(tiny_llama(2))
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    state = model.start(prompts, 16)
+    # block: root x, two children a and b, a grandchild c under b; row 0 keeps x,b,c; row 1 keeps x
+    tokens = torch.tensor([[11, 12, 13, 14], [15, 16, 17, 18]])
+    parents = torch.tensor([[-1, 0, 0, 2], [-1, 0, 0, 2]])
+    logits = model.verify(state, tokens, parents)
+    model.keep(state, torch.tensor([[0, 2, 3], [0, 0, 0]]), torch.tensor([3, 1]))
+    for row, kept in ((0, [11, 13, 14]), (1, [15])):
+        reference = model.start([prompts[row] + kept], 4).logits[0]
+        torch.testing.assert_close(
+            logits[row, len(kept) - 1 if row else 3], reference, atol=1e-4, rtol=1e-4
+        )
+    # the next step after the holes continues both rows exactly
+    model.advance(state, None, torch.tensor([20, 21]))
+    for row, kept in ((0, [11, 13, 14, 20]), (1, [15, 21])):
+        torch.testing.assert_close(
+            state.logits[row], model.start([prompts[row] + kept], 4).logits[0], atol=1e-4, rtol=1e-4
+        )
+    model.compact(state)
+    model.advance(state, None, torch.tensor([22, 23]))
+    for row, kept in ((0, [11, 13, 14, 20, 22]), (1, [15, 21, 23])):
+        torch.testing.assert_close(
+            state.logits[row], model.start([prompts[row] + kept], 4).logits[0], atol=1e-4, rtol=1e-4
+        )
+
+
+def test_draft_model_with_another_vocabulary_is_refused(target):
+    other = Speculative("draft", DraftModelConfig(model=tiny_llama(3, vocab=40)))
+    before = target.model.forward_count
+    with pytest.raises(ConfigError) as error:
+        target.generate([1, 2, 3], decodekit.Greedy(speculative=other), max_new_tokens=4)
+    assert error.value.field == "speculative.config.model"
+    assert target.model.forward_count == before
+
+
+def test_bad_speculation_settings_name_the_field(target):
+    cases = [
+        (
+            decodekit.Greedy(speculative=Speculative("draft", DraftModelConfig(num_tokens=0))),
+            "speculative.config.num_tokens",
+        ),
+        (
+            decodekit.Sampling(speculative=Speculative("ngram", PromptLookupConfig(num_tokens=-1))),
+            "speculative.config.num_tokens",
+        ),
+    ]
+    for strategy, field in cases:
+        with pytest.raises(ConfigError) as error:
+            target.generate([1, 2, 3], strategy, max_new_tokens=4)
+        assert error.value.field == field
+    with pytest.raises(ConfigError) as error:
+        decodekit.make_strategy("beam", speculative=Speculative())
+    assert error.value.field == "speculative"
+    with pytest.raises(ConfigError):
+        list(target.stream([1, 2, 3], decodekit.Greedy(speculative=Speculative())))
+
+
+def test_sampling_output_is_fixed_by_the_seed_whatever_the_draft(target, prompts):
+    """Randomness is tied to output positions, so deterministic proposers (with cross-call
+    state or not) all give the seed's one output."""
+    outputs = []
+    for speculative in [
+        Speculative("suffix"),
+        Speculative("suffix"),
+        Speculative("ngram"),
+        Speculative("recycling"),
+    ]:
+        strategy = decodekit.Sampling(n=3, seed=7, top_k=10, speculative=speculative)
+        results = target.generate(prompts[:4], strategy, max_new_tokens=12)
+        assert all(len(r.sequences) == 3 for r in results)
+        outputs.append([[s.token_ids for s in r.sequences] for r in results])
+    assert all(out == outputs[0] for out in outputs)
+
+
+def test_cli_flag(capsys):
+    from decodekit.cli import main
+
+    assert main(["generate", "x", "--strategy", "beam", "--speculative", "ngram"]) == 2
+    assert "--speculative" in capsys.readouterr().err

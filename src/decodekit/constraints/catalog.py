@@ -162,9 +162,11 @@ class CatalogCursor(Cursor):
         self.trie, self.rows = trie, rows
         self.path = torch.zeros((rows, trie.max_length + 1), dtype=torch.long)
         self.depth = torch.zeros(rows, dtype=torch.long)
+        self.current = torch.zeros(rows, dtype=torch.long)  # path[i, depth[i]], kept in step
 
     def node(self) -> torch.Tensor:
-        return self.path.gather(1, self.depth[:, None]).squeeze(1)
+        """``(rows,)`` each row's trie node."""
+        return self.current
 
     def allowed(self, mask: torch.Tensor, remaining: int | None = None) -> None:
         """Set each row's child tokens; with a budget, only children from which an entry
@@ -184,19 +186,22 @@ class CatalogCursor(Cursor):
         mask.index_put_((row.to(mask.device), trie.edge_token[edge].to(mask.device)), keep.to(mask.device))
 
     def advance(self, tokens: torch.Tensor, live: torch.Tensor) -> None:
-        node = self.node()
+        node = self.current
         child = self.trie.child(node, tokens.cpu())
         move = live.cpu() & (child >= 0)
         self.depth = self.depth + move
-        self.path.scatter_(1, self.depth[:, None], torch.where(move, child, node)[:, None])
+        self.current = torch.where(move, child, node)
+        self.path.scatter_(1, self.depth[:, None], self.current[:, None])
 
     def fork(self, parents: torch.Tensor) -> None:
         parents = parents.cpu()
         self.path, self.depth = self.path.index_select(0, parents), self.depth.index_select(0, parents)
+        self.current = self.current.index_select(0, parents)
         self.rows = int(parents.numel())
 
     def rollback(self, count: int | torch.Tensor) -> None:
         self.depth = history_rollback(self.depth, count)
+        self.current = self.path.gather(1, self.depth[:, None]).squeeze(1)
 
     def is_accepting(self) -> torch.Tensor:
-        return self.trie.terminal[self.node()]
+        return self.trie.terminal[self.current]

@@ -8,9 +8,10 @@ Prompts are function signatures with their docstrings (then class headers with d
 then bare signatures, until ``--prompts``), extracted with ``ast`` from the held-out stdlib
 files the embedded models never trained on. Every strategy returns ``num_beams = 8``
 sequences per prompt; for each it reports, averaged over prompts, distinct-2 and distinct-4
-(over token ids of the 8 outputs), self-BLEU (over their text), the mean total log-probability,
-and the wall time of all prompts plus its ratio to beam search. Strategies run one after another
-on the same batch of prompts, in rotated order, so that background load hits all of them alike.
+(over token ids of the 8 outputs), self-BLEU (over their text), the mean and best total
+log-probability, the number of model forwards, and the wall time of all prompts plus its ratio
+to beam search. Strategies run one after another on the same batch of prompts, in rotated
+order, so that background load hits all of them alike (:func:`decodekit.compare.compare`).
 Writes a markdown table to stdout and a PNG (``--plot``) of distinct-2 against mean log-prob.
 """
 
@@ -19,13 +20,11 @@ from __future__ import annotations
 import argparse
 import ast
 import textwrap
-import time
-from pathlib import Path
 
 import torch
 
 import decodekit
-from decodekit.metrics import average_reports, nbest_report
+from decodekit.compare import compare, markdown_table, plot_tradeoff
 from decodekit.models import held_out_files, stdlib_root
 
 
@@ -87,9 +86,9 @@ def load(model: str) -> decodekit.Decoder:
 
 
 def strategies(beams: int, groups: list[int], strength: float) -> dict[str, object]:
-    out = {f"beam B={beams}": decodekit.BeamSearch(num_beams=beams, num_return_sequences=beams)}
+    out = {"beam": decodekit.BeamSearch(num_beams=beams, num_return_sequences=beams)}
     for g in groups:
-        out[f"DBS B={beams} G={g} hamming λ={strength:g}"] = decodekit.DiverseBeamSearch(
+        out[f"dbs G={g}"] = decodekit.DiverseBeamSearch(
             num_beams=beams, num_groups=g, diversity_strength=strength, num_return_sequences=beams
         )
     return out
@@ -112,56 +111,16 @@ def main() -> None:
     prompts, kinds = held_out_prompts(args.prompts)
     decoder = load(args.model)
     runs = strategies(args.beams, args.groups, args.strength)
-    names = list(runs)
-    seconds = dict.fromkeys(names, 0.0)
-    forwards = dict.fromkeys(names, 0)
-    reports: dict[str, list] = {name: [] for name in names}
-    decoder.generate(prompts[:1], runs[names[0]], max_new_tokens=4)  # warm-up
-    batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
-    for index, batch in enumerate(batches):
-        order = names[index % len(names) :] + names[: index % len(names)]
-        for name in order:
-            before = decoder.model.forward_count
-            start = time.perf_counter()
-            results = decoder.generate(batch, runs[name], max_new_tokens=args.max_new_tokens)
-            seconds[name] += time.perf_counter() - start
-            forwards[name] += decoder.model.forward_count - before
-            for result in results:
-                seqs = result.sequences
-                reports[name].append(nbest_report([s.text for s in seqs], [s.logprob for s in seqs], [s.token_ids for s in seqs]))
-
-    base = seconds[names[0]]
-    print(f"model {args.model}; {len(prompts)} held-out prompts ({', '.join(f'{v} {k}' for k, v in kinds.items())}); "
-          f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size}, {args.threads} thread(s)\n")
-    print("| strategy | distinct-2 | distinct-4 | self-BLEU | mean logprob | forwards | time (s) | time / beam |")
-    print("|---|---|---|---|---|---|---|---|")
-    summary = {}
-    for name in names:
-        mean = average_reports(reports[name])
-        summary[name] = mean
-        print(f"| {name} | {mean['distinct_2']:.3f} | {mean['distinct_4']:.3f} | {mean['self_bleu']:.1f} | "
-              f"{mean['mean_logprob']:.2f} | {forwards[name]} | {seconds[name]:.1f} | {seconds[name] / base:.2f} |")
-    plot(summary, Path(args.plot), args.model)
+    decoder.generate(prompts[:1], runs["beam"], max_new_tokens=4)  # warm-up
+    records = [{"prompt": p, "reference": None} for p in prompts]
+    results = compare(decoder, records, runs, args.max_new_tokens, args.batch_size)
+    made_of = ", ".join(f"{v} {k}" for k, v in kinds.items() if v)
+    print(f"model {args.model}; {len(prompts)} held-out prompts ({made_of}); B={args.beams}, Hamming "
+          f"lambda={args.strength:g}, max_new_tokens={args.max_new_tokens}, {args.batch_size} prompts per "
+          f"batch, {args.threads} thread(s)\n")
+    print(markdown_table(results, baseline="beam"))
+    plot_tradeoff(results, args.plot, f"DBS vs beam search, B={args.beams}, {len(prompts)} held-out prompts ({args.model})")
     print(f"\nplot: {args.plot}")
-
-
-def plot(summary: dict[str, dict], path: Path, model: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name, mean in summary.items():
-        axis.scatter(mean["distinct_2"], mean["mean_logprob"], s=60)
-        axis.annotate(name, (mean["distinct_2"], mean["mean_logprob"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    axis.set_xlabel("distinct-2 (higher = more diverse)")
-    axis.set_ylabel("mean log-probability of the 8 outputs")
-    axis.set_title(f"Diverse Beam Search vs beam search ({model})", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,13 @@ from decodekit.metrics import average_reports, nbest_report
 
 @dataclass(frozen=True)
 class StrategyRun:
-    """One row of the comparison: averaged metrics and the wall time of all prompts."""
+    """One row of the comparison: averaged metrics, the wall time of all prompts and the
+    number of model forwards (None when the model does not count them)."""
 
     name: str
     metrics: dict[str, float | None]
     seconds: float
+    forwards: int | None = None
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -78,20 +80,25 @@ def compare(decoder, records: list[dict], strategies: Mapping[str, object], max_
     turns per batch so that background load affects them alike) and average their metrics."""
     names = list(strategies)
     seconds = dict.fromkeys(names, 0.0)
+    forwards = dict.fromkeys(names, 0)
+    model = decoder.model
     reports: dict[str, list] = {name: [] for name in names}
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     for index, batch in enumerate(batches):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
+            before = getattr(model, "forward_count", 0)
             start = time.perf_counter()
             results = decoder.generate([r["prompt"] for r in batch], strategies[name], max_new_tokens=max_new_tokens)
             seconds[name] += time.perf_counter() - start
+            forwards[name] += getattr(model, "forward_count", 0) - before
             for record, result in zip(batch, results, strict=True):
                 seqs = result.sequences
                 reports[name].append(nbest_report(
                     [s.text or "" for s in seqs], [s.logprob for s in seqs], [s.token_ids for s in seqs], record["reference"],
                 ))
-    return [StrategyRun(name, average_reports(reports[name]), seconds[name]) for name in names]
+    counted = hasattr(model, "forward_count")
+    return [StrategyRun(name, average_reports(reports[name]), seconds[name], forwards[name] if counted else None) for name in names]
 
 
 COLUMNS = (
@@ -106,10 +113,13 @@ def markdown_table(runs: list[StrategyRun], baseline: str | None = None) -> str:
     with ``baseline``, a column of each run's time over the baseline's."""
     columns = [c for c in COLUMNS if any(r.metrics.get(c[1]) is not None for r in runs)]
     base = next((r.seconds for r in runs if r.name == baseline), None)
-    head = ["strategy", *(c[0] for c in columns), "time (s)"] + (["time / " + baseline] if base else [])
+    counted = all(r.forwards is not None for r in runs)
+    head = ["strategy", *(c[0] for c in columns)] + (["forwards"] if counted else []) + ["time (s)"]
+    head += ["time / " + baseline] if base else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
-        cells = [run.name, *(fmt.format(run.metrics[key]) for _, key, fmt in columns), f"{run.seconds:.2f}"]
+        cells = [run.name, *(fmt.format(run.metrics[key]) for _, key, fmt in columns)]
+        cells += ([str(run.forwards)] if counted else []) + [f"{run.seconds:.2f}"]
         if base:
             cells.append(f"{run.seconds / base:.2f}")
         lines.append("| " + " | ".join(cells) + " |")

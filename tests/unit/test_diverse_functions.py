@@ -14,7 +14,7 @@ V = 6
 
 def test_hamming_counts_tokens_of_earlier_groups_at_this_step():
     earlier = EarlierGroups(group=2, step=0, vocab_size=V, tokens=torch.tensor([[3, 3, 1, 5], [0, 0, 0, 0]]))
-    out = Hamming()(earlier)
+    out = Hamming()(earlier).dense(V)
     assert out.shape == (2, 1, V)
     assert out[0, 0].tolist() == [0, 1, 0, 2, 0, 1]
     assert out[1, 0].tolist() == [4, 0, 0, 0, 0, 0]

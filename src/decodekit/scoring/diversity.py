@@ -6,8 +6,9 @@ Models" (AAAI 2018, arXiv:1610.02424). At step ``t`` group ``g`` ranks its candi
 diversity term Delta written as a similarity to subtract). The paper's section
 "Sensitivity Analysis and Effect of Diversity Functions" names four forms of Delta; each class
 below implements one and cites it. All of them are vectorised over prompts and beams: a call
-returns a ``(batch, 1 or K, vocab)`` tensor, where ``K`` is the group's beam count; a row of 1
-means the same penalty for every beam of the group.
+returns a ``(batch, 1 or K, vocab)`` tensor, where ``K`` is the group's beam count (a row of 1
+means the same penalty for every beam of the group), or, when only a few tokens are penalised,
+a :class:`TokenPenalty`.
 
 Subtle: a group that has finished emits padding, and that padding counts as its token (as in
 transformers 4.55's ``HammingDiversityLogitsProcessor``, which Hamming reproduces exactly).
@@ -41,14 +42,30 @@ class EarlierGroups:
     own_history: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class TokenPenalty:
+    """A similarity that is zero except at a few tokens, the same for every beam of the group:
+    ``amounts[b, e]`` at token ``tokens[b, e]`` (both ``(batch, E)``; a token listed twice
+    carries its full amount both times). Lets the search touch E entries instead of the vocab."""
+
+    tokens: torch.Tensor
+    amounts: torch.Tensor
+
+    def dense(self, vocab_size: int) -> torch.Tensor:
+        """The same similarity as a ``(batch, 1, vocab)`` tensor."""
+        out = torch.zeros((self.tokens.shape[0], vocab_size), device=self.tokens.device)
+        return out.scatter_(1, self.tokens, self.amounts)[:, None, :]
+
+
 class DiversityFunction(Protocol):
-    """``similarity(earlier) -> (batch, 1 or K, vocab)``: what the group's candidates would
-    share with earlier groups; the search subtracts ``lambda_g`` times it. Pure (no state)."""
+    """``similarity(earlier)``: what the group's candidates would share with earlier groups,
+    as a ``(batch, 1 or K, vocab)`` tensor or a :class:`TokenPenalty`; the search subtracts
+    ``lambda_g`` times it from the log-probs. Pure (no state)."""
 
     needs_history: ClassVar[bool]
     """True when the function reads ``EarlierGroups.history``/``own_history``."""
 
-    def __call__(self, earlier: EarlierGroups) -> torch.Tensor: ...
+    def __call__(self, earlier: EarlierGroups) -> torch.Tensor | TokenPenalty: ...
 
 
 def token_counts(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -65,8 +82,10 @@ class Hamming:
 
     needs_history: ClassVar[bool] = False
 
-    def __call__(self, earlier: EarlierGroups) -> torch.Tensor:
-        return token_counts(earlier.tokens, earlier.vocab_size)[:, None, :]  # (B, 1, V)
+    def __call__(self, earlier: EarlierGroups) -> TokenPenalty:
+        tokens = earlier.tokens  # (B, E)
+        counts = (tokens[:, :, None] == tokens[:, None, :]).sum(-1, dtype=torch.float32)  # (B, E)
+        return TokenPenalty(tokens, counts)
 
 
 @dataclass(frozen=True)

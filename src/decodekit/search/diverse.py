@@ -53,6 +53,7 @@ from decodekit.scoring.diversity import (
     DIVERSITY_FUNCTIONS,
     DiversityFunction,
     EarlierGroups,
+    TokenPenalty,
     make_diversity,
 )
 from decodekit.scoring.length import LengthPenalty
@@ -63,9 +64,10 @@ _MASKED = -1.0e9  # transformers' initial score of the beams that must not dupli
 
 def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Gather along dim 2 of ``(batch, groups, n, ...)`` with ``(batch, groups, m)`` indices."""
-    while index.dim() < tensor.dim():
-        index = index.unsqueeze(-1)
-    return torch.take_along_dim(tensor, index, dim=2)
+    trailing = tensor.shape[3:]
+    if trailing:  # subtle: gather with an expanded index is ~3x cheaper than take_along_dim
+        index = index.view(*index.shape, *(1,) * len(trailing)).expand(*index.shape, *trailing)
+    return tensor.gather(2, index)
 
 
 def _rows(tensor: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -202,17 +204,18 @@ class DiverseBeamSearchRun:
             self.eos_at = torch.isin(torch.arange(K * V, device=scores.device) % V, self.context.eos_token_ids)
         pad, history_needed = self.context.pad_token_id, self.diversity.needs_history
         group_scores, running, done = scores.unbind(1), self.running_scores.unbind(1), self.done.unbind(1)
+        # unpenalised (log p + running score) of every group in one pass; penalties patch it
+        accumulated = (scores + self.running_scores[..., None]).unbind(1)
         own = self.running_tokens[..., :t].unbind(1) if history_needed else None
         chosen, histories, all_scores, all_index, all_keep = [], [], [], [], []
         for g in range(groups):
-            penalised = group_scores[g]  # (B, K, V)
+            total = accumulated[g]  # (B, K, V)
             if g > 0 and self.strengths[g] != 0.0:
                 earlier = EarlierGroups(g, t, V, torch.cat(chosen, 1))
                 if history_needed:
                     earlier = EarlierGroups(g, t, V, earlier.tokens, torch.cat(histories, 1), own[g])
-                penalised = penalised - self.strengths[g] * self.diversity(earlier)
-            accumulated = (penalised + running[g][..., None]).view(batch, K * V)
-            cand_scores, cand_index = torch.topk(accumulated, self.candidates, dim=-1)  # (B, C)
+                total = self._penalise(total, group_scores[g], running[g], self.strengths[g], self.diversity(earlier))
+            cand_scores, cand_index = torch.topk(total.view(batch, K * V), self.candidates, dim=-1)  # (B, C)
             # the first K candidates that are not EOS keep running, in rank order
             keep = torch.argsort(self.eos_at[cand_index], dim=-1, stable=True)[:, :K]
             kept = cand_index.gather(1, keep)
@@ -226,6 +229,18 @@ class DiverseBeamSearchRun:
             all_index.append(cand_index)
             all_keep.append(keep)
         return torch.stack(all_scores, 1), torch.stack(all_index, 1), torch.stack(all_keep, 1), torch.stack(chosen, 1)
+
+    @staticmethod
+    def _penalise(total, scores, running, strength: float, similarity) -> torch.Tensor:
+        """``(log p - strength * similarity) + running`` as ``(B, K, V)``, in transformers'
+        order of float operations. A :class:`TokenPenalty` patches ``total`` (``log p +
+        running``, this call's own buffer) in place at its tokens only: elsewhere
+        ``(log p - 0) + running`` is exactly ``log p + running``."""
+        if isinstance(similarity, TokenPenalty):
+            index = similarity.tokens[:, None, :].expand(-1, scores.shape[1], -1)  # (B, K, E)
+            patched = (scores.gather(2, index) - strength * similarity.amounts[:, None, :]) + running[..., None]
+            return total.scatter_(2, index, patched)
+        return (scores - strength * similarity) + running[..., None]
 
     def step(self, scores: torch.Tensor, t: int) -> Step:
         """``scores``: ``(batch * num_beams, V)`` processed log-probs of all rows."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from decodekit.constraints.base import Cursor, Verdict, history_rollback
+from decodekit.constraints.base import Cursor, Verdict
 from decodekit.errors import ConfigError, InputError
 
 
@@ -107,34 +107,33 @@ class CatalogTrie:
         for d in range(self.max_length, 0, -1):
             block = slice(first_id[d - 1] - 1, first_id[d - 1] - 1 + per_depth[d - 1])
             np.minimum.at(to_end, edge_parent[block], to_end[block.start + 1 : block.stop + 1] + 1)
-        self.offsets = torch.from_numpy(np.searchsorted(edge_parent, np.arange(nodes + 1), side="left"))
-        self.edge_token = torch.from_numpy(edge_token)
-        self.edge_key = torch.from_numpy(edge_parent * vocab_size + edge_token)
-        self.terminal = torch.from_numpy(entry >= 0)
-        self.entry = torch.from_numpy(entry)
-        self.to_end = torch.from_numpy(to_end)
+        # host arrays: the cursors' bookkeeping is a handful of small numpy ops per step, far
+        # cheaper than as many torch dispatches; only the final mask write is a torch op
+        self.offsets = np.searchsorted(edge_parent, np.arange(nodes + 1), side="left")
+        self.edge_token, self.edge_key = edge_token, edge_parent * vocab_size + edge_token
+        self.terminal, self.entry, self.to_end = entry >= 0, entry, to_end
         self.num_nodes = nodes
 
     def cursor(self, rows: int) -> CatalogCursor:
         return CatalogCursor(self, rows)
 
-    def child(self, node: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    def child(self, node: np.ndarray, token: np.ndarray) -> np.ndarray:
         """``(rows,)`` child of each node by each token, -1 where there is none."""
-        if self.edge_key.numel() == 0:
-            return torch.full_like(node, -1)
+        if self.edge_key.size == 0:
+            return np.full_like(node, -1)
         key = node * self.vocab_size + token
-        index = torch.searchsorted(self.edge_key, key).clamp_max(self.edge_key.numel() - 1)
-        return torch.where(self.edge_key[index] == key, index + 1, -1)
+        index = np.minimum(np.searchsorted(self.edge_key, key), self.edge_key.size - 1)
+        return np.where(self.edge_key[index] == key, index + 1, -1)
 
     def check(self, token_ids: Sequence[int]) -> Verdict:
-        node = torch.zeros(1, dtype=torch.long)
+        node = np.zeros(1, dtype=np.int64)
         for token in token_ids:
             if not 0 <= int(token) < self.vocab_size:
                 return Verdict(False)
-            node = self.child(node, torch.tensor([int(token)]))
-            if int(node) < 0:
+            node = self.child(node, np.array([int(token)]))
+            if int(node[0]) < 0:
                 return Verdict(False)
-        index = int(self.entry[node])
+        index = int(self.entry[node[0]])
         return Verdict(index >= 0, {"entry": index} if index >= 0 else {})
 
 
@@ -152,56 +151,57 @@ def _check_sequences(flat: np.ndarray, rows: np.ndarray, lengths: np.ndarray, vo
 
 
 class CatalogCursor(Cursor):
-    """Each row's trie node, plus the nodes it passed (for rollback).
+    """Each row's trie node, plus the nodes it passed (for rollback); host numpy arrays.
 
     ``path``: ``(rows, max_length + 1)`` int64 node after each consumed token (column 0 is the
-    root); ``depth``: ``(rows,)`` tokens consumed.
+    root); ``depth``: ``(rows,)`` tokens consumed; ``current``: ``path[i, depth[i]]``.
     """
 
     def __init__(self, trie: CatalogTrie, rows: int):
         self.trie, self.rows = trie, rows
-        self.path = torch.zeros((rows, trie.max_length + 1), dtype=torch.long)
-        self.depth = torch.zeros(rows, dtype=torch.long)
-        self.current = torch.zeros(rows, dtype=torch.long)  # path[i, depth[i]], kept in step
+        self.path = np.zeros((rows, trie.max_length + 1), dtype=np.int64)
+        self.depth = np.zeros(rows, dtype=np.int64)
+        self.current = np.zeros(rows, dtype=np.int64)
 
-    def node(self) -> torch.Tensor:
+    def node(self) -> np.ndarray:
         """``(rows,)`` each row's trie node."""
         return self.current
 
     def allowed(self, mask: torch.Tensor, remaining: int | None = None) -> None:
         """Set each row's child tokens; with a budget, only children from which an entry
         (and its EOS) fits in the ``remaining`` tokens."""
-        trie, node = self.trie, self.node()
+        trie, node = self.trie, self.current
         start = trie.offsets[node]
         count = trie.offsets[node + 1] - start
         total = int(count.sum())
         if total == 0:
             return
-        # (rows,) segments -> (total,) flat edges: row of each, then its edge index
-        row = torch.repeat_interleave(torch.arange(self.rows), count, output_size=total)
-        edge = torch.arange(total) - (torch.cumsum(count, 0) - count)[row] + start[row]
-        keep = torch.ones(total, dtype=torch.bool)
+        # (rows,) segments -> (total,) flat edges: the row of each, then its edge index
+        row = np.repeat(np.arange(self.rows), count)
+        edge = np.arange(total) + np.repeat(start - (np.cumsum(count) - count), count)
         if remaining is not None:
             keep = trie.to_end[edge + 1] + 2 <= remaining  # this token, the rest, then EOS
-        mask.index_put_((row.to(mask.device), trie.edge_token[edge].to(mask.device)), keep.to(mask.device))
+            row, edge = row[keep], edge[keep]
+        mask[torch.from_numpy(row).to(mask.device), torch.from_numpy(trie.edge_token[edge]).to(mask.device)] = True
 
     def advance(self, tokens: torch.Tensor, live: torch.Tensor) -> None:
-        node = self.current
-        child = self.trie.child(node, tokens.cpu())
-        move = live.cpu() & (child >= 0)
+        child = self.trie.child(self.current, tokens.cpu().numpy())
+        move = live.cpu().numpy() & (child >= 0)
         self.depth = self.depth + move
-        self.current = torch.where(move, child, node)
-        self.path.scatter_(1, self.depth[:, None], self.current[:, None])
+        self.current = np.where(move, child, self.current)
+        self.path[np.arange(self.rows), self.depth] = self.current
 
     def fork(self, parents: torch.Tensor) -> None:
-        parents = parents.cpu()
-        self.path, self.depth = self.path.index_select(0, parents), self.depth.index_select(0, parents)
-        self.current = self.current.index_select(0, parents)
-        self.rows = int(parents.numel())
+        parents = parents.cpu().numpy()
+        self.path, self.depth, self.current = self.path[parents], self.depth[parents], self.current[parents]
+        self.rows = len(parents)
 
     def rollback(self, count: int | torch.Tensor) -> None:
-        self.depth = history_rollback(self.depth, count)
-        self.current = self.path.gather(1, self.depth[:, None]).squeeze(1)
+        count = count.cpu().numpy() if isinstance(count, torch.Tensor) else np.asarray(count)
+        if (count < 0).any():
+            raise ValueError(f"rollback count must be >= 0, got {count.tolist()}")
+        self.depth = np.maximum(self.depth - count, 0)
+        self.current = self.path[np.arange(self.rows), self.depth]
 
     def is_accepting(self) -> torch.Tensor:
-        return self.trie.terminal[self.current]
+        return torch.from_numpy(self.trie.terminal[self.current])

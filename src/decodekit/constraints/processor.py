@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from decodekit.constraints.base import CompiledConstraint
@@ -53,16 +54,17 @@ class ConstraintProcessor:
         self.compiled, self.eos, self.max_new_tokens = compiled, tuple(int(e) for e in eos_token_ids), max_new_tokens
         self.eos_index = torch.tensor(self.eos, dtype=torch.long)
         self.cursor = compiled.cursor(0)
-        self.status = torch.zeros(0, dtype=torch.int8)
-        self.ended = torch.zeros(0, dtype=torch.long)  # (rows,) step at which a row ended
+        # host bookkeeping per row (numpy: a few tiny ops a step, no torch dispatch)
+        self.status = np.zeros(0, dtype=np.int8)
+        self.ended = np.zeros(0, dtype=np.int64)  # (rows,) step at which a row ended
         self.last_allowed: torch.Tensor | None = None
         self.step = 0
 
     def reset(self, rows: int) -> None:
         """Start ``rows`` rows at the start of the constraint (mutates)."""
         self.cursor = self.compiled.cursor(rows)
-        self.status = torch.zeros(rows, dtype=torch.int8)
-        self.ended = torch.zeros(rows, dtype=torch.long)
+        self.status = np.zeros(rows, dtype=np.int8)
+        self.ended = np.zeros(rows, dtype=np.int64)
         self.last_allowed, self.step = None, 0
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -79,8 +81,8 @@ class ConstraintProcessor:
             allowed[accepting.to(device)] = False
         allowed[:, self.eos_index.to(device)] = accepting.to(device)[:, None]
         finished = self.status != LIVE  # host data: no device sync
-        if bool(finished.any()):
-            allowed[finished.to(device)] = True  # DONE/DEAD rows: scores left as they are
+        if finished.any():
+            allowed[torch.from_numpy(finished).to(device)] = True  # DONE/DEAD rows: left as they are
         self.last_allowed = allowed
         masked = torch.where(allowed, scores, -torch.inf)
         # a row with no allowed token of finite score ends at once (see _STUCK)
@@ -94,18 +96,17 @@ class ConstraintProcessor:
         if self.last_allowed is None:
             raise RuntimeError("ConstraintProcessor.advance before any step was masked")
         rows = parents if parents is not None else torch.arange(tokens.shape[0], device=tokens.device)
-        took_allowed = self.last_allowed[rows, tokens].cpu()
+        took_allowed = self.last_allowed[rows, tokens].cpu().numpy()
         if parents is not None:
-            parents_cpu = parents.cpu()
+            parents_host = parents.cpu().numpy()
             self.cursor.fork(parents)
-            self.status = self.status.index_select(0, parents_cpu)
-            self.ended = self.ended.index_select(0, parents_cpu)
-        is_eos = torch.isin(tokens.cpu(), self.eos_index)
+            self.status, self.ended = self.status[parents_host], self.ended[parents_host]
+        is_eos = np.isin(tokens.cpu().numpy(), self.eos)
         live = self.status == LIVE
-        self.cursor.advance(tokens, (live & took_allowed & ~is_eos).to(tokens.device))
-        self.ended = torch.where(live, self.step, self.ended)
-        status = torch.where(live & is_eos, DONE, self.status)
-        self.status = torch.where(live & ~took_allowed, DEAD, status).to(torch.int8)
+        self.cursor.advance(tokens, torch.from_numpy(live & took_allowed & ~is_eos).to(tokens.device))
+        self.ended = np.where(live, self.step, self.ended)
+        status = np.where(live & is_eos, DONE, self.status)
+        self.status = np.where(live & ~took_allowed, DEAD, status).astype(np.int8)
         self.last_allowed = None
         self.step += 1
 
@@ -115,10 +116,9 @@ class ConstraintProcessor:
         count = min(int(count), self.step)
         start = self.step - count  # the first undone step
         # a row that ended at step e consumed its tokens of steps < e only
-        ended = torch.where(self.status == LIVE, self.step, self.ended)
-        self.cursor.rollback((ended - start).clamp_min(0))
-        revive = ended >= start
-        self.status = torch.where(revive, LIVE, self.status).to(torch.int8)
+        ended = np.where(self.status == LIVE, self.step, self.ended)
+        self.cursor.rollback(torch.from_numpy(np.maximum(ended - start, 0)))
+        self.status = np.where(ended >= start, LIVE, self.status).astype(np.int8)
         self.step = start
 
     def review(self, sequence: GeneratedSequence) -> GeneratedSequence:

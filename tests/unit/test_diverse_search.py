@@ -223,3 +223,12 @@ def test_min_new_tokens_delays_eos():
     model = scripted(default={EOS: 0.6, A: 0.4})
     hyps = Decoding(model, PROMPT, config, DecodeOptions(max_new_tokens=6, min_new_tokens=4)).results()[0]
     assert all(len(h.token_ids) >= 4 for h in hyps)
+
+
+def test_any_eos_of_a_set_ends_a_hypothesis():
+    # with EOS ids {EOS, D}: group 1 takes A then C .55 (D .45 would end it too); group 2 is
+    # pushed off C (Hamming, lambda 1) onto D, which now ends its hypothesis at step 1
+    model = ScriptedModel(VOCAB, table_model(VOCAB, TABLE, {EOS: 0.9, A: 0.1}, prompt_length=1), eos_token_ids=(EOS, D), pad_token_id=EOS)
+    hyps = run(two_groups("hamming", diversity_strength=1.0), model)
+    assert [h.token_ids for h in hyps if h.group == 1] == [[B, D]]
+    assert all(h.finish_reason == "eos" for h in hyps)

@@ -125,6 +125,22 @@ def test_grammar_cursor_forks_and_rolls_back_like_a_fresh_matcher():
     assert compiled.check(ids).valid and not compiled.check(ids[:-1]).valid
 
 
+def test_processor_rollback_restores_the_masks_a_speculative_verifier_needs():
+    from decodekit.constraints import constraint_processor
+
+    tok = tokenizer()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    processor = constraint_processor(JsonSchema(schema), "greedy", tok, len(tok), (tok.eos_token_id,), 32)
+    processor.reset(2)
+    ids = tok('{"a":12}', add_special_tokens=False)["input_ids"]
+    masks = []
+    for token in ids:
+        masks.append(torch.isfinite(processor(None, torch.zeros((2, len(tok))))))
+        processor.advance(None, torch.tensor([token, token]))
+    processor.rollback(3)  # the last three tokens were rejected
+    assert torch.equal(torch.isfinite(processor(None, torch.zeros((2, len(tok))))), masks[len(ids) - 3])
+
+
 @pytest.mark.parametrize(
     ("spec", "field", "message"),
     [

@@ -15,6 +15,17 @@ from decodekit.speculative.base import Draft, SpeculationContext, Verification, 
 from decodekit.speculative.config import PromptLookupConfig
 
 
+def _copy(sequence: list[int], start: int, count: int) -> list[int]:
+    """``count`` tokens copied from ``sequence[start:]``, running on into the copy itself when
+    the source reaches the end (an LZ77-style overlapping copy: a most recent occurrence that
+    overlaps the end, as in a repeated span, still yields a full-length draft)."""
+    copied = sequence[start : start + count]
+    period = len(sequence) - start
+    while len(copied) < count:
+        copied.append(copied[len(copied) - period])
+    return copied
+
+
 class PromptLookupProposer:
     """Chain drafts copied from the row's own context (see module docstring)."""
 
@@ -58,7 +69,7 @@ class PromptLookupProposer:
                     continue
                 start = tables[offset].get(tuple(sequence[-n:]))
                 if start is not None:
-                    draft = sequence[start : start + budget]
+                    draft = _copy(sequence, start, budget)
                     break
             tokens.append(draft)
             parents.append(chain_parents(len(draft)))

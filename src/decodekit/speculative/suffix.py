@@ -45,28 +45,27 @@ class SuffixTreeProposer:
             self._local[row].extend(0, sequence[fed:])
             self._fed[row] = len(sequence)
 
-    def _draft(
-        self, tree: SuffixTree, sequence: list[int], limit: int
-    ) -> tuple[list[int], list[int], float]:
+    def _draft(self, tree: SuffixTree, sequence: list[int], limit: int) -> tuple[list[int], list[int], float]:
         config = self.config
-        node, matched = tree.match(sequence, config.max_depth - 1)
+        # Subtle: the longest match may sit at the bottom of the depth-limited tree, leaving no
+        # room for a continuation; matching at most half the depth keeps room below.
+        longest = max(1, config.max_depth // 2)
+        node, matched = tree.match(sequence, longest)
         if matched == 0:
             return [], [], 0.0
-        budget = min(
-            config.max_tokens, limit, int(config.max_spec_factor * matched + config.max_spec_offset)
-        )
+        budget = min(config.max_tokens, limit, int(config.max_spec_factor * matched + config.max_spec_offset))
         if budget <= 0:
             return [], [], 0.0
         if config.tree:
             return tree.best_tree(node, budget, config.min_token_prob)
-        tokens, score = tree.best_path(node, budget, config.min_token_prob)
-        # Subtle: a path ends at max_depth although the text may go on; match again from the
-        # extended context so a long repeated span is drafted in one go.
-        while tokens and len(tokens) < budget and not tree.children[node]:
-            node, again = tree.match(sequence + tokens, config.max_depth - 1)
+        tokens, score, prob, end = tree.best_path(node, budget, config.min_token_prob)
+        # A path that ends at max_depth may go on in the text: match again from the extended
+        # context so a long repeated span is drafted in one go.
+        while tokens and len(tokens) < budget and tree.depth[end] == tree.max_depth:
+            node, again = tree.match(sequence + tokens, longest)
             if again == 0:
                 break
-            more, more_score = tree.best_path(node, budget - len(tokens), config.min_token_prob)
+            more, more_score, prob, end = tree.best_path(node, budget - len(tokens), config.min_token_prob, prob)
             if not more:
                 break
             tokens, score = tokens + more, score + more_score

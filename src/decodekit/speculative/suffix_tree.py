@@ -111,22 +111,26 @@ class SuffixTree:
                 high = middle - 1
         return best
 
-    def best_path(self, node: int, budget: int, min_prob: float) -> tuple[list[int], float]:
+    def best_path(
+        self, node: int, budget: int, min_prob: float, prob: float = 1.0
+    ) -> tuple[list[int], float, float, int]:
         """Greedy single path below ``node``: the most frequent child each time, while the
-        path's estimated probability stays ``>= min_prob``. Returns ``(tokens, score)`` with
-        score the sum of path probabilities (the expected number of accepted tokens)."""
+        path's estimated probability (starting from ``prob``) stays ``>= min_prob``. Returns
+        ``(tokens, score, prob, end node)`` with score the sum of path probabilities (the
+        expected number of accepted tokens)."""
         tokens: list[int] = []
-        prob, score = 1.0, 0.0
+        score = 0.0
         children, counts = self.children, self.counts
         while len(tokens) < budget and children[node]:
             token, child = max(children[node].items(), key=lambda item: counts[item[1]])
-            prob *= counts[child] / counts[node]
-            if prob < min_prob:
+            next_prob = prob * counts[child] / counts[node]
+            if next_prob < min_prob:
                 break
+            prob = next_prob
             tokens.append(token)
             score += prob
             node = child
-        return tokens, score
+        return tokens, score, prob, node
 
     def best_tree(
         self, node: int, budget: int, min_prob: float

@@ -14,6 +14,7 @@ from decodekit.scoring.length import LengthPenalty
 from decodekit.search.beam import BeamSearch
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.sampling import Greedy, Sampling
+from decodekit.speculative import Speculative
 
 __all__ = [
     "BeamSearch",
@@ -34,6 +35,7 @@ __all__ = [
     "LengthPenalty",
     "NumericalError",
     "Sampling",
+    "Speculative",
     "StreamEvent",
     "load",
     "make_strategy",

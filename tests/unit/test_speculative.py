@@ -253,3 +253,31 @@ def test_bad_settings_raise_before_any_model_call():
     with pytest.raises(ConfigError) as error:
         check_supported(BeamSearch(num_beams=2), DecodeOptions())
     assert error.value.field == "speculative"
+
+
+def test_stop_strings_and_eos_end_rows_where_plain_greedy_does():
+    from decodekit.engine import Decoding
+
+    model = markov_model(vocab=10, seed=4)
+    prompts = [[1, 2, 3, 1, 2], [4, 5, 4, 5], [7, 8, 9, 7]]
+
+    def stop_check(generated: torch.Tensor) -> torch.Tensor:  # the "stop string" is token 8
+        return (generated == 8).any(-1)
+
+    options = DecodeOptions(max_new_tokens=30, stop=("8",))
+    plain = Decoding(model, prompts, Greedy(), options, stop_check=stop_check).results()
+    speculative = Speculative("suffix")
+    hyps, _ = speculative_decode(
+        model,
+        prompts,
+        Greedy(speculative=speculative),
+        options,
+        make_proposer(speculative, model),
+        stop_check=stop_check,
+    )
+    assert [h[0].token_ids for h in hyps] == [h[0].token_ids for h in plain]
+    assert (
+        [h[0].finish_reason for h in hyps]
+        == [h[0].finish_reason for h in plain]
+        == ["stop", "stop", "eos"]
+    )

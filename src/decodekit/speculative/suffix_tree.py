@@ -52,10 +52,17 @@ class SuffixTree:
             open_nodes.append(0)  # the empty suffix starts here
             moved = []
             for node in open_nodes:
-                child = children[node].get(token)
+                edges = children[node]
+                child = edges.get(token)
                 if child is None:
-                    child = self._new_node(depth[node] + 1)
-                    children[node][token] = child
+                    if self._free:
+                        child = self._new_node(depth[node] + 1)
+                    else:  # inlined _new_node: this loop is the proposer's hot path
+                        child = len(children)
+                        children.append({})
+                        counts.append(0)
+                        depth.append(depth[node] + 1)
+                    edges[token] = child
                 counts[child] += 1
                 if depth[child] < limit:
                     moved.append(child)

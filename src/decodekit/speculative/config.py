@@ -47,11 +47,12 @@ class SuffixConfig:
     ``max_tokens``); a path stops where its estimated probability falls below
     ``min_token_prob``. ``max_depth`` bounds the trees' depth (match + continuation);
     ``max_cached_requests`` bounds the global tree over previous outputs (FIFO eviction;
-    0 turns it off). ``tree``: best-first tree drafts instead of a single path."""
+    0 turns it off). ``tree``: best-first tree drafts instead of a single path. Defaults are
+    tuned on bench/bench_speculative.py (CPU, where a longer draft costs little extra)."""
 
     max_tokens: int = 32
-    max_depth: int = 32
-    max_spec_factor: float = 2.0
+    max_depth: int = 24
+    max_spec_factor: float = 4.0
     max_spec_offset: float = 0.0
     min_token_prob: float = 0.1
     max_cached_requests: int = 256

@@ -163,7 +163,15 @@ class PreallocatedCache(Cache):
         if self.storage is not None and shared:
             length = shared[0].length
             if length > start:
-                self.storage[:, :, :, :, start:length] = self.storage[:, :, parents, :, start:length]
+                if self.storage.device.type == "cpu":
+                    # Only rows whose parent is another row need a copy; finding them costs a
+                    # host read, which is free on the CPU (on an accelerator, copy all rows).
+                    moved = (parents != torch.arange(len(parents), device=parents.device)).nonzero().squeeze(1)
+                    if len(moved):
+                        source = parents.index_select(0, moved)
+                        self.storage[:, :, moved, :, start:length] = self.storage[:, :, source, :, start:length]
+                else:
+                    self.storage[:, :, :, :, start:length] = self.storage[:, :, parents, :, start:length]
         for layer in self.layers:
             layer.reorder_from(parents, start)
 

@@ -99,10 +99,21 @@ class BeamSearchRun:
         self.top_k_mask = torch.arange(self.candidates, device=device) < K
         self.row_offset = torch.arange(B, device=device)[:, None] * K
 
-    def _select(self, accumulated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, K*V)`` accumulated scores -> the C candidates' (scores, flat indices)."""
+    def _select(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, K, V)`` step log-probs -> the C candidates' accumulated scores and flat
+        indices into ``K * V``, both ``(B, C)``."""
+        B, K, V = scores.shape
+        C = min(self.candidates, V)
         if self.warpers is None:
-            return torch.topk(accumulated, self.candidates, dim=-1)
+            # Two stages, same result as one top-C over all K*V continuations: the global top C
+            # lie within each beam's own top C, and adding a beam's running score keeps the
+            # order inside the beam. Scanning rows separately is ~1.5x cheaper on CPU.
+            row_scores, row_tokens = torch.topk(scores, C, dim=-1)  # (B, K, C)
+            accumulated = (row_scores + self.running_scores[:, :, None]).view(B, K * C)
+            cand_scores, flat = torch.topk(accumulated, self.candidates, dim=-1)
+            beams = torch.div(flat, C, rounding_mode="floor")
+            return cand_scores, beams * V + row_tokens.view(B, K * C).gather(1, flat)
+        accumulated = (scores + self.running_scores[:, :, None]).view(B, K * V)
         probs = accumulated.softmax(-1)
         index = torch.multinomial(probs, self.candidates, replacement=False, generator=self.context.generator)
         return accumulated.gather(1, index), index
@@ -114,10 +125,9 @@ class BeamSearchRun:
             scores = self.warpers(None, scores)
         V = scores.shape[-1]
         step_logprobs = scores.view(B, K * V)
-        accumulated = (scores.view(B, K, V) + self.running_scores[:, :, None]).view(B, K * V)
 
         # 1. the C best (or sampled) continuations
-        cand_scores, cand_index = self._select(accumulated)
+        cand_scores, cand_index = self._select(scores.view(B, K, V))
         cand_beam, cand_token = cand_index // V, cand_index % V
         cand_logprob = step_logprobs.gather(1, cand_index)
         hits = torch.isin(cand_token, self.context.eos_token_ids) | (t + 1 >= M)

@@ -4,16 +4,15 @@ preallocated cache (:mod:`decodekit.model.cache`)."""
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from decodekit.errors import InputError
 from decodekit.model.base import DecodeState, tree_ancestors
-from decodekit.model.cache import PreallocatedLayer
+from decodekit.model.cache import PreallocatedCache
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
 # the exact capacity it needs and the cache grows only if that estimate was short.
@@ -28,9 +27,12 @@ def _as_id_tuple(value) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def _lazy_preallocated_cache(capacity: int) -> Cache:
-    # Layers are created on first use, so the adapter needs no per-architecture layer count.
-    return Cache(layer_class_to_replicate=functools.partial(PreallocatedLayer, capacity))
+def _decoder_layer_count(config) -> int:
+    text = config.get_text_config(decoder=True)
+    for name in ("decoder_layers", "num_decoder_layers", "num_hidden_layers", "n_layer"):
+        if isinstance(getattr(text, name, None), int):
+            return int(getattr(text, name))
+    return 1  # unknown: layers beyond the storage get buffers of their own
 
 
 class HFLanguageModel:
@@ -61,6 +63,7 @@ class HFLanguageModel:
         )
         if self.is_encoder_decoder and self.decoder_start_token_id is None:
             raise InputError("encoder-decoder model has no decoder_start_token_id in its config")
+        self._layers = _decoder_layer_count(config)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.forward_count = 0
 
@@ -103,7 +106,7 @@ class HFLanguageModel:
         ids, mask = ids.to(device), mask.to(device)
         prompt_mask = mask[:, :width]
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)
-        cache = _lazy_preallocated_cache(capacity)
+        cache = PreallocatedCache(self._layers, capacity)
         logits = self._forward(
             input_ids=ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache
         )
@@ -122,7 +125,7 @@ class HFLanguageModel:
         encoded = self.model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True)
         encoded = BaseModelOutput(last_hidden_state=encoded.last_hidden_state)
         cache = EncoderDecoderCache(
-            _lazy_preallocated_cache(1 + max_new_tokens + _CAPACITY_SLACK), DynamicCache()
+            PreallocatedCache(self._layers, 1 + max_new_tokens + _CAPACITY_SLACK), DynamicCache()
         )
         start = torch.full((batch, 1), int(self.decoder_start_token_id), dtype=torch.long, device=device)
         logits = self._forward(
@@ -140,8 +143,7 @@ class HFLanguageModel:
     def select(self, state: DecodeState, rows: torch.Tensor) -> None:
         """New row i = old row ``rows[i]``; used for fan-out (beams, samples)."""
         extra = state.extra
-        for layer in self._self_cache(state).layers:
-            layer.select_rows(rows)
+        self._self_cache(state).select_rows(rows)
         if self.is_encoder_decoder:
             for layer in extra["cache"].cross_attention_cache.layers:
                 layer.batch_select_indices(rows)
@@ -160,8 +162,7 @@ class HFLanguageModel:
         extra = state.extra
         if parents is not None:
             # Rows of one prompt share the prompt region, so only generated positions move.
-            for layer in self._self_cache(state).layers:
-                layer.reorder_from(parents, state.prompt_length)
+            self._self_cache(state).reorder_from(parents, state.prompt_length)
         length = extra["length"]
         if self.is_encoder_decoder:
             state.logits = self._forward(

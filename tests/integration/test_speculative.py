@@ -160,9 +160,9 @@ def test_sampling_output_is_fixed_by_the_seed_whatever_the_draft(target, prompts
         Speculative("ngram"),
         Speculative("recycling"),
     ]:
-        strategy = decodekit.Sampling(n=3, seed=7, top_k=10, speculative=speculative)
-        results = target.generate(prompts[:4], strategy, max_new_tokens=12)
-        assert all(len(r.sequences) == 3 for r in results)
+        strategy = decodekit.Sampling(n=2, seed=7, top_k=10, speculative=speculative)
+        results = target.generate(prompts[:3], strategy, max_new_tokens=10)
+        assert all(len(r.sequences) == 2 for r in results)
         outputs.append([[s.token_ids for s in r.sequences] for r in results])
     assert all(out == outputs[0] for out in outputs)
 
@@ -172,3 +172,36 @@ def test_cli_flag(capsys):
 
     assert main(["generate", "x", "--strategy", "beam", "--speculative", "ngram"]) == 2
     assert "--speculative" in capsys.readouterr().err
+
+
+def test_embedded_models_greedy_is_lossless():
+    """The embedded target with every proposer (its own draft model included), batch 1 and 3."""
+    from decodekit.models import embedded_model_path
+
+    if not (embedded_model_path("stdlib-code-draft") / "model.safetensors").is_file():
+        pytest.skip("embedded models not built")
+    target = decodekit.load("stdlib-code")
+    draft = decodekit.load("stdlib-code-draft")
+    prompts = [
+        "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n",
+        "import os\nimport sys\n",
+        "class Point:\n    def __init__(self, x, y):\n",
+    ]
+    plain = target.generate(prompts, "greedy", max_new_tokens=12)
+    for speculative in [
+        Speculative("ngram"),
+        Speculative("suffix"),
+        Speculative("recycling"),
+        Speculative("draft", DraftModelConfig(model=draft.model, num_tokens=3)),
+    ]:
+        for batch in (1, 3):
+            got = []
+            for start in range(0, 3, batch):
+                got += target.generate(
+                    prompts[start : start + batch],
+                    decodekit.Greedy(speculative=speculative),
+                    max_new_tokens=16,
+                )
+            assert [r.best.token_ids for r in got] == [r.best.token_ids for r in plain], (
+                speculative.proposer
+            )

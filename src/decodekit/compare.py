@@ -138,8 +138,8 @@ def plot_tradeoff(runs: list[StrategyRun], path: str | Path, title: str) -> None
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for run in runs:
         x, y = run.metrics["distinct_2"], run.metrics["mean_logprob"]
-        axis.scatter(x, y, s=50)
-        axis.annotate(run.name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        axis.scatter(x, y, s=50, label=run.name)
+    axis.legend(fontsize=7)  # a legend, not labels on the points: close points would overlap
     axis.set_xlabel("distinct-2 of the n-best list (higher = more diverse)")
     axis.set_ylabel("mean log-probability of the n-best list")
     axis.set_title(title, fontsize=9)
@@ -152,6 +152,10 @@ def run_compare(args: argparse.Namespace) -> int:
     import decodekit
 
     records = read_prompts(args.input)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     strategies = default_strategies(args.num_beams, args.num_groups, args.diversity_strength, args.seed)
     for config in strategies.values():
         config.validate()
@@ -176,5 +180,6 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--plot", default="compare.png", help="PNG path ('' for none)")
     parser.set_defaults(handler=run_compare)

@@ -131,6 +131,9 @@ def run_generate(args: argparse.Namespace) -> int:
     strategy.validate()
     constraint = constraint_from_args(args)
     prompts, from_file = _read_prompts(args)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # keep stderr for decodekit's own progress
     decoder = decodekit.load(args.model, device=args.device)
     progress = None
     if from_file:

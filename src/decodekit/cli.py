@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from decodekit.cli_flags import add_config_flags, config_from_flags, reject_unused
 from decodekit.constraints.flags import CONSTRAINT_FLAGS, add_constraint_flags, constraint_from_args
-from decodekit.errors import DecodeKitError, InputError
+from decodekit.errors import DecodeKitError
 from decodekit.options import DecodeOptions
 
 EXTENSIONS = ("decodekit.compare",)
@@ -59,20 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read_prompts(args: argparse.Namespace) -> tuple[list[str], bool]:
     if args.input:
-        prompts = []
-        with open(args.input, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(f"--input line {number}: not JSON ({error.msg})") from None
-                prompt = record.get("prompt") if isinstance(record, dict) else None
-                if not isinstance(prompt, str):
-                    raise InputError(f"--input line {number}: needs a string field \"prompt\"")
-                prompts.append(prompt)
-        return prompts, True
+        from decodekit.compare import read_prompts
+
+        return [record["prompt"] for record in read_prompts(args.input)], True
     if args.prompt is not None and args.prompt != "-":
         return [args.prompt], False
     return [sys.stdin.read()], False

@@ -18,12 +18,7 @@ from decodekit.errors import InputError
 MODULES = sorted(m for m in sys.stdlib_module_names if not m.startswith("_"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ STRATEGIES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # subtle: tiny tensors on a shared 2-core machine run several times faster on one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

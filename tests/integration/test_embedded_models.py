@@ -109,11 +109,6 @@ def test_held_out_loss_matches_the_model_card(name, subset_losses):
     assert measured.nats_per_token == pytest.approx(card["nats_per_token"], rel=0.05)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the shipped target is undertrained (about 630 steps under CPU contention) "
-    "and its held-out loss is above the draft's; see MODEL.md. Remove once retrained.",
-)
 def test_target_is_clearly_better_than_draft(subset_losses):
     assert subset_losses[TARGET].nats_per_token < subset_losses[DRAFT].nats_per_token - 0.05
     full = {name: card_metrics(name)["validation_full"]["nats_per_token"] for name in EMBEDDED_MODELS}

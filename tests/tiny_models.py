@@ -42,30 +42,26 @@ def gpt2(seed: int = 0, vocab: int = VOCAB, layers: int = 2, dim: int = 32, posi
     return _finish(model)
 
 
-def llama(seed: int = 0, vocab: int = VOCAB):
+def _llama_like(config_class, model_class, seed: int, vocab: int):
+    # Llama and Qwen2 share the decoder shape; the tests check both adapters' code paths.
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
+    config = config_class(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.2,
         tie_word_embeddings=False,
     )
-    model = transformers.LlamaForCausalLM(config)
+    model = model_class(config)
     _boost_eos(model)
     return _finish(model)
+
+
+def llama(seed: int = 0, vocab: int = VOCAB):
+    return _llama_like(transformers.LlamaConfig, transformers.LlamaForCausalLM, seed, vocab)
 
 
 def qwen2(seed: int = 0, vocab: int = VOCAB):
-    torch.manual_seed(seed)
-    config = transformers.Qwen2Config(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.2,
-        tie_word_embeddings=False,
-    )
-    model = transformers.Qwen2ForCausalLM(config)
-    _boost_eos(model)
-    return _finish(model)
+    return _llama_like(transformers.Qwen2Config, transformers.Qwen2ForCausalLM, seed, vocab)
 
 
 def bart(seed: int = 0, vocab: int = VOCAB):

@@ -4,6 +4,7 @@ one field of a strategy config or of :class:`~decodekit.options.DecodeOptions`."
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -11,8 +12,9 @@ from collections.abc import Iterator
 
 from decodekit.cli_flags import add_config_flags, config_from_flags, reject_unused
 from decodekit.constraints.flags import CONSTRAINT_FLAGS, add_constraint_flags, constraint_from_args
-from decodekit.errors import DecodeKitError
+from decodekit.errors import ConfigError, DecodeKitError
 from decodekit.options import DecodeOptions
+from decodekit.search.sampling import Sampling
 
 EXTENSIONS = ("decodekit.compare",)
 """Modules that add subcommands through ``register(subparsers)``, when present."""
@@ -68,32 +70,23 @@ def _read_prompts(args: argparse.Namespace) -> tuple[list[str], bool]:
 
 
 def make_cli_strategy(args: argparse.Namespace):
-    from decodekit.search.sampling import Sampling
-
     strategies = _strategies()
     if args.strategy not in strategies:
-        from decodekit.errors import ConfigError
-
         raise ConfigError("--strategy", args.strategy, f"one of {', '.join(sorted(strategies))}")
     cls = strategies[args.strategy]
-    shared = _GENERAL | {f for f in vars(DecodeOptions()).keys()}
+    shared = _GENERAL | set(vars(DecodeOptions()))
     if args.beam_sample:
+        if "sampler" not in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError("--beam-sample", True, f"a beam strategy with a sampler, not {args.strategy!r}")
         sampler = config_from_flags(Sampling, args)
-        shared |= set(vars(sampler))
-        strategy = config_from_flags(cls, args)
-        reject_unused(args.strategy, cls, args, shared)
-        import dataclasses
-
-        return with_speculative(dataclasses.replace(strategy, sampler=sampler), args)
+        reject_unused(args.strategy, cls, args, shared | set(vars(sampler)))
+        return with_speculative(dataclasses.replace(config_from_flags(cls, args), sampler=sampler), args)
     reject_unused(args.strategy, cls, args, shared)
     return with_speculative(config_from_flags(cls, args), args)
 
 
 def with_speculative(strategy, args: argparse.Namespace):
     """``strategy`` with ``speculative`` set from ``--speculative`` / ``--draft-model``."""
-    import dataclasses
-
-    from decodekit.errors import ConfigError
     from decodekit.speculative import DraftModelConfig, Speculative
 
     name, draft = getattr(args, "speculative_proposer", None), getattr(args, "draft_model", None)

@@ -66,8 +66,6 @@ class Decoding:
         options.validate(model.vocab_size)
         check_prompts(model, prompts, options)
         eos = tuple(options.eos_token_ids) if options.eos_token_ids is not None else model.eos_token_ids
-        if getattr(strategy, "name", "") in ("beam", "diverse_beam") and options.stop:
-            raise ConfigError("stop", options.stop, "stop strings work with greedy and sampling; use EOS ids with beam search")
         self.model, self.prompts, self.options, self.eos = model, prompts, options, eos
         self.stop_check = stop_check if options.stop else None
         device = getattr(model, "device", torch.device("cpu"))
@@ -82,6 +80,8 @@ class Decoding:
             **(search_context or {}),
         )
         self.search = strategy.begin(self.context)
+        if options.stop and not self.search.supports_stop_strings:
+            raise ConfigError("stop", options.stop, f"stop strings work with per-row strategies (greedy, sample), not {strategy.name!r}; use EOS ids")
         self.extra_processors = list(processors or [])
         self._finished = False
 

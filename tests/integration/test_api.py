@@ -100,3 +100,14 @@ def test_cli_text_from_argument_and_stdin(checkpoint, capsys, monkeypatch):
 def test_cli_bad_flags_exit_2_with_the_field(checkpoint, capsys, flags, field):
     assert cli.main(["generate", "--model", str(checkpoint), "x", *flags]) == 2
     assert field in capsys.readouterr().err
+
+
+def test_cli_beam_sample_needs_a_beam_strategy(checkpoint, capsys):
+    assert cli.main(["generate", "--model", str(checkpoint), "x", "--strategy", "greedy", "--beam-sample"]) == 2
+    assert "--beam-sample" in capsys.readouterr().err
+
+
+def test_stop_strings_are_refused_by_beam_searches(decoder):
+    for strategy in (decodekit.BeamSearch(num_beams=2), decodekit.DiverseBeamSearch(num_beams=2, num_groups=2)):
+        with pytest.raises(decodekit.ConfigError, match="stop"):
+            decoder.generate("x", strategy, stop=["\n"])

@@ -21,13 +21,11 @@ class DecodeState:
     ``logits``: ``(rows, vocab)`` float32 next-token logits of every row.
     ``prompt_length``: padded prompt length (decoder-only) or decoder start length; positions
     ``[0, prompt_length)`` of the cache are identical for all rows of one prompt.
-    ``row_prompt``: ``(rows,)`` index of the prompt each row belongs to.
     ``extra``: the model's own bookkeeping (cache, masks, encoder outputs).
     """
 
     logits: torch.Tensor
     prompt_length: int
-    row_prompt: torch.Tensor
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -111,7 +111,7 @@ class HFLanguageModel:
             input_ids=ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache
         )
         extra = {"cache": cache, "mask": mask, "length": width, "next_position": prompt_mask.sum(-1)}
-        return DecodeState(logits, width, torch.arange(batch, device=device), extra)
+        return DecodeState(logits, width, extra)
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
         device, batch = self.device, len(prompts)
@@ -132,7 +132,7 @@ class HFLanguageModel:
             encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start, past_key_values=cache
         )
         extra = {"cache": cache, "encoder": encoded, "encoder_mask": mask, "length": 1}
-        return DecodeState(logits, 1, torch.arange(batch, device=device), extra)
+        return DecodeState(logits, 1, extra)
 
     # -- row bookkeeping ------------------------------------------------------------------------
 
@@ -154,7 +154,6 @@ class HFLanguageModel:
             extra["mask"] = extra["mask"].index_select(0, rows)
             extra["next_position"] = extra["next_position"].index_select(0, rows)
         state.logits = state.logits.index_select(0, rows)
-        state.row_prompt = state.row_prompt.index_select(0, rows)
 
     @torch.inference_mode()
     def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:

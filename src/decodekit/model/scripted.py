@@ -61,12 +61,11 @@ class ScriptedModel:
     def start(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
         sequences = [tuple(p) for p in prompts]
         width = max(len(p) for p in prompts)
-        return DecodeState(self._logits(sequences), width, torch.arange(len(prompts)), {"sequences": sequences})
+        return DecodeState(self._logits(sequences), width, {"sequences": sequences})
 
     def select(self, state: DecodeState, rows: torch.Tensor) -> None:
         state.extra["sequences"] = [state.extra["sequences"][i] for i in rows.tolist()]
         state.logits = state.logits.index_select(0, rows)
-        state.row_prompt = state.row_prompt.index_select(0, rows)
 
     def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
         old = state.extra["sequences"]

@@ -12,8 +12,6 @@ from typing import Protocol
 
 import torch
 
-from decodekit.logits.base import ProcessorList
-
 
 @dataclass(frozen=True)
 class Step:
@@ -52,7 +50,6 @@ class SearchContext:
     pad_token_id: int
     device: torch.device
     generator: torch.Generator | None = None
-    warpers: ProcessorList | None = None
     input_embeddings: torch.Tensor | None = None
 
 
@@ -61,6 +58,8 @@ class Search(Protocol):
     """Rows per prompt (1 for greedy, n for sampling, beams for beam search)."""
     scores_are_logprobs: bool
     """True: the engine passes processed log-probs (beam search); False: processed logits."""
+    supports_stop_strings: bool
+    """True if :meth:`stop_rows` can end single rows (per-row searches, not beam searches)."""
 
     def step(self, scores: torch.Tensor, t: int) -> Step:
         """Decide step ``t`` (0-based count of generated tokens) from ``(rows, vocab)`` scores."""

@@ -75,6 +75,7 @@ class BeamSearchRun:
     """The running state of one beam search call; ``step`` mutates it."""
 
     scores_are_logprobs = True
+    supports_stop_strings = False
 
     def __init__(self, config: BeamSearch, context: SearchContext, num_beams: int | None = None):
         self.config, self.context = config, context

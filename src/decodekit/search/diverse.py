@@ -158,6 +158,7 @@ class DiverseBeamSearchRun:
     ``(batch, groups, K, ...)``; row ``r`` of the engine is ``(r // B, (r % B) // K, r % K)``."""
 
     scores_are_logprobs = True
+    supports_stop_strings = False
 
     def __init__(self, config: DiverseBeamSearch, context: SearchContext, diversity: DiversityFunction):
         self.config, self.context, self.diversity = config, context, diversity

@@ -79,6 +79,7 @@ class RowSearch:
     """Per-row search: greedy (``sampler`` None) or sampling. Finished rows emit padding."""
 
     scores_are_logprobs = False
+    supports_stop_strings = True
 
     def __init__(self, context: SearchContext, width: int, sampler: Sampling | None):
         self.context, self.width = context, width

@@ -14,6 +14,10 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _check_length(field: str, value: Any) -> None:
+    check(_positive(value), field, value, "speculation length: an integer >= 1")
+
+
 @dataclass(frozen=True)
 class PromptLookupConfig:
     """n-gram prompt lookup (Saxena, 2023): find the most recent earlier occurrence of the
@@ -25,12 +29,7 @@ class PromptLookupConfig:
     max_ngram: int = 4
 
     def validate(self) -> None:
-        check(
-            _positive(self.num_tokens),
-            "num_tokens",
-            self.num_tokens,
-            "speculation length: an integer >= 1",
-        )
+        _check_length("num_tokens", self.num_tokens)
         check(_positive(self.min_ngram), "min_ngram", self.min_ngram, "an integer >= 1")
         check(
             _positive(self.max_ngram) and self.max_ngram >= self.min_ngram,
@@ -59,12 +58,7 @@ class SuffixConfig:
     tree: bool = False
 
     def validate(self) -> None:
-        check(
-            _positive(self.max_tokens),
-            "max_tokens",
-            self.max_tokens,
-            "speculation length: an integer >= 1",
-        )
+        _check_length("max_tokens", self.max_tokens)
         check(
             isinstance(self.max_depth, int) and self.max_depth >= 2,
             "max_depth",
@@ -97,12 +91,7 @@ class DraftModelConfig:
     num_tokens: int = 4
 
     def validate(self) -> None:
-        check(
-            _positive(self.num_tokens),
-            "num_tokens",
-            self.num_tokens,
-            "speculation length: an integer >= 1",
-        )
+        _check_length("num_tokens", self.num_tokens)
         check(
             self.model is not None and (not isinstance(self.model, str | Path) or str(self.model)),
             "model",

@@ -110,7 +110,10 @@ class HFLanguageModel:
         logits = self._forward(
             input_ids=ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache
         )
-        extra = {"cache": cache, "mask": mask, "length": width, "next_position": prompt_mask.sum(-1)}
+        # ``holes``: some slot before ``length`` is masked (padding, speculative rollback); without
+        # holes the model is called with no attention mask, which skips building one every step
+        holes = min(len(p) for p in prompts) < width
+        extra = {"cache": cache, "mask": mask, "length": width, "next_position": prompt_mask.sum(-1), "holes": holes}
         return DecodeState(logits, width, extra)
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
@@ -178,7 +181,7 @@ class HFLanguageModel:
             position = extra["next_position"]
             state.logits = self._forward(
                 input_ids=tokens[:, None],
-                attention_mask=mask[:, : length + 1],
+                attention_mask=mask[:, : length + 1] if extra["holes"] else None,
                 position_ids=position[:, None],
                 past_key_values=extra["cache"],
             )
@@ -253,6 +256,7 @@ class HFLanguageModel:
         kept = torch.arange(m, device=index.device)[None, :] < count[:, None]
         extra["mask"][:, start : start + m] = kept.to(extra["mask"].dtype)
         extra["mask"][:, start + m :] = 0
+        extra["holes"] = True
         extra["length"] = start + m
         extra["next_position"] = extra["next_position"] + count
 
@@ -275,6 +279,7 @@ class HFLanguageModel:
             layer.truncate(m)
         extra["mask"][:, :m] = real.gather(1, order).to(extra["mask"].dtype)
         extra["mask"][:, m:] = 0
+        extra["holes"] = bool((real.sum(-1) < m).any())
         extra["length"] = m
 
     @torch.inference_mode()
@@ -290,6 +295,7 @@ class HFLanguageModel:
         window = torch.arange(length - most, length, device=count.device)[None, :]
         forget = window >= (length - count)[:, None]
         mask[:, length - most : length].masked_fill_(forget, 0)
+        extra["holes"] = True
         extra["next_position"] = extra["next_position"] - count
         least = int(count.min())
         if least > 0:

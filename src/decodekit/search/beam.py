@@ -132,22 +132,44 @@ class BeamSearchRun:
         cand_beam, cand_token = cand_index // V, cand_index % V
         cand_logprob = step_logprobs.gather(1, cand_index)
         hits = torch.isin(cand_token, self.context.eos_token_ids) | (t + 1 >= M)
-        cand_tokens = _take(self.running_tokens, cand_beam)
-        cand_tokens[:, :, t] = cand_token
-        cand_logprobs = _take(self.running_logprobs, cand_beam)
-        cand_logprobs[:, :, t] = cand_logprob
 
         # 2. the K best unfinished candidates keep running
         running = cand_scores + hits.float() * _MASKED
         keep = torch.topk(running, K, dim=-1).indices
         parents = _take(cand_beam, keep)
         tokens = _take(cand_token, keep)
-        self.running_scores = _take(running, keep)
-        self.running_tokens = _take(cand_tokens, keep)
-        self.running_logprobs = _take(cand_logprobs, keep)
 
         # 3. finished candidates among the first K compete for the pool
         just_finished = hits & self.top_k_mask
+        # Subtle: with nothing finished the merge keeps the pool as it is, so it is skipped;
+        # reading the flag is free on the CPU, on an accelerator it would cost a sync.
+        if self.context.device.type != "cpu" or bool(just_finished.any()):
+            self._merge_finished(cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t)
+
+        self.running_scores = _take(running, keep)
+        self.running_tokens = _take(self.running_tokens, parents)
+        self.running_tokens[:, :, t] = tokens
+        self.running_logprobs = _take(self.running_logprobs, parents)
+        self.running_logprobs[:, :, t] = _take(cand_logprob, keep)
+
+        # 4. can a running beam still beat the worst finished hypothesis?
+        never = self.config.early_stopping == "never" and self.penalty.favors_long
+        best_length = M if never else t + 1
+        best_possible = self.running_scores[:, :1] / self.penalty(best_length)
+        worst = torch.where(self.pool_finished, self.pool_scores.min(1, keepdim=True).values, _MASKED)
+        self.can_improve &= (best_possible > worst).any(-1, keepdim=True)
+        done = ~self.can_improve.any() | hits.all()
+        if self.config.early_stopping is True:
+            done |= self.pool_finished.all()
+        return Step((parents + self.row_offset).view(-1), tokens.view(-1), done)
+
+    def _merge_finished(self, cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t: int) -> None:
+        """Finished candidates compete, length-normalised, with the pool for its K slots."""
+        K = self.width
+        cand_tokens = _take(self.running_tokens, cand_beam)
+        cand_tokens[:, :, t] = cand_token
+        cand_logprobs = _take(self.running_logprobs, cand_beam)
+        cand_logprobs[:, :, t] = cand_logprob
         finished_scores = cand_scores / self.penalty(t + 1)
         if self.config.early_stopping is True:
             pool_full = self.pool_finished.all(-1, keepdim=True)
@@ -163,17 +185,6 @@ class BeamSearchRun:
         self.pool_logprobs = _take(torch.cat([self.pool_logprobs, cand_logprobs], dim=1), pick)
         self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=1), pick)
         self.pool_finished = _take(torch.cat([self.pool_finished, just_finished], dim=1), pick)
-
-        # 4. can a running beam still beat the worst finished hypothesis?
-        never = self.config.early_stopping == "never" and self.penalty.favors_long
-        best_length = M if never else t + 1
-        best_possible = self.running_scores[:, :1] / self.penalty(best_length)
-        worst = torch.where(self.pool_finished, self.pool_scores.min(1, keepdim=True).values, _MASKED)
-        self.can_improve &= (best_possible > worst).any(-1, keepdim=True)
-        done = ~self.can_improve.any() | hits.all()
-        if self.config.early_stopping is True:
-            done |= self.pool_finished.all()
-        return Step((parents + self.row_offset).view(-1), tokens.view(-1), done)
 
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("stop strings are checked by the engine only for per-row searches")

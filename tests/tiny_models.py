@@ -42,12 +42,12 @@ def gpt2(seed: int = 0, vocab: int = VOCAB, layers: int = 2, dim: int = 32, posi
     return _finish(model)
 
 
-def _llama_like(config_class, model_class, seed: int, vocab: int):
+def _llama_like(config_class, model_class, seed: int, vocab: int, positions: int = 256):
     # Llama and Qwen2 share the decoder shape; the tests check both adapters' code paths.
     torch.manual_seed(seed)
     config = config_class(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.2,
         tie_word_embeddings=False,
     )
@@ -56,8 +56,8 @@ def _llama_like(config_class, model_class, seed: int, vocab: int):
     return _finish(model)
 
 
-def llama(seed: int = 0, vocab: int = VOCAB):
-    return _llama_like(transformers.LlamaConfig, transformers.LlamaForCausalLM, seed, vocab)
+def llama(seed: int = 0, vocab: int = VOCAB, positions: int = 256):
+    return _llama_like(transformers.LlamaConfig, transformers.LlamaForCausalLM, seed, vocab, positions)
 
 
 def qwen2(seed: int = 0, vocab: int = VOCAB):

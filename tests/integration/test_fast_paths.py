@@ -1,0 +1,124 @@
+"""The engine's CPU fast paths compute what the plain model computes.
+
+- Shared-prefix attention (``decodekit.model.attention``): the rows of one prompt read the
+  prompt's keys/values once. Checked against transformers' SDPA on random tensors, and end to
+  end against ``generate`` with prompts long enough to take the path.
+- The weight-first output projection (``decodekit.model.hf``) for large vocabularies: checked
+  end to end against ``generate``.
+
+Each end-to-end test also asserts that its fast path was taken, so it cannot pass vacuously.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import tiny_models as tm
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from decodekit.engine import decode
+from decodekit.model import attention, hf
+from decodekit.model.hf import HFLanguageModel
+from decodekit.options import DecodeOptions
+from decodekit.search.beam import BeamSearch
+from decodekit.search.sampling import Sampling
+
+LONG = attention.MIN_PREFIX + 24
+
+
+@pytest.fixture
+def flash_calls(monkeypatch):
+    calls = []
+    real = attention._flash
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "_flash", counting)
+    return calls
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_shared_prefix_attention_equals_sdpa(heads, kv_heads, padded):
+    generator = torch.Generator().manual_seed(0)
+    prompts, group, prefix, generated, dim = 2, 3, 40, 5, 16
+    rows = prompts * group
+    key = torch.randn(rows, kv_heads, prefix + generated, dim, generator=generator)
+    value = torch.randn(rows, kv_heads, prefix + generated, dim, generator=generator)
+    # the rows of one prompt share its prompt region; generated positions differ per row
+    key[:, :, :prefix] = key[::group, :, :prefix].repeat_interleave(group, 0)
+    value[:, :, :prefix] = value[::group, :, :prefix].repeat_interleave(group, 0)
+    query = torch.randn(rows, 1, heads, dim, generator=generator).transpose(1, 2)  # as transformers lays it out
+    mask = None
+    if padded:  # left padding: prompt 0 has 7 padded slots
+        mask = torch.ones(rows, 1, 1, prefix + generated, dtype=torch.bool)
+        mask[:group, :, :, :7] = False
+    module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    token = attention._plan.set((group, prefix))
+    try:
+        got, _ = attention._attention(module, query, key, value, mask, scaling=0.3)
+    finally:
+        attention._plan.reset(token)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def _long_prompts(seed: int, vocab: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in (LONG, LONG - 9)]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_long_prompt_beam_search_matches_generate(name, flash_calls):
+    model = tm.gpt2(positions=512) if name == "gpt2" else tm.llama(positions=512)
+    prompts = _long_prompts(3, tm.VOCAB)
+    config = BeamSearch(num_beams=4, num_return_sequences=2)
+    ours = decode(HFLanguageModel(model), prompts, config, DecodeOptions(max_new_tokens=8))
+    assert flash_calls, "the shared-prefix path was not taken"
+    out = tm.hf_generate(model, prompts, max_new_tokens=8, do_sample=False, num_beams=4, num_return_sequences=2)
+    theirs = tm.generated_part(model, out, prompts)
+    for i, hyps in enumerate(ours):
+        assert [h.token_ids for h in hyps] == theirs[2 * i : 2 * i + 2]
+        assert [h.score for h in hyps] == pytest.approx(out.sequences_scores[2 * i : 2 * i + 2].tolist(), abs=1e-4)
+
+
+def test_long_prompt_samples_same_with_and_without_sharing(monkeypatch, flash_calls):
+    model = tm.llama(positions=512)
+    prompts = _long_prompts(4, tm.VOCAB)
+    config = Sampling(n=3, temperature=1.0)
+
+    def run():
+        generator = torch.Generator().manual_seed(11)
+        hyps = decode(HFLanguageModel(model), prompts, config, DecodeOptions(max_new_tokens=12), generator=generator)
+        return [[(h.token_ids, h.logprob) for h in row] for row in hyps]
+
+    shared = run()
+    assert flash_calls
+    monkeypatch.setattr(attention, "MIN_PREFIX", 10**9)
+    plain = run()
+    for row_shared, row_plain in zip(shared, plain):
+        for (ids_s, lp_s), (ids_p, lp_p) in zip(row_shared, row_plain):
+            assert ids_s == ids_p
+            assert lp_s == pytest.approx(lp_p, abs=1e-4)
+
+
+def test_large_vocabulary_head_matches_generate(monkeypatch):
+    vocab = 16384  # x 256 = the smallest head the weight-first projection is used for
+    model = tm.gpt2(vocab=vocab, dim=256, seed=2)
+    used = []
+    real = hf._weight_first_linear
+    monkeypatch.setattr(hf, "_weight_first_linear", lambda head, x: used.append(x.shape) or real(head, x))
+    prompts = tm.prompts(5, 2, low=3, high=9, vocab=vocab)
+    config = BeamSearch(num_beams=4, num_return_sequences=2)
+    ours = decode(HFLanguageModel(model), prompts, config, DecodeOptions(max_new_tokens=8))
+    assert used, "the weight-first output projection was not used"
+    out = tm.hf_generate(model, prompts, max_new_tokens=8, do_sample=False, num_beams=4, num_return_sequences=2)
+    theirs = tm.generated_part(model, out, prompts)
+    for i, hyps in enumerate(ours):
+        assert [h.token_ids for h in hyps] == theirs[2 * i : 2 * i + 2]
+        assert [h.score for h in hyps] == pytest.approx(out.sequences_scores[2 * i : 2 * i + 2].tolist(), abs=1e-4)

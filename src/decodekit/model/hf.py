@@ -16,6 +16,7 @@ from decodekit.errors import InputError
 from decodekit.model import attention
 from decodekit.model.base import DecodeState, tree_ancestors
 from decodekit.model.cache import PreallocatedCache
+from decodekit.model.fast_llama import LlamaStep
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
 # the exact capacity it needs and the cache grows only if that estimate was short.
@@ -98,6 +99,7 @@ class HFLanguageModel:
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._head = _large_cpu_head(model)
         self._shared_prefix = attention.available(model) and not self.is_encoder_decoder
+        self._step = None if self.is_encoder_decoder else LlamaStep.build(model)
         self.forward_count = 0
 
     @property
@@ -129,6 +131,13 @@ class HFLanguageModel:
             finally:
                 del head.forward
         return out.logits[:, -1, :].float()
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Output projection of final hidden states ``(rows, dim)`` -> float32 logits."""
+        head = self.model.get_output_embeddings()
+        if self._head is not None and _HEAD_ROWS[0] <= hidden.shape[0] <= _HEAD_ROWS[1]:
+            return _weight_first_linear(head, hidden).float()
+        return head(hidden).float()
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -226,15 +235,21 @@ class HFLanguageModel:
                 extra["mask"] = mask = torch.cat([mask, torch.ones_like(mask)], dim=1)
             mask[:, length] = 1
             position = extra["next_position"]
+            step_mask = mask[:, : length + 1] if extra["holes"] else None
             group, prefix = extra.get("group", 1), state.prompt_length
-            share = self._shared_prefix and group > 1 and prefix >= attention.MIN_PREFIX
-            with attention.shared_prefix(self.model, group, prefix) if share else contextlib.nullcontext():
-                state.logits = self._forward(
-                    input_ids=tokens[:, None],
-                    attention_mask=mask[:, : length + 1] if extra["holes"] else None,
-                    position_ids=position[:, None],
-                    past_key_values=extra["cache"],
-                )
+            plan = (group, prefix) if group > 1 and prefix >= attention.MIN_PREFIX else None
+            if self._step is not None and self._step.usable():
+                self.forward_count += 1
+                state.logits = self._project(self._step(tokens, position, extra["cache"], step_mask, plan))
+            else:
+                sharing = attention.shared_prefix(self.model, *plan) if plan and self._shared_prefix else contextlib.nullcontext()
+                with sharing:
+                    state.logits = self._forward(
+                        input_ids=tokens[:, None],
+                        attention_mask=step_mask,
+                        position_ids=position[:, None],
+                        past_key_values=extra["cache"],
+                    )
             extra["next_position"] = position + 1
         extra["length"] = length + 1
 

@@ -1,0 +1,163 @@
+"""A lean one-token decoding step for Llama-family transformers models.
+
+A decoding step of a small model on the CPU is dominated by framework overhead, not arithmetic:
+transformers' Llama runs ~70 tensor operations and ~25 module calls per layer for one token.
+This step computes the same function from the same parameters (read from the model at every
+:meth:`LlamaStep.build`, nothing copied) in ~20 operations per layer:
+``F.rms_norm``, the projections, rotary embedding from a cached cos/sin table, the cache write,
+one attention kernel (the shared-prefix one when rows share a prompt), the gated MLP.
+
+It covers exactly the configurations it checks for (see :func:`LlamaStep.build`): Llama, Qwen2
+and Mistral causal LMs with float32 weights, SiLU, default RoPE, no sliding window; anything
+else goes through the model's own forward. Prefill and speculative blocks always do.
+Results equal the model's own forward up to float rounding; the parity tests compare both
+against ``generate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from decodekit.model import attention
+from decodekit.model.cache import PreallocatedCache
+
+_ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    input_norm: torch.Tensor
+    q: torch.nn.Linear
+    k: torch.nn.Linear
+    v: torch.nn.Linear
+    o: torch.nn.Linear
+    post_norm: torch.Tensor
+    gate: torch.nn.Linear
+    up: torch.nn.Linear
+    down: torch.nn.Linear
+
+
+class LlamaStep:
+    """One-token forward of a supported Llama-family model over a :class:`PreallocatedCache`."""
+
+    def __init__(self, model: torch.nn.Module):
+        base, config = model.model, model.config
+        self.embed = base.embed_tokens.weight
+        self.eps = float(config.rms_norm_eps)
+        self.final_norm = base.norm.weight
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.scale = self.head_dim**-0.5
+        self.num_key_value_groups = self.heads // self.kv_heads  # read by the attention fallback
+        self.is_causal, self.training = True, False
+        self.inv_freq = base.rotary_emb.inv_freq
+        self.attention_scaling = float(getattr(base.rotary_emb, "attention_scaling", 1.0))
+        self.layers = [
+            _Layer(
+                layer.input_layernorm.weight,
+                layer.self_attn.q_proj,
+                layer.self_attn.k_proj,
+                layer.self_attn.v_proj,
+                layer.self_attn.o_proj,
+                layer.post_attention_layernorm.weight,
+                layer.mlp.gate_proj,
+                layer.mlp.up_proj,
+                layer.mlp.down_proj,
+            )
+            for layer in base.layers
+        ]
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def build(cls, model: torch.nn.Module) -> LlamaStep | None:
+        """A step for ``model`` if it is a configuration this step reproduces, else None."""
+        config = model.config
+        if type(model).__name__ not in _ARCHITECTURES or config.model_type not in ("llama", "qwen2", "mistral"):
+            return None
+        rope = getattr(config, "rope_parameters", None) or {"rope_type": "default"}
+        base = model.model
+        checks = (
+            getattr(config, "hidden_act", None) == "silu",
+            rope.get("rope_type", "default") == "default",
+            not getattr(config, "use_sliding_window", False),
+            config.model_type == "qwen2" or getattr(config, "sliding_window", None) is None,
+            all(kind == "full_attention" for kind in (getattr(config, "layer_types", None) or ["full_attention"])),
+            getattr(config, "pretraining_tp", 1) == 1,
+            not getattr(config, "mlp_bias", False),
+            getattr(config, "_attn_implementation", None) in ("sdpa", "eager"),
+            all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters()),
+            type(base.norm).__name__.endswith("RMSNorm") and type(base.rotary_emb).__name__.endswith("RotaryEmbedding"),
+            type(model.lm_head) is torch.nn.Linear,
+            all(type(layer.self_attn.q_proj) is torch.nn.Linear for layer in base.layers),
+            not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()),
+        )
+        return cls(model) if all(checks) else None
+
+    def usable(self) -> bool:
+        """False once the model's weights are no longer float32 on the CPU (moved since build)."""
+        return self.embed.dtype == torch.float32 and self.embed.device.type == "cpu"
+
+    def _rotary(self, positions: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of ``positions`` (``(rows,)``), from a table grown to ``capacity`` positions."""
+        if self._table is None or self._table[0].shape[0] < capacity:
+            # the same arithmetic as transformers' rotary embedding, once per position
+            if self._table is not None:
+                capacity = max(capacity, 2 * self._table[0].shape[0])
+            at = torch.arange(capacity, device=self.inv_freq.device, dtype=torch.int64)
+            freqs = at[:, None].float() * self.inv_freq.float()[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._table = (emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling)
+        cos, sin = self._table
+        return cos.index_select(0, positions), sin.index_select(0, positions)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: PreallocatedCache,
+        mask: torch.Tensor | None,
+        plan: tuple[int, int] | None,
+    ) -> torch.Tensor:
+        """``tokens``/``positions``: ``(rows,)``; ``mask``: ``(rows, length + 1)`` 0/1 or None.
+        Appends each layer's key/value at the cache's next slot; returns the final normed hidden
+        states ``(rows, dim)`` (the caller applies the output projection)."""
+        rows, d = tokens.shape[0], self.head_dim
+        H, Hkv = self.heads, self.kv_heads
+        cos, sin = self._rotary(positions, int(positions.max()) + 1)
+        cos, sin = cos[:, None, :], sin[:, None, :]  # (rows, 1, d): broadcast over heads
+        half = d // 2
+        bool_mask = mask[:, None, None, :].bool() if mask is not None else None
+        hidden = F.embedding(tokens, self.embed)  # (rows, D)
+        for index, layer in enumerate(self.layers):
+            x = F.rms_norm(hidden, (hidden.shape[-1],), layer.input_norm, self.eps)
+            q = F.linear(x, layer.q.weight, layer.q.bias).view(rows, H, d)
+            k = F.linear(x, layer.k.weight, layer.k.bias).view(rows, Hkv, d)
+            v = F.linear(x, layer.v.weight, layer.v.bias).view(rows, Hkv, 1, d)
+            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
+            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
+            keys, values = cache.layers[index].update(k[:, :, None, :], v)
+            out = self._attend(q, keys, values, bool_mask, plan)  # (rows, H*d)
+            hidden = hidden + F.linear(out, layer.o.weight, layer.o.bias)
+            x = F.rms_norm(hidden, (hidden.shape[-1],), layer.post_norm, self.eps)
+            hidden = hidden + F.linear(F.silu(F.linear(x, layer.gate.weight)) * F.linear(x, layer.up.weight), layer.down.weight)
+        return F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.eps)
+
+    def _attend(self, q, keys, values, mask, plan) -> torch.Tensor:
+        rows, H, d = q.shape
+        Hkv = keys.shape[1]
+        query = q.view(rows, H, 1, d)
+        if plan is not None and keys.shape[2] > plan[1]:
+            token = attention._plan.set(plan)
+            try:
+                out, _ = attention._attention(self, query, keys, values, mask, scaling=self.scale)
+            finally:
+                attention._plan.reset(token)
+            return out.reshape(rows, H * d)
+        packed = query.view(rows, Hkv, H // Hkv, d)  # one query position: heads of a kv group as rows
+        out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=self.scale)
+        return out.reshape(rows, H * d)

@@ -122,3 +122,94 @@ def test_large_vocabulary_head_matches_generate(monkeypatch):
     for i, hyps in enumerate(ours):
         assert [h.token_ids for h in hyps] == theirs[2 * i : 2 * i + 2]
         assert [h.score for h in hyps] == pytest.approx(out.sequences_scores[2 * i : 2 * i + 2].tolist(), abs=1e-4)
+
+
+# -- the lean Llama-family step -------------------------------------------------------------------
+
+
+def _mistral(sliding_window=None):
+    import transformers
+
+    torch.manual_seed(1)
+    config = transformers.MistralConfig(
+        vocab_size=tm.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        sliding_window=sliding_window, initializer_range=0.2, bos_token_id=tm.BOS,
+        eos_token_id=tm.EOS, pad_token_id=tm.PAD,
+    )
+    return tm._finish(transformers.MistralForCausalLM(config))
+
+
+def _biased_llama():
+    import transformers
+
+    torch.manual_seed(2)
+    config = transformers.LlamaConfig(
+        vocab_size=tm.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        attention_bias=True, initializer_range=0.2, bos_token_id=tm.BOS, eos_token_id=tm.EOS,
+        pad_token_id=tm.PAD,
+    )
+    return tm._finish(transformers.LlamaForCausalLM(config))
+
+
+STEP_MODELS = {
+    "llama": lambda: tm.llama(positions=512),
+    "qwen2": lambda: tm._llama_like(__import__("transformers").Qwen2Config, __import__("transformers").Qwen2ForCausalLM, 0, tm.VOCAB, 512),
+    "mistral": _mistral,
+    "llama-bias": _biased_llama,
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEP_MODELS))
+@pytest.mark.parametrize("long", [False, True])
+def test_llama_step_equals_model_forward(name, long):
+    """Decode the same padded, fanned-out, reordered rows through the lean step and through the
+    model's own forward: the logits agree at every step."""
+    model = STEP_MODELS[name]()
+    lean, plain = HFLanguageModel(model), HFLanguageModel(model)
+    assert lean._step is not None
+    plain._step = None
+    generator = torch.Generator().manual_seed(3)
+    lengths = (LONG, LONG - 5) if long else (9, 4)
+    prompts = [torch.randint(3, tm.VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    states = [m.start(prompts, 12) for m in (lean, plain)]
+    fan_out = torch.arange(2).repeat_interleave(3)
+    for m, state in zip((lean, plain), states):
+        m.select(state, fan_out)
+    for _ in range(6):
+        torch.testing.assert_close(states[0].logits, states[1].logits, atol=2e-5, rtol=1e-5)
+        tokens = torch.randint(3, tm.VOCAB, (6,), generator=generator)
+        parents = torch.tensor([0, 0, 1, 4, 3, 3])  # rows move within their prompt's group
+        for m, state in zip((lean, plain), states):
+            m.advance(state, parents, tokens)
+    torch.testing.assert_close(states[0].logits, states[1].logits, atol=2e-5, rtol=1e-5)
+
+
+def test_mistral_beam_search_matches_generate():
+    model = _mistral()
+    assert HFLanguageModel(model)._step is not None
+    prompts = tm.prompts(6, 3, low=2, high=9)
+    config = BeamSearch(num_beams=4, num_return_sequences=2)
+    ours = decode(HFLanguageModel(model), prompts, config, DecodeOptions(max_new_tokens=10))
+    out = tm.hf_generate(model, prompts, max_new_tokens=10, do_sample=False, num_beams=4, num_return_sequences=2)
+    theirs = tm.generated_part(model, out, prompts)
+    for i, hyps in enumerate(ours):
+        assert [h.token_ids for h in hyps] == theirs[2 * i : 2 * i + 2]
+        assert [h.score for h in hyps] == pytest.approx(out.sequences_scores[2 * i : 2 * i + 2].tolist(), abs=1e-4)
+
+
+def test_llama_step_declines_what_it_does_not_reproduce():
+    from decodekit.model.fast_llama import LlamaStep
+
+    assert LlamaStep.build(tm.gpt2()) is None
+    assert LlamaStep.build(_mistral(sliding_window=4)) is None
+    assert LlamaStep.build(tm.llama().double()) is None
+    scaled = tm.llama()
+    scaled.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    assert LlamaStep.build(scaled) is None
+    hooked = tm.llama()
+    hooked.model.layers[0].mlp.register_forward_hook(lambda *args: None)
+    assert LlamaStep.build(hooked) is None
+    # the parity tests of test_parity.py run Llama and Qwen2 through the lean step
+    assert LlamaStep.build(tm.llama()) is not None and LlamaStep.build(tm.qwen2()) is not None

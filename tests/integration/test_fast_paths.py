@@ -213,3 +213,36 @@ def test_llama_step_declines_what_it_does_not_reproduce():
     assert LlamaStep.build(hooked) is None
     # the parity tests of test_parity.py run Llama and Qwen2 through the lean step
     assert LlamaStep.build(tm.llama()) is not None and LlamaStep.build(tm.qwen2()) is not None
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_llama_step_verifies_tree_blocks_like_the_model(name):
+    """Speculative verification (a tree block under a 4D mask), rollback and the next step
+    give the same logits through the lean step and through the model's forward."""
+    model = STEP_MODELS[name]()
+    lean, plain = HFLanguageModel(model), HFLanguageModel(model)
+    plain._step = None
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, tm.VOCAB, (n,), generator=generator).tolist() for n in (11, 6)]
+    states = [m.start(prompts, 16) for m in (lean, plain)]
+    tokens = torch.randint(3, tm.VOCAB, (2, 5), generator=generator)
+    parents = torch.tensor([[-1, 0, 0, 1, 3], [-1, 0, 1, 2, 3]])  # a tree and a chain
+    blocks = [m.verify(state, tokens, parents) for m, state in zip((lean, plain), states)]
+    torch.testing.assert_close(blocks[0], blocks[1], atol=2e-5, rtol=1e-5)
+    index, count = torch.tensor([[0, 2, 0], [0, 1, 2]]), torch.tensor([2, 3])
+    for m, state in zip((lean, plain), states):
+        m.keep(state, index, count)
+        m.advance(state, None, torch.tensor([7, 9]))
+    torch.testing.assert_close(states[0].logits, states[1].logits, atol=2e-5, rtol=1e-5)
+
+
+def test_llama_step_steps_aside_for_hooks_registered_later():
+    model = tm.llama()
+    adapter = HFLanguageModel(model)
+    assert adapter._step.usable()
+    calls = []
+    handle = model.model.layers[1].mlp.register_forward_hook(lambda *args: calls.append(1))
+    decode(adapter, [[5, 6, 7]], BeamSearch(num_beams=2), DecodeOptions(max_new_tokens=4))
+    assert len(calls) == adapter.forward_count  # every forward, prefill and steps, ran the hook
+    handle.remove()
+    assert adapter._step.usable()

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules import module as _module
 
 from decodekit.model import attention
 from decodekit.model.cache import PreallocatedCache
 
+_global_hooks = (_module._global_forward_hooks, _module._global_forward_pre_hooks)
 _ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
 
 
@@ -71,6 +73,7 @@ class LlamaStep:
             for layer in base.layers
         ]
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.modules = list(model.modules())
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> LlamaStep | None:
@@ -93,13 +96,21 @@ class LlamaStep:
             type(base.norm).__name__.endswith("RMSNorm") and type(base.rotary_emb).__name__.endswith("RotaryEmbedding"),
             type(model.lm_head) is torch.nn.Linear,
             all(type(layer.self_attn.q_proj) is torch.nn.Linear for layer in base.layers),
-            not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()),
         )
-        return cls(model) if all(checks) else None
+        if not all(checks):
+            return None
+        step = cls(model)
+        return step if step.usable() else None
 
     def usable(self) -> bool:
-        """False once the model's weights are no longer float32 on the CPU (moved since build)."""
-        return self.embed.dtype == torch.float32 and self.embed.device.type == "cpu"
+        """Whether the step still reproduces the model: weights float32 on the CPU, and no
+        forward hook registered since :meth:`build` (hooks must see the model's own calls)."""
+        return (
+            self.embed.dtype == torch.float32
+            and self.embed.device.type == "cpu"
+            and not (_global_hooks[0] or _global_hooks[1])
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+        )
 
     def _rotary(self, positions: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of ``positions`` (``(rows,)``), from a table grown to ``capacity`` positions."""
@@ -121,43 +132,54 @@ class LlamaStep:
         positions: torch.Tensor,
         cache: PreallocatedCache,
         mask: torch.Tensor | None,
-        plan: tuple[int, int] | None,
+        plan: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """``tokens``/``positions``: ``(rows,)``; ``mask``: ``(rows, length + 1)`` 0/1 or None.
-        Appends each layer's key/value at the cache's next slot; returns the final normed hidden
-        states ``(rows, dim)`` (the caller applies the output projection)."""
-        rows, d = tokens.shape[0], self.head_dim
-        H, Hkv = self.heads, self.kv_heads
-        cos, sin = self._rotary(positions, int(positions.max()) + 1)
-        cos, sin = cos[:, None, :], sin[:, None, :]  # (rows, 1, d): broadcast over heads
+        """Feed ``tokens`` at ``positions`` (both ``(rows, n)``) after each row's cache.
+
+        ``mask``: None (every cache slot and causal order within the block), or an SDPA mask
+        broadcastable to ``(rows, 1, n, length + n)`` (bool: visible; float: additive).
+        ``plan``: ``(group, prefix)`` for shared-prefix attention of one-token steps.
+        Appends each layer's keys/values to the cache; returns the final normed hidden states
+        ``(rows, n, dim)`` (the caller applies the output projection)."""
+        rows, n = tokens.shape
+        d, H, Hkv = self.head_dim, self.heads, self.kv_heads
+        cos, sin = self._rotary(positions.reshape(-1), int(positions.max()) + 1)
+        cos, sin = cos.view(rows, n, 1, d), sin.view(rows, n, 1, d)  # broadcast over heads
         half = d // 2
-        bool_mask = mask[:, None, None, :].bool() if mask is not None else None
-        hidden = F.embedding(tokens, self.embed)  # (rows, D)
+        hidden = F.embedding(tokens, self.embed)  # (rows, n, D)
         for index, layer in enumerate(self.layers):
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.input_norm, self.eps)
-            q = F.linear(x, layer.q.weight, layer.q.bias).view(rows, H, d)
-            k = F.linear(x, layer.k.weight, layer.k.bias).view(rows, Hkv, d)
-            v = F.linear(x, layer.v.weight, layer.v.bias).view(rows, Hkv, 1, d)
+            q = F.linear(x, layer.q.weight, layer.q.bias).view(rows, n, H, d)
+            k = F.linear(x, layer.k.weight, layer.k.bias).view(rows, n, Hkv, d)
+            v = F.linear(x, layer.v.weight, layer.v.bias).view(rows, n, Hkv, d)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
-            keys, values = cache.layers[index].update(k[:, :, None, :], v)
-            out = self._attend(q, keys, values, bool_mask, plan)  # (rows, H*d)
+            keys, values = cache.layers[index].update(k.transpose(1, 2), v.transpose(1, 2))
+            out = self._attend(q.transpose(1, 2), keys, values, mask, plan)  # (rows, n, H*d)
             hidden = hidden + F.linear(out, layer.o.weight, layer.o.bias)
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.post_norm, self.eps)
             hidden = hidden + F.linear(F.silu(F.linear(x, layer.gate.weight)) * F.linear(x, layer.up.weight), layer.down.weight)
         return F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.eps)
 
-    def _attend(self, q, keys, values, mask, plan) -> torch.Tensor:
-        rows, H, d = q.shape
+    def _attend(self, query, keys, values, mask, plan) -> torch.Tensor:
+        """``query``: ``(rows, H, n, d)`` -> ``(rows, n, H*d)``."""
+        rows, H, n, d = query.shape
         Hkv = keys.shape[1]
-        query = q.view(rows, H, 1, d)
-        if plan is not None and keys.shape[2] > plan[1]:
+        if n == 1 and plan is not None and keys.shape[2] > plan[1]:
             token = attention._plan.set(plan)
             try:
                 out, _ = attention._attention(self, query, keys, values, mask, scaling=self.scale)
             finally:
                 attention._plan.reset(token)
-            return out.reshape(rows, H * d)
-        packed = query.view(rows, Hkv, H // Hkv, d)  # one query position: heads of a kv group as rows
-        out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=self.scale)
-        return out.reshape(rows, H * d)
+            return out.reshape(rows, 1, H * d)
+        if n == 1:  # one query position: the heads of a kv group become its query rows
+            packed = query.reshape(rows, Hkv, H // Hkv, d)
+            out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=self.scale)
+            return out.reshape(rows, 1, H * d)
+        if mask is None:  # a block after the cache: causal within the block
+            length = keys.shape[2]
+            mask = torch.ones(n, length, dtype=torch.bool, device=query.device).tril(length - n)
+        out = F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=H != Hkv
+        )
+        return out.transpose(1, 2).reshape(rows, n, H * d)

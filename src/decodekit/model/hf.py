@@ -133,9 +133,9 @@ class HFLanguageModel:
         return out.logits[:, -1, :].float()
 
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Output projection of final hidden states ``(rows, dim)`` -> float32 logits."""
+        """Output projection of final hidden states ``(..., dim)`` -> float32 logits."""
         head = self.model.get_output_embeddings()
-        if self._head is not None and _HEAD_ROWS[0] <= hidden.shape[0] <= _HEAD_ROWS[1]:
+        if self._head is not None and _HEAD_ROWS[0] <= hidden.numel() // hidden.shape[-1] <= _HEAD_ROWS[1]:
             return _weight_first_linear(head, hidden).float()
         return head(hidden).float()
 
@@ -240,7 +240,9 @@ class HFLanguageModel:
             plan = (group, prefix) if group > 1 and prefix >= attention.MIN_PREFIX else None
             if self._step is not None and self._step.usable():
                 self.forward_count += 1
-                state.logits = self._project(self._step(tokens, position, extra["cache"], step_mask, plan))
+                step_mask = step_mask[:, None, None, :].bool() if step_mask is not None else None
+                hidden = self._step(tokens[:, None], position[:, None], extra["cache"], step_mask, plan)
+                state.logits = self._project(hidden[:, -1])
             else:
                 sharing = attention.shared_prefix(self.model, *plan) if plan and self._shared_prefix else contextlib.nullcontext()
                 with sharing:
@@ -285,20 +287,23 @@ class HFLanguageModel:
         block_mask = torch.zeros(visible.shape, dtype=dtype, device=tokens.device)
         block_mask.masked_fill_(~visible, torch.finfo(dtype).min)
         self.forward_count += 1
-        inputs = {"logits_to_keep": 0} if self._keeps_logits else {}
-        out = self.model(
-            input_ids=tokens,
-            attention_mask=block_mask[:, None],
-            position_ids=positions,
-            past_key_values=extra["cache"],
-            use_cache=True,
-            return_dict=True,
-            **inputs,
-        )
+        if self._step is not None and self._step.usable():
+            logits = self._project(self._step(tokens, positions, extra["cache"], block_mask[:, None]))
+        else:
+            inputs = {"logits_to_keep": 0} if self._keeps_logits else {}
+            logits = self.model(
+                input_ids=tokens,
+                attention_mask=block_mask[:, None],
+                position_ids=positions,
+                past_key_values=extra["cache"],
+                use_cache=True,
+                return_dict=True,
+                **inputs,
+            ).logits.float()
         extra["length"] = length + n
         extra["block"] = (length, n)
         extra["group"] = 1  # keep/compact move rows' slots independently
-        return out.logits.float()
+        return logits
 
     @torch.inference_mode()
     def keep(self, state: DecodeState, index: torch.Tensor, count: torch.Tensor) -> None:

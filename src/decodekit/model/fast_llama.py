@@ -1,11 +1,11 @@
 """A lean one-token decoding step for Llama-family transformers models.
 
 A decoding step of a small model on the CPU is dominated by framework overhead, not arithmetic:
-transformers' Llama runs ~70 tensor operations and ~25 module calls per layer for one token.
-This step computes the same function from the same parameters (read from the model at every
-:meth:`LlamaStep.build`, nothing copied) in ~20 operations per layer:
-``F.rms_norm``, the projections, rotary embedding from a cached cos/sin table, the cache write,
-one attention kernel (the shared-prefix one when rows share a prompt), the gated MLP.
+module calls, keyword plumbing, mask and rotary construction at every forward. This step
+computes the same function from the same parameters (the model's own modules and tensors,
+nothing copied) as plain tensor operations: ``F.rms_norm``, the projections, rotary embedding
+from a cached cos/sin table, the cache write, one attention kernel (the shared-prefix one when
+rows share a long prompt), the gated MLP.
 
 It covers exactly the configurations it checks for (see :func:`LlamaStep.build`): Llama, Qwen2
 and Mistral causal LMs with float32 weights, SiLU, default RoPE, no sliding window; anything

@@ -1,6 +1,11 @@
 """The transformers adapter: decoder-only (``AutoModelForCausalLM``) and encoder-decoder
 (``AutoModelForSeq2SeqLM``) models, driving the model's own attention with decodekit's
-preallocated cache (:mod:`decodekit.model.cache`)."""
+preallocated cache (:mod:`decodekit.model.cache`).
+
+Decoding steps take the fastest path that reproduces the model: the lean step for
+Llama-family models (:mod:`decodekit.model.fast_llama`), else the model's forward with
+shared-prefix attention for long prompts (:mod:`decodekit.model.attention`); large CPU output
+heads are computed weight-first. Prefill always runs the model's forward."""
 
 from __future__ import annotations
 

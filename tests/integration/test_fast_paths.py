@@ -68,6 +68,17 @@ def test_shared_prefix_attention_equals_sdpa(heads, kv_heads, padded):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def _assert_beams_match_generate(model, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """Beam search (4 beams, 2 returned) equals ``generate``: tokens, and scores within 1e-4."""
+    config = BeamSearch(num_beams=4, num_return_sequences=2)
+    ours = decode(HFLanguageModel(model), prompts, config, DecodeOptions(max_new_tokens=max_new_tokens))
+    out = tm.hf_generate(model, prompts, max_new_tokens=max_new_tokens, do_sample=False, num_beams=4, num_return_sequences=2)
+    theirs = tm.generated_part(model, out, prompts)
+    for i, hyps in enumerate(ours):
+        assert [h.token_ids for h in hyps] == theirs[2 * i : 2 * i + 2]
+        assert [h.score for h in hyps] == pytest.approx(out.sequences_scores[2 * i : 2 * i + 2].tolist(), abs=1e-4)
+
+
 def _long_prompts(seed: int, vocab: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in (LONG, LONG - 9)]
@@ -76,15 +87,8 @@ def _long_prompts(seed: int, vocab: int) -> list[list[int]]:
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_long_prompt_beam_search_matches_generate(name, flash_calls):
     model = tm.gpt2(positions=512) if name == "gpt2" else tm.llama(positions=512)
-    prompts = _long_prompts(3, tm.VOCAB)
-    config = BeamSearch(num_beams=4, num_return_sequences=2)
-    ours = decode(HFLanguageModel(model), prompts, config, DecodeOptions(max_new_tokens=8))
+    _assert_beams_match_generate(model, _long_prompts(3, tm.VOCAB), 8)
     assert flash_calls, "the shared-prefix path was not taken"
-    out = tm.hf_generate(model, prompts, max_new_tokens=8, do_sample=False, num_beams=4, num_return_sequences=2)
-    theirs = tm.generated_part(model, out, prompts)
-    for i, hyps in enumerate(ours):
-        assert [h.token_ids for h in hyps] == theirs[2 * i : 2 * i + 2]
-        assert [h.score for h in hyps] == pytest.approx(out.sequences_scores[2 * i : 2 * i + 2].tolist(), abs=1e-4)
 
 
 def test_long_prompt_samples_same_with_and_without_sharing(monkeypatch, flash_calls):
@@ -113,15 +117,8 @@ def test_large_vocabulary_head_matches_generate(monkeypatch):
     used = []
     real = hf._weight_first_linear
     monkeypatch.setattr(hf, "_weight_first_linear", lambda head, x: used.append(x.shape) or real(head, x))
-    prompts = tm.prompts(5, 2, low=3, high=9, vocab=vocab)
-    config = BeamSearch(num_beams=4, num_return_sequences=2)
-    ours = decode(HFLanguageModel(model), prompts, config, DecodeOptions(max_new_tokens=8))
+    _assert_beams_match_generate(model, tm.prompts(5, 2, low=3, high=9, vocab=vocab), 8)
     assert used, "the weight-first output projection was not used"
-    out = tm.hf_generate(model, prompts, max_new_tokens=8, do_sample=False, num_beams=4, num_return_sequences=2)
-    theirs = tm.generated_part(model, out, prompts)
-    for i, hyps in enumerate(ours):
-        assert [h.token_ids for h in hyps] == theirs[2 * i : 2 * i + 2]
-        assert [h.score for h in hyps] == pytest.approx(out.sequences_scores[2 * i : 2 * i + 2].tolist(), abs=1e-4)
 
 
 # -- the lean Llama-family step -------------------------------------------------------------------
@@ -189,14 +186,7 @@ def test_llama_step_equals_model_forward(name, long):
 def test_mistral_beam_search_matches_generate():
     model = _mistral()
     assert HFLanguageModel(model)._step is not None
-    prompts = tm.prompts(6, 3, low=2, high=9)
-    config = BeamSearch(num_beams=4, num_return_sequences=2)
-    ours = decode(HFLanguageModel(model), prompts, config, DecodeOptions(max_new_tokens=10))
-    out = tm.hf_generate(model, prompts, max_new_tokens=10, do_sample=False, num_beams=4, num_return_sequences=2)
-    theirs = tm.generated_part(model, out, prompts)
-    for i, hyps in enumerate(ours):
-        assert [h.token_ids for h in hyps] == theirs[2 * i : 2 * i + 2]
-        assert [h.score for h in hyps] == pytest.approx(out.sequences_scores[2 * i : 2 * i + 2].tolist(), abs=1e-4)
+    _assert_beams_match_generate(model, tm.prompts(6, 3, low=2, high=9), 10)
 
 
 def test_llama_step_declines_what_it_does_not_reproduce():

@@ -160,13 +160,13 @@ STEP_MODELS = {
 
 @pytest.mark.parametrize("name", sorted(STEP_MODELS))
 @pytest.mark.parametrize("long", [False, True])
-def test_llama_step_equals_model_forward(name, long):
+def test_llama_step_equals_model_forward(name, long, flash_calls):
     """Decode the same padded, fanned-out, reordered rows through the lean step and through the
-    model's own forward: the logits agree at every step."""
+    model's own forward (no decodekit attention): the logits agree at every step."""
     model = STEP_MODELS[name]()
     lean, plain = HFLanguageModel(model), HFLanguageModel(model)
     assert lean._step is not None
-    plain._step = None
+    plain._step, plain._shared_prefix = None, False
     generator = torch.Generator().manual_seed(3)
     lengths = (LONG, LONG - 5) if long else (9, 4)
     prompts = [torch.randint(3, tm.VOCAB, (n,), generator=generator).tolist() for n in lengths]
@@ -181,6 +181,7 @@ def test_llama_step_equals_model_forward(name, long):
         for m, state in zip((lean, plain), states):
             m.advance(state, parents, tokens)
     torch.testing.assert_close(states[0].logits, states[1].logits, atol=2e-5, rtol=1e-5)
+    assert bool(flash_calls) == long  # long prompts took the shared-prefix attention
 
 
 def test_mistral_beam_search_matches_generate():
@@ -211,7 +212,7 @@ def test_llama_step_verifies_tree_blocks_like_the_model(name):
     give the same logits through the lean step and through the model's forward."""
     model = STEP_MODELS[name]()
     lean, plain = HFLanguageModel(model), HFLanguageModel(model)
-    plain._step = None
+    plain._step, plain._shared_prefix = None, False
     generator = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, tm.VOCAB, (n,), generator=generator).tolist() for n in (11, 6)]
     states = [m.start(prompts, 16) for m in (lean, plain)]

@@ -73,21 +73,38 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         and query.shape[2] == 1
         and not dropout
         and not any(kwargs.get(name) is not None for name in _UNSUPPORTED)
-        and key.shape[2] > plan[1]
-        and query.shape[0] % plan[0] == 0
         and query.dtype == key.dtype == value.dtype
-        and (attention_mask is None or attention_mask.dtype == torch.bool)
+        and can_share(key.shape[2], query.shape[0], attention_mask, plan)
     )
     if not usable:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return attend_shared(query, key, value, attention_mask, scale, *plan), None
+
+
+def can_share(length: int, rows: int, attention_mask: torch.Tensor | None, plan: tuple[int, int]) -> bool:
+    """Whether :func:`attend_shared` applies: generated positions exist after the prefix, the
+    rows split into whole groups, and the mask (if any) is boolean."""
     group, prefix = plan
+    return (
+        _flash is not None
+        and length > prefix
+        and rows % group == 0
+        and (attention_mask is None or attention_mask.dtype == torch.bool)
+    )
+
+
+def attend_shared(query, key, value, attention_mask, scale: float, group: int, prefix: int) -> torch.Tensor:
+    """One-token attention of rows that share their first ``prefix`` cache positions in groups of
+    ``group`` consecutive rows. ``query``: ``(rows, heads, 1, dim)``; ``key``/``value``:
+    ``(rows, kv_heads, length, dim)``; ``attention_mask``: None or bool ``(rows, 1, 1, length)``.
+    Returns ``(rows, 1, heads, dim)``."""
     rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     per_kv = heads // kv_heads
     prompts = rows // group
-    scale = scaling if scaling is not None else dim**-0.5
     q = query.reshape(rows, kv_heads, per_kv, dim)  # a view: one query position
     # prefix: every row of a prompt as extra query positions against the prompt's one copy
     q_prefix = q.view(prompts, group, kv_heads, per_kv, dim).transpose(1, 2).reshape(prompts, kv_heads, group * per_kv, dim)
@@ -105,7 +122,7 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     out_s = out_s.view(prompts, group, kv_heads, per_kv, dim)
     weight = torch.sigmoid(lse_p - lse_s.view(prompts, group, kv_heads, per_kv)).unsqueeze(-1)
     out = torch.lerp(out_s, out_p, weight)
-    return out.reshape(rows, 1, heads, dim), None
+    return out.reshape(rows, 1, heads, dim)
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -54,8 +54,6 @@ class LlamaStep:
         self.kv_heads = int(config.num_key_value_heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.scale = self.head_dim**-0.5
-        self.num_key_value_groups = self.heads // self.kv_heads  # read by the attention fallback
-        self.is_causal, self.training = True, False
         self.inv_freq = base.rotary_emb.inv_freq
         self.attention_scaling = float(getattr(base.rotary_emb, "attention_scaling", 1.0))
         self.layers = [
@@ -165,13 +163,8 @@ class LlamaStep:
         """``query``: ``(rows, H, n, d)`` -> ``(rows, n, H*d)``."""
         rows, H, n, d = query.shape
         Hkv = keys.shape[1]
-        if n == 1 and plan is not None and keys.shape[2] > plan[1]:
-            token = attention._plan.set(plan)
-            try:
-                out, _ = attention._attention(self, query, keys, values, mask, scaling=self.scale)
-            finally:
-                attention._plan.reset(token)
-            return out.reshape(rows, 1, H * d)
+        if n == 1 and plan is not None and attention.can_share(keys.shape[2], rows, mask, plan):
+            return attention.attend_shared(query, keys, values, mask, self.scale, *plan).reshape(rows, 1, H * d)
         if n == 1:  # one query position: the heads of a kv group become its query rows
             packed = query.reshape(rows, Hkv, H // Hkv, d)
             out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=self.scale)

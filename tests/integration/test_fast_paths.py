@@ -150,10 +150,28 @@ def _biased_llama():
     return tm._finish(transformers.LlamaForCausalLM(config))
 
 
+def _qwen3():
+    import transformers
+
+    torch.manual_seed(3)
+    config = transformers.Qwen3Config(
+        vocab_size=tm.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+        initializer_range=0.2, bos_token_id=tm.BOS, eos_token_id=tm.EOS, pad_token_id=tm.PAD,
+    )
+    model = transformers.Qwen3ForCausalLM(config)
+    with torch.no_grad():  # non-trivial per-head norms, so that skipping them would show
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    return tm._finish(model)
+
+
 STEP_MODELS = {
     "llama": lambda: tm.llama(positions=512),
     "qwen2": lambda: tm._llama_like(__import__("transformers").Qwen2Config, __import__("transformers").Qwen2ForCausalLM, 0, tm.VOCAB, 512),
     "mistral": _mistral,
+    "qwen3": _qwen3,
     "llama-bias": _biased_llama,
 }
 
@@ -184,8 +202,9 @@ def test_llama_step_equals_model_forward(name, long, flash_calls):
     assert bool(flash_calls) == long  # long prompts took the shared-prefix attention
 
 
-def test_mistral_beam_search_matches_generate():
-    model = _mistral()
+@pytest.mark.parametrize("name", ["mistral", "qwen3"])
+def test_beam_search_through_the_lean_step_matches_generate(name):
+    model = STEP_MODELS[name]()
     assert HFLanguageModel(model)._step is not None
     _assert_beams_match_generate(model, tm.prompts(6, 3, low=2, high=9), 10)
 
@@ -196,6 +215,9 @@ def test_llama_step_declines_what_it_does_not_reproduce():
     assert LlamaStep.build(tm.gpt2()) is None
     assert LlamaStep.build(_mistral(sliding_window=4)) is None
     assert LlamaStep.build(tm.llama().double()) is None
+    odd_eps = tm.llama()
+    odd_eps.model.layers[1].input_layernorm.variance_epsilon = 1e-3
+    assert LlamaStep.build(odd_eps) is None
     scaled = tm.llama()
     scaled.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
     assert LlamaStep.build(scaled) is None

@@ -7,8 +7,8 @@ nothing copied) as plain tensor operations: ``F.rms_norm``, the projections, rot
 from a cached cos/sin table, the cache write, one attention kernel (the shared-prefix one when
 rows share a long prompt), the gated MLP.
 
-It covers exactly the configurations it checks for (see :func:`LlamaStep.build`): Llama, Qwen2
-and Mistral causal LMs with float32 weights, SiLU, default RoPE, no sliding window; anything
+It covers exactly the configurations it checks for (see :func:`LlamaStep.build`): Llama, Qwen2,
+Qwen3 and Mistral causal LMs with float32 weights, SiLU, default RoPE, no sliding window; anything
 else goes through the model's own forward. Prefill and speculative blocks always do.
 Results equal the model's own forward up to float rounding; the parity tests compare both
 against ``generate``.
@@ -26,7 +26,14 @@ from decodekit.model import attention
 from decodekit.model.cache import PreallocatedCache
 
 _global_hooks = (_module._global_forward_hooks, _module._global_forward_pre_hooks)
-_ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+_ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
+# the submodules each part may have: a model with anything else (a variant) is not reproduced
+_PARTS = {
+    "layer": {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"},
+    "attention": {"q_proj", "k_proj", "v_proj", "o_proj"},
+    "attention_qk_norm": {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"},  # Qwen3
+    "mlp": {"gate_proj", "up_proj", "down_proj", "act_fn"},
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,16 @@ class _Layer:
     gate: torch.nn.Linear
     up: torch.nn.Linear
     down: torch.nn.Linear
+    q_norm: torch.Tensor | None  # per-head RMSNorm of queries/keys before RoPE (Qwen3)
+    k_norm: torch.Tensor | None
+
+
+def _norms(base: torch.nn.Module) -> list[torch.nn.Module]:
+    norms = [base.norm]
+    for layer in base.layers:
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        norms += [getattr(layer.self_attn, name) for name in ("q_norm", "k_norm") if hasattr(layer.self_attn, name)]
+    return norms
 
 
 class LlamaStep:
@@ -67,6 +84,8 @@ class LlamaStep:
                 layer.mlp.gate_proj,
                 layer.mlp.up_proj,
                 layer.mlp.down_proj,
+                getattr(getattr(layer.self_attn, "q_norm", None), "weight", None),
+                getattr(getattr(layer.self_attn, "k_norm", None), "weight", None),
             )
             for layer in base.layers
         ]
@@ -77,8 +96,9 @@ class LlamaStep:
     def build(cls, model: torch.nn.Module) -> LlamaStep | None:
         """A step for ``model`` if it is a configuration this step reproduces, else None."""
         config = model.config
-        if type(model).__name__ not in _ARCHITECTURES or config.model_type not in ("llama", "qwen2", "mistral"):
+        if type(model).__name__ not in _ARCHITECTURES or config.model_type not in ("llama", "qwen2", "qwen3", "mistral"):
             return None
+        attention_parts = _PARTS["attention_qk_norm" if config.model_type == "qwen3" else "attention"]
         rope = getattr(config, "rope_parameters", None) or {"rope_type": "default"}
         base = model.model
         checks = (
@@ -91,9 +111,20 @@ class LlamaStep:
             not getattr(config, "mlp_bias", False),
             getattr(config, "_attn_implementation", None) in ("sdpa", "eager"),
             all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters()),
-            type(base.norm).__name__.endswith("RMSNorm") and type(base.rotary_emb).__name__.endswith("RotaryEmbedding"),
+            type(base.rotary_emb).__name__.endswith("RotaryEmbedding"),
+            all(
+                type(norm).__name__.endswith("RMSNorm") and norm.variance_epsilon == config.rms_norm_eps
+                for norm in _norms(base)
+            ),
             type(model.lm_head) is torch.nn.Linear,
             all(type(layer.self_attn.q_proj) is torch.nn.Linear for layer in base.layers),
+            all(
+                set(dict(layer.named_children())) == _PARTS["layer"]
+                and set(dict(layer.self_attn.named_children())) == attention_parts
+                and set(dict(layer.mlp.named_children())) == _PARTS["mlp"]
+                for layer in base.layers
+            ),
+            2 * base.rotary_emb.inv_freq.numel() == (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads),
         )
         if not all(checks):
             return None
@@ -150,6 +181,9 @@ class LlamaStep:
             q = F.linear(x, layer.q.weight, layer.q.bias).view(rows, n, H, d)
             k = F.linear(x, layer.k.weight, layer.k.bias).view(rows, n, Hkv, d)
             v = F.linear(x, layer.v.weight, layer.v.bias).view(rows, n, Hkv, d)
+            if layer.q_norm is not None:
+                q = F.rms_norm(q, (d,), layer.q_norm, self.eps)
+                k = F.rms_norm(k, (d,), layer.k_norm, self.eps)
             q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
             keys, values = cache.layers[index].update(k.transpose(1, 2), v.transpose(1, 2))

@@ -3,7 +3,7 @@
 - Shared-prefix attention (``decodekit.model.attention``): the rows of one prompt read the
   prompt's keys/values once. Checked against transformers' SDPA on random tensors, and end to
   end against ``generate`` with prompts long enough to take the path.
-- The weight-first output projection (``decodekit.model.hf``) for large vocabularies: checked
+- The weight-first output projection (``decodekit.model.head``) for large vocabularies: checked
   end to end against ``generate``.
 
 Each end-to-end test also asserts that its fast path was taken, so it cannot pass vacuously.
@@ -19,7 +19,8 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from decodekit.engine import decode
-from decodekit.model import attention, hf
+from decodekit.model import attention
+from decodekit.model import head as output_head
 from decodekit.model.hf import HFLanguageModel
 from decodekit.options import DecodeOptions
 from decodekit.search.beam import BeamSearch
@@ -115,8 +116,8 @@ def test_large_vocabulary_head_matches_generate(monkeypatch):
     vocab = 16384  # x 256 = the smallest head the weight-first projection is used for
     model = tm.gpt2(vocab=vocab, dim=256, seed=2)
     used = []
-    real = hf._weight_first_linear
-    monkeypatch.setattr(hf, "_weight_first_linear", lambda head, x: used.append(x.shape) or real(head, x))
+    real = output_head.weight_first_linear
+    monkeypatch.setattr(output_head, "weight_first_linear", lambda head, x: used.append(x.shape) or real(head, x))
     _assert_beams_match_generate(model, tm.prompts(5, 2, low=3, high=9, vocab=vocab), 8)
     assert used, "the weight-first output projection was not used"
 

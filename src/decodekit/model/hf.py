@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from decodekit.errors import InputError
 from decodekit.model import attention
+from decodekit.model import head as output_head
 from decodekit.model.base import DecodeState, tree_ancestors
 from decodekit.model.cache import PreallocatedCache
 from decodekit.model.fast_llama import LlamaStep
@@ -34,34 +35,6 @@ def _as_id_tuple(value) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,)
     return tuple(int(v) for v in value)
-
-
-# Subtle: on the CPU, ``x @ W.T`` for a few rows against a large (vocab, dim) output matrix
-# lets the BLAS pack the whole weight on every call; ``(W @ x.T).T`` streams it instead,
-# ~1.7x faster at 8 rows x 50k vocab (python bench/bench_engine.py shows the end-to-end
-# effect). Used for 4..32 rows (below, gemv is as fast; above, the packing pays off) and only
-# for a float32 nn.Linear head of at least 4M entries, where it matters.
-_HEAD_ROWS = (4, 32)
-_HEAD_MIN_ENTRIES = 4 * 1024 * 1024
-
-
-def _large_cpu_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or "forward" in vars(head) or head._forward_hooks or head._forward_pre_hooks:
-        return None
-    weight = head.weight
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.numel() < _HEAD_MIN_ENTRIES:
-        return None
-    return head
-
-
-def _weight_first_linear(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
-    """``head(hidden)`` computed as ``(W @ hidden.T).T`` (same values up to float rounding)."""
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    out = torch.mm(head.weight, flat.t()).t().contiguous()  # row-major, as the engine's reductions want
-    if head.bias is not None:
-        out = out + head.bias
-    return out.reshape(*hidden.shape[:-1], out.shape[-1])
 
 
 def _decoder_layer_count(config) -> int:
@@ -102,7 +75,7 @@ class HFLanguageModel:
             raise InputError("encoder-decoder model has no decoder_start_token_id in its config")
         self._layers = _decoder_layer_count(config)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._head = _large_cpu_head(model)
+        self._head = output_head.large_cpu_head(model)
         self._shared_prefix = attention.available(model) and not self.is_encoder_decoder
         self._step = None if self.is_encoder_decoder else LlamaStep.build(model)
         self.forward_count = 0
@@ -126,11 +99,11 @@ class HFLanguageModel:
         if self._keeps_logits:
             inputs["logits_to_keep"] = 1
         ids = inputs.get("input_ids", inputs.get("decoder_input_ids"))
-        head = self._head if self._head is not None and _HEAD_ROWS[0] <= ids.shape[0] <= _HEAD_ROWS[1] else None
-        if head is None:
+        if not output_head.applies(self._head, ids.shape[0]):
             out = self.model(**inputs, use_cache=True, return_dict=True)
         else:
-            head.forward = functools.partial(_weight_first_linear, head)
+            head = self._head
+            head.forward = functools.partial(output_head.weight_first_linear, head)
             try:
                 out = self.model(**inputs, use_cache=True, return_dict=True)
             finally:
@@ -140,8 +113,8 @@ class HFLanguageModel:
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output projection of final hidden states ``(..., dim)`` -> float32 logits."""
         head = self.model.get_output_embeddings()
-        if self._head is not None and _HEAD_ROWS[0] <= hidden.numel() // hidden.shape[-1] <= _HEAD_ROWS[1]:
-            return _weight_first_linear(head, hidden).float()
+        if output_head.applies(self._head, hidden.numel() // hidden.shape[-1]):
+            return output_head.weight_first_linear(head, hidden).float()
         return head(hidden).float()
 
     # -- start ----------------------------------------------------------------------------------

@@ -113,12 +113,12 @@ def test_long_prompt_samples_same_with_and_without_sharing(monkeypatch, flash_ca
 
 
 def test_large_vocabulary_head_matches_generate(monkeypatch):
-    vocab = 16384  # x 256 = the smallest head the weight-first projection is used for
+    vocab = 16384  # x 256: 4M entries, weight first at 16..32 rows (4 prompts x 4 beams)
     model = tm.gpt2(vocab=vocab, dim=256, seed=2)
     used = []
     real = output_head.weight_first_linear
     monkeypatch.setattr(output_head, "weight_first_linear", lambda head, x: used.append(x.shape) or real(head, x))
-    _assert_beams_match_generate(model, tm.prompts(5, 2, low=3, high=9, vocab=vocab), 8)
+    _assert_beams_match_generate(model, tm.prompts(5, 4, low=3, high=9, vocab=vocab), 8)
     assert used, "the weight-first output projection was not used"
 
 

@@ -32,7 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 NAME = "decodekit_shared_prefix"
 
 # Subtle: below this many prompt positions the two kernel calls and the merge cost more than
-# re-reading the prompt per row (measured on the CPU: ~2.5x slower at 32, faster from ~256).
+# re-reading the prompt per row; the engine bench (prompts 32 and 512) shows both sides of it.
 MIN_PREFIX = 256
 
 _flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)

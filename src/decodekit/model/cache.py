@@ -168,7 +168,7 @@ class PreallocatedCache(Cache):
                     # host read, which is free on the CPU (on an accelerator, copy all rows).
                     moved = (parents != torch.arange(len(parents), device=parents.device)).nonzero().squeeze(1)
                     if len(moved):
-                        # gather into a fresh tensor, then copy back: ~1.5x faster than the
+                        # gather into a fresh tensor, then copy back: cheaper than an
                         # advanced-indexing assignment on this 6-D strided region
                         region = self.storage[:, :, :, :, start:length]
                         region.index_copy_(2, moved, region.index_select(2, parents.index_select(0, moved)))

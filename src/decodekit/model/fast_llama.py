@@ -60,7 +60,8 @@ def _norms(base: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 class LlamaStep:
-    """One-token forward of a supported Llama-family model over a :class:`PreallocatedCache`."""
+    """Decoding forward (a token, or a block of draft tokens) of a supported Llama-family model
+    over a :class:`PreallocatedCache`."""
 
     def __init__(self, model: torch.nn.Module):
         base, config = model.model, model.config
@@ -99,9 +100,20 @@ class LlamaStep:
         if type(model).__name__ not in _ARCHITECTURES or config.model_type not in ("llama", "qwen2", "qwen3", "mistral"):
             return None
         attention_parts = _PARTS["attention_qk_norm" if config.model_type == "qwen3" else "attention"]
-        rope = getattr(config, "rope_parameters", None) or {"rope_type": "default"}
         base = model.model
-        checks = (
+        try:
+            supported = all(cls._checks(model, config, base, attention_parts))
+        except AttributeError:  # a variant without the parts this step reads
+            return None
+        if not supported:
+            return None
+        step = cls(model)
+        return step if step.usable() else None
+
+    @staticmethod
+    def _checks(model, config, base, attention_parts) -> tuple[bool, ...]:
+        rope = getattr(config, "rope_parameters", None) or {"rope_type": "default"}
+        return (
             getattr(config, "hidden_act", None) == "silu",
             rope.get("rope_type", "default") == "default",
             not getattr(config, "use_sliding_window", False),
@@ -117,7 +129,12 @@ class LlamaStep:
                 for norm in _norms(base)
             ),
             type(model.lm_head) is torch.nn.Linear,
-            all(type(layer.self_attn.q_proj) is torch.nn.Linear for layer in base.layers),
+            all(
+                type(getattr(part, name)) is torch.nn.Linear
+                for layer in base.layers
+                for part, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")), (layer.mlp, ("gate_proj", "up_proj", "down_proj")))
+                for name in names
+            ),
             all(
                 set(dict(layer.named_children())) == _PARTS["layer"]
                 and set(dict(layer.self_attn.named_children())) == attention_parts
@@ -126,10 +143,6 @@ class LlamaStep:
             ),
             2 * base.rotary_emb.inv_freq.numel() == (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads),
         )
-        if not all(checks):
-            return None
-        step = cls(model)
-        return step if step.usable() else None
 
     def usable(self) -> bool:
         """Whether the step still reproduces the model: weights float32 on the CPU, and no

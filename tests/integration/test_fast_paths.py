@@ -222,6 +222,9 @@ def test_llama_step_declines_what_it_does_not_reproduce():
     scaled = tm.llama()
     scaled.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
     assert LlamaStep.build(scaled) is None
+    partless = tm.llama()
+    del partless.model.rotary_emb
+    assert LlamaStep.build(partless) is None
     hooked = tm.llama()
     hooked.model.layers[0].mlp.register_forward_hook(lambda *args: None)
     assert LlamaStep.build(hooked) is None

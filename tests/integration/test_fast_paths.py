@@ -69,6 +69,25 @@ def test_shared_prefix_attention_equals_sdpa(heads, kv_heads, padded):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_sliding_window_layers_keep_transformers_attention(flash_calls):
+    # a window can mask a whole prompt prefix: such layers must not take the split path
+    generator = torch.Generator().manual_seed(1)
+    key, value = torch.randn(2, 2, 12, 8, generator=generator), torch.randn(2, 2, 12, 8, generator=generator)
+    key[1, :, :10], value[1, :, :10] = key[0, :, :10], value[0, :, :10]
+    query = torch.randn(2, 2, 1, 8, generator=generator)
+    mask = torch.zeros(2, 1, 1, 12, dtype=torch.bool)
+    mask[..., 9:] = True  # a window of 3: the prefix [0, 10) is almost all masked
+    module = types.SimpleNamespace(num_key_value_groups=1, is_causal=True, training=False)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.5)
+    token = attention._plan.set((2, 10))
+    try:
+        got, _ = attention._attention(module, query, key, value, mask, scaling=0.5, sliding_window=3)
+    finally:
+        attention._plan.reset(token)
+    assert not flash_calls
+    torch.testing.assert_close(got, expected)
+
+
 def _assert_beams_match_generate(model, prompts: list[list[int]], max_new_tokens: int) -> None:
     """Beam search (4 beams, 2 returned) equals ``generate``: tokens, and scores within 1e-4."""
     config = BeamSearch(num_beams=4, num_return_sequences=2)

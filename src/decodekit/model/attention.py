@@ -14,7 +14,7 @@ and merges the two partial softmaxes exactly through their log-sum-exps:
 It is registered with transformers' attention interface under :data:`NAME` and is active only
 inside :func:`shared_prefix` (which the transformers adapter opens around a decoding step of a
 model that dispatches through that interface). Anything else (prefill, speculative blocks,
-softcapping, attention sinks, dropout, no open plan) is passed to transformers' own SDPA
+softcapping, attention sinks, sliding windows, dropout, no open plan) is passed to transformers' own SDPA
 function unchanged, so the model computes exactly what it would without decodekit.
 """
 
@@ -37,7 +37,8 @@ MIN_PREFIX = 256
 
 _flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _plan: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("decodekit_shared_prefix", default=None)
-_UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")
+# Subtle: a sliding window can mask a prompt's whole prefix, which the split does not handle
+_UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias", "sliding_window")
 
 
 def available(model: torch.nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""A lean one-token decoding step for Llama-family transformers models.
+"""A lean decoding step for Llama-family transformers models.
 
 A decoding step of a small model on the CPU is dominated by framework overhead, not arithmetic:
 module calls, keyword plumbing, mask and rotary construction at every forward. This step
@@ -9,7 +9,8 @@ rows share a long prompt), the gated MLP.
 
 It covers exactly the configurations it checks for (see :func:`LlamaStep.build`): Llama, Qwen2,
 Qwen3 and Mistral causal LMs with float32 weights, SiLU, default RoPE, no sliding window; anything
-else goes through the model's own forward. Prefill and speculative blocks always do.
+else goes through the model's own forward. It runs one-token steps and speculative blocks;
+prefill always runs the model's forward.
 Results equal the model's own forward up to float rounding; the parity tests compare both
 against ``generate``.
 """

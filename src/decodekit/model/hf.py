@@ -110,6 +110,10 @@ class HFLanguageModel:
                 del head.forward
         return out.logits[:, -1, :].float()
 
+    def _lean_step(self) -> LlamaStep | None:
+        """The lean step if this model has one and it still applies (no hooks, same dtype)."""
+        return self._step if self._step is not None and self._step.usable() else None
+
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output projection of final hidden states ``(..., dim)`` -> float32 logits."""
         head = self.model.get_output_embeddings()
@@ -142,7 +146,7 @@ class HFLanguageModel:
         # ``holes``: some slot before ``length`` is masked (padding, speculative rollback); without
         # holes the model is called with no attention mask, which skips building one every step
         holes = min(len(p) for p in prompts) < width
-        extra = {"cache": cache, "mask": mask, "length": width, "next_position": prompt_mask.sum(-1), "holes": holes}
+        extra = {"cache": cache, "mask": mask, "length": width, "next_position": prompt_mask.sum(-1), "holes": holes, "group": 1}
         return DecodeState(logits, width, extra)
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
@@ -187,7 +191,7 @@ class HFLanguageModel:
             k = len(rows) // state.rows if state.rows else 0
             fan_out = k >= 1 and k * state.rows == len(rows)
             fan_out = fan_out and torch.equal(rows, torch.arange(state.rows, device=rows.device).repeat_interleave(k))
-            extra["group"] = extra.get("group", 1) * k if fan_out else 1
+            extra["group"] = extra["group"] * k if fan_out else 1
             extra["mask"] = extra["mask"].index_select(0, rows)
             extra["next_position"] = extra["next_position"].index_select(0, rows)
         state.logits = state.logits.index_select(0, rows)
@@ -214,9 +218,9 @@ class HFLanguageModel:
             mask[:, length] = 1
             position = extra["next_position"]
             step_mask = mask[:, : length + 1] if extra["holes"] else None
-            group, prefix = extra.get("group", 1), state.prompt_length
+            group, prefix = extra["group"], state.prompt_length
             plan = (group, prefix) if group > 1 and prefix >= attention.MIN_PREFIX else None
-            if self._step is not None and self._step.usable():
+            if self._lean_step() is not None:
                 self.forward_count += 1
                 step_mask = step_mask[:, None, None, :].bool() if step_mask is not None else None
                 hidden = self._step(tokens[:, None], position[:, None], extra["cache"], step_mask, plan)
@@ -265,7 +269,7 @@ class HFLanguageModel:
         block_mask = torch.zeros(visible.shape, dtype=dtype, device=tokens.device)
         block_mask.masked_fill_(~visible, torch.finfo(dtype).min)
         self.forward_count += 1
-        if self._step is not None and self._step.usable():
+        if self._lean_step() is not None:
             logits = self._project(self._step(tokens, positions, extra["cache"], block_mask[:, None]))
         else:
             inputs = {"logits_to_keep": 0} if self._keeps_logits else {}

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from decodekit.engine import Decoding
+from decodekit.engine import Engine, Request, RequestOutput
 from decodekit.errors import ConfigError, InputError
 from decodekit.model.base import LanguageModel
 from decodekit.model.hf import HFLanguageModel
@@ -66,6 +66,7 @@ class Decoder:
 
     def __init__(self, model: LanguageModel, tokenizer=None, name: str | None = None):
         self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.engine = Engine(model)
         if tokenizer is not None and len(tokenizer) > model.vocab_size:
             raise InputError(
                 f"tokenizer: its vocabulary has {len(tokenizer)} tokens but the model's logits cover "
@@ -99,17 +100,23 @@ class Decoder:
             raise InputError("prompts: an empty list; give at least one prompt")
         return items, single
 
-    def _decoding(self, items, strategy, options, settings, seed=None, constraint=None) -> tuple[Decoding, StopStrings | None]:
+    def _requests(self, items, strategy, options, settings, seed=None, constraint=None, stream=False) -> tuple[list[Request], StopStrings | None]:
+        """One engine request per prompt, all sharing the call's settings (one group)."""
         strategy = make_strategy(strategy)
         options = make_options(options, settings)
-        processors = []
+        factory = None
         if constraint is not None:
             from decodekit.constraints import constraint_processor
 
             eos = options.eos_token_ids if options.eos_token_ids is not None else self.model.eos_token_ids
-            processors.append(
-                constraint_processor(constraint, strategy.name, self.tokenizer, self.model.vocab_size, tuple(eos), options.max_new_tokens)
-            )
+            name, tokenizer, vocab = strategy.name, self.tokenizer, self.model.vocab_size
+
+            def factory():
+                return [constraint_processor(constraint, name, tokenizer, vocab, tuple(eos), options.max_new_tokens)]
+
+            if getattr(strategy, "speculative", None) is not None:
+                raise ConfigError("constraint", constraint, "None with speculative decoding")
+            factory()  # compile now: a bad constraint raises before any model call
         if options.stop and self.tokenizer is None:
             raise ConfigError("stop", options.stop, "stop strings need a tokenizer")
         stop = StopStrings(self.tokenizer, options.stop) if options.stop else None
@@ -117,17 +124,16 @@ class Decoder:
         sampler = getattr(strategy, "sampler", None)
         if seed is None and sampler is not None:
             seed = sampler.seed
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=getattr(self.model, "device", "cpu")).manual_seed(int(seed))
         context = {}
         if hasattr(self.model, "input_embeddings"):
             context["input_embeddings"] = self.model.input_embeddings
-        ids = [self.encode(p) for p in items]
-        decoding = Decoding(
-            self.model, ids, strategy, options, stop_check=stop, generator=generator, search_context=context, processors=processors
-        )
-        return decoding, stop
+        requests = [
+            Request(
+                self.encode(p), strategy, options, seed=seed, processors=factory, stop_check=stop, search_context=context, stream=stream
+            )
+            for p in items
+        ]
+        return requests, stop
 
     # -- generate / stream ------------------------------------------------------------------
 
@@ -147,61 +153,26 @@ class Decoder:
         or a name with default settings. ``settings`` are :class:`DecodeOptions` fields
         (``max_new_tokens=32``, ``stop=["\\n\\n"]``, ...). ``constraint``: a
         :mod:`decodekit.constraints` spec (``JsonSchema``, ``Regex``, ``Grammar``, ``Catalog``,
-        ``CorpusSubstring``) every output must satisfy. Returns one
-        :class:`GenerationResult` per prompt (a single one for a single prompt).
+        ``CorpusSubstring``) every output must satisfy. ``seed`` seeds each prompt's own
+        generator, so a prompt's output does not depend on the others. Returns one
+        :class:`GenerationResult` per prompt (a single one for a single prompt). Safe to call
+        from many threads at once: every call's prompts join the decoder's one engine.
         """
         items, single = self._prompts(prompts)
-        strategy = make_strategy(strategy)
-        if getattr(strategy, "speculative", None) is not None:
-            results = self._generate_speculative(items, strategy, make_options(options, settings), seed, constraint)
-            return results[0] if single else results
-        decoding, stop = self._decoding(items, strategy, options, settings, seed, constraint)
-        review = decoding.extra_processors[0].review if constraint is not None else None
-        hypotheses = decoding.results()
-        results = [
-            GenerationResult(
-                prompt=item if isinstance(item, str) else None,
-                prompt_token_ids=ids,
-                sequences=[self._sequence(h, stop, review) for h in hyps],
-                strategy=strategy.name,
-            )
-            for item, ids, hyps in zip(items, decoding.prompts, hypotheses)
-        ]
+        requests, stop = self._requests(items, strategy, options, settings, seed, constraint)
+        handles = self.engine.submit(requests)
+        results = [self._result(item, request, handle.result(), stop) for item, request, handle in zip(items, requests, handles)]
         return results[0] if single else results
 
-    def _generate_speculative(self, items, strategy, options: DecodeOptions, seed, constraint) -> list[GenerationResult]:
-        """Greedy or sampling with ``strategy.speculative`` (:mod:`decodekit.speculative`). The
-        proposer is built once per config and kept, so cross-request state (SuffixDecoding's
-        global tree, Token Recycling's successor matrix) carries over between calls."""
-        from decodekit.speculative import check_supported, make_proposer, speculative_decode
-
-        speculative = check_supported(strategy, options)
-        if constraint is not None:
-            raise ConfigError("constraint", constraint, "None with speculative decoding")
-        if options.stop and self.tokenizer is None:
-            raise ConfigError("stop", options.stop, "stop strings need a tokenizer")
-        stop = StopStrings(self.tokenizer, options.stop) if options.stop else None
-        seed = seed if seed is not None else getattr(strategy, "seed", None)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=getattr(self.model, "device", "cpu")).manual_seed(int(seed))
-        ids = [self.encode(p) for p in items]
-        proposers = self.__dict__.setdefault("_proposers", {})
-        if speculative not in proposers:
-            proposers[speculative] = make_proposer(speculative, self.model)
-        hypotheses, stats = speculative_decode(
-            self.model, ids, strategy, options, proposers[speculative], generator=generator, stop_check=stop
+    def _result(self, item, request: Request, output: RequestOutput, stop) -> GenerationResult:
+        review = output.processors[0].review if output.processors else None
+        return GenerationResult(
+            prompt=item if isinstance(item, str) else None,
+            prompt_token_ids=request.prompt,
+            sequences=[self._sequence(h, stop, review) for h in output.hypotheses],
+            strategy=request.strategy.name,
+            stats=output.stats,
         )
-        return [
-            GenerationResult(
-                prompt=item if isinstance(item, str) else None,
-                prompt_token_ids=prompt_ids,
-                sequences=[self._sequence(h, stop) for h in hyps],
-                strategy=strategy.name,
-                stats=prompt_stats,
-            )
-            for item, prompt_ids, hyps, prompt_stats in zip(items, ids, hypotheses, stats)
-        ]
 
     def _sequence(self, h: Hypothesis, stop: StopStrings | None, review=None) -> GeneratedSequence:
         text = self.decode_text(h.token_ids)
@@ -217,37 +188,59 @@ class Decoder:
         *,
         options: DecodeOptions | None = None,
         seed: int | None = None,
+        constraint=None,
         **settings: Any,
     ) -> Iterator[StreamEvent]:
-        """Yield a :class:`StreamEvent` per generated token as it is decided (greedy and
-        sampling; with ``n`` samples, ``event.row`` tells them apart)."""
-        strategy = make_strategy(strategy)
-        if not isinstance(strategy, Greedy | Sampling):
-            raise ConfigError("strategy", strategy.name, "greedy or sample (stream); use generate() for beam search")
-        decoding, stop = self._decoding([prompt], strategy, options, settings, seed)
-        search = decoding.search
-        shown = [""] * search.width
-        emitted = [False] * search.width
-        for t, step in enumerate(decoding):
-            tokens, logprobs = step.tokens.tolist(), search.logprobs[:, t].tolist()
-            reasons = search.reason.tolist()
-            for row in range(search.width):
-                if emitted[row]:
+        """Yield :class:`StreamEvent` s as tokens are decided: per generated token for greedy
+        and sampling (with ``n`` samples, ``event.row`` tells them apart; speculative decoding
+        yields each accepted block's tokens), the current best hypothesis per step for beam
+        searches, then their final n-best. Leaving the loop early aborts the request."""
+        requests, stop = self._requests([prompt], strategy, options, settings, seed, constraint, stream=True)
+        request = requests[0]
+        (handle,) = self.engine.submit(requests)
+        try:
+            yield from self._events(prompt, request, handle, stop)
+        finally:
+            if not handle.done:
+                handle.abort()
+
+    def _events(self, prompt, request: Request, handle, stop) -> Iterator[StreamEvent]:
+        tokens: dict[int, list[int]] = {}
+        shown: dict[int, str] = {}
+        ended: set[int] = set()
+        for event in handle:
+            if event.kind == "best":
+                ids = list(event.tokens)
+                yield StreamEvent(0, event.step, ids[-1], self.decode_text(ids) or "", None, None, tuple(ids))
+                continue
+            if event.kind == "finished" and event.output is not None:
+                result = self._result(prompt, request, event.output, stop)
+                if event.output.hypotheses and request.strategy.name in ("beam", "diverse_beam"):
+                    best = result.best
+                    yield StreamEvent(0, len(best.token_ids), None, best.text or "", None, best.finish_reason, tuple(best.token_ids), result)
                     continue
-                text = self.decode_text(search.tokens[row, : t + 1].tolist()) or ""
-                if stop is not None and reasons[row] == 3:
+                for row, sequence in enumerate(result.sequences):  # rows that ran to the length limit
+                    if row not in ended:
+                        text = sequence.text or ""
+                        yield StreamEvent(row, len(sequence.token_ids), None, text[len(shown.get(row, "")) :], None, sequence.finish_reason)
+                continue
+            row = event.row
+            for j, (token, logprob) in enumerate(zip(event.tokens, event.logprobs)):
+                ids = tokens.setdefault(row, [])
+                ids.append(token)
+                text = self.decode_text(ids) or ""
+                last = j == len(event.tokens) - 1
+                reason = event.finish_reason if last else None
+                if stop is not None and reason == "stop":
                     text = stop.trim(text)
-                reason = {1: "eos", 3: "stop"}.get(reasons[row])
                 # hold back an incomplete multi-byte character until the row ends
                 held = text.endswith("\ufffd") and reason is None
-                delta = "" if held else text[len(shown[row]) :]
-                shown[row] += delta
-                emitted[row] = reason is not None
-                yield StreamEvent(row, t, tokens[row], delta, logprobs[row], reason)
-        for row in range(search.width):
-            if not emitted[row]:
-                text = self.decode_text(search.tokens[row].tolist()) or ""
-                yield StreamEvent(row, search.context.max_new_tokens, None, text[len(shown[row]) :], None, "length")
+                before = shown.get(row, "")
+                delta = "" if held else text[len(before) :]
+                shown[row] = before + delta
+                if reason is not None:
+                    ended.add(row)
+                yield StreamEvent(row, event.step + j, token, delta, logprob, reason)
 
 
 def _embedded(name: str) -> Path | None:

@@ -63,7 +63,12 @@ class GenerationResult:
 class StreamEvent:
     """One streamed token of row ``row`` (sample index); ``text`` is the new text it adds (may
     be empty while a multi-byte character is incomplete). The last event of a row carries its
-    ``finish_reason``."""
+    ``finish_reason``.
+
+    Beam searches (whose best hypothesis can change at every step) stream the current best
+    hypothesis instead: ``hypothesis`` holds its token ids and ``text`` its whole text; their
+    last event carries ``finish_reason`` and ``result``, the final n-best
+    (:class:`GenerationResult`)."""
 
     row: int
     step: int
@@ -71,3 +76,5 @@ class StreamEvent:
     text: str
     logprob: float | None
     finish_reason: str | None = None
+    hypothesis: tuple[int, ...] | None = None
+    result: GenerationResult | None = None

@@ -146,8 +146,15 @@ def test_bad_speculation_settings_name_the_field(target):
     with pytest.raises(ConfigError) as error:
         decodekit.make_strategy("beam", speculative=Speculative())
     assert error.value.field == "speculative"
-    with pytest.raises(ConfigError):
-        list(target.stream([1, 2, 3], decodekit.Greedy(speculative=Speculative())))
+
+
+def test_speculative_stream_yields_what_generate_returns(target):
+    """Speculation streams each accepted block, token by token, inside the one engine."""
+    strategy = decodekit.Greedy(speculative=Speculative("suffix"))
+    events = list(target.stream([1, 2, 3], strategy, max_new_tokens=12))
+    plain = target.generate([1, 2, 3], max_new_tokens=12).best
+    assert [e.token_id for e in events if e.token_id is not None] == plain.token_ids
+    assert events[-1].finish_reason == plain.finish_reason
 
 
 def test_sampling_output_is_fixed_by_the_seed_whatever_the_draft(target, prompts):

@@ -103,9 +103,14 @@ def test_all_errors_are_value_errors():
     assert all(issubclass(e, DecodeKitError) for e in (ConfigError, InputError, NumericalError))
 
 
-def test_stream_rejects_beam_search():
-    with pytest.raises(ConfigError, match="strategy"):
-        next(decodekit.load(model()).stream([1], decodekit.BeamSearch()))
+def test_stream_beam_search_ends_with_the_n_best_of_generate():
+    decoder = decodekit.load(model())
+    config = decodekit.BeamSearch(num_beams=3, num_return_sequences=2)
+    events = list(decoder.stream([1], config, max_new_tokens=4))
+    final = decoder.generate([1], config, max_new_tokens=4)
+    assert all(e.hypothesis is not None for e in events)
+    assert events[-1].result.sequences == final.sequences
+    assert list(events[-1].hypothesis) == final.best.token_ids
 
 
 def test_constant_logits_are_fine():

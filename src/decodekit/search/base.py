@@ -49,8 +49,37 @@ class SearchContext:
     eos_token_ids: torch.Tensor  # (n_eos,) int64, may be empty
     pad_token_id: int
     device: torch.device
-    generator: torch.Generator | None = None
+    generators: tuple[torch.Generator | None, ...] = ()
+    """One generator per prompt (empty: unseeded). A prompt's random draws come from its own
+    generator only, so its output does not depend on the other prompts of the batch."""
     input_embeddings: torch.Tensor | None = None
+
+    def generator(self, prompt: int) -> torch.Generator | None:
+        return self.generators[prompt] if self.generators else None
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``(rows, V)`` probabilities (unnormalised is fine), ``(rows,)`` U[0, 1) -> ``(rows,)``
+    tokens drawn by inverting each row's CDF; never a zero-probability token (the first index
+    whose CDF exceeds ``u * total``). Row-wise, so a row's draw depends on its own numbers only."""
+    cdf = probs.cumsum(-1)
+    target = (u * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def per_prompt_rand(context: SearchContext, shape: tuple[int, ...], kind: str = "uniform") -> torch.Tensor:
+    """``(batch * shape[0], *shape[1:])`` noise, prompt ``b``'s block drawn from its own
+    generator: U[0, 1) (``kind="uniform"``) or Exp(1) (``kind="exponential"``)."""
+    blocks = []
+    for prompt in range(context.batch_size):
+        block = torch.empty(shape, device=context.device)
+        generator = context.generator(prompt)
+        if kind == "uniform":
+            block.uniform_(generator=generator)
+        else:
+            block.exponential_(generator=generator)
+        blocks.append(block)
+    return torch.cat(blocks, 0)
 
 
 class Search(Protocol):
@@ -71,6 +100,11 @@ class Search(Protocol):
 
     def finish(self) -> list[list[Hypothesis]]:
         """The hypotheses of each prompt, best first. Called once, after the last step."""
+        ...
+
+    def current_best(self, t: int) -> list[list[int]] | None:
+        """After step ``t``: each prompt's best running hypothesis (token ids, for streaming a
+        search whose rows reorder), or None for a per-row search (its rows stream directly)."""
         ...
 
 

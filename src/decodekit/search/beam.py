@@ -23,7 +23,7 @@ import torch
 
 from decodekit.errors import check
 from decodekit.scoring.length import LengthPenalty
-from decodekit.search.base import Hypothesis, SearchContext, Step
+from decodekit.search.base import Hypothesis, SearchContext, Step, per_prompt_rand
 from decodekit.search.sampling import Sampling
 
 _MASKED = -1.0e9  # the additive mask transformers uses; kept identical for score parity
@@ -116,7 +116,10 @@ class BeamSearchRun:
             return cand_scores, beams * V + row_tokens.view(B, K * C).gather(1, flat)
         accumulated = (scores + self.running_scores[:, :, None]).view(B, K * V)
         probs = accumulated.softmax(-1)
-        index = torch.multinomial(probs, self.candidates, replacement=False, generator=self.context.generator)
+        # Sampling C candidates without replacement = the C largest p_i / E_i with E_i ~ Exp(1)
+        # (exponential races); each prompt's E from its own generator.
+        races = per_prompt_rand(self.context, (1, K * V), kind="exponential")
+        index = torch.topk(probs / races, self.candidates, dim=-1).indices
         return accumulated.gather(1, index), index
 
     def step(self, scores: torch.Tensor, t: int) -> Step:
@@ -185,6 +188,10 @@ class BeamSearchRun:
         self.pool_logprobs = _take(torch.cat([self.pool_logprobs, cand_logprobs], dim=1), pick)
         self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=1), pick)
         self.pool_finished = _take(torch.cat([self.pool_finished, just_finished], dim=1), pick)
+
+    def current_best(self, t: int) -> list[list[int]]:
+        """Each prompt's best running beam (beams are kept sorted by score), tokens ``0..t``."""
+        return self.running_tokens[:, 0, : t + 1].tolist()
 
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("stop strings are checked by the engine only for per-row searches")

@@ -299,6 +299,13 @@ class DiverseBeamSearchRun:
         self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=2), pick)
         self.pool_valid = _take(torch.cat([self.pool_valid, valid], dim=2), pick)
 
+    def current_best(self, t: int) -> list[list[int]]:
+        """Each prompt's best running beam over all groups (by its running score), tokens ``0..t``."""
+        batch, groups, K = self.shape
+        flat = self.running_scores.view(batch, groups * K).argmax(-1)
+        tokens = self.running_tokens.view(batch, groups * K, -1)
+        return tokens[torch.arange(batch, device=flat.device), flat, : t + 1].tolist()
+
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("stop strings are checked by the engine only for per-row searches")
 

@@ -10,7 +10,7 @@ import torch
 from decodekit.errors import check
 from decodekit.logits.base import ProcessorList
 from decodekit.logits.warpers import MinP, Temperature, TopK, TopP, TypicalP
-from decodekit.search.base import Hypothesis, SearchContext, Step
+from decodekit.search.base import Hypothesis, SearchContext, Step, inverse_cdf, per_prompt_rand
 from decodekit.speculative.config import Speculative
 
 RUNNING, EOS, LENGTH, STOP = 0, 1, 2, 3
@@ -91,18 +91,19 @@ class RowSearch:
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
         self.reason = torch.zeros(rows, dtype=torch.int8, device=device)
         self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        # one U[0, 1) number per row and step, each prompt's from its own generator, drawn once
+        self.uniforms = per_prompt_rand(context, (width, context.max_new_tokens)) if self.sampling else None
 
-    def _choose(self, scores: torch.Tensor) -> torch.Tensor:
+    def _choose(self, scores: torch.Tensor, t: int) -> torch.Tensor:
         if not self.sampling:
             return scores.argmax(-1)
         warped = self.warpers(None, scores) if len(self.warpers) else scores
-        probs = warped.softmax(-1)
-        return torch.multinomial(probs, 1, generator=self.context.generator).squeeze(-1)
+        return inverse_cdf(warped.softmax(-1), self.uniforms[:, t])
 
     def step(self, scores: torch.Tensor, t: int) -> Step:
         """``scores``: ``(rows, vocab)`` processed logits. Mutates the search state."""
         log_probs = scores.log_softmax(-1)
-        tokens = self._choose(scores)
+        tokens = self._choose(scores, t)
         tokens = tokens.masked_fill(self.finished, self.context.pad_token_id)
         self.tokens[:, t] = tokens
         self.logprobs[:, t] = log_probs.gather(1, tokens[:, None]).squeeze(1).masked_fill(self.finished, 0.0)
@@ -111,6 +112,9 @@ class RowSearch:
         self.reason.masked_fill_(hit_eos, EOS)
         self.finished |= hit_eos
         return Step(None, tokens, self.finished.all())
+
+    def current_best(self, t: int) -> None:
+        return None
 
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
         newly = rows & ~self.finished

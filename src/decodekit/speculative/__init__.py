@@ -102,19 +102,19 @@ def make_proposer(speculative: Speculative, target) -> Proposer:
     return DraftModelProposer(config, draft)
 
 
-def speculative_decode(
+def speculative_run(
     model,
     prompts: list[list[int]],
     strategy: Any,
     options: DecodeOptions,
     proposer: Proposer,
     *,
-    generator: torch.Generator | None = None,
+    generators: tuple[torch.Generator | None, ...] = (),
     stop_check=None,
-) -> tuple[list[list[Hypothesis]], list[SpeculationStats]]:
-    """Decode ``prompts`` with ``strategy`` (Greedy or Sampling) speculatively. Returns each
-    prompt's hypotheses (as the plain engine would) and its acceptance statistics."""
-    from decodekit.engine import check_prompts
+) -> SpeculativeDecoding:
+    """A :class:`SpeculativeDecoding` of ``prompts`` with ``strategy`` (Greedy or Sampling);
+    ``generators``: one per prompt. Run it with ``run()`` or step it with ``steps()``."""
+    from decodekit.engine.checks import check_prompts
 
     check_supported(strategy, options)
     strategy.validate()
@@ -130,7 +130,7 @@ def speculative_decode(
     if sampling:
         warpers = strategy.warpers()
         warp = (lambda logits: warpers(None, logits)) if len(warpers) else (lambda logits: logits)
-    run = SpeculativeDecoding(
+    return SpeculativeDecoding(
         model,
         prompts,
         proposer,
@@ -138,7 +138,25 @@ def speculative_decode(
         max_new_tokens=options.max_new_tokens,
         eos=eos,
         warp=warp,
-        generator=generator,
+        generators=generators,
         stop_check=stop_check,
     )
-    return run.run()
+
+
+def speculative_decode(
+    model,
+    prompts: list[list[int]],
+    strategy: Any,
+    options: DecodeOptions,
+    proposer: Proposer,
+    *,
+    generator: torch.Generator | None = None,
+    stop_check=None,
+) -> tuple[list[list[Hypothesis]], list[SpeculationStats]]:
+    """Decode ``prompts`` with ``strategy`` (Greedy or Sampling) speculatively, outside any
+    engine (``generator`` serves every prompt). Returns each prompt's hypotheses (as the plain
+    engine would) and its acceptance statistics."""
+    generators = (generator,) * len(prompts) if generator is not None else ()
+    return speculative_run(
+        model, prompts, strategy, options, proposer, generators=generators, stop_check=stop_check
+    ).run()

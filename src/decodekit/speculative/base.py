@@ -123,10 +123,15 @@ class Proposer(Protocol):
     name: str
 
     def begin(
-        self, prompts: list[list[int]], warp: Warp | None, generator: torch.Generator | None
+        self,
+        prompts: list[list[int]],
+        warp: Warp | None,
+        generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
         """Start a call: row ``i`` begins with ``prompts[i]``. ``warp`` is None for greedy
-        decoding, else the sampler's warper (a stochastic draft model samples through it)."""
+        decoding, else the sampler's warper (a stochastic draft model samples through it).
+        ``generators[i]``: row ``i``'s random generator (rows of one prompt share it; empty:
+        unseeded), so a row's draws never depend on the other rows."""
         ...
 
     def propose(self, context: SpeculationContext) -> Draft:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from decodekit.errors import ConfigError
+from decodekit.search.base import inverse_cdf
 from decodekit.speculative.base import Draft, SpeculationContext, Verification, Warp
 from decodekit.speculative.config import DraftModelConfig
 
@@ -51,9 +52,13 @@ class DraftModelProposer:
         self.forward_count = 0
 
     def begin(
-        self, prompts: list[list[int]], warp: Warp | None, generator: torch.Generator | None
+        self,
+        prompts: list[list[int]],
+        warp: Warp | None,
+        generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
-        self.warp, self.generator = warp, generator
+        self.warp = warp
+        self.generators = tuple(generators) or (None,) * len(prompts)
         # Capacity is only a first guess: the cache and mask grow on demand.
         self.state = self.draft.start(prompts, 256)
         self.forward_count += 1
@@ -67,11 +72,13 @@ class DraftModelProposer:
             self.draft.select(self.state, keep.to(self.state.logits.device))
             self._rows = list(rows)
 
-    def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _choose(self, logits: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.warp is None:
             return logits.argmax(-1), None
         probs = self.warp(logits).softmax(-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1), probs
+        # one U[0, 1) per live row, from that row's own generator
+        u = torch.cat([torch.rand(1, generator=self.generators[row]) for row in rows]).to(probs.device)
+        return inverse_cdf(probs, u), probs
 
     @torch.inference_mode()
     def propose(self, context: SpeculationContext) -> Draft:
@@ -95,7 +102,7 @@ class DraftModelProposer:
         # 2. Draft k tokens; the last one is never fed (verification decides its fate).
         tokens, probs = [], []
         for j in range(k):
-            token, dist = self._choose(last)
+            token, dist = self._choose(last, context.rows)
             tokens.append(token)
             probs.append(dist)
             if j + 1 < k:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from decodekit.search.base import Hypothesis
+from decodekit.search.base import Hypothesis, inverse_cdf
 from decodekit.speculative.base import Proposer, SpeculationContext, Verification, Warp
-from decodekit.speculative.verify import accept_greedy, accept_sampling, inverse_cdf
+from decodekit.speculative.verify import accept_greedy, accept_sampling
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,14 @@ class SpeculativeDecoding:
         max_new_tokens: int,
         eos: tuple[int, ...],
         warp: Warp | None,
-        generator: torch.Generator | None,
+        generators: tuple[torch.Generator | None, ...] = (),
         stop_check=None,
         max_draft: int = 64,
     ):
         self.model, self.prompts, self.proposer = model, prompts, proposer
         self.width, self.max_new = width, max_new_tokens
-        self.eos, self.warp, self.generator = set(eos), warp, generator
+        self.eos, self.warp = set(eos), warp
+        self.generators = tuple(generators) or (None,) * len(prompts)
         self.stop_check, self.max_draft = stop_check, max_draft
 
     def _first_tokens(self, logits: torch.Tensor) -> torch.Tensor:
@@ -90,14 +91,25 @@ class SpeculativeDecoding:
         return self.uniforms[rows, positions]
 
     def run(self) -> tuple[list[list[Hypothesis]], list[SpeculationStats]]:
+        """Decode to the end; each prompt's hypotheses and statistics."""
+        for _ in self.steps():
+            pass
+        return self._hypotheses(), self._stats()
+
+    def steps(self):
+        """Decode step by step: yields after the prefill and after every verification step
+        (the engine interleaves these steps with its other requests). ``self.out[r]`` holds
+        row ``r``'s tokens so far; ``self.reason[r]`` is set once the row has finished."""
         model, width = self.model, self.width
         state = model.start(self.prompts, self.max_new + self.max_draft + 2)
         device = state.logits.device
         rows = len(self.prompts) * width
         if self.warp is not None:
-            # two U[0, 1) numbers per row and output position (see verify.accept_sampling)
-            self.uniforms = torch.rand(
-                (rows, self.max_new + 1, 2), generator=self.generator, device=device
+            # two U[0, 1) numbers per row and output position (see verify.accept_sampling),
+            # each prompt's from its own generator
+            shape = (width, self.max_new + 1, 2)
+            self.uniforms = torch.cat(
+                [torch.rand(shape, generator=g, device=device) for g in self.generators]
             )
         if width > 1:
             model.select(
@@ -113,8 +125,9 @@ class SpeculativeDecoding:
         sequences = [p + o for p, o in zip(row_prompts, self.out)]
         for r in range(rows):
             self._check_finished(r, 1)
-        self.proposer.begin(row_prompts, self.warp, self.generator)
+        self.proposer.begin(row_prompts, self.warp, tuple(g for g in self.generators for _ in range(width)))
         live = [r for r in range(rows) if self.reason[r] is None]
+        yield
         if len(live) < rows:
             model.select(state, torch.tensor(live, dtype=torch.long, device=device))
         while live:
@@ -175,8 +188,8 @@ class SpeculativeDecoding:
                 max(len(sequences[r]) for r in live) + 32
             ):
                 model.compact(state)
+            yield
         self.proposer.finish(self.out)
-        return self._hypotheses(), self._stats()
 
     def _check_finished(self, r: int, first_new: int) -> None:
         """Set row ``r``'s finish reason from its tokens ``out[r][first_new - 1:]``."""

@@ -37,7 +37,10 @@ class PromptLookupProposer:
         self._indexed: dict[int, int] = {}  # row -> tokens whose n-grams are indexed
 
     def begin(
-        self, prompts: list[list[int]], warp: Warp | None, generator: torch.Generator | None
+        self,
+        prompts: list[list[int]],
+        warp: Warp | None,
+        generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
         sizes = range(self.config.min_ngram, self.config.max_ngram + 1)
         self._index = {row: [{} for _ in sizes] for row in range(len(prompts))}

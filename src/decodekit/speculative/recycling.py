@@ -51,7 +51,10 @@ class TokenRecyclingProposer:
         self._depth = torch.tensor(depths, dtype=torch.long)
 
     def begin(
-        self, prompts: list[list[int]], warp: Warp | None, generator: torch.Generator | None
+        self,
+        prompts: list[list[int]],
+        warp: Warp | None,
+        generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
         pass  # the successor matrix persists across calls by design
 

@@ -34,7 +34,10 @@ class SuffixTreeProposer:
         self._fed: dict[int, int] = {}  # row -> tokens already in its local tree
 
     def begin(
-        self, prompts: list[list[int]], warp: Warp | None, generator: torch.Generator | None
+        self,
+        prompts: list[list[int]],
+        warp: Warp | None,
+        generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
         self._local = {row: SuffixTree(self.config.max_depth) for row in range(len(prompts))}
         self._fed = dict.fromkeys(range(len(prompts)), 0)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from decodekit.model.base import tree_ancestors
+from decodekit.search.base import inverse_cdf
 from decodekit.speculative.base import Warp
 
 
@@ -137,14 +138,6 @@ def accept_sampling(
     # rows whose path is shorter than m: put the final token at its own step
     emitted[arange, kept - 1] = chosen
     return Acceptance(path, kept, emitted, _logprobs(logits, path, emitted))
-
-
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``(rows, V)`` probabilities (unnormalised is fine), ``(rows,)`` U[0, 1) -> ``(rows,)``
-    tokens; never a zero-probability token (the first index whose CDF exceeds ``u * total``)."""
-    cdf = probs.cumsum(-1)
-    target = (u * cdf[:, -1])[:, None]
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def _logprobs(logits: torch.Tensor, path: torch.Tensor, emitted: torch.Tensor) -> torch.Tensor:

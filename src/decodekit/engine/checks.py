@@ -1,0 +1,30 @@
+"""Checks on prompts that must pass before any model call."""
+
+from __future__ import annotations
+
+from decodekit.errors import ConfigError, InputError
+from decodekit.model.base import LanguageModel
+from decodekit.options import DecodeOptions
+
+
+def check_prompts(model: LanguageModel, prompts: list[list[int]], options: DecodeOptions) -> None:
+    """Raise before any model call if a prompt is empty, out of vocabulary or too long."""
+    if not prompts:
+        raise InputError("prompts: at least one prompt is required")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise InputError(f"prompt {i} is empty: a prompt needs at least one token")
+        if min(prompt) < 0 or max(prompt) >= model.vocab_size:
+            raise InputError(f"prompt {i} has token ids outside [0, {model.vocab_size}) (the model's vocabulary)")
+    if model.max_length is None:
+        return
+    longest = 1 if model.is_encoder_decoder else max(len(p) for p in prompts)
+    if model.is_encoder_decoder and max(len(p) for p in prompts) > model.max_length:
+        raise InputError(f"a prompt is longer than the model's context of {model.max_length} tokens")
+    room = model.max_length - longest
+    if options.max_new_tokens > room:
+        raise ConfigError(
+            "max_new_tokens",
+            options.max_new_tokens,
+            f"at most {room}: the model attends over {model.max_length} tokens and the longest prompt has {longest}",
+        )

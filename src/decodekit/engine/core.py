@@ -1,0 +1,381 @@
+"""The engine: one loop for every request (continuous batching).
+
+Requests are submitted in groups (the requests of one call share a strategy, options and
+processors); between steps the scheduler admits pending groups (prefill once, fan out to beams or
+samples, then their rows join a running state) and retires finished ones (their rows leave, the
+cache slots are reused). Per step:
+
+1. admit pending groups (prefill; merge their rows into the shared state where the model allows);
+2. every group decides its rows from its slice of the state's logits (vectorised per group:
+   one ``search.step`` for all its requests);
+3. one host sync for every group's ``[non-finite, done]`` flags;
+4. finished and aborted groups are retired and their outputs delivered; a group whose logits
+   were not finite fails with :class:`~decodekit.errors.NumericalError`, alone;
+5. one forward per state advances every remaining row (``advance(parents, tokens)``);
+6. speculative groups take one draft-and-verify step each.
+
+Threads: callers only ``submit`` and wait on handles; waiting drives the engine, and a lock
+makes sure one thread at a time runs steps. Nothing is patched per call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+
+from decodekit.engine.checks import check_prompts
+from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
+from decodekit.engine.pool import RowPool
+from decodekit.engine.request import AbortedError, Request, RequestHandle
+from decodekit.errors import ConfigError
+
+
+class Partition:
+    """Groups whose rows share one model state (one forward per step), in row order."""
+
+    def __init__(self, state, groups: list[PlainGroup]):
+        self.state, self.groups = state, groups
+
+
+class Engine:
+    """Owns a :class:`~decodekit.model.base.LanguageModel` and decodes every request submitted
+    to it. ``max_rows``: rows admitted at once (a larger group still runs, alone).
+    ``proposers``: speculative proposers kept (least recently used dropped first); each is
+    keyed by its full config and used by one group at a time, so cross-request state (a global
+    suffix tree, a successor matrix) is never shared by two decodings at once."""
+
+    def __init__(self, model, *, max_rows: int = 256, proposers: int = 4):
+        self.model, self.max_rows, self.max_proposers = model, max_rows, proposers
+        self._lock = threading.Lock()  # pending queue and aborts
+        self._step_lock = threading.Lock()  # held by the one thread running steps
+        self._changed = threading.Condition()
+        self._pending: list[PlainGroup | list[RequestHandle]] = []
+        self._partitions: list[Partition] = []
+        self._speculative: list[SpeculativeGroup] = []
+        self._proposers: OrderedDict = OrderedDict()
+        self._busy: set = set()
+        self.steps = 0
+        self.forward_seconds = 0.0  # time inside model calls (prefill and steps)
+        self.step_seconds = 0.0  # time inside step() in all
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def submit(self, requests: Request | Sequence[Request]) -> list[RequestHandle]:
+        """Queue requests; returns one handle per request. Consecutive requests that share
+        strategy, options, processors and stop check form one group (one prefill, one search).
+        Every setting is checked here, before any model call: a bad one raises."""
+        if isinstance(requests, Request):
+            requests = [requests]
+        requests = list(requests)
+        if not requests:
+            raise ConfigError("requests", requests, "at least one Request")
+        batches: list[list[Request]] = []
+        for request in requests:
+            if not isinstance(request, Request):
+                raise ConfigError("requests", request, "decodekit.engine.Request objects")
+            if batches and _same_group(batches[-1][0], request):
+                batches[-1].append(request)
+            else:
+                batches.append([request])
+        entries = [self._entry([RequestHandle(self, r) for r in batch]) for batch in batches]
+        with self._lock:
+            self._pending.extend(entries)
+        with self._changed:
+            self._changed.notify_all()
+        return [h for entry in entries for h in (entry.handles if isinstance(entry, PlainGroup) else entry)]
+
+    def _entry(self, handles: list[RequestHandle]):
+        first = handles[0].request
+        strategy, options, model = first.strategy, first.options, self.model
+        if not hasattr(strategy, "begin") or not hasattr(strategy, "validate"):
+            raise ConfigError("strategy", strategy, "a strategy config object (Greedy(), Sampling(...), BeamSearch(...), ...)")
+        if not hasattr(options, "validate"):
+            raise ConfigError("options", options, "a DecodeOptions object")
+        prompts = [h.request.prompt for h in handles]
+        if getattr(strategy, "speculative", None) is not None:
+            from decodekit.speculative import check_supported
+
+            check_supported(strategy, options)
+            strategy.validate()
+            options.validate(model.vocab_size)
+            check_prompts(model, prompts, options)
+            if model.is_encoder_decoder:
+                raise ConfigError("speculative", strategy.speculative.proposer, "a decoder-only target model")
+            if first.processors is not None:
+                raise ConfigError("constraint", "...", "None with speculative decoding")
+            return handles
+        strategy.validate()
+        options.validate(model.vocab_size)
+        check_prompts(model, prompts, options)
+        group = PlainGroup(model, handles)
+        if options.stop and not group.search.supports_stop_strings:
+            raise ConfigError("stop", options.stop, f"stop strings work with per-row strategies (greedy, sample), not {strategy.name!r}; use EOS ids")
+        return group
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request: it fails with :class:`AbortedError` now; its rows leave the batch at
+        the next step once every request of its group is done."""
+        with self._lock:
+            for entry in self._pending + [g for p in self._partitions for g in p.groups] + self._speculative:
+                handles = entry.handles if not isinstance(entry, list) else entry
+                for handle in handles:
+                    if handle.id == request_id:
+                        handle._finish(None, AbortedError(f"request {request_id} was aborted"))
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- driving ----------------------------------------------------------------------------
+
+    @property
+    def running_rows(self) -> int:
+        return sum(g.rows for p in self._partitions for g in p.groups) + sum(g.rows for g in self._speculative)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def drive(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
+        """Run steps (or wait for the thread running them) until ``ready()`` or ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ready():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if self._step_lock.acquire(blocking=False):
+                progressed = False
+                try:
+                    while not ready() and (deadline is None or time.monotonic() < deadline):
+                        if not self.step():
+                            break
+                        progressed = True
+                finally:
+                    self._step_lock.release()
+                    with self._changed:
+                        self._changed.notify_all()
+                if not progressed and not ready():
+                    with self._changed:
+                        self._changed.wait(0.01)
+            else:
+                with self._changed:
+                    self._changed.wait(0.05)
+
+    def step(self) -> bool:
+        """One engine step for every request in flight; False when there was nothing to do.
+        Call with the step lock held (``drive`` does)."""
+        began = time.perf_counter()
+        try:
+            self._admit()
+            if not self._partitions and not self._speculative:
+                return False
+            self._step_plain()
+            self._step_speculative()
+            self.steps += 1
+            return True
+        except BaseException as error:  # a bug or an interrupt: nothing in flight can continue
+            self._fail_all(error)
+            raise
+        finally:
+            self.step_seconds += time.perf_counter() - began
+            with self._changed:
+                self._changed.notify_all()
+
+    # -- admission --------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        with self._lock:
+            pending = list(self._pending)
+        admitted = []
+        for entry in pending:
+            handles = entry if isinstance(entry, list) else entry.handles
+            if all(h.done for h in handles):  # aborted while queued
+                admitted.append(entry)
+                continue
+            rows = self.running_rows
+            need = entry.rows if isinstance(entry, PlainGroup) else len(handles) * getattr(handles[0].request.strategy, "n", 1)
+            if rows and rows + need > self.max_rows:
+                break
+            if isinstance(entry, PlainGroup):
+                self._admit_plain(entry)
+                admitted.append(entry)
+            elif self._admit_speculative(handles):
+                admitted.append(entry)
+        if admitted:
+            with self._lock:
+                self._pending = [e for e in self._pending if not any(e is a for a in admitted)]
+
+    def _admit_plain(self, group: PlainGroup) -> None:
+        model = self.model
+        began = time.perf_counter()
+        try:
+            state = model.start(group.prompts, group.options.max_new_tokens)
+            group.start(state)
+        except Exception as error:
+            deliver_error(group.handles, error)
+            return
+        finally:
+            self.forward_seconds += time.perf_counter() - began
+        partition = self._partitions[0] if getattr(model, "can_merge", False) and self._partitions else None
+        if group.poolable:
+            key = (group.strategy, group.eos)
+            partitions = [partition] if partition is not None else []
+            for part in partitions:
+                for index, member in enumerate(part.groups):
+                    if isinstance(member, RowPool) and member.key == key:
+                        at = sum(g.rows for g in part.groups[: index + 1])
+                        part.state = model.merge(part.state, state, at)
+                        member.add(group)
+                        return
+            pool = RowPool(key, group.strategy if group.search.sampling else None, group.context.eos_token_ids, group.context.pad_token_id, group.context.device)
+            pool.add(group)
+            group = pool
+        if partition is not None:
+            partition.state = model.merge(partition.state, state)
+            partition.groups.append(group)
+        else:
+            self._partitions.append(Partition(state, [group]))
+
+    def _admit_speculative(self, handles: list[RequestHandle]) -> bool:
+        """Start a speculative group if its proposer is free (else it stays queued)."""
+        from decodekit.speculative import make_proposer
+
+        key = handles[0].request.strategy.speculative
+        if key in self._busy:
+            return False
+        try:
+            if key not in self._proposers:
+                self._proposers[key] = make_proposer(key, self.model)
+                while len(self._proposers) > self.max_proposers:
+                    oldest = next(k for k in self._proposers if k not in self._busy and k != key)
+                    del self._proposers[oldest]
+            self._proposers.move_to_end(key)
+            group = SpeculativeGroup(self.model, handles, self._proposers[key])
+        except Exception as error:
+            deliver_error(handles, error)
+            return True
+        group.key = key
+        self._busy.add(key)
+        self._speculative.append(group)
+        return True
+
+    # -- one step of the plain rows ---------------------------------------------------------
+
+    def _step_plain(self) -> None:
+        decided = []  # (group, flags or None)
+        sizes: dict[int, int] = {}  # each group's rows this step (a pool's shrink in settle)
+        for partition in self._partitions:
+            offset = 0
+            for group in partition.groups:
+                sizes[id(group)] = group.rows
+                logits = partition.state.logits[offset : offset + group.rows]
+                offset += group.rows
+                try:
+                    decided.append((group, group.decide(logits)))
+                except Exception as error:
+                    group.error = error
+                    decided.append((group, None))
+        flags = [f for _, f in decided if f is not None]
+        values = torch.cat(flags).tolist() if flags else []  # the one host sync per step
+        keeps: dict[int, list[int] | None] = {}
+        at = 0
+        for group, f in decided:
+            if f is None:
+                deliver(group)
+                keeps[id(group)] = []
+                continue
+            count = f.numel()
+            keeps[id(group)] = group.settle(values[at : at + count])
+            at += count
+        kept_partitions = []
+        for partition in self._partitions:
+            try:
+                if self._advance(partition, keeps, sizes):
+                    kept_partitions.append(partition)
+            except Exception as error:
+                for group in partition.groups:
+                    deliver_error(group.handles, error)
+        self._partitions = kept_partitions
+
+    def _advance(self, partition: Partition, keeps: dict[int, list[int] | None], sizes: dict[int, int]) -> bool:
+        """Drop retired rows, then one forward for the rest; False if no row is left."""
+        model, state = self.model, partition.state
+        device = state.logits.device
+        groups, rows, offset, changed = [], [], 0, False
+        for group in partition.groups:
+            keep = keeps[id(group)]
+            if keep is None:
+                rows.append(torch.arange(offset, offset + sizes[id(group)], device=device))
+                groups.append(group)
+            elif keep:
+                rows.append(torch.tensor(keep, dtype=torch.long, device=device) + offset)
+                groups.append(group)
+                changed = True
+            else:
+                changed = True
+            offset += sizes[id(group)]
+        if not groups:
+            return False
+        if changed:
+            model.select(state, torch.cat(rows))
+            partition.groups = groups
+        parents, tokens, offset = [], [], 0
+        any_parents = any(g.keep_parents() is not None for g in groups)
+        for group in groups:
+            if any_parents:
+                p = group.keep_parents()
+                parents.append(p + offset if p is not None else torch.arange(offset, offset + group.rows, device=device))
+            tokens.append(group.next_tokens())
+            offset += group.rows
+        began = time.perf_counter()
+        model.advance(state, torch.cat(parents) if any_parents else None, torch.cat(tokens) if len(tokens) > 1 else tokens[0])
+        self.forward_seconds += time.perf_counter() - began
+        self._maybe_compact(partition)
+        return True
+
+    def _maybe_compact(self, partition: Partition) -> None:
+        """Squeeze out the holes that merged and retired rows leave once they cost more than
+        the rows hold (the shared length otherwise grows by one slot a step forever)."""
+        state, model = partition.state, self.model
+        extra = state.extra
+        if len(partition.groups) == 1 or not hasattr(model, "compact") or "mask" not in extra:
+            return
+        length = extra["length"]
+        if length < 128 or self.steps % 16:
+            return
+        real = int(extra["mask"][:, :length].sum(-1).max())
+        if length > 2 * real + 64:
+            model.compact(state)
+            # each row's real slots now end at the new length; generated ones are the last t
+            state.prompt_length = max(0, extra["length"] - max(g.t for g in partition.groups))
+
+    # -- speculative groups -----------------------------------------------------------------
+
+    def _step_speculative(self) -> None:
+        still = []
+        for group in self._speculative:
+            try:
+                finished = group.advance() or all(h.done for h in group.handles)
+            except Exception as error:
+                group.error, finished = error, True
+            if finished:
+                self._busy.discard(group.key)
+                deliver(group)
+            else:
+                still.append(group)
+        self._speculative = still
+
+    def _fail_all(self, error: BaseException) -> None:
+        for partition in self._partitions:
+            for group in partition.groups:
+                deliver_error(group.handles, error)
+        for group in self._speculative:
+            deliver_error(group.handles, error)
+        self._partitions, self._speculative, self._busy = [], [], set()
+
+
+def _same_group(a: Request, b: Request) -> bool:
+    return (
+        a.strategy is b.strategy or a.strategy == b.strategy
+    ) and a.options == b.options and a.processors is b.processors and a.stop_check is b.stop_check and a.search_context is b.search_context

@@ -1,0 +1,262 @@
+"""Groups: requests submitted together and decided together.
+
+A :class:`PlainGroup` is a contiguous block of rows in a shared model state: its requests share
+one strategy config, options and processors, so the strategy's ``step`` decides for all of them
+at once (vectorised, ``(rows, vocab)``). Each request keeps its own random generator, so its
+draws do not depend on its neighbours. A :class:`SpeculativeGroup` runs the speculative
+draft-and-verify step of :mod:`decodekit.speculative.loop` for its requests, one step per engine
+step, in a state of its own.
+
+Both follow one protocol, used by :class:`~decodekit.engine.core.Engine`:
+``decide(logits)`` (plain) or ``advance()`` (speculative), then ``settle(flags)``, then
+``outputs()`` once finished.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decodekit.engine.request import EngineEvent, Request, RequestHandle, RequestOutput
+from decodekit.errors import NumericalError
+from decodekit.search.base import SearchContext, Step
+from decodekit.search.sampling import RowSearch
+
+
+def request_generator(request: Request, device) -> torch.Generator:
+    """The request's own generator: seeded with its seed, else from a fresh random seed."""
+    generator = torch.Generator(device=device)
+    if request.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(request.seed))
+    return generator
+
+
+def deliver(group) -> None:
+    """Finish every handle of ``group``: its outputs, or its error."""
+    if group.error is not None:
+        deliver_error(group.handles, group.error)
+        return
+    if all(h.done for h in group.handles):
+        return
+    try:
+        outputs = group.outputs()
+    except Exception as error:
+        deliver_error(group.handles, error)
+        return
+    for handle, output in zip(group.handles, outputs):
+        handle._finish(output)
+
+
+def deliver_error(handles: list[RequestHandle], error: BaseException) -> None:
+    for handle in handles:
+        handle._finish(None, error)
+
+
+def _eos(model, options) -> tuple[int, ...]:
+    return tuple(options.eos_token_ids) if options.eos_token_ids is not None else tuple(model.eos_token_ids)
+
+
+class PlainGroup:
+    """Requests decided by one search over their rows (``width`` rows per request)."""
+
+    def __init__(self, model, handles: list[RequestHandle]):
+        first = handles[0].request
+        self.model, self.handles = model, handles
+        self.strategy, self.options = first.strategy, first.options
+        self.prompts = [h.request.prompt for h in handles]
+        self.eos = _eos(model, self.options)
+        self.stop_check = first.stop_check if self.options.stop else None
+        device = getattr(model, "device", torch.device("cpu"))
+        pad = model.pad_token_id if model.pad_token_id is not None else (self.eos[0] if self.eos else 0)
+        extras = dict(first.search_context or {})
+        generators = extras.pop("generators", None)
+        self._shared_generator = generators is not None
+        generators = generators or tuple(request_generator(h.request, device) for h in handles)
+        self.context = SearchContext(
+            batch_size=len(handles),
+            max_new_tokens=self.options.max_new_tokens,
+            eos_token_ids=torch.tensor(self.eos, dtype=torch.long, device=device),
+            pad_token_id=int(pad),
+            device=device,
+            generators=generators,
+            **extras,
+        )
+        self.search = self.strategy.begin(self.context)
+        self.width = self.search.width
+        self.rows = len(handles) * self.width
+        self.extra_processors = list(first.processors()) if first.processors is not None else []
+        self.streaming = any(h.request.stream for h in handles)
+        self._reported = [False] * self.rows  # rows whose finish was streamed
+        self.t = 0  # tokens decided so far
+        self.step: Step | None = None
+        self.nonfinite: torch.Tensor | None = None
+        self.error: BaseException | None = None
+
+    # -- admission --------------------------------------------------------------------------
+
+    def start(self, state) -> None:
+        """Set up after this group's prefill (``state``: its own, before any merge): fan out
+        to ``width`` rows per prompt, build the history the processors read, reset them."""
+        model = self.model
+        self.prompt_length = state.prompt_length
+        if self.width > 1:
+            fan = torch.arange(len(self.prompts), device=state.logits.device).repeat_interleave(self.width)
+            model.select(state, fan)
+        total = self.prompt_length + self.options.max_new_tokens
+        history = torch.full((len(self.prompts), total), -1, dtype=torch.long)
+        for row, prompt in enumerate(self.prompts):
+            if model.is_encoder_decoder:
+                history[row, 0] = int(model.decoder_start_token_id)
+            else:
+                history[row, self.prompt_length - len(prompt) : self.prompt_length] = torch.tensor(prompt)
+        self.history = history.to(state.logits.device).repeat_interleave(self.width, dim=0)
+        processors = self.options.processors(self.prompt_length, self.eos, model.vocab_size)
+        processors.processors.extend(self.extra_processors)
+        self.processors = processors
+        self.stateful = processors.stateful
+        for processor in self.stateful:
+            processor.reset(self.rows)
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def decide(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decide step ``t`` from this group's ``(rows, vocab)`` logits. Returns a ``(2,)``
+        bool tensor ``[non-finite logits anywhere, done]`` for the engine's one host sync."""
+        search, t = self.search, self.t
+        # NaN, +inf, or a row with no possible token; -inf alone is a legitimate "never".
+        # Subtle: a row's max is NaN if any entry is NaN, so one reduction covers all three.
+        self.nonfinite = ~torch.isfinite(logits.amax(-1))
+        scores = logits.log_softmax(-1) if search.scores_are_logprobs else logits.clone()
+        if len(self.processors):
+            scores = self.processors(self.history[:, : self.prompt_length + t], scores)
+        step = search.step(scores, t)
+        if step.parents is not None:
+            self.history = self.history.index_select(0, step.parents)
+        self.history[:, self.prompt_length + t] = step.tokens
+        for processor in self.stateful:
+            processor.advance(step.parents, step.tokens)
+        done = step.done
+        if self.stop_check is not None:
+            done = search.stop_rows(self.stop_check(self.history[:, self.prompt_length : self.prompt_length + t + 1]))
+        self.step = step
+        return torch.stack([self.nonfinite.any(), done])
+
+    def settle(self, values: list[bool]) -> list[int] | None:
+        """After the sync (``values``: this group's flags): record step ``t``, emit events,
+        deliver outputs once finished. Returns the local rows that go on: None for all of
+        them, ``[]`` when the group has finished (or every request was aborted)."""
+        bad, done = values
+        t = self.t
+        self.t += 1
+        if bad:
+            row = int(self.nonfinite.nonzero()[0])
+            self.error = NumericalError(step=t, row=row)
+            deliver(self)
+            return []
+        if self.streaming:
+            self._emit(t)
+        if done or self.t == self.options.max_new_tokens:
+            deliver(self)
+            return []
+        return [] if all(h.done for h in self.handles) else None
+
+    def _emit(self, t: int) -> None:
+        search = self.search
+        best = search.current_best(t)
+        if best is None:  # per-row search: each row's new token
+            tokens, logprobs = self.step.tokens.tolist(), search.logprobs[:, t].tolist()
+            reasons = search.reason.tolist()
+            for row in range(self.rows):
+                if self._reported[row]:
+                    continue
+                reason = {1: "eos", 3: "stop"}.get(reasons[row])
+                self._reported[row] = reason is not None
+                event = EngineEvent("tokens", row % self.width, t, (tokens[row],), (logprobs[row],), reason)
+                self.handles[row // self.width]._emit(event)
+        else:
+            for handle, tokens in zip(self.handles, best):
+                handle._emit(EngineEvent("best", 0, t, tuple(tokens)))
+
+    def keep_parents(self) -> torch.Tensor | None:
+        return self.step.parents
+
+    def next_tokens(self) -> torch.Tensor:
+        return self.step.tokens
+
+    @property
+    def poolable(self) -> bool:
+        """Greedy or sampling with no processors but a minimum length, no stop strings and no
+        shared generator: its requests can join a :class:`~decodekit.engine.pool.RowPool`."""
+        options = self.options
+        only_min_new = all(type(p).__name__ == "MinNewTokens" for p in self.processors.processors)
+        return (
+            isinstance(self.search, RowSearch)
+            and only_min_new
+            and not self.extra_processors
+            and self.stop_check is None
+            and self.context.generators is not None
+            and not self._shared_generator
+        )
+
+    def outputs(self) -> list[RequestOutput]:
+        hypotheses = self.search.finish()
+        processors = tuple(self.extra_processors)
+        return [RequestOutput(h, None, processors) for h in hypotheses]
+
+
+class SpeculativeGroup:
+    """Requests decoded speculatively (greedy or sampling with ``strategy.speculative``): one
+    draft-and-verify step per engine step. ``proposer`` is the engine's, held exclusively
+    while this group runs (cross-request state such as a global suffix tree stays on it)."""
+
+    def __init__(self, model, handles: list[RequestHandle], proposer):
+        from decodekit.speculative import speculative_run
+
+        first = handles[0].request
+        self.model, self.handles, self.proposer = model, handles, proposer
+        self.options = first.options
+        device = getattr(model, "device", torch.device("cpu"))
+        generators = tuple(request_generator(h.request, device) for h in handles)
+        self.run = speculative_run(
+            model,
+            [h.request.prompt for h in handles],
+            first.strategy,
+            self.options,
+            proposer,
+            generators=generators,
+            stop_check=first.stop_check if self.options.stop else None,
+        )
+        self.rows = len(handles) * self.run.width
+        self.streaming = any(h.request.stream for h in handles)
+        self._steps = self.run.steps()
+        self._shown = None
+        self.error: BaseException | None = None
+        self.t = 0
+
+    def advance(self) -> bool:
+        """One speculative step (the first call prefills). True when the group has finished."""
+        try:
+            next(self._steps)
+        except StopIteration:
+            return True
+        if self.streaming:
+            self._emit()
+        self.t += 1
+        return False
+
+    def _emit(self) -> None:
+        run, width = self.run, self.run.width
+        if self._shown is None:
+            self._shown, self._closed = [0] * len(run.out), [False] * len(run.out)
+        for r, out in enumerate(run.out):
+            shown, reason = self._shown[r], run.reason[r]
+            if self._closed[r] or (shown == len(out) and reason is None):
+                continue
+            event = EngineEvent("tokens", r % width, shown, tuple(out[shown:]), tuple(run.logprobs[r][shown:]), reason)
+            self.handles[r // width]._emit(event)
+            self._shown[r], self._closed[r] = len(out), reason is not None
+
+    def outputs(self) -> list[RequestOutput]:
+        hypotheses, stats = self.run._hypotheses(), self.run._stats()
+        return [RequestOutput(h, s) for h, s in zip(hypotheses, stats)]

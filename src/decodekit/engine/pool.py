@@ -1,0 +1,186 @@
+"""A pool of per-row requests decided together: the vectorised greedy / sampling step.
+
+Requests that decode greedily or sample with the same config (and need no processors or stop
+strings) share one :class:`RowPool`, whatever their arrival time, prompt or length limit:
+every row carries its own step count, length limit and random numbers (drawn at admission from
+its request's own generator), so one set of ``(rows, vocab)`` tensor ops decides for all of
+them and a request's output is exactly what it would be alone. A request leaves the pool the
+step its last row finishes; its result is delivered then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from decodekit.engine.group import PlainGroup
+from decodekit.engine.request import EngineEvent, RequestHandle, RequestOutput
+from decodekit.errors import NumericalError
+from decodekit.search.base import Hypothesis, inverse_cdf
+from decodekit.search.sampling import EOS, LENGTH, REASONS
+
+
+@dataclass
+class Member:
+    handle: RequestHandle
+    width: int
+    streaming: bool
+    first_row: int  # the request's first row in the call it came with (errors name it)
+
+
+class RowPool:
+    """Rows of greedy (``sampler`` None) or sampling requests, in member order."""
+
+    def __init__(self, key, sampler, eos: torch.Tensor, pad: int, device):
+        self.key, self.eos, self.pad, self.device = key, eos, pad, device
+        self.warpers = sampler.warpers() if sampler is not None else None
+        self.sampling = sampler is not None
+        self.members: list[Member] = []
+        self.rows = 0
+        self.columns = 1
+        self.tokens = torch.zeros((0, 1), dtype=torch.long, device=device)
+        self.logprobs = torch.zeros((0, 1), device=device)
+        self.uniforms = torch.zeros((0, 1), device=device)
+        self.t = torch.zeros(0, dtype=torch.long, device=device)
+        self.limit = torch.zeros(0, dtype=torch.long, device=device)
+        self.min_new = torch.zeros(0, dtype=torch.long, device=device)  # EOS banned before it
+        self.reason = torch.zeros(0, dtype=torch.int8, device=device)
+        self.finished = torch.zeros(0, dtype=torch.bool, device=device)
+        self.step_tokens = torch.zeros(0, dtype=torch.long, device=device)
+        self.error = None
+        self.handles: list[RequestHandle] = []
+
+    # -- membership -------------------------------------------------------------------------
+
+    def add(self, group: PlainGroup) -> None:
+        """Take over ``group``'s requests (their rows are appended to this pool's rows)."""
+        search, rows = group.search, group.rows
+        m = group.options.max_new_tokens
+        columns = max(self.columns, m + 1)  # +1: a spare column finished rows write padding to
+
+        def widen(tensor: torch.Tensor, fill) -> torch.Tensor:
+            if tensor.shape[1] == columns:
+                return tensor
+            wider = torch.full((tensor.shape[0], columns), fill, dtype=tensor.dtype, device=self.device)
+            wider[:, : tensor.shape[1]] = tensor
+            return wider
+
+        self.columns = columns
+        new_tokens = torch.full((rows, m), self.pad, dtype=torch.long, device=self.device)
+        self.tokens = torch.cat([widen(self.tokens, self.pad), widen(new_tokens, self.pad)])
+        self.logprobs = torch.cat([widen(self.logprobs, 0.0), widen(torch.zeros((rows, m), device=self.device), 0.0)])
+        new_uniforms = search.uniforms if search.uniforms is not None else torch.zeros((rows, m), device=self.device)
+        self.uniforms = torch.cat([widen(self.uniforms, 0.0), widen(new_uniforms, 0.0)])
+        self.t = torch.cat([self.t, torch.zeros(rows, dtype=torch.long, device=self.device)])
+        self.limit = torch.cat([self.limit, torch.full((rows,), m, dtype=torch.long, device=self.device)])
+        minimum = group.options.min_new_tokens if len(group.processors) else 0
+        self.min_new = torch.cat([self.min_new, torch.full((rows,), minimum, dtype=torch.long, device=self.device)])
+        self.reason = torch.cat([self.reason, torch.zeros(rows, dtype=torch.int8, device=self.device)])
+        self.finished = torch.cat([self.finished, torch.zeros(rows, dtype=torch.bool, device=self.device)])
+        for i, handle in enumerate(group.handles):
+            self.members.append(Member(handle, group.width, handle.request.stream, i * group.width))
+        self.handles = [m.handle for m in self.members]
+        self.rows += rows
+        self.min_new_any = bool((self.min_new > 0).any())
+
+    def _keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        for name in ("tokens", "logprobs", "uniforms", "t", "limit", "min_new", "reason", "finished", "step_tokens"):
+            setattr(self, name, getattr(self, name).index_select(0, index))
+        self.rows = len(rows)
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def decide(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decide every row from ``(rows, vocab)`` logits. Returns ``(2 * rows,)`` bool flags:
+        each row's non-finite logits, then whether it has finished."""
+        nonfinite = ~torch.isfinite(logits.amax(-1))
+        if self.min_new_any:  # as MinNewTokens: no EOS before a row's minimum length
+            early = self.t < self.min_new
+            logits = logits.clone()
+            logits[:, self.eos] = logits[:, self.eos].masked_fill(early[:, None], -float("inf"))
+        log_probs = logits.log_softmax(-1)
+        rows = torch.arange(self.rows, device=self.device)
+        if self.sampling:
+            warped = self.warpers(None, logits.clone()) if len(self.warpers) else logits
+            tokens = inverse_cdf(warped.softmax(-1), self.uniforms[rows, self.t.clamp(max=self.columns - 1)])
+        else:
+            tokens = logits.argmax(-1)
+        running = ~self.finished
+        tokens = tokens.masked_fill(self.finished, self.pad)
+        self.tokens[rows, self.t] = tokens
+        self.logprobs[rows, self.t] = log_probs.gather(1, tokens[:, None]).squeeze(1).masked_fill(self.finished, 0.0)
+        self.t += running
+        hit_eos = torch.isin(tokens, self.eos) & running
+        self.reason.masked_fill_(hit_eos, EOS)
+        at_limit = (self.t >= self.limit) & running & ~hit_eos
+        self.reason.masked_fill_(at_limit, LENGTH)
+        self.finished |= hit_eos | at_limit
+        self.step_tokens = tokens
+        self._running_before = running
+        return torch.cat([nonfinite, self.finished])
+
+    def settle(self, values: list[bool]) -> list[int] | None:
+        """Deliver the requests whose rows have all finished (or whose logits were not
+        finite: :class:`NumericalError` for that request alone); returns the rows that stay."""
+        bad, finished = values[: self.rows], values[self.rows :]
+        if any(m.streaming for m in self.members):
+            self._emit()
+        keep, members, row = [], [], 0
+        for member in self.members:
+            span = range(row, row + member.width)
+            row += member.width
+            if any(bad[r] for r in span):
+                t = int(self.t[span.start]) - 1
+                bad_row = next(r for r in span if bad[r]) - span.start
+                member.handle._finish(None, NumericalError(step=max(t, 0), row=member.first_row + bad_row))
+                continue
+            if member.handle.done:  # aborted
+                continue
+            if all(finished[r] for r in span):
+                member.handle._finish(self._output(span))
+                continue
+            keep.extend(span)
+            members.append(member)
+        if len(keep) == self.rows:
+            return None
+        self.members = members
+        self.handles = [m.handle for m in members]
+        self._keep(keep)
+        self.min_new_any = bool((self.min_new > 0).any())
+        return keep
+
+    def _emit(self) -> None:
+        tokens, logprobs = self.step_tokens.tolist(), None
+        running = self._running_before.tolist()
+        steps = (self.t - 1).tolist()
+        reasons = self.reason.tolist()
+        row = 0
+        for member in self.members:
+            for j in range(member.width):
+                r = row + j
+                if member.streaming and running[r]:
+                    if logprobs is None:
+                        logprobs = self.logprobs.gather(1, (self.t - 1).clamp(min=0)[:, None]).squeeze(1).tolist()
+                    reason = REASONS.get(reasons[r])
+                    member.handle._emit(EngineEvent("tokens", j, steps[r], (tokens[r],), (logprobs[r],), reason))
+            row += member.width
+
+    def _output(self, span: range) -> RequestOutput:
+        rows = torch.tensor(list(span), dtype=torch.long, device=self.device)
+        lengths = self.t.index_select(0, rows).tolist()
+        tokens = self.tokens.index_select(0, rows).tolist()
+        logprobs = self.logprobs.index_select(0, rows).tolist()
+        reasons = self.reason.index_select(0, rows).tolist()
+        hypotheses = []
+        for n, ids, lps, reason in zip(lengths, tokens, logprobs, reasons):
+            total = float(sum(lps[:n]))
+            hypotheses.append(Hypothesis(ids[:n], lps[:n], total, total, REASONS.get(reason, "length")))
+        return RequestOutput(hypotheses)
+
+    def keep_parents(self) -> None:
+        return None
+
+    def next_tokens(self) -> torch.Tensor:
+        return self.step_tokens

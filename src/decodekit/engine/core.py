@@ -61,6 +61,8 @@ class Engine:
         self.steps = 0
         self.forward_seconds = 0.0  # time inside model calls (prefill and steps)
         self.step_seconds = 0.0  # time inside step() in all
+        self.trace: list[tuple[int, float, float]] | None = None
+        """Set to a list to record ``(rows, step seconds, model seconds)`` per step (benches)."""
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -165,7 +167,7 @@ class Engine:
     def step(self) -> bool:
         """One engine step for every request in flight; False when there was nothing to do.
         Call with the step lock held (``drive`` does)."""
-        began = time.perf_counter()
+        began, model_before = time.perf_counter(), self.forward_seconds
         try:
             self._admit()
             if not self._partitions and not self._speculative:
@@ -178,7 +180,10 @@ class Engine:
             self._fail_all(error)
             raise
         finally:
-            self.step_seconds += time.perf_counter() - began
+            elapsed = time.perf_counter() - began
+            self.step_seconds += elapsed
+            if self.trace is not None:
+                self.trace.append((self.running_rows, elapsed, self.forward_seconds - model_before))
             with self._changed:
                 self._changed.notify_all()
 

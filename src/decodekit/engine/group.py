@@ -22,13 +22,23 @@ from decodekit.search.base import SearchContext, Step
 from decodekit.search.sampling import RowSearch
 
 
+def request_seed(request: Request) -> int | None:
+    """The request's seed, else its strategy's (``seed``, or its sampler's for beam sampling)."""
+    if request.seed is not None:
+        return request.seed
+    seed = getattr(request.strategy, "seed", None)
+    sampler = getattr(request.strategy, "sampler", None)
+    return seed if seed is not None or sampler is None else sampler.seed
+
+
 def request_generator(request: Request, device) -> torch.Generator:
     """The request's own generator: seeded with its seed, else from a fresh random seed."""
     generator = torch.Generator(device=device)
-    if request.seed is None:
+    seed = request_seed(request)
+    if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(int(request.seed))
+        generator.manual_seed(int(seed))
     return generator
 
 

@@ -95,22 +95,25 @@ class RowPool:
     def decide(self, logits: torch.Tensor) -> torch.Tensor:
         """Decide every row from ``(rows, vocab)`` logits. Returns ``(2 * rows,)`` bool flags:
         each row's non-finite logits, then whether it has finished."""
-        nonfinite = ~torch.isfinite(logits.amax(-1))
         if self.min_new_any:  # as MinNewTokens: no EOS before a row's minimum length
             early = self.t < self.min_new
             logits = logits.clone()
             logits[:, self.eos] = logits[:, self.eos].masked_fill(early[:, None], -float("inf"))
-        log_probs = logits.log_softmax(-1)
+        # Subtle: the log-normaliser is NaN if any logit is NaN, +inf if one is +inf and -inf if
+        # all are -inf, so it is both the log-prob denominator and the finiteness check.
+        normaliser = torch.logsumexp(logits, -1)
+        nonfinite = ~torch.isfinite(normaliser)
         rows = torch.arange(self.rows, device=self.device)
         if self.sampling:
             warped = self.warpers(None, logits.clone()) if len(self.warpers) else logits
             tokens = inverse_cdf(warped.softmax(-1), self.uniforms[rows, self.t.clamp(max=self.columns - 1)])
         else:
-            tokens = logits.argmax(-1)
+            tokens = logits.max(-1).indices  # the first maximum, as argmax; faster on the CPU
         running = ~self.finished
         tokens = tokens.masked_fill(self.finished, self.pad)
         self.tokens[rows, self.t] = tokens
-        self.logprobs[rows, self.t] = log_probs.gather(1, tokens[:, None]).squeeze(1).masked_fill(self.finished, 0.0)
+        chosen = logits.gather(1, tokens[:, None]).squeeze(1) - normaliser
+        self.logprobs[rows, self.t] = chosen.masked_fill(self.finished, 0.0)
         self.t += running
         hit_eos = torch.isin(tokens, self.eos) & running
         self.reason.masked_fill_(hit_eos, EOS)

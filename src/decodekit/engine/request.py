@@ -35,8 +35,9 @@ class Request:
     """One prompt to decode.
 
     ``prompt``: token ids. ``strategy``: a strategy config (``Greedy()``, ``Sampling(...)``,
-    ``BeamSearch(...)``, ...). ``seed``: this request's own random seed (None: unseeded, still
-    random); its draws never depend on other requests. ``processors``: a factory returning
+    ``BeamSearch(...)``, ...). ``seed``: this request's own random seed (None: the strategy's
+    ``seed``, and if that is None too, unseeded and random); its draws never depend on other
+    requests. ``processors``: a factory returning
     extra processors (e.g. a constraint) for the rows of the requests submitted together;
     ``stop_check``: ``(rows, t)`` generated ids -> ``(rows,)`` bool, stop strings. ``stream``:
     emit per-step events. ``id``: unique; generated if not given."""

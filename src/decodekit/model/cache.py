@@ -150,8 +150,13 @@ class PreallocatedCache(Cache):
     def select_rows(self, rows: torch.Tensor) -> None:
         """New row i = old row ``rows[i]``; the row count may change (fan-out)."""
         if self.storage is not None:
-            self.storage = self.storage.index_select(2, rows)
-            for layer in self._shared_layers():
+            shared = self._shared_layers()
+            length = max((layer.length for layer in shared), default=0)
+            old = self.storage
+            # only the written slots [0, length) are copied; the rest is written before it is read
+            self.storage = old.new_empty(*old.shape[:2], len(rows), *old.shape[3:])
+            self.storage[:, :, :, :, :length] = old[:, :, :, :, :length].index_select(2, rows)
+            for layer in shared:
                 self._point(layer)
         for layer in self.layers:
             layer.select_rows(rows)

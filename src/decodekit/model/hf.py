@@ -239,17 +239,27 @@ class HFLanguageModel:
                 index[dim], source[dim] = rows, src
                 new[tuple(index)][..., :span, :] = tensor[tuple(source)][..., :span, :]
 
+        def holes(new: torch.Tensor, dim: int) -> None:
+            """Zero the slots ``[own length, length)`` of the shorter state's rows."""
+            index = [slice(None)] * new.dim()
+            for rows, span in ((head, la), (block, lb), (tail, la)):
+                if span < length:
+                    index[dim] = rows
+                    new[tuple(index)][..., span:length, :] = 0
+
         if cache_a.storage is not None and cache_b.storage is not None:
             sa, sb = cache_a.storage, cache_b.storage
-            storage = sa.new_zeros(*sa.shape[:2], ra + rb, sa.shape[3], capacity, sa.shape[5])
+            storage = sa.new_empty(*sa.shape[:2], ra + rb, sa.shape[3], capacity, sa.shape[5])
             place(storage, sa, sb, 2)
+            holes(storage, 2)
             cache_a.storage, cache_a.capacity = storage, capacity
         for layer_a, layer_b in zip(cache_a.layers, cache_b.layers):
             if not layer_a.shared:
                 for name in ("_key_buffer", "_value_buffer"):
                     buf_a, buf_b = getattr(layer_a, name), getattr(layer_b, name)
-                    merged = buf_a.new_zeros(ra + rb, buf_a.shape[1], capacity, buf_a.shape[3])
+                    merged = buf_a.new_empty(ra + rb, buf_a.shape[1], capacity, buf_a.shape[3])
                     place(merged, buf_a, buf_b, 0)
+                    holes(merged, 0)
                     setattr(layer_a, name, merged)
                 layer_a.capacity = capacity
             layer_a.length = length

@@ -59,6 +59,9 @@ class DraftModelProposer:
     ) -> None:
         self.warp = warp
         self.generators = tuple(generators) or (None,) * len(prompts)
+        # the draft's U[0, 1) numbers by row and absolute position, drawn in chunks from the
+        # row's own generator: what a row drafts never depends on the other rows
+        self._uniforms = [torch.empty(0) for _ in prompts]
         # Capacity is only a first guess: the cache and mask grow on demand.
         self.state = self.draft.start(prompts, 256)
         self.forward_count += 1
@@ -72,12 +75,18 @@ class DraftModelProposer:
             self.draft.select(self.state, keep.to(self.state.logits.device))
             self._rows = list(rows)
 
-    def _choose(self, logits: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _uniform(self, row: int, position: int) -> torch.Tensor:
+        table = self._uniforms[row]
+        while position >= len(table):
+            table = torch.cat([table, torch.rand(512, generator=self.generators[row])])
+        self._uniforms[row] = table
+        return table[position : position + 1]
+
+    def _choose(self, logits: torch.Tensor, rows: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.warp is None:
             return logits.argmax(-1), None
         probs = self.warp(logits).softmax(-1)
-        # one U[0, 1) per live row, from that row's own generator
-        u = torch.cat([torch.rand(1, generator=self.generators[row]) for row in rows]).to(probs.device)
+        u = torch.cat([self._uniform(row, p) for row, p in zip(rows, positions)]).to(probs.device)
         return inverse_cdf(probs, u), probs
 
     @torch.inference_mode()
@@ -102,7 +111,8 @@ class DraftModelProposer:
         # 2. Draft k tokens; the last one is never fed (verification decides its fate).
         tokens, probs = [], []
         for j in range(k):
-            token, dist = self._choose(last, context.rows)
+            positions = [len(seq) + j for seq in context.sequences]
+            token, dist = self._choose(last, context.rows, positions)
             tokens.append(token)
             probs.append(dist)
             if j + 1 < k:

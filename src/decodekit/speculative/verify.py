@@ -124,8 +124,10 @@ def accept_sampling(
             residual_sum = residual.sum(-1, keepdim=True)
             # subtle: p == q leaves no residual, and then rejection has probability 0 anyway
             residual = torch.where(residual_sum > 0, residual / residual_sum.clamp(min=1e-30), p)
-            fallback = torch.where(has_child[:, None], residual, p)
-            y = inverse_cdf(fallback, u[:, 1])
+            # no child: a plain draw of p with the position's first number, as a tree node
+            # without children and an empty draft do, so a row's tokens never depend on
+            # whether other rows of the batch drafted
+            y = torch.where(has_child, inverse_cdf(residual, u[:, 1]), inverse_cdf(p, u[:, 0]))
             step = ok
             chosen = torch.where(live, torch.where(ok, x, y), chosen)
             current = torch.where(step, child, current)

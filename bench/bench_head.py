@@ -51,8 +51,8 @@ def main() -> None:
         for rows in args.rows:
             x = torch.randn(rows, args.dim)
             with torch.inference_mode():
-                plain = per_call(lambda: F.linear(x, head.weight), args.calls, args.repeats)
-                first = per_call(lambda: output_head.weight_first_linear(head, x), args.calls, args.repeats)
+                plain = per_call(lambda x=x, head=head: F.linear(x, head.weight), args.calls, args.repeats)
+                first = per_call(lambda x=x, head=head: output_head.weight_first_linear(head, x), args.calls, args.repeats)
             uses = "yes" if used and output_head.applies(head, rows) else "no"
             print(f"| {vocab} | {rows} | {plain:.0f} | {first:.0f} | {first / plain:.2f}x | {uses} |")
 

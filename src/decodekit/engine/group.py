@@ -198,7 +198,6 @@ class PlainGroup:
     def poolable(self) -> bool:
         """Greedy or sampling with no processors but a minimum length, no stop strings and no
         shared generator: its requests can join a :class:`~decodekit.engine.pool.RowPool`."""
-        options = self.options
         only_min_new = all(type(p).__name__ == "MinNewTokens" for p in self.processors.processors)
         return (
             isinstance(self.search, RowSearch)

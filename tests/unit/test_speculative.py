@@ -9,14 +9,13 @@ from collections import Counter
 import pytest
 import torch
 from scipy.stats import chisquare
+from speculative_models import _exact_distribution, _proposer, markov_model
 
 from decodekit.engine import decode
 from decodekit.errors import ConfigError
-from decodekit.model.scripted import ScriptedModel
 from decodekit.options import DecodeOptions
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.speculative import (
-    DraftModelConfig,
     PromptLookupConfig,
     RecyclingConfig,
     Speculative,
@@ -25,23 +24,11 @@ from decodekit.speculative import (
     make_proposer,
     speculative_decode,
 )
-from decodekit.speculative.draft_model import DraftModelProposer
 from decodekit.speculative.suffix_tree import SuffixTree
 from decodekit.speculative.verify import accept_greedy
 
 ALPHA = 0.001
 """Significance level of the distribution tests (their seeds are fixed, so they never flake)."""
-
-
-def markov_model(vocab: int, seed: int, eos: int = 0, sharp: float = 2.0) -> ScriptedModel:
-    """A second-order Markov chain with peaked rows, so continuations repeat."""
-    g = torch.Generator().manual_seed(seed)
-    table = (torch.randn((vocab, vocab, vocab), generator=g) * sharp).log_softmax(-1)
-
-    def next_logprobs(sequence):
-        return table[sequence[-2] if len(sequence) > 1 else 1, sequence[-1]]
-
-    return ScriptedModel(vocab, next_logprobs, eos_token_ids=(eos,))
 
 
 # -- suffix tree --------------------------------------------------------------------------------
@@ -109,14 +96,6 @@ def _speculations(model):
     ]
 
 
-def _proposer(speculation, model):
-    if isinstance(speculation, tuple):
-        return Speculative("draft"), DraftModelProposer(
-            DraftModelConfig(num_tokens=3), speculation[1]
-        )
-    return speculation, make_proposer(speculation, model)
-
-
 @pytest.mark.parametrize("batch", [1, 8])
 def test_speculative_greedy_equals_greedy(batch):
     model = markov_model(vocab=12, seed=3)
@@ -142,25 +121,6 @@ def test_speculative_greedy_equals_greedy(batch):
 
 
 # -- losslessness: sampling ---------------------------------------------------------------------
-
-
-def _exact_distribution(model, prompt, length, warp):
-    """Probability of every continuation of at most ``length`` tokens (EOS ends one early)."""
-    out: dict[tuple[int, ...], float] = {}
-
-    def expand(generated: tuple[int, ...], prob: float) -> None:
-        if len(generated) == length or (generated and generated[-1] in model.eos_token_ids):
-            out[generated] = prob
-            return
-        p = warp(torch.as_tensor(model.next_logprobs(tuple(prompt) + generated))[None]).softmax(-1)[
-            0
-        ]
-        for token in range(model.vocab_size):
-            if p[token] > 0:
-                expand(generated + (token,), prob * float(p[token]))
-
-    expand((), 1.0)
-    return out
 
 
 @pytest.mark.parametrize("proposer_name", ["suffix-tree", "recycling", "draft"])
@@ -234,11 +194,6 @@ def test_bad_settings_raise_before_any_model_call():
             Greedy(speculative=Speculative("ngram", SuffixConfig())),
             DecodeOptions(),
             "speculative.config",
-        ),
-        (
-            Greedy(speculative=Speculative("ngram")),
-            DecodeOptions(repetition_penalty=1.2),
-            "repetition_penalty",
         ),
     ]
     for strategy, options, field in cases:

@@ -46,7 +46,17 @@ __all__ = [
 ]
 
 _DEFAULT_OPTIONS = DecodeOptions()
-_SUPPORTED_OPTIONS = {"max_new_tokens", "eos_token_ids", "stop"}
+_SUPPORTED_OPTIONS = {
+    "max_new_tokens",
+    "min_new_tokens",
+    "eos_token_ids",
+    "stop",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "suppress_tokens",
+    "bad_words",
+    "force_eos_at_max_length",
+}
 
 
 def check_supported(strategy: Any, options: DecodeOptions) -> Speculative:
@@ -71,7 +81,7 @@ def check_supported(strategy: Any, options: DecodeOptions) -> Speculative:
             raise ConfigError(
                 name,
                 getattr(options, name),
-                "its default with speculative decoding (supported options: max_new_tokens, eos_token_ids, stop)",
+                f"its default with speculative decoding (supported options: {', '.join(sorted(_SUPPORTED_OPTIONS))})",
             )
     return speculative
 
@@ -130,10 +140,12 @@ def speculative_run(
     if sampling:
         warpers = strategy.warpers()
         warp = (lambda logits: warpers(None, logits)) if len(warpers) else (lambda logits: logits)
+    prompt_pad = max(len(p) for p in prompts)
     return SpeculativeDecoding(
         model,
         prompts,
         proposer,
+        processors=options.processors(prompt_pad, eos, model.vocab_size),
         width=strategy.n if sampling else 1,
         max_new_tokens=options.max_new_tokens,
         eos=eos,

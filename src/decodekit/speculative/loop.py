@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from decodekit.errors import NumericalError
+from decodekit.model.base import tree_ancestors
 from decodekit.search.base import Hypothesis, inverse_cdf
 from decodekit.speculative.base import Proposer, SpeculationContext, Verification, Warp
 from decodekit.speculative.verify import accept_greedy, accept_sampling
@@ -70,12 +72,57 @@ class SpeculativeDecoding:
         generators: tuple[torch.Generator | None, ...] = (),
         stop_check=None,
         max_draft: int = 64,
+        processors=None,
     ):
         self.model, self.prompts, self.proposer = model, prompts, proposer
+        # logits processors (stateless: penalties, bans, minimum length), applied to every
+        # block position with that position's own history, as plain decoding applies them
+        self.processors = processors if processors is not None and len(processors) else None
+        self.prompt_pad = max(len(p) for p in prompts)
         self.width, self.max_new = width, max_new_tokens
         self.eos, self.warp = set(eos), warp
         self.generators = tuple(generators) or (None,) * len(prompts)
         self.stop_check, self.max_draft = stop_check, max_draft
+
+    def _padded(self, tokens: list[int], prompt: list[int]) -> list[int]:
+        """A history as plain decoding's processors see it: the prompt left-padded with -1 to
+        the group's prompt length, then the generated tokens."""
+        return [-1] * (self.prompt_pad - len(prompt)) + tokens
+
+    def _process_first(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.processors is None:
+            return logits
+        rows = logits.shape[0]
+        history = [self._padded(self.prompts[r // self.width], self.prompts[r // self.width]) for r in range(rows)]
+        ids = torch.tensor(history, dtype=torch.long, device=logits.device)
+        return self.processors(ids, logits.clone())
+
+    def _process_block(self, logits, live, sequences, row_prompts, inputs, parents, valid) -> torch.Tensor:
+        """``(rows, n, V)`` block logits -> processed, each valid node with the history of its
+        path (row tokens, then the draft tokens from the root to the node). Nodes are grouped by
+        history length, one processor call per length."""
+        if self.processors is None:
+            return logits
+        rows, n, _ = logits.shape
+        ancestors = tree_ancestors(parents).tolist()
+        tokens, valid = inputs.tolist(), valid.tolist()
+        by_length: dict[int, list[tuple[int, int, list[int]]]] = {}
+        for i, r in enumerate(live):
+            base = self._padded(sequences[r], row_prompts[r])
+            for j in range(n):
+                if not valid[i][j]:
+                    continue
+                # parents precede children, so block order along a path is depth order
+                path = [tokens[i][k] for k in range(1, j + 1) if ancestors[i][j][k]]
+                history = base + path
+                by_length.setdefault(len(history), []).append((i, j, history))
+        out = logits.clone()
+        for items in by_length.values():
+            index_i = torch.tensor([i for i, _, _ in items], device=logits.device)
+            index_j = torch.tensor([j for _, j, _ in items], device=logits.device)
+            ids = torch.tensor([h for _, _, h in items], dtype=torch.long, device=logits.device)
+            out[index_i, index_j] = self.processors(ids, logits[index_i, index_j])
+        return out
 
     def _first_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         if self.warp is None:
@@ -115,8 +162,11 @@ class SpeculativeDecoding:
             model.select(
                 state, torch.arange(len(self.prompts), device=device).repeat_interleave(width)
             )
-        first = self._first_tokens(state.logits)
-        first_logprob = state.logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
+        if bool((~torch.isfinite(torch.logsumexp(state.logits, -1))).any()):
+            raise NumericalError(step=0, row=int((~torch.isfinite(torch.logsumexp(state.logits, -1))).nonzero()[0]))
+        first_logits = self._process_first(state.logits)
+        first = self._first_tokens(first_logits)
+        first_logprob = first_logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
         row_prompts = [list(self.prompts[r // width]) for r in range(rows)]
         self.out = [[t] for t in first.tolist()]
         self.logprobs = [[v] for v in first_logprob.tolist()]
@@ -145,7 +195,10 @@ class SpeculativeDecoding:
                 [torch.ones((count, 1), dtype=torch.bool, device=device), draft.valid.to(device)], 1
             )
             parents = torch.where(valid, parents, 0)  # padding hangs off the root, never accepted
-            logits = model.verify(state, inputs, parents)
+            raw = model.verify(state, inputs, parents)
+            # NaN, +inf or all -inf logits at a node that could be emitted (see engine)
+            nonfinite = (~torch.isfinite(torch.logsumexp(raw, -1)) & valid).any(-1)
+            logits = self._process_block(raw, live, sequences, row_prompts, inputs, parents, valid)
             if self.warp is None:
                 acceptance = accept_greedy(logits, inputs, parents, valid)
             else:
@@ -155,7 +208,10 @@ class SpeculativeDecoding:
                     logits, inputs, parents, valid, self.warp, uniforms, probs
                 )
             model.keep(state, acceptance.path, acceptance.kept)
-            kept = acceptance.kept.tolist()  # the one host sync of the step
+            kept, bad = torch.stack([acceptance.kept, nonfinite.long()]).tolist()  # the one host sync
+            if any(bad):
+                i = bad.index(1)
+                raise NumericalError(step=len(self.out[live[i]]), row=live[i])
             tokens, logprobs = acceptance.tokens.tolist(), acceptance.logprobs.tolist()
             drafted = draft.valid.sum(-1).tolist()
             emitted: list[list[int]] = []

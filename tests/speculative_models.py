@@ -1,0 +1,47 @@
+"""Scripted models and helpers shared by the speculative decoding tests."""
+
+from __future__ import annotations
+
+import torch
+
+from decodekit.model.scripted import ScriptedModel
+from decodekit.speculative import DraftModelConfig, Speculative, make_proposer
+from decodekit.speculative.draft_model import DraftModelProposer
+
+
+def markov_model(vocab: int, seed: int, eos: int = 0, sharp: float = 2.0) -> ScriptedModel:
+    """A second-order Markov chain with peaked rows, so continuations repeat."""
+    g = torch.Generator().manual_seed(seed)
+    table = (torch.randn((vocab, vocab, vocab), generator=g) * sharp).log_softmax(-1)
+
+    def next_logprobs(sequence):
+        return table[sequence[-2] if len(sequence) > 1 else 1, sequence[-1]]
+
+    return ScriptedModel(vocab, next_logprobs, eos_token_ids=(eos,))
+
+
+def _proposer(speculation, model):
+    if isinstance(speculation, tuple):
+        return Speculative("draft"), DraftModelProposer(
+            DraftModelConfig(num_tokens=3), speculation[1]
+        )
+    return speculation, make_proposer(speculation, model)
+
+
+def _exact_distribution(model, prompt, length, warp):
+    """Probability of every continuation of at most ``length`` tokens (EOS ends one early)."""
+    out: dict[tuple[int, ...], float] = {}
+
+    def expand(generated: tuple[int, ...], prob: float) -> None:
+        if len(generated) == length or (generated and generated[-1] in model.eos_token_ids):
+            out[generated] = prob
+            return
+        p = warp(torch.as_tensor(model.next_logprobs(tuple(prompt) + generated))[None]).softmax(-1)[
+            0
+        ]
+        for token in range(model.vocab_size):
+            if p[token] > 0:
+                expand(generated + (token,), prob * float(p[token]))
+
+    expand((), 1.0)
+    return out

@@ -78,7 +78,10 @@ class HFLanguageModel:
         if self.is_encoder_decoder and self.decoder_start_token_id is None:
             raise InputError("encoder-decoder model has no decoder_start_token_id in its config")
         self._layers = _decoder_layer_count(config)
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in parameters
+        # transformers >= 5.2x names the cache argument ``cache`` (``past_key_values`` warns)
+        self._cache_kw = "cache" if "cache" in parameters else "past_key_values"
         self._head = output_head.large_cpu_head(model)
         self._shared_prefix = attention.available(model) and not self.is_encoder_decoder
         self._step = None if self.is_encoder_decoder else LlamaStep.build(model)
@@ -145,7 +148,7 @@ class HFLanguageModel:
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)
         cache = PreallocatedCache(self._layers, capacity)
         logits = self._forward(
-            input_ids=ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache
+            input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache}
         )
         # ``holes``: some slot before ``length`` is masked (padding, speculative rollback); without
         # holes the model is called with no attention mask, which skips building one every step
@@ -169,7 +172,7 @@ class HFLanguageModel:
         )
         start = torch.full((batch, 1), int(self.decoder_start_token_id), dtype=torch.long, device=device)
         logits = self._forward(
-            encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start, past_key_values=cache
+            encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start, **{self._cache_kw: cache}
         )
         extra = {"cache": cache, "encoder": encoded, "encoder_mask": mask, "length": 1}
         return DecodeState(logits, 1, extra)
@@ -298,7 +301,7 @@ class HFLanguageModel:
                 encoder_outputs=extra["encoder"],
                 attention_mask=extra["encoder_mask"],
                 decoder_input_ids=tokens[:, None],
-                past_key_values=extra["cache"],
+                **{self._cache_kw: extra["cache"]},
             )
         else:
             mask = extra["mask"]
@@ -321,7 +324,7 @@ class HFLanguageModel:
                         input_ids=tokens[:, None],
                         attention_mask=step_mask,
                         position_ids=position[:, None],
-                        past_key_values=extra["cache"],
+                        **{self._cache_kw: extra["cache"]},
                     )
             extra["next_position"] = position + 1
         extra["length"] = length + 1
@@ -366,7 +369,7 @@ class HFLanguageModel:
                 input_ids=tokens,
                 attention_mask=block_mask[:, None],
                 position_ids=positions,
-                past_key_values=extra["cache"],
+                **{self._cache_kw: extra["cache"]},
                 use_cache=True,
                 return_dict=True,
                 **inputs,

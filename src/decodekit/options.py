@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from decodekit.errors import check
+from decodekit import validation as v
+from decodekit.errors import ConfigError
 from decodekit.logits.base import ProcessorList
 from decodekit.logits.penalties import (
     BadWords,
@@ -33,25 +35,24 @@ class DecodeOptions:
     force_eos_at_max_length: bool = False
 
     def validate(self, vocab_size: int) -> None:
-        check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        check(
-            isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens <= self.max_new_tokens,
-            "min_new_tokens",
-            self.min_new_tokens,
-            f"an integer in [0, max_new_tokens={self.max_new_tokens}]",
-        )
-        check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "a number > 0 (1 disables)")
-        check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", self.no_repeat_ngram_size, "an integer >= 0 (0 disables)")
-        check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "non-empty strings")
+        v.integer("max_new_tokens", self.max_new_tokens, 1, 1 << 20)
+        v.integer("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens, f"at most max_new_tokens={self.max_new_tokens}")
+        if self.eos_token_ids is not None:
+            v.token_ids("eos_token_ids", self.eos_token_ids, vocab_size)
+        v.strings("stop", self.stop)
+        v.number("repetition_penalty", self.repetition_penalty, 1e-4, 1e4, what="1 disables")
+        v.integer("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, 1024, "0 disables")
+        v.token_ids("suppress_tokens", self.suppress_tokens, vocab_size)
         in_vocab = f"token ids in [0, {vocab_size})"
-        for name, ids in (("eos_token_ids", self.eos_token_ids or ()), ("suppress_tokens", self.suppress_tokens)):
-            check(all(0 <= int(i) < vocab_size for i in ids), name, ids, in_vocab)
-        check(
-            all(len(w) >= 1 and all(0 <= int(i) < vocab_size for i in w) for w in self.bad_words),
-            "bad_words",
-            self.bad_words,
-            f"non-empty sequences of {in_vocab}",
-        )
+        words = self.bad_words
+        if isinstance(words, str | bytes) or not isinstance(words, Sequence):
+            raise ConfigError("bad_words", words, f"a list of non-empty sequences of {in_vocab}")
+        for word in words:
+            try:
+                v.token_ids("bad_words", word, vocab_size, empty=False)
+            except ConfigError:
+                raise ConfigError("bad_words", words, f"a list of non-empty sequences of {in_vocab}") from None
+        v.flag("force_eos_at_max_length", self.force_eos_at_max_length)
 
     def processors(self, prompt_length: int, eos_token_ids: tuple[int, ...], vocab_size: int) -> ProcessorList:
         """The processors these options ask for, in transformers' order."""

@@ -90,6 +90,7 @@ class PlainGroup:
             pad_token_id=int(pad),
             device=device,
             generators=generators,
+            vocab_size=int(model.vocab_size),
             **extras,
         )
         self.search = self.strategy.begin(self.context)

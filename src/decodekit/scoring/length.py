@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from decodekit.errors import check
+from decodekit.validation import number
 
 FORMS = ("exponent", "gnmt")
 
@@ -20,8 +21,9 @@ class LengthPenalty:
     form: str = "exponent"
 
     def validate(self, field: str = "length_penalty") -> None:
-        check(self.form in FORMS, f"{field}_form", self.form, f"one of {', '.join(FORMS)}")
-        check(self.alpha == self.alpha, field, self.alpha, "a finite number")
+        check(isinstance(self.form, str) and self.form in FORMS, f"{field}_form", self.form, f"one of {', '.join(FORMS)}")
+        # |alpha| <= 50 keeps length ** alpha finite for any length a model can reach
+        number(field, self.alpha, -50.0, 50.0)
 
     @property
     def favors_long(self) -> bool:

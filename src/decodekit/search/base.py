@@ -53,6 +53,8 @@ class SearchContext:
     """One generator per prompt (empty: unseeded). A prompt's random draws come from its own
     generator only, so its output does not depend on the other prompts of the batch."""
     input_embeddings: torch.Tensor | None = None
+    vocab_size: int = 0
+    """Width of the scores (0: unknown)."""
 
     def generator(self, prompt: int) -> torch.Generator | None:
         return self.generators[prompt] if self.generators else None

@@ -21,7 +21,8 @@ from typing import ClassVar
 
 import torch
 
-from decodekit.errors import check
+from decodekit import validation as v
+from decodekit.errors import ConfigError, check
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.base import Hypothesis, SearchContext, Step, per_prompt_rand
 from decodekit.search.sampling import Sampling
@@ -54,18 +55,16 @@ class BeamSearch:
         return LengthPenalty(self.length_penalty, self.length_penalty_form)
 
     def validate(self) -> None:
-        check(isinstance(self.num_beams, int) and self.num_beams >= 1, "num_beams", self.num_beams, "an integer >= 1")
-        check(
-            isinstance(self.num_return_sequences, int) and 1 <= self.num_return_sequences <= self.num_beams,
-            "num_return_sequences",
-            self.num_return_sequences,
-            f"an integer in [1, num_beams={self.num_beams}]",
-        )
-        check(self.early_stopping in (True, False, "never"), "early_stopping", self.early_stopping, "True, False or 'never'")
+        v.integer("num_beams", self.num_beams, 1, v.MAX_ROWS)
+        v.integer("num_return_sequences", self.num_return_sequences, 1, self.num_beams, "at most num_beams")
+        v.choice("early_stopping", self.early_stopping, (True, False, "never"))
         self.penalty.validate()
         if self.sampler is not None:
+            if not isinstance(self.sampler, Sampling):
+                raise ConfigError("sampler", self.sampler, "a decodekit.Sampling config or None")
             self.sampler.validate()
             check(self.sampler.n == 1, "sampler.n", self.sampler.n, "1 (beam sampling keeps num_beams rows)")
+            check(self.sampler.speculative is None, "sampler.speculative", self.sampler.speculative, "None")
 
     def begin(self, context: SearchContext) -> BeamSearchRun:
         return BeamSearchRun(self, context)
@@ -83,7 +82,9 @@ class BeamSearchRun:
         B, M, device = context.batch_size, context.max_new_tokens, context.device
         self.penalty = config.penalty
         self.warpers = config.sampler.warpers() if config.sampler is not None else None
-        self.candidates = max(2, 1 + context.eos_token_ids.numel()) * K
+        # Subtle: many EOS ids can ask for more candidates than a step has (K beams x V tokens)
+        vocab = context.vocab_size if context.vocab_size else 1 << 62
+        self.candidates = min(max(2, 1 + context.eos_token_ids.numel()) * K, K * vocab)
         # running beams; only beam 0 is live at the start so the K beams do not duplicate
         self.running_scores = torch.zeros((B, K), device=device)
         self.running_scores[:, 1:] = _MASKED

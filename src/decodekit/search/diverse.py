@@ -48,6 +48,7 @@ from typing import ClassVar
 
 import torch
 
+from decodekit import validation as v
 from decodekit.errors import check
 from decodekit.scoring.diversity import (
     DIVERSITY_FUNCTIONS,
@@ -115,8 +116,8 @@ class DiverseBeamSearch:
 
     def validate(self) -> None:
         beams, groups = self.num_beams, self.num_groups
-        check(isinstance(beams, int) and beams >= 1, "num_beams", beams, "an integer >= 1")
-        check(isinstance(groups, int) and groups >= 1, "num_groups", groups, "an integer >= 1")
+        v.integer("num_beams", beams, 1, v.MAX_ROWS)
+        v.integer("num_groups", groups, 1)
         check(groups <= beams, "num_groups", groups, f"at most num_beams={beams}")
         check(beams % groups == 0, "num_groups", groups, f"a divisor of num_beams={beams}")
         strength = self.diversity_strength
@@ -124,25 +125,26 @@ class DiverseBeamSearch:
             check(len(strength) in (1, groups), "diversity_strength", strength, f"one number, or {groups} (one per group)")
         values = strength if isinstance(strength, tuple | list) else (strength,)
         check(
-            all(isinstance(v, int | float) and 0 <= v < float("inf") for v in values),
+            all(v.is_number(x) and 0 <= x < float("inf") for x in values),
             "diversity_strength",
             strength,
             "finite numbers >= 0 (0 disables the penalty)",
         )
         check(self.diversity in DIVERSITY_FUNCTIONS, "diversity", self.diversity, f"one of {', '.join(DIVERSITY_FUNCTIONS)}")
         temperature = self.diversity_temperature
-        check(isinstance(temperature, int | float) and 0 < temperature < float("inf"), "diversity_temperature", temperature, "a finite number > 0")
-        check(isinstance(self.ngram_size, int) and self.ngram_size >= 1, "ngram_size", self.ngram_size, "an integer >= 1")
+        v.number("diversity_temperature", temperature, 0.0, 1e12, low_open=True)
+        v.integer("ngram_size", self.ngram_size, 1, 64)
+        v.flag("per_group", self.per_group)
         if self.embeddings is not None:
             check(self.embeddings.dim() == 2, "embeddings", tuple(self.embeddings.shape), "a (vocab, dim) matrix")
         most = self.group_size if self.per_group else beams
         check(
-            isinstance(self.num_return_sequences, int) and 1 <= self.num_return_sequences <= most,
+            v.is_integer(self.num_return_sequences) and 1 <= self.num_return_sequences <= most,
             "num_return_sequences",
             self.num_return_sequences,
             f"an integer in [1, {most}] ({'beams per group' if self.per_group else 'num_beams'})",
         )
-        check(self.early_stopping in (True, False, "never"), "early_stopping", self.early_stopping, "True, False or 'never'")
+        v.choice("early_stopping", self.early_stopping, (True, False, "never"))
         LengthPenalty(self.length_penalty, self.length_penalty_form).validate()
 
     def begin(self, context: SearchContext) -> DiverseBeamSearchRun:
@@ -168,7 +170,8 @@ class DiverseBeamSearchRun:
         self.shape = (batch, groups, K)
         self.penalty = LengthPenalty(config.length_penalty, config.length_penalty_form)
         self.strengths = config.strengths
-        self.candidates = max(2, 1 + context.eos_token_ids.numel()) * K
+        vocab = context.vocab_size if context.vocab_size else 1 << 62
+        self.candidates = min(max(2, 1 + context.eos_token_ids.numel()) * K, K * vocab)
         # running beams: only beam 0 of each group is live at first, so beams do not duplicate
         self.running_scores = torch.zeros(self.shape, device=device)
         self.running_scores[:, :, 1:] = _MASKED

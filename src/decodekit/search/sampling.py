@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from decodekit.errors import check
+from decodekit import validation as v
+from decodekit.errors import ConfigError, check
 from decodekit.logits.base import ProcessorList
 from decodekit.logits.warpers import MinP, Temperature, TopK, TopP, TypicalP
 from decodekit.search.base import Hypothesis, SearchContext, Step, inverse_cdf, per_prompt_rand
@@ -26,7 +27,8 @@ class Greedy:
     speculative: Speculative | None = None
 
     def validate(self) -> None:
-        pass
+        if self.speculative is not None and not isinstance(self.speculative, Speculative):
+            raise ConfigError("speculative", self.speculative, "a decodekit.Speculative config or None")
 
     def begin(self, context: SearchContext) -> RowSearch:
         return RowSearch(context, width=1, sampler=None)
@@ -50,12 +52,17 @@ class Sampling:
     speculative: Speculative | None = None
 
     def validate(self) -> None:
-        check(self.temperature > 0, "temperature", self.temperature, "a number > 0 (use greedy for 0)")
-        check(self.top_k is None or self.top_k >= 1, "top_k", self.top_k, "an integer >= 1, or None")
-        check(0 < self.top_p <= 1, "top_p", self.top_p, "a number in (0, 1]")
-        check(0 <= self.min_p < 1, "min_p", self.min_p, "a number in [0, 1)")
-        check(0 < self.typical_p <= 1, "typical_p", self.typical_p, "a number in (0, 1]")
-        check(isinstance(self.n, int) and self.n >= 1, "n", self.n, "an integer >= 1")
+        v.number("temperature", self.temperature, 1e-4, 1e4, what="use greedy for 0")
+        if self.top_k is not None:
+            v.integer("top_k", self.top_k, 1, what="or None")
+        v.number("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        v.number("min_p", self.min_p, 0.0, 1.0)
+        check(self.min_p < 1, "min_p", self.min_p, "a number in [0, 1)")
+        v.number("typical_p", self.typical_p, 0.0, 1.0, low_open=True)
+        v.integer("n", self.n, 1, v.MAX_ROWS, "samples per prompt")
+        v.seed("seed", self.seed)
+        if self.speculative is not None and not isinstance(self.speculative, Speculative):
+            raise ConfigError("speculative", self.speculative, "a decodekit.Speculative config or None")
 
     def warpers(self) -> ProcessorList:
         warpers = []

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from decodekit.engine import Engine, Request, RequestOutput
@@ -20,6 +21,7 @@ from decodekit.search.beam import BeamSearch
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.stopping import StopStrings
+from decodekit.validation import is_integer
 
 STRATEGIES: dict[str, type] = {
     "greedy": Greedy,
@@ -37,6 +39,8 @@ def make_strategy(strategy: str | Strategy, **settings: Any) -> Strategy:
     if not isinstance(strategy, str):
         if settings:
             raise ConfigError("strategy", strategy, "settings go into the config object, not beside it")
+        if not all(callable(getattr(strategy, name, None)) for name in ("validate", "begin")):
+            raise ConfigError("strategy", strategy, f"a strategy name ({', '.join(sorted(STRATEGIES))}) or config object (Greedy(), Sampling(...), ...)")
         return strategy
     if strategy not in STRATEGIES:
         raise ConfigError("strategy", strategy, f"one of {', '.join(sorted(STRATEGIES))}")
@@ -52,11 +56,15 @@ def make_options(options: DecodeOptions | None, settings: dict[str, Any]) -> Dec
     if options is not None and settings:
         raise ConfigError("options", options, "either an options object or keyword settings, not both")
     if options is not None:
+        if not isinstance(options, DecodeOptions):
+            raise ConfigError("options", options, "a decodekit.DecodeOptions object, or keyword settings")
         return options
     known = {f.name for f in dataclasses.fields(DecodeOptions)}
     for key in settings:
         if key not in known:
             raise ConfigError(key, settings[key], f"a decoding option: one of {', '.join(sorted(known))}")
+    if isinstance(settings.get("stop"), str):  # one stop string, not its characters
+        settings = {**settings, "stop": (settings["stop"],)}
     tupled = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v for k, v in settings.items()}
     return DecodeOptions(**tupled)
 
@@ -76,13 +84,29 @@ class Decoder:
     # -- text <-> ids -----------------------------------------------------------------------
 
     def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of one prompt: text (needs the tokenizer) or a sequence of token ids."""
         if isinstance(prompt, str):
             if not prompt:
                 raise InputError("prompt: an empty string; give at least one character")
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError("prompt: text with a lone surrogate (not valid Unicode)") from None
             if self.tokenizer is None:
                 raise InputError("prompt: text needs a tokenizer; pass token ids or load() one")
             ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        elif isinstance(prompt, bytes | bytearray):
+            raise InputError("prompt: bytes; decode them to a str, or pass a list of token ids")
         else:
+            if isinstance(prompt, torch.Tensor | np.ndarray):
+                if prompt.ndim != 1:
+                    raise InputError(f"prompt: a {prompt.ndim}-D array; one prompt is a 1-D sequence of token ids")
+                prompt = prompt.tolist()
+            if not isinstance(prompt, Sequence):
+                raise InputError(f"prompt: {type(prompt).__name__}; give text or a list of token ids")
+            for i, token in enumerate(prompt):
+                if not is_integer(token):
+                    raise InputError(f"prompt: item {i} is {token!r}; token ids are integers")
             ids = [int(i) for i in prompt]
         if not ids:
             raise InputError("prompt: no tokens; give at least one token")
@@ -94,7 +118,15 @@ class Decoder:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _prompts(self, prompts: Prompt | Sequence[Prompt]) -> tuple[list, bool]:
-        single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], int))
+        if isinstance(prompts, torch.Tensor | np.ndarray):
+            if prompts.ndim not in (1, 2):
+                raise InputError(f"prompts: a {prompts.ndim}-D array; give a 1-D (one prompt) or 2-D (a batch) array of token ids")
+            prompts = prompts.tolist() if prompts.ndim == 2 else [prompts.tolist()][0]
+            if prompts and is_integer(prompts[0]):
+                return [prompts], True
+        if isinstance(prompts, bytes | bytearray) or not isinstance(prompts, str | Sequence):
+            raise InputError(f"prompts: {type(prompts).__name__}; give text, token ids, or a list of them")
+        single = isinstance(prompts, str) or (len(prompts) > 0 and not isinstance(prompts[0], str | Sequence | torch.Tensor | np.ndarray))
         items = [prompts] if single else list(prompts)
         if not items:
             raise InputError("prompts: an empty list; give at least one prompt")
@@ -123,7 +155,7 @@ class Decoder:
         seed = seed if seed is not None else getattr(strategy, "seed", None)
         sampler = getattr(strategy, "sampler", None)
         if seed is None and sampler is not None:
-            seed = sampler.seed
+            seed = getattr(sampler, "seed", None)
         context = {}
         if hasattr(self.model, "input_embeddings"):
             context["input_embeddings"] = self.model.input_embeddings

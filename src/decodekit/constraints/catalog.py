@@ -26,6 +26,7 @@ import torch
 
 from decodekit.constraints.base import Cursor, Verdict
 from decodekit.errors import ConfigError, InputError
+from decodekit.validation import is_integer
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: entries can be huge
@@ -43,13 +44,19 @@ class Catalog:
 def encode_entries(entries: Sequence[str] | Sequence[Sequence[int]], tokenizer) -> list[list[int]]:
     """Token ids of every entry; raises :class:`InputError` for one the tokenizer cannot
     encode (it does not decode back to itself) and :class:`ConfigError` for an empty catalog."""
-    entries = list(entries) if not isinstance(entries, str) else None
+    allowed = "a non-empty list of strings or token-id sequences"
+    if isinstance(entries, str | bytes) or not isinstance(entries, Sequence | set | frozenset):
+        raise ConfigError("catalog", entries, allowed)
+    entries = list(entries)
     if not entries:
-        raise ConfigError("catalog", entries, "a non-empty list of strings or token-id sequences")
+        raise ConfigError("catalog", entries, allowed)
     if not all(isinstance(e, str) for e in entries):
         if any(isinstance(e, str) for e in entries):
             raise ConfigError("catalog", type(entries[0]).__name__, "all strings or all token-id sequences, not a mix")
-        return [e if isinstance(e, list) else list(e) for e in entries]
+        for i, entry in enumerate(entries):
+            if isinstance(entry, bytes) or not isinstance(entry, Sequence) or not all(is_integer(t) for t in entry):
+                raise ConfigError(f"catalog[{i}]", entry, "a sequence of integer token ids (or all entries strings)")
+        return [[int(t) for t in e] for e in entries]
     if tokenizer is None:
         raise InputError("catalog: string entries need the model's tokenizer; pass token-id sequences or load() one")
     encoded = tokenizer(entries, add_special_tokens=False)["input_ids"]

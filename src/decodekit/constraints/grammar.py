@@ -97,9 +97,14 @@ class JsonSchema:
     name = "json_schema"
 
     def text(self) -> str:
+        """The schema as JSON text, properties in the user's order (llguidance generates them
+        in this order, so sorting keys would refuse valid instances)."""
         if isinstance(self.schema, str):
             return self.schema
-        return json.dumps(self.schema, sort_keys=True)
+        try:
+            return json.dumps(self.schema)
+        except (TypeError, ValueError) as error:
+            raise ConfigError("json_schema", type(self.schema).__name__, f"JSON-serialisable (a JSON document): {error}") from None
 
     def compile(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int] = ()) -> CompiledGrammar:
         from llguidance import LLMatcher
@@ -209,9 +214,12 @@ class GrammarCursor(Cursor):
     def advance(self, tokens: torch.Tensor, live: torch.Tensor) -> None:
         # subtle: one consume is ~0.2 us of Rust; llguidance's parallel consume costs more in
         # thread hand-off than it saves, so this is a plain loop
+        # A matcher that fails (e.g. a lexer limit of llguidance reached) stays in its error
+        # state: it allows nothing from then on, so the row ends and is reported with finish
+        # reason "constraint" (never a raw error mid-decoding, never an invalid success).
         for matcher, token, ok in zip(self.matchers, tokens.tolist(), live.tolist(), strict=True):
-            if ok and not matcher.consume_token(token):
-                raise RuntimeError(f"grammar matcher rejected an allowed token: {matcher.get_error()}")
+            if ok:
+                matcher.consume_token(token)
 
     def fork(self, parents: torch.Tensor) -> None:
         """New row i = old row ``parents[i]``; a parent's first child takes its matcher, the

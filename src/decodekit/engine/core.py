@@ -105,14 +105,19 @@ class Engine:
             strategy.validate()
             options.validate(model.vocab_size)
             check_prompts(model, prompts, options)
+            _check_memory(model, strategy, prompts, options)
             if model.is_encoder_decoder:
                 raise ConfigError("speculative", strategy.speculative.proposer, "a decoder-only target model")
             if first.processors is not None:
                 raise ConfigError("constraint", "...", "None with speculative decoding")
+            config = strategy.speculative.resolved()
+            if strategy.speculative.proposer == "recycling" and config.top_k > model.vocab_size:
+                raise ConfigError("speculative.config.top_k", config.top_k, f"at most the vocabulary size {model.vocab_size}")
             return handles
         strategy.validate()
         options.validate(model.vocab_size)
         check_prompts(model, prompts, options)
+        _check_memory(model, strategy, prompts, options)
         group = PlainGroup(model, handles)
         if options.stop and not group.search.supports_stop_strings:
             raise ConfigError("stop", options.stop, f"stop strings work with per-row strategies (greedy, sample), not {strategy.name!r}; use EOS ids")
@@ -378,6 +383,39 @@ class Engine:
         for group in self._speculative:
             deliver_error(group.handles, error)
         self._partitions, self._speculative, self._busy = [], [], set()
+
+
+def available_memory() -> int:
+    """Bytes the system can still give (MemAvailable), or 0 when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _check_memory(model, strategy, prompts: list[list[int]], options) -> None:
+    """Refuse a group whose rows would not fit in memory, before allocating anything: cache
+    (rows x positions x bytes per position) plus a few ``(rows, vocab)`` float tensors a step."""
+    per_token = getattr(model, "cache_bytes_per_token", None)
+    limit = available_memory()
+    if per_token is None or not limit:
+        return
+    field = "n" if getattr(strategy, "n", None) is not None and not hasattr(strategy, "num_beams") else "num_beams"
+    width = getattr(strategy, "n", None) or getattr(strategy, "num_beams", 1) or 1
+    rows = len(prompts) * int(width)
+    positions = max(len(p) for p in prompts) + options.max_new_tokens + 8
+    estimate = rows * positions * per_token() + rows * model.vocab_size * 4 * 8 + rows * options.max_new_tokens * 16
+    if estimate > 0.8 * limit:
+        raise ConfigError(
+            field if hasattr(strategy, field) else "prompts",
+            width if hasattr(strategy, field) else len(prompts),
+            f"fewer rows: {rows} rows need about {estimate / 2**30:.1f} GiB, more than 80% of the "
+            f"{limit / 2**30:.1f} GiB of memory available",
+        )
 
 
 def _same_group(a: Request, b: Request) -> bool:

@@ -19,7 +19,7 @@ import torch
 from decodekit.engine.request import EngineEvent, Request, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
 from decodekit.search.base import SearchContext, Step
-from decodekit.search.sampling import RowSearch
+from decodekit.search.sampling import REASONS, RowSearch
 
 
 def request_seed(request: Request) -> int | None:
@@ -28,7 +28,7 @@ def request_seed(request: Request) -> int | None:
         return request.seed
     seed = getattr(request.strategy, "seed", None)
     sampler = getattr(request.strategy, "sampler", None)
-    return seed if seed is not None or sampler is None else sampler.seed
+    return seed if seed is not None or sampler is None else getattr(sampler, "seed", None)
 
 
 def request_generator(request: Request, device) -> torch.Generator:
@@ -181,7 +181,7 @@ class PlainGroup:
             for row in range(self.rows):
                 if self._reported[row]:
                     continue
-                reason = {1: "eos", 3: "stop"}.get(reasons[row])
+                reason = REASONS.get(reasons[row])
                 self._reported[row] = reason is not None
                 event = EngineEvent("tokens", row % self.width, t, (tokens[row],), (logprobs[row],), reason)
                 self.handles[row // self.width]._emit(event)

@@ -18,7 +18,7 @@ from decodekit.engine.group import PlainGroup
 from decodekit.engine.request import EngineEvent, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
 from decodekit.search.base import Hypothesis, inverse_cdf
-from decodekit.search.sampling import EOS, LENGTH, REASONS
+from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS
 
 
 @dataclass
@@ -95,20 +95,27 @@ class RowPool:
     def decide(self, logits: torch.Tensor) -> torch.Tensor:
         """Decide every row from ``(rows, vocab)`` logits. Returns ``(2 * rows,)`` bool flags:
         each row's non-finite logits, then whether it has finished."""
-        if self.min_new_any:  # as MinNewTokens: no EOS before a row's minimum length
-            early = self.t < self.min_new
-            logits = logits.clone()
-            logits[:, self.eos] = logits[:, self.eos].masked_fill(early[:, None], -float("inf"))
         # Subtle: the log-normaliser is NaN if any logit is NaN, +inf if one is +inf and -inf if
         # all are -inf, so it is both the log-prob denominator and the finiteness check.
         normaliser = torch.logsumexp(logits, -1)
         nonfinite = ~torch.isfinite(normaliser)
+        stuck = None
+        if self.min_new_any:  # as MinNewTokens: no EOS before a row's minimum length
+            early = self.t < self.min_new
+            logits = logits.clone()
+            logits[:, self.eos] = logits[:, self.eos].masked_fill(early[:, None], -float("inf"))
+            normaliser = torch.logsumexp(logits, -1)
+            stuck = (normaliser == -float("inf")) & ~nonfinite  # only EOS was possible
         rows = torch.arange(self.rows, device=self.device)
         if self.sampling:
             warped = self.warpers(None, logits.clone()) if len(self.warpers) else logits
             tokens = inverse_cdf(warped.softmax(-1), self.uniforms[rows, self.t.clamp(max=self.columns - 1)])
         else:
             tokens = logits.max(-1).indices  # the first maximum, as argmax; faster on the CPU
+        if stuck is not None:  # ends with nothing appended: finish reason "constraint"
+            stuck &= ~self.finished
+            self.reason.masked_fill_(stuck, NO_TOKEN)
+            self.finished |= stuck
         running = ~self.finished
         tokens = tokens.masked_fill(self.finished, self.pad)
         self.tokens[rows, self.t] = tokens

@@ -87,6 +87,16 @@ class HFLanguageModel:
         self._step = None if self.is_encoder_decoder else LlamaStep.build(model)
         self.forward_count = 0
 
+    def cache_bytes_per_token(self) -> int:
+        """Bytes of key/value cache one row needs per position (an estimate from the config)."""
+        text = self.model.config.get_text_config(decoder=True)
+        heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", 1)
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0) or 0
+        head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else 0)
+        size = next(self.model.parameters()).element_size()
+        return self._layers * 2 * int(kv_heads) * int(head_dim) * size
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

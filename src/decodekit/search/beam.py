@@ -202,11 +202,14 @@ class BeamSearchRun:
         scores, logprob = self.pool_scores[:, :n].tolist(), self.pool_logprob[:, :n].tolist()
         lengths, tokens = self.pool_lengths[:, :n].tolist(), self.pool_tokens[:, :n].tolist()
         logprobs = self.pool_logprobs[:, :n].tolist()
+        filled = self.pool_finished[:, :n].tolist()
         eos = set(self.context.eos_token_ids.tolist())
         out = []
         for b in range(self.context.batch_size):
             hyps = []
             for k in range(n):
+                if not filled[b][k]:  # fewer finished hypotheses than asked for: return fewer
+                    continue
                 ids = tokens[b][k][: lengths[b][k]]
                 reason = "eos" if ids and ids[-1] in eos else "length"
                 hyps.append(Hypothesis(ids, logprobs[b][k][: lengths[b][k]], logprob[b][k], scores[b][k], reason))

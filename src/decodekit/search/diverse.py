@@ -334,6 +334,7 @@ class DiverseBeamSearchRun:
             for name, tensor in (
                 ("score", self.pool_scores), ("sum", self.pool_sum), ("logprob", self.pool_logprob),
                 ("length", self.pool_lengths), ("tokens", self.pool_tokens), ("logprobs", self.pool_logprobs),
+                ("valid", self.pool_valid),
             )
         }
         group_of = (order // K).tolist()
@@ -342,6 +343,8 @@ class DiverseBeamSearchRun:
         for b in range(batch):
             hyps = []
             for i in range(order.shape[1]):
+                if not host["valid"][b][i]:  # an empty pool slot: fewer hypotheses than asked for
+                    continue
                 length = host["length"][b][i]
                 ids = host["tokens"][b][i][:length]
                 reason = "eos" if ids and ids[-1] in eos else "length"

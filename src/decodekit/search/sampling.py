@@ -14,8 +14,9 @@ from decodekit.logits.warpers import MinP, Temperature, TopK, TopP, TypicalP
 from decodekit.search.base import Hypothesis, SearchContext, Step, inverse_cdf, per_prompt_rand
 from decodekit.speculative.config import Speculative
 
-RUNNING, EOS, LENGTH, STOP = 0, 1, 2, 3
-REASONS = {EOS: "eos", LENGTH: "length", STOP: "stop"}
+RUNNING, EOS, LENGTH, STOP, NO_TOKEN = 0, 1, 2, 3, 4
+REASONS = {EOS: "eos", LENGTH: "length", STOP: "stop", NO_TOKEN: "constraint"}
+"""``constraint``: the processors left the row no possible token (every score ``-inf``)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class RowSearch:
         """``scores``: ``(rows, vocab)`` processed logits. Mutates the search state."""
         log_probs = scores.log_softmax(-1)
         tokens = self._choose(scores, t)
+        # a row the processors left no possible token ends here, with nothing appended
+        stuck = ~torch.isfinite(scores.amax(-1)) & ~self.finished
+        self.reason.masked_fill_(stuck, NO_TOKEN)
+        self.finished |= stuck
         tokens = tokens.masked_fill(self.finished, self.context.pad_token_id)
         self.tokens[:, t] = tokens
         self.logprobs[:, t] = log_probs.gather(1, tokens[:, None]).squeeze(1).masked_fill(self.finished, 0.0)

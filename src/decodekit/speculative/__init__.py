@@ -104,6 +104,8 @@ def make_proposer(speculative: Speculative, target) -> Proposer:
     if speculative.proposer == "suffix":
         return SuffixTreeProposer(config)
     if speculative.proposer == "recycling":
+        if config.top_k > target.vocab_size:
+            raise ConfigError("speculative.config.top_k", config.top_k, f"at most the vocabulary size {target.vocab_size}")
         return TokenRecyclingProposer(config, target.vocab_size)
     if target.is_encoder_decoder:
         raise ConfigError("speculative.proposer", "draft", "a decoder-only target model")

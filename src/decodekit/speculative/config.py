@@ -7,15 +7,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from decodekit import validation as v
 from decodekit.errors import ConfigError, check
+
+MAX_DRAFT = 256
+"""Draft tokens (chain length or tree nodes) one verification may hold."""
 
 
 def _positive(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return v.is_integer(value) and value >= 1
 
 
 def _check_length(field: str, value: Any) -> None:
-    check(_positive(value), field, value, "speculation length: an integer >= 1")
+    v.integer(field, value, 1, MAX_DRAFT, "speculation length")
+
+
+def template_size(branching: tuple[int, ...]) -> int:
+    """Nodes of Token Recycling's tree template (see ``recycling.tree_template``), counted by
+    sibling rank without building it."""
+    counts, total = {0: 1}, 0  # rank -> nodes of the current level with that rank
+    for width in branching:
+        following: dict[int, int] = {}
+        for rank, count in counts.items():
+            for child in range(max(0, width - rank)):
+                following[child] = following.get(child, 0) + count
+        total += sum(following.values())
+        counts = following
+        if total > MAX_DRAFT:
+            break
+    return total
 
 
 @dataclass(frozen=True)
@@ -30,13 +50,8 @@ class PromptLookupConfig:
 
     def validate(self) -> None:
         _check_length("num_tokens", self.num_tokens)
-        check(_positive(self.min_ngram), "min_ngram", self.min_ngram, "an integer >= 1")
-        check(
-            _positive(self.max_ngram) and self.max_ngram >= self.min_ngram,
-            "max_ngram",
-            self.max_ngram,
-            f"an integer >= min_ngram={self.min_ngram}",
-        )
+        v.integer("min_ngram", self.min_ngram, 1, 1024)
+        v.integer("max_ngram", self.max_ngram, self.min_ngram, 1024, f"at least min_ngram={self.min_ngram}")
 
 
 @dataclass(frozen=True)
@@ -59,26 +74,13 @@ class SuffixConfig:
 
     def validate(self) -> None:
         _check_length("max_tokens", self.max_tokens)
-        check(
-            isinstance(self.max_depth, int) and self.max_depth >= 2,
-            "max_depth",
-            self.max_depth,
-            "an integer >= 2",
-        )
-        check(self.max_spec_factor > 0, "max_spec_factor", self.max_spec_factor, "a number > 0")
-        check(self.max_spec_offset >= 0, "max_spec_offset", self.max_spec_offset, "a number >= 0")
-        check(
-            0 <= self.min_token_prob < 1,
-            "min_token_prob",
-            self.min_token_prob,
-            "a number in [0, 1)",
-        )
-        check(
-            isinstance(self.max_cached_requests, int) and self.max_cached_requests >= 0,
-            "max_cached_requests",
-            self.max_cached_requests,
-            "an integer >= 0",
-        )
+        v.integer("max_depth", self.max_depth, 2, 4096)
+        v.number("max_spec_factor", self.max_spec_factor, 0.0, 1e3, low_open=True)
+        v.number("max_spec_offset", self.max_spec_offset, 0.0, 1e3)
+        v.number("min_token_prob", self.min_token_prob, 0.0, 1.0)
+        check(self.min_token_prob < 1, "min_token_prob", self.min_token_prob, "a number in [0, 1)")
+        v.integer("max_cached_requests", self.max_cached_requests, 0, 1 << 20)
+        v.flag("tree", self.tree)
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,17 @@ class RecyclingConfig:
     branching: tuple[int, ...] = (6, 3, 2, 2, 1, 1, 1, 1)
 
     def validate(self) -> None:
-        check(_positive(self.top_k), "top_k", self.top_k, "an integer >= 1")
+        v.integer("top_k", self.top_k, 1, MAX_DRAFT)
         check(
-            len(self.branching) >= 1
+            isinstance(self.branching, tuple | list)
+            and len(self.branching) >= 1
             and all(_positive(b) and b <= self.top_k for b in self.branching),
             "branching",
             self.branching,
             f"speculation depth >= 1: a non-empty tuple of integers in [1, top_k={self.top_k}]",
         )
+        size = template_size(tuple(self.branching))
+        check(size <= MAX_DRAFT, "branching", self.branching, f"a tree of at most {MAX_DRAFT} draft nodes (this one has {size if size <= MAX_DRAFT else 'more'})")
 
 
 CONFIGS: dict[str, type] = {
@@ -141,7 +146,7 @@ class Speculative:
 
     def validate(self) -> None:
         check(
-            self.proposer in CONFIGS,
+            isinstance(self.proposer, str) and self.proposer in CONFIGS,
             "speculative.proposer",
             self.proposer,
             f"one of {', '.join(CONFIGS)}",

@@ -136,6 +136,8 @@ class Decoder:
         """One engine request per prompt, all sharing the call's settings (one group)."""
         strategy = make_strategy(strategy)
         options = make_options(options, settings)
+        strategy.validate()  # the engine checks again; here it precedes building stop strings
+        options.validate(self.model.vocab_size)
         factory = None
         if constraint is not None:
             from decodekit.constraints import constraint_processor

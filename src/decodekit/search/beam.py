@@ -144,7 +144,9 @@ class BeamSearchRun:
         tokens = _take(cand_token, keep)
 
         # 3. finished candidates among the first K compete for the pool
-        just_finished = hits & self.top_k_mask
+        # a candidate grown from a masked (not yet real) beam is no hypothesis: it would only
+        # pad a short n-best with duplicates scored about -1e9
+        just_finished = hits & self.top_k_mask & (cand_scores > _MASKED / 2)
         # Subtle: with nothing finished the merge keeps the pool as it is, so it is skipped;
         # reading the flag is free on the CPU, on an accelerator it would cost a sync.
         if self.context.device.type != "cpu" or bool(just_finished.any()):

@@ -7,7 +7,7 @@
 
 from decodekit.api import Decoder, load, make_strategy
 from decodekit.constraints import Catalog, CorpusSubstring, Grammar, JsonSchema, Regex
-from decodekit.errors import ConfigError, DecodeKitError, InputError, NumericalError
+from decodekit.errors import ConfigError, DecodeKitError, InputError, ModelError, NumericalError
 from decodekit.options import DecodeOptions
 from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
 from decodekit.scoring.length import LengthPenalty
@@ -32,6 +32,7 @@ __all__ = [
     "GenerationResult",
     "Greedy",
     "InputError",
+    "ModelError",
     "LengthPenalty",
     "NumericalError",
     "Sampling",

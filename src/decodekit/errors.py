@@ -31,6 +31,11 @@ class NumericalError(DecodeKitError):
         super().__init__(f"{what} at step {step}, row {row}: the model's output is unusable")
 
 
+class ModelError(DecodeKitError):
+    """The model's own forward failed (names the architecture and the call); or the model is
+    one decodekit cannot drive exactly."""
+
+
 def check(condition: bool, field: str, value: object, allowed: str) -> None:
     """Raise ``ConfigError(field, value, allowed)`` unless ``condition`` holds."""
     if not condition:

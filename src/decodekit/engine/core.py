@@ -31,7 +31,7 @@ from decodekit.engine.checks import check_prompts
 from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
 from decodekit.engine.pool import RowPool
 from decodekit.engine.request import AbortedError, Request, RequestHandle
-from decodekit.errors import ConfigError
+from decodekit.errors import ConfigError, DecodeKitError, ModelError
 
 
 class Partition:
@@ -106,8 +106,11 @@ class Engine:
             options.validate(model.vocab_size)
             check_prompts(model, prompts, options)
             _check_memory(model, strategy, prompts, options)
+            refusal = model.speculation_refusal() if hasattr(model, "speculation_refusal") else None
             if model.is_encoder_decoder:
                 raise ConfigError("speculative", strategy.speculative.proposer, "a decoder-only target model")
+            if refusal is not None:
+                raise ConfigError("speculative", strategy.speculative.proposer, refusal)
             if first.processors is not None:
                 raise ConfigError("constraint", "...", "None with speculative decoding")
             config = strategy.speculative.resolved()
@@ -223,7 +226,7 @@ class Engine:
             state = model.start(group.prompts, group.options.max_new_tokens)
             group.start(state)
         except Exception as error:
-            deliver_error(group.handles, error)
+            deliver_error(group.handles, model_error(model, "prefill", error))
             return
         finally:
             self.forward_seconds += time.perf_counter() - began
@@ -263,7 +266,7 @@ class Engine:
             self._proposers.move_to_end(key)
             group = SpeculativeGroup(self.model, handles, self._proposers[key])
         except Exception as error:
-            deliver_error(handles, error)
+            deliver_error(handles, model_error(self.model, "speculative set-up", error))
             return True
         group.key = key
         self._busy.add(key)
@@ -305,7 +308,7 @@ class Engine:
                     kept_partitions.append(partition)
             except Exception as error:
                 for group in partition.groups:
-                    deliver_error(group.handles, error)
+                    deliver_error(group.handles, model_error(self.model, "a decoding step", error))
         self._partitions = kept_partitions
 
     def _advance(self, partition: Partition, keeps: dict[int, list[int] | None], sizes: dict[int, int]) -> bool:
@@ -368,7 +371,7 @@ class Engine:
             try:
                 finished = group.advance() or all(h.done for h in group.handles)
             except Exception as error:
-                group.error, finished = error, True
+                group.error, finished = model_error(self.model, "a speculative step", error), True
             if finished:
                 self._busy.discard(group.key)
                 deliver(group)
@@ -383,6 +386,17 @@ class Engine:
         for group in self._speculative:
             deliver_error(group.handles, error)
         self._partitions, self._speculative, self._busy = [], [], set()
+
+
+def model_error(model, where: str, error: BaseException) -> BaseException:
+    """A decodekit error stays as it is; anything the model's own code raised becomes a
+    :class:`ModelError` naming the architecture and where it failed."""
+    if isinstance(error, DecodeKitError):
+        return error
+    inner = getattr(model, "model", model)
+    wrapped = ModelError(f"{type(inner).__name__} failed during {where}: {type(error).__name__}: {str(error)[:300]}")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def available_memory() -> int:

@@ -17,7 +17,7 @@ import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from decodekit.errors import InputError
+from decodekit.errors import InputError, ModelError
 from decodekit.model import attention
 from decodekit.model import head as output_head
 from decodekit.model.base import DecodeState, tree_ancestors
@@ -27,6 +27,19 @@ from decodekit.model.fast_llama import LlamaStep
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
 # the exact capacity it needs and the cache grows only if that estimate was short.
 _CAPACITY_SLACK = 8
+
+# Architectures that keep a recurrent or state-space state instead of (or beside) an attention
+# key/value cache: decodekit's cache cannot hold, fork or roll that state back, so they are
+# refused at load() rather than decoded wrongly.
+_RECURRENT = frozenset({
+    "mamba", "mamba2", "falcon_mamba", "jamba", "recurrent_gemma", "falcon_h1", "zamba", "zamba2",
+    "bamba", "granitemoehybrid", "nemotron_h", "lfm2", "lfm2_moe", "rwkv", "xlstm", "qwen3_next",
+    "minimax", "plamo2", "hunyuan_v1_moe_hybrid", "kimi_linear", "olmo_hybrid",
+})
+_ATTENTION_LAYERS = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention"})
+# Models that add ALiBi biases computed from mask positions, which a speculative block's
+# tree positions do not reproduce.
+_ALIBI = frozenset({"bloom", "mpt"})
 
 # Decoder-only architectures without a lean step whose attention is exact under masked holes
 # (explicit position ids, full attention); tested in tests/integration/test_engine.py.
@@ -77,6 +90,13 @@ class HFLanguageModel:
         )
         if self.is_encoder_decoder and self.decoder_start_token_id is None:
             raise InputError("encoder-decoder model has no decoder_start_token_id in its config")
+        text_config = config.get_text_config(decoder=True)
+        kinds = set(getattr(text_config, "layer_types", None) or ()) | set(getattr(text_config, "block_types", None) or ())
+        if text_config.model_type in _RECURRENT or (kinds - _ATTENTION_LAYERS):
+            raise ModelError(
+                f"model: {type(model).__name__} ({text_config.model_type}) keeps a recurrent/state-space "
+                "state, which decodekit cannot fork or roll back; it decodes attention models only"
+            )
         self._layers = _decoder_layer_count(config)
         parameters = inspect.signature(model.forward).parameters
         self._keeps_logits = "logits_to_keep" in parameters
@@ -212,6 +232,20 @@ class HFLanguageModel:
             extra["mask"] = extra["mask"].index_select(0, rows)
             extra["next_position"] = extra["next_position"].index_select(0, rows)
         state.logits = state.logits.index_select(0, rows)
+
+    def speculation_refusal(self) -> str | None:
+        """Why speculative decoding cannot be exact on this model, or None if it can."""
+        text = self.model.config.get_text_config(decoder=True)
+        name = f"{type(self.model).__name__} ({text.model_type})"
+        if self.is_encoder_decoder:
+            return f"a decoder-only target model, not the encoder-decoder {name}"
+        if text.model_type in _ALIBI or getattr(text, "alibi", False):
+            return f"a model with rotary or learned positions: {name} adds ALiBi biases, which draft blocks do not reproduce"
+        kinds = set(getattr(text, "layer_types", None) or ())
+        window = getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
+        if window or "sliding_attention" in kinds or getattr(text, "attention_types", None) and text.model_type == "gpt_neo":
+            return f"a model with full attention: {name} has sliding-window layers, which draft blocks would not respect"
+        return None
 
     @property
     def can_merge(self) -> bool:

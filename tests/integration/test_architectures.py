@@ -1,0 +1,102 @@
+"""The architecture matrix: for tiny random models of many transformers architectures, greedy
+and beam search either match ``generate`` exactly (and a padded batch equals its singles) or
+are refused with a named error; speculative greedy either equals plain greedy or is refused.
+The expected outcome of every architecture is pinned, so a silent change either way fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+import decodekit
+from decodekit.errors import ConfigError, ModelError
+from decodekit.speculative import Speculative
+
+V = 96
+EXACT, REFUSED = "exact", "refused"
+
+
+def _cfg(cls, **kw):
+    base = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, eos_token_id=2, pad_token_id=0, bos_token_id=1)
+    base.update(kw)
+    return cls(**base)
+
+
+def _seq2seq(cls, config_cls, **kw):
+    base = dict(vocab_size=V, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+                encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, eos_token_id=2, pad_token_id=0,
+                bos_token_id=1, decoder_start_token_id=2, forced_eos_token_id=None)
+    base.update(kw)
+    return cls(config_cls(**base))
+
+
+# name -> (builder, plain decoding, speculative decoding)
+ARCHITECTURES = {
+    "gpt_neox": (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256, eos_token_id=2, pad_token_id=0)), EXACT, EXACT),
+    "opt": (lambda: T.OPTForCausalLM(T.OPTConfig(vocab_size=V, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256, eos_token_id=2, pad_token_id=0, word_embed_proj_dim=32)), EXACT, EXACT),
+    "phi": (lambda: T.PhiForCausalLM(_cfg(T.PhiConfig)), EXACT, EXACT),
+    "phi3": (lambda: T.Phi3ForCausalLM(_cfg(T.Phi3Config)), EXACT, EXACT),
+    "gemma": (lambda: T.GemmaForCausalLM(_cfg(T.GemmaConfig, head_dim=8)), EXACT, EXACT),
+    "gemma2-window": (lambda: T.Gemma2ForCausalLM(_cfg(T.Gemma2Config, head_dim=8, sliding_window=8)), EXACT, REFUSED),
+    "gemma3-window": (lambda: T.Gemma3ForCausalLM(_cfg(T.Gemma3TextConfig, head_dim=8, sliding_window=8)), EXACT, REFUSED),
+    "mistral-window": (lambda: T.MistralForCausalLM(_cfg(T.MistralConfig, sliding_window=8)), EXACT, REFUSED),
+    "falcon": (lambda: T.FalconForCausalLM(T.FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, eos_token_id=2, pad_token_id=0)), EXACT, EXACT),
+    "falcon-alibi": (lambda: T.FalconForCausalLM(T.FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True, eos_token_id=2, pad_token_id=0)), EXACT, REFUSED),
+    "bloom": (lambda: T.BloomForCausalLM(T.BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4, eos_token_id=2, pad_token_id=0)), EXACT, REFUSED),
+    "mpt": (lambda: T.MptForCausalLM(T.MptConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=256, eos_token_id=2, pad_token_id=0)), EXACT, REFUSED),
+    "gptj": (lambda: T.GPTJForCausalLM(T.GPTJConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=256, eos_token_id=2, pad_token_id=0, bos_token_id=1)), EXACT, EXACT),
+    "codegen": (lambda: T.CodeGenForCausalLM(T.CodeGenConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=256, eos_token_id=2, pad_token_id=0, bos_token_id=1)), EXACT, EXACT),
+    "stablelm": (lambda: T.StableLmForCausalLM(_cfg(T.StableLmConfig)), EXACT, EXACT),
+    "starcoder2": (lambda: T.Starcoder2ForCausalLM(_cfg(T.Starcoder2Config, sliding_window=None)), EXACT, EXACT),
+    "olmo2": (lambda: T.Olmo2ForCausalLM(_cfg(T.Olmo2Config)), EXACT, EXACT),
+    "granite": (lambda: T.GraniteForCausalLM(_cfg(T.GraniteConfig)), EXACT, EXACT),
+    "mixtral": (lambda: T.MixtralForCausalLM(_cfg(T.MixtralConfig, num_local_experts=4, num_experts_per_tok=2)), EXACT, EXACT),
+    "gpt_bigcode": (lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=256, eos_token_id=2, pad_token_id=0)), EXACT, EXACT),
+    "qwen2_moe": (lambda: T.Qwen2MoeForCausalLM(_cfg(T.Qwen2MoeConfig, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)), EXACT, EXACT),
+    "deepseek_v3": (lambda: T.DeepseekV3ForCausalLM(_cfg(T.DeepseekV3Config, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1, n_group=1, topk_group=1)), EXACT, EXACT),
+    "mamba": (lambda: T.MambaForCausalLM(T.MambaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, eos_token_id=2, pad_token_id=0)), REFUSED, REFUSED),
+    "jamba": (lambda: T.JambaForCausalLM(_cfg(T.JambaConfig, num_experts=2, num_experts_per_tok=1, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1)), REFUSED, REFUSED),
+    "recurrent_gemma": (lambda: T.RecurrentGemmaForCausalLM(T.RecurrentGemmaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, lru_width=32, attention_window_size=16, eos_token_id=2, pad_token_id=0)), REFUSED, REFUSED),
+    "marian": (lambda: _seq2seq(T.MarianMTModel, T.MarianConfig, decoder_start_token_id=0), EXACT, REFUSED),
+    "pegasus": (lambda: _seq2seq(T.PegasusForConditionalGeneration, T.PegasusConfig, decoder_start_token_id=0), EXACT, REFUSED),
+    "m2m100": (lambda: _seq2seq(T.M2M100ForConditionalGeneration, T.M2M100Config), EXACT, REFUSED),
+    "mbart": (lambda: _seq2seq(T.MBartForConditionalGeneration, T.MBartConfig), EXACT, REFUSED),
+    "mt5": (lambda: T.MT5ForConditionalGeneration(T.MT5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, eos_token_id=2, pad_token_id=0, decoder_start_token_id=0)), EXACT, REFUSED),
+}
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [20, 21, 22]]
+NEW = 6
+
+
+def reference(model, prompt, **kwargs):
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=0, eos_token_id=2, do_sample=False, **kwargs)
+    start = 1 if model.config.is_encoder_decoder else len(prompt)
+    return out[0, start:].tolist()
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_each_architecture_is_exact_or_refused(name, one_thread):
+    build, plain, speculative = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    if plain == REFUSED:
+        with pytest.raises(ModelError, match="recurrent"):
+            decodekit.load(model)
+        return
+    decoder = decodekit.load(model)
+    for strategy, hf in ((decodekit.Greedy(), {"num_beams": 1}), (decodekit.BeamSearch(num_beams=3), {"num_beams": 3})):
+        singles = [decoder.generate(p, strategy, max_new_tokens=NEW, min_new_tokens=NEW).best.token_ids for p in PROMPTS]
+        assert singles == [reference(model, p, **hf) for p in PROMPTS], strategy.name
+        batch = decoder.generate(PROMPTS, strategy, max_new_tokens=NEW, min_new_tokens=NEW)
+        assert [r.best.token_ids for r in batch] == singles, f"{strategy.name}: padded batch != singles"
+    spec = decodekit.Greedy(speculative=Speculative("ngram"))
+    if speculative == REFUSED:
+        with pytest.raises(ConfigError) as error:
+            decoder.generate(PROMPTS, spec, max_new_tokens=NEW)
+        assert error.value.field == "speculative"
+    else:
+        got = [r.best.token_ids for r in decoder.generate(PROMPTS, spec, max_new_tokens=NEW, min_new_tokens=NEW)]
+        assert got == [decoder.generate(p, max_new_tokens=NEW, min_new_tokens=NEW).best.token_ids for p in PROMPTS]

@@ -298,8 +298,11 @@ def load(
     tokenizer), or any :class:`~decodekit.model.base.LanguageModel`. Never downloads."""
     if isinstance(model, LanguageModel) and not isinstance(model, torch.nn.Module):
         return Decoder(model, tokenizer)
+    device = _device(device)
     if isinstance(model, torch.nn.Module):
         return Decoder(HFLanguageModel(model.to(device)), tokenizer)
+    if model is not None and not isinstance(model, str | Path):
+        raise InputError(f"model: {type(model).__name__}; give an embedded model name, a checkpoint directory or a transformers model")
     name = "stdlib-code" if model is None else str(model)
     path = _embedded(name)
     if path is None:
@@ -309,13 +312,39 @@ def load(
                 f"model: {name!r} is neither an embedded model name nor a local directory holding a "
                 "transformers checkpoint (config.json); decodekit never downloads"
             )
+        if not any(path.glob("*.safetensors")):
+            pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+            what = f"only pickle weights ({', '.join(sorted(pickled))})" if pickled else "no weights"
+            raise InputError(f"model: {name!r} holds {what}; decodekit loads safetensors only (never unpickles)")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     local = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    config = AutoConfig.from_pretrained(path, **local)
+    try:
+        config = AutoConfig.from_pretrained(path, **local)
+    except Exception as error:  # a bad config.json or an architecture transformers lacks
+        raise InputError(f"model: {name!r} has a config.json transformers cannot read: {type(error).__name__}: {str(error)[:200]}") from None
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    hf_model = auto.from_pretrained(path, use_safetensors=True, **local, **kwargs).to(device)
+    try:
+        hf_model = auto.from_pretrained(path, use_safetensors=True, **local, **kwargs).to(device)
+    except Exception as error:  # corrupted or truncated weights, a model class transformers lacks
+        raise InputError(f"model: {name!r} could not be loaded: {type(error).__name__}: {str(error)[:200]}") from None
     if tokenizer is None and (path / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path, **local)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **local)
+        except Exception as error:
+            raise InputError(f"model: {name!r} has a tokenizer transformers cannot read: {type(error).__name__}: {str(error)[:200]}") from None
     return Decoder(HFLanguageModel(hf_model), tokenizer, name=name)
+
+
+def _device(device) -> torch.device:
+    """``device`` as a torch device that exists on this machine."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", device, "a torch device such as 'cpu' or 'cuda:0'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", str(device), "a device this machine has: no CUDA device is available (use 'cpu')")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", str(device), "a device this machine has: MPS is not available (use 'cpu')")
+    return device

@@ -7,12 +7,13 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
-from collections.abc import Iterator
 
 from decodekit.cli_flags import add_config_flags, config_from_flags, reject_unused
 from decodekit.constraints.flags import CONSTRAINT_FLAGS, add_constraint_flags, constraint_from_args
-from decodekit.errors import ConfigError, DecodeKitError
+from decodekit.errors import ConfigError, DecodeKitError, InputError
+from decodekit.jobs import JobLine, check_input_path, decode_lines, done_lines, read_job
 from decodekit.options import DecodeOptions
 from decodekit.search.sampling import Sampling
 
@@ -20,6 +21,7 @@ EXTENSIONS = ("decodekit.compare",)
 """Modules that add subcommands through ``register(subparsers)``, when present."""
 
 _GENERAL = {"prompt", "model", "input", "output_format", "batch_size", "strategy", "command", "handler", "beam_sample", "device"}
+_GENERAL |= {"output", "on_error", "resume"}
 _GENERAL |= set(CONSTRAINT_FLAGS)
 _GENERAL |= {"speculative_proposer", "draft_model"}
 
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--input", default=None, help="JSONL file, one {\"prompt\": ...} per line")
     gen.add_argument("--output-format", choices=("text", "jsonl"), default="text")
+    gen.add_argument("--output", default=None, help="with --input: write JSONL records to this file (default: stdout)")
+    gen.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="with --input: a line that cannot be decoded stops the job (stop) or gets an error record (skip)")
+    gen.add_argument("--resume", action="store_true", help="with --input and --output: skip the lines already in --output, append the rest")
     gen.add_argument("--batch-size", type=int, default=8, help="prompts decoded together from --input")
     gen.add_argument("--strategy", default="greedy", help="greedy, sample, beam, ... (see decodekit.api.STRATEGIES)")
     gen.add_argument("--beam-sample", action="store_true", help="beam sampling: beam search drawing with the sampling flags")
@@ -59,14 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_prompts(args: argparse.Namespace) -> tuple[list[str], bool]:
-    if args.input:
-        from decodekit.compare import read_prompts
-
-        return [record["prompt"] for record in read_prompts(args.input)], True
+def _read_prompt(args: argparse.Namespace) -> str:
+    """The one prompt of a run without ``--input``: the argument, or stdin."""
     if args.prompt is not None and args.prompt != "-":
-        return [args.prompt], False
-    return [sys.stdin.read()], False
+        text = args.prompt
+    else:
+        stream = getattr(sys.stdin, "buffer", None)  # bytes when stdin is a real stream
+        try:
+            text = stream.read().decode("utf-8") if stream is not None else sys.stdin.read()
+        except UnicodeDecodeError as error:
+            raise InputError(f"stdin: not UTF-8 text (byte {error.start})") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("prompt: text with a lone surrogate (not valid Unicode)") from None
+    return text
 
 
 def make_cli_strategy(args: argparse.Namespace):
@@ -100,9 +112,15 @@ def with_speculative(strategy, args: argparse.Namespace):
     return dataclasses.replace(strategy, speculative=Speculative(name, config))
 
 
-def _batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _print_result(result, output_format: str) -> None:
+    if output_format == "jsonl":
+        print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+    elif len(result.sequences) == 1:
+        print(result.prompt + (result.text or ""), flush=True)
+    else:
+        for rank, sequence in enumerate(result.sequences, 1):
+            print(f"# {rank} score={sequence.score:.4f} ({sequence.finish_reason})")
+            print(result.prompt + (sequence.text or ""), flush=True)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -111,43 +129,123 @@ def run_generate(args: argparse.Namespace) -> int:
     strategy = make_cli_strategy(args)
     options = config_from_flags(DecodeOptions, args)
     strategy.validate()
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size", args.batch_size, "an integer >= 1")
+    if (args.output or args.resume) and not args.input:
+        raise ConfigError("--output" if args.output else "--resume", True, "only together with --input")
+    if args.resume and not args.output:
+        raise ConfigError("--resume", True, "together with --output (the file to continue)")
     constraint = constraint_from_args(args)
-    prompts, from_file = _read_prompts(args)
+    if args.input:
+        check_input_path(args.input)
+    else:
+        prompt = _read_prompt(args)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # keep stderr for decodekit's own progress
     decoder = decodekit.load(args.model, device=args.device)
-    progress = None
-    if from_file:
-        from tqdm import tqdm
+    if not args.input:
+        _print_result(decoder.generate(prompt, strategy, options=options, constraint=constraint), args.output_format)
+        return 0
+    return _run_job(decoder, args, strategy, options, constraint)
 
-        progress = tqdm(total=len(prompts), unit="prompt", file=sys.stderr, disable=None)
-    for batch in _batches(prompts, max(1, args.batch_size)):
-        results = decoder.generate(batch, strategy, options=options, constraint=constraint)
-        for result in results:
-            if args.output_format == "jsonl":
-                print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
-            elif len(result.sequences) == 1:
-                print(result.prompt + (result.text or ""), flush=True)
-            else:
-                for rank, sequence in enumerate(result.sequences, 1):
-                    print(f"# {rank} score={sequence.score:.4f} ({sequence.finish_reason})")
-                    print(result.prompt + (sequence.text or ""), flush=True)
-        if progress is not None:
-            progress.update(len(batch))
-    if progress is not None:
+
+def _run_job(decoder, args, strategy, options, constraint) -> int:
+    """Decode every line of ``--input``; one JSONL record (or text) per line, in order."""
+    from tqdm import tqdm
+
+    done = done_lines(args.output) if args.resume else set()
+    out = open(args.output, "a" if args.resume else "w", encoding="utf-8") if args.output else sys.stdout
+    jsonl = args.output is not None or args.output_format == "jsonl"
+    failed = 0
+    progress = tqdm(unit="prompt", file=sys.stderr, disable=None)
+
+    def write(line: JobLine, record: dict) -> bool:
+        """Write one record; False when it is an error and the job stops."""
+        nonlocal failed
+        if "error" in record:
+            failed += 1
+            if args.on_error == "stop":
+                print(f"decodekit: error: {args.input} line {line.number}: {record['error']}", file=sys.stderr)
+                return False
+        if jsonl:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+        elif "error" in record:
+            print(f"decodekit: {args.input} line {line.number}: {record['error']}", file=sys.stderr)
+        else:
+            for result in decoder_results(record):
+                _print_result(result, "text")
+        progress.update(1)
+        return True
+
+    try:
+        batch: list[JobLine] = []
+        for line in read_job(args.input):
+            if line.number in done:
+                continue
+            if line.error is not None:
+                if not _flush(decoder, batch, strategy, options, constraint, write) or not write(line, line.record() | {"error": line.error}):
+                    return 1
+                batch = []
+                continue
+            batch.append(line)
+            if len(batch) == args.batch_size:
+                if not _flush(decoder, batch, strategy, options, constraint, write):
+                    return 1
+                batch = []
+        if not _flush(decoder, batch, strategy, options, constraint, write):
+            return 1
+    finally:
         progress.close()
+        if out is not sys.stdout:
+            out.close()
+    if failed:
+        print(f"decodekit: {failed} line(s) of {args.input} could not be decoded (error records written)", file=sys.stderr)
     return 0
 
 
+def _flush(decoder, batch, strategy, options, constraint, write) -> bool:
+    for line, record in decode_lines(decoder, batch, strategy, options, constraint) if batch else ():
+        if not write(line, record):
+            return False
+    return True
+
+
+def decoder_results(record: dict):
+    """The text form of a record: its prompt followed by each sequence's text."""
+    from decodekit.results import GeneratedSequence, GenerationResult
+
+    sequences = [GeneratedSequence(**s) for s in record["sequences"]]
+    return [GenerationResult(record["prompt"], record["prompt_token_ids"], sequences, record["strategy"])]
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line. Errors are one line on stderr, never a traceback: exit code 2 for
+    a bad setting or input (usage), 1 for a failure while running, 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except DecodeKitError as error:
+    except (ConfigError, InputError) as error:
         print(f"decodekit: error: {error}", file=sys.stderr)
         return 2
+    except DecodeKitError as error:
+        print(f"decodekit: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("decodekit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except OSError as error:
+        print(f"decodekit: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug: still one line, the type and message say what
+        if os.environ.get("DECODEKIT_TRACEBACK"):
+            raise
+        print(f"decodekit: internal error: {type(error).__name__}: {error} (set DECODEKIT_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

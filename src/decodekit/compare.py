@@ -151,6 +151,13 @@ def plot_tradeoff(runs: list[StrategyRun], path: str | Path, title: str) -> None
 def run_compare(args: argparse.Namespace) -> int:
     import decodekit
 
+    from decodekit.errors import ConfigError
+
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens), ("--num-beams", args.num_beams)):
+        if value < 1:
+            raise ConfigError(flag, value, "an integer >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads", args.threads, "an integer >= 1")
     records = read_prompts(args.input)
     if args.threads is not None:
         import torch

@@ -150,7 +150,6 @@ def plot_tradeoff(runs: list[StrategyRun], path: str | Path, title: str) -> None
 
 def run_compare(args: argparse.Namespace) -> int:
     import decodekit
-
     from decodekit.errors import ConfigError
 
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens), ("--num-beams", args.num_beams)):

@@ -146,7 +146,7 @@ class Decoder:
             name, tokenizer, vocab = strategy.name, self.tokenizer, self.model.vocab_size
 
             def factory():
-                return [constraint_processor(constraint, name, tokenizer, vocab, tuple(eos), options.max_new_tokens)]
+                return [constraint_processor(constraint, name, tokenizer, vocab, tuple(eos), options.max_new_tokens, options.min_new_tokens)]
 
             if getattr(strategy, "speculative", None) is not None:
                 raise ConfigError("constraint", constraint, "None with speculative decoding")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import decodekit
-from decodekit.constraints import Catalog, JsonSchema, Regex
+from decodekit.constraints import Catalog, Grammar, JsonSchema, Regex
 from decodekit.errors import ConfigError, DecodeKitError, InputError
 from decodekit.model.scripted import ScriptedModel
 from decodekit.speculative import PromptLookupConfig, RecyclingConfig, Speculative, SuffixConfig
@@ -130,7 +130,7 @@ def test_a_stop_string_is_one_stop_string(decoder):
     assert dec.generate("ab", max_new_tokens=12, stop=stop).best.text == plain[: plain.find(stop)]
 
 
-BAD_CONSTRAINTS = [lambda: Catalog(5), lambda: Catalog([["a"]]), lambda: JsonSchema({"enum": [{1, 2}]}), lambda: JsonSchema(True), lambda: 7]
+BAD_CONSTRAINTS = [lambda: Catalog(5), lambda: Catalog([["a"]]), lambda: JsonSchema({"enum": [{1, 2}]}), lambda: JsonSchema(False), lambda: JsonSchema(3), lambda: 7]
 
 
 @pytest.mark.parametrize("make", BAD_CONSTRAINTS)
@@ -144,8 +144,32 @@ def test_bad_constraints_are_config_errors(decoder, make):
 
 def test_a_grammar_llguidance_cannot_follow_ends_with_finish_reason_constraint(decoder):
     dec, _ = decoder
-    result = dec.generate("ab", constraint=Regex("a{99999999}"), max_new_tokens=4)
-    assert result.best.finish_reason == "constraint"
+    for constraint in (Regex("a{99999999}"), Grammar('start: a\na: "x" a')):
+        result = dec.generate("ab", constraint=constraint, max_new_tokens=4)
+        assert result.best.finish_reason == "constraint"
+        assert result.best.constraint["valid"] is False
+
+
+def test_the_boolean_schema_true_allows_any_json(decoder):
+    import json
+
+    dec, _ = decoder
+    result = dec.generate("ab", constraint=JsonSchema(True), max_new_tokens=24)
+    if result.best.finish_reason == "eos":
+        json.loads(result.best.text)
+    assert result.best.finish_reason in ("eos", "constraint", "length")
+
+
+def test_compiled_grammars_share_one_bounded_thread_pool(decoder):
+    import os
+
+    dec, _ = decoder
+    for i in range(12):
+        dec.generate("ab", constraint=JsonSchema({"type": "object", "properties": {f"k{i}": {"type": "integer"}}}), max_new_tokens=2)
+    before = len(os.listdir(f"/proc/{os.getpid()}/task"))
+    for i in range(12, 40):
+        dec.generate("ab", constraint=JsonSchema({"type": "object", "properties": {f"k{i}": {"type": "integer"}}}), max_new_tokens=2)
+    assert len(os.listdir(f"/proc/{os.getpid()}/task")) <= before + 1
 
 
 def test_rows_with_no_possible_token_end_with_finish_reason_constraint():
@@ -256,3 +280,12 @@ def test_fuzz_speculative(decoder, config, options):
     options.setdefault("max_new_tokens", 3)
     strategy = decodekit.Greedy(speculative=Speculative("ngram", PromptLookupConfig(**config)))
     run_or_named_error(dec, calls, lambda: dec.generate("abab", strategy, **options))
+
+
+def test_a_constraint_that_ends_before_min_new_tokens_is_not_a_valid_eos(decoder):
+    dec, _ = decoder
+    for strategy in (decodekit.Greedy(), decodekit.Sampling(seed=1, n=3)):
+        result = dec.generate("ab", strategy, constraint=Regex("[0-9]{1,2}"), max_new_tokens=10, min_new_tokens=5)
+        for sequence in result.sequences:
+            if len(sequence.token_ids) <= 5:
+                assert sequence.finish_reason == "constraint"

@@ -26,7 +26,7 @@ from decodekit.constraints.catalog import Catalog, CatalogTrie
 from decodekit.constraints.corpus import CorpusSubstring, SuffixArrayIndex
 from decodekit.constraints.grammar import CompiledGrammar, Grammar, JsonSchema, Regex
 from decodekit.constraints.processor import ConstraintProcessor
-from decodekit.errors import ConfigError
+from decodekit.errors import ConfigError, DecodeKitError
 
 SPECS = (JsonSchema, Regex, Grammar, Catalog, CorpusSubstring)
 COMPILED = (CompiledGrammar, CatalogTrie, SuffixArrayIndex)
@@ -47,13 +47,13 @@ def compile_constraint(spec, tokenizer, vocab_size: int, eos_token_ids: tuple[in
         names = ", ".join(cls.__name__ for cls in SPECS)
         raise ConfigError("constraint", spec, f"one of {names} (or a compiled constraint)")
     if isinstance(spec, JsonSchema | Regex | Grammar):
-        return spec.compile(tokenizer, vocab_size, eos_token_ids)
+        return _compiling(spec, lambda: spec.compile(tokenizer, vocab_size, eos_token_ids))
     key = (id(spec), id(tokenizer), vocab_size, tuple(eos_token_ids))
     with _lock:
         hit = _compiled.get(key)
         if hit is not None and hit[0] is spec:
             return hit[1]
-    compiled = spec.compile(tokenizer, vocab_size, eos_token_ids)
+    compiled = _compiling(spec, lambda: spec.compile(tokenizer, vocab_size, eos_token_ids))
     with _lock:
         _compiled[key] = (spec, compiled)  # holds the spec so its id stays unique
         while len(_compiled) > 8:
@@ -61,8 +61,24 @@ def compile_constraint(spec, tokenizer, vocab_size: int, eos_token_ids: tuple[in
     return compiled
 
 
+def _compiling(spec, compile_):
+    """Run a spec's compilation; a raw error from a malformed spec becomes a ConfigError."""
+    try:
+        return compile_()
+    except DecodeKitError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as error:
+        raise ConfigError("constraint", getattr(spec, "name", type(spec).__name__), f"a valid {type(spec).__name__}: {type(error).__name__}: {str(error)[:200]}") from None
+
+
 def constraint_processor(
-    spec, strategy_name: str, tokenizer, vocab_size: int, eos_token_ids: tuple[int, ...], max_new_tokens: int | None
+    spec,
+    strategy_name: str,
+    tokenizer,
+    vocab_size: int,
+    eos_token_ids: tuple[int, ...],
+    max_new_tokens: int | None,
+    min_new_tokens: int = 0,
 ) -> ConstraintProcessor:
     """The processor enforcing ``spec`` under strategy ``strategy_name``; every error (an
     unsupported strategy, no EOS, a bad spec) is raised here, before any model call."""
@@ -71,7 +87,12 @@ def constraint_processor(
     if not eos_token_ids:
         raise ConfigError("eos_token_ids", eos_token_ids, "at least one EOS token: a constrained output ends with EOS once complete")
     compiled = compile_constraint(spec, tokenizer, vocab_size, tuple(eos_token_ids))
-    return ConstraintProcessor(compiled, tuple(eos_token_ids), max_new_tokens)
+    try:
+        return ConstraintProcessor(compiled, tuple(eos_token_ids), max_new_tokens, min_new_tokens)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError("constraint", getattr(spec, "name", spec), f"a valid constraint: {error}") from None
 
 
 __all__ = [

@@ -72,10 +72,10 @@ def _compile(kind: str, field: str, text: str, grammar_of, tokenizer, vocab_size
         grammar = grammar_of(text)
     except ValueError as error:
         raise ConfigError(field, shown, f"a valid {kind} (llguidance: {error})") from None
-    error = llguidance.LLMatcher.validate_grammar(grammar, lltok)
+    error = llguidance.LLMatcher.validate_grammar(grammar, lltok, limits=parser_limits())
     if error:
         raise ConfigError(field, shown, f"a valid {kind} (llguidance: {error.strip()})")
-    template = llguidance.LLMatcher(lltok, grammar, log_level=0)
+    template = llguidance.LLMatcher(lltok, grammar, log_level=0, limits=parser_limits())
     if template.is_error():
         raise ConfigError(field, shown, f"a valid {kind} (llguidance: {template.get_error().strip()})")
     compiled = CompiledGrammar(field, template, lltok, vocab_size)
@@ -101,6 +101,8 @@ class JsonSchema:
         in this order, so sorting keys would refuse valid instances)."""
         if isinstance(self.schema, str):
             return self.schema
+        if self.schema is True:  # the boolean schema true: any JSON document
+            return "{}"
         try:
             return json.dumps(self.schema)
         except (TypeError, ValueError) as error:
@@ -109,8 +111,10 @@ class JsonSchema:
     def compile(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int] = ()) -> CompiledGrammar:
         from llguidance import LLMatcher
 
-        if not isinstance(self.schema, str | Mapping):
-            raise ConfigError("json_schema", self.schema, "a JSON Schema: a dict or its JSON text")
+        if self.schema is False:
+            raise ConfigError("json_schema", False, "a satisfiable schema (the boolean schema false matches nothing)")
+        if not isinstance(self.schema, str | Mapping) and self.schema is not True:
+            raise ConfigError("json_schema", self.schema, "a JSON Schema: a dict, its JSON text, or true")
         options = {"whitespace_flexible": bool(self.whitespace)}
         text = self.text()
         return _compile(
@@ -155,17 +159,40 @@ class Grammar:
         return _compile("Lark grammar", "grammar", self.lark, LLMatcher.grammar_from_lark, tokenizer, vocab_size)
 
 
+_executor = None
+
+
+def _shared_executor():
+    """One bounded llguidance thread pool for every compiled grammar (a pool per grammar
+    would leave two OS threads behind for each schema ever compiled)."""
+    global _executor
+    import llguidance
+
+    with _lock:
+        if _executor is None:
+            _executor = llguidance.LLExecutor(num_threads=2)
+    return _executor
+
+
+def parser_limits():
+    """llguidance's resource limits, tightened so that a grammar whose lexer or parser would
+    grow without bound fails (the row ends with finish reason ``constraint``) instead of
+    hanging a decoding step; error texts without parser state dumps."""
+    import llguidance
+
+    return llguidance.LLParserLimits(step_lexer_fuel=200_000, step_max_items=50_000, max_lexer_states=50_000, verbose_errors=False)
+
+
 class CompiledGrammar:
     """A grammar compiled for one tokenizer: the template matcher its cursors copy."""
 
     def __init__(self, name: str, template, lltokenizer, vocab_size: int):
-        import llguidance
 
         self.name = name  # json_schema, regex or grammar
         self.template, self.lltokenizer, self.vocab_size = template, lltokenizer, vocab_size
         self.tokenizer_vocab = int(lltokenizer.vocab_size)
         self.special = torch.tensor(sorted(set(lltokenizer.eos_tokens)), dtype=torch.long)
-        self.executor = llguidance.LLExecutor(num_threads=2)
+        self.executor = _shared_executor()
 
     def cursor(self, rows: int) -> GrammarCursor:
         return GrammarCursor(self, [self.template.deep_copy() for _ in range(rows)])

@@ -48,10 +48,13 @@ class ConstraintProcessor:
 
     changes_argmax = True
 
-    def __init__(self, compiled: CompiledConstraint, eos_token_ids: tuple[int, ...], max_new_tokens: int | None = None):
+    def __init__(
+        self, compiled: CompiledConstraint, eos_token_ids: tuple[int, ...], max_new_tokens: int | None = None, min_new_tokens: int = 0
+    ):
         if not eos_token_ids:
             raise ConfigError("eos_token_ids", eos_token_ids, "at least one EOS token: a constrained output ends with EOS once complete")
         self.compiled, self.eos, self.max_new_tokens = compiled, tuple(int(e) for e in eos_token_ids), max_new_tokens
+        self.min_new_tokens = int(min_new_tokens)
         self.eos_index = torch.tensor(self.eos, dtype=torch.long)
         self.cursor = compiled.cursor(0)
         # host bookkeeping per row (numpy: a few tiny ops a step, no torch dispatch)
@@ -135,4 +138,9 @@ class ConstraintProcessor:
             valid, info = verdict.valid, verdict.info
         reason = sequence.finish_reason if valid else "constraint"
         report = {"name": self.compiled.name, "valid": valid, **info}
+        if valid and sequence.finish_reason == "eos" and 0 < self.min_new_tokens >= len(sequence.token_ids):
+            # the constraint ended the output before min_new_tokens (EOS was its only way on):
+            # the output is valid for the constraint but does not meet the options
+            reason = "constraint"
+            report["min_new_tokens"] = False
         return dataclasses.replace(sequence, finish_reason=reason, constraint=report)

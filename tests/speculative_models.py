@@ -45,3 +45,26 @@ def _exact_distribution(model, prompt, length, warp):
 
     expand((), 1.0)
     return out
+
+
+def chisquare_pvalue(samples, exact: dict, n: int, reference: dict | None = None) -> float:
+    """Chi-square p-value of ``samples`` (token-id sequences, ``n`` of them) against ``exact``
+    (sequence -> probability; ``reference`` instead, if given, over ``exact``'s outcomes).
+    Rare outcomes (expected < 5) are pooled, as chi-square needs; float32 probabilities are
+    renormalised."""
+    from collections import Counter
+
+    from scipy.stats import chisquare
+
+    seen = Counter(tuple(s) for s in samples)
+    assert sum(seen.values()) == n
+    keys = sorted(exact)
+    expected = [exact[k] * n for k in keys]
+    against = expected if reference is None else [reference.get(k, 0.0) * n for k in keys]
+    observed = [seen.get(k, 0) for k in keys]
+    big = [i for i, e in enumerate(expected) if e >= 5]
+    rest = [i for i in range(len(keys)) if i not in big]
+    f_obs = [observed[i] for i in big] + ([sum(observed[i] for i in rest)] if rest else [])
+    f_exp = [against[i] for i in big] + ([sum(against[i] for i in rest)] if rest else [])
+    f_exp = [max(e, 1e-9) * n / sum(f_exp) for e in f_exp]
+    return float(chisquare(f_obs, f_exp).pvalue)

@@ -100,3 +100,23 @@ def test_each_architecture_is_exact_or_refused(name, one_thread):
     else:
         got = [r.best.token_ids for r in decoder.generate(PROMPTS, spec, max_new_tokens=NEW, min_new_tokens=NEW)]
         assert got == [decoder.generate(p, max_new_tokens=NEW, min_new_tokens=NEW).best.token_ids for p in PROMPTS]
+
+
+def test_a_rope_scaling_extends_the_context_it_supports(one_thread):
+    torch.manual_seed(0)
+    config = T.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=32, rope_scaling={"rope_type": "linear", "factor": 4.0}, eos_token_id=2, pad_token_id=0)
+    model = T.LlamaForCausalLM(config).eval()
+    decoder = decodekit.load(model)
+    prompt = list(range(3, 50))  # past the 32 positions of the table, within the scaled 128
+    got = decoder.generate(prompt, max_new_tokens=20, min_new_tokens=20).best.token_ids
+    assert got == reference_long(model, prompt, 20)
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        decoder.generate(prompt, max_new_tokens=100)
+
+
+def reference_long(model, prompt, new):
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, pad_token_id=0, do_sample=False)
+    return out[0, len(prompt):].tolist()

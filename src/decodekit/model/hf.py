@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
+import threading
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -54,6 +56,45 @@ def _as_id_tuple(value) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+_driving = threading.local()
+
+
+class _PaddingWarningFilter(logging.Filter):
+    """Drops transformers' "passing in an attention_mask" warning for calls decodekit makes:
+    decodekit passes a mask whenever a slot is masked, and leaves it out only when none is, so
+    the warning (raised when a pad-valued token id is seen) is always spurious for them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(_driving, "on", False) and "passing in an `attention_mask`" in record.getMessage())
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_PaddingWarningFilter())
+
+
+@contextlib.contextmanager
+def _driven():
+    _driving.on = True
+    try:
+        yield
+    finally:
+        _driving.on = False
+
+
+def _context_length(text) -> int | None:
+    """Longest sequence the model attends over: its position table, extended by a RoPE scaling
+    meant for longer contexts (linear, dynamic NTK and YaRN multiply the original length by
+    their factor; llama3 and longrope configs already state the extended length)."""
+    length = next((int(v) for k in ("max_position_embeddings", "n_positions") if (v := getattr(text, k, None))), None)
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    if length is None or not isinstance(rope, dict):
+        return length
+    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
+    if kind in ("linear", "dynamic", "yarn") and isinstance(factor, int | float) and factor > 1:
+        original = int(rope.get("original_max_position_embeddings") or length)
+        return max(length, int(original * factor))
+    return length
+
+
 def _decoder_layer_count(config) -> int:
     text = config.get_text_config(decoder=True)
     for name in ("decoder_layers", "num_decoder_layers", "num_hidden_layers", "n_layer"):
@@ -84,10 +125,7 @@ class HFLanguageModel:
         start = getattr(generation, "decoder_start_token_id", None)
         self.decoder_start_token_id = start if start is not None else getattr(config, "decoder_start_token_id", None)
         text = config.get_text_config(decoder=True)
-        self.max_length = next(
-            (int(v) for k in ("max_position_embeddings", "n_positions") if (v := getattr(text, k, None))),
-            None,
-        )
+        self.max_length = _context_length(text)
         if self.is_encoder_decoder and self.decoder_start_token_id is None:
             raise InputError("encoder-decoder model has no decoder_start_token_id in its config")
         text_config = config.get_text_config(decoder=True)
@@ -137,12 +175,14 @@ class HFLanguageModel:
             inputs["logits_to_keep"] = 1
         ids = inputs.get("input_ids", inputs.get("decoder_input_ids"))
         if not output_head.applies(self._head, ids.shape[0]):
-            out = self.model(**inputs, use_cache=True, return_dict=True)
+            with _driven():
+                out = self.model(**inputs, use_cache=True, return_dict=True)
         else:
             head = self._head
             head.forward = functools.partial(output_head.weight_first_linear, head)
             try:
-                out = self.model(**inputs, use_cache=True, return_dict=True)
+                with _driven():
+                    out = self.model(**inputs, use_cache=True, return_dict=True)
             finally:
                 del head.forward
         return out.logits[:, -1, :].float()
@@ -409,15 +449,16 @@ class HFLanguageModel:
             logits = self._project(self._step(tokens, positions, extra["cache"], block_mask[:, None]))
         else:
             inputs = {"logits_to_keep": 0} if self._keeps_logits else {}
-            logits = self.model(
-                input_ids=tokens,
-                attention_mask=block_mask[:, None],
-                position_ids=positions,
-                **{self._cache_kw: extra["cache"]},
-                use_cache=True,
-                return_dict=True,
-                **inputs,
-            ).logits.float()
+            with _driven():
+                logits = self.model(
+                    input_ids=tokens,
+                    attention_mask=block_mask[:, None],
+                    position_ids=positions,
+                    **{self._cache_kw: extra["cache"]},
+                    use_cache=True,
+                    return_dict=True,
+                    **inputs,
+                ).logits.float()
         extra["length"] = length + n
         extra["block"] = (length, n)
         extra["group"] = 1  # keep/compact move rows' slots independently

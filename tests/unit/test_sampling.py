@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import chisquare
 
 import decodekit
 from decodekit.model.scripted import ScriptedModel
+from decodekit.search.sampling import Sampling
 
 LOGITS = [0.0, 2.0, 1.0, 0.5, -1.0, 1.5]  # token 0 is EOS
 VOCAB = len(LOGITS)
@@ -80,3 +82,33 @@ def test_beam_sampling_is_seeded():
     first = decoder.generate([3], strategy, max_new_tokens=5)
     again = decoder.generate([3], strategy, max_new_tokens=5)
     assert [s.token_ids for s in first.sequences] == [s.token_ids for s in again.sequences]
+
+
+def test_per_row_warpers_equal_each_rows_own_chain():
+    """The engine's vectorised warpers (one setting per row) give every row exactly what its
+    own Sampling config's warper chain gives."""
+    from decodekit.logits.warpers import warp_rows
+
+    configs = [
+        Sampling(),
+        Sampling(temperature=0.7),
+        Sampling(top_k=3),
+        Sampling(top_p=0.8, temperature=1.3),
+        Sampling(min_p=0.1),
+        Sampling(typical_p=0.9),
+        Sampling(temperature=0.5, top_k=10, top_p=0.9, min_p=0.05, typical_p=0.95),
+        Sampling(top_k=1000),
+    ]
+    scores = torch.randn((len(configs), 50), generator=torch.Generator().manual_seed(0)) * 3
+    settings = [
+        torch.tensor([c.temperature for c in configs]),
+        torch.tensor([c.top_k or 0 for c in configs]),
+        torch.tensor([c.top_p for c in configs]),
+        torch.tensor([c.min_p for c in configs]),
+        torch.tensor([c.typical_p for c in configs]),
+    ]
+    together = warp_rows(scores, *settings)
+    for row, config in enumerate(configs):
+        chain = config.warpers()
+        alone = chain(None, scores[row : row + 1].clone()) if len(chain) else scores[row : row + 1]
+        assert torch.equal(together[row : row + 1], alone), config

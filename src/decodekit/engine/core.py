@@ -232,7 +232,7 @@ class Engine:
             self.forward_seconds += time.perf_counter() - began
         partition = self._partitions[0] if getattr(model, "can_merge", False) and self._partitions else None
         if group.poolable:
-            key = (group.strategy, group.eos)
+            key = (group.search.sampling, group.eos)
             partitions = [partition] if partition is not None else []
             for part in partitions:
                 for index, member in enumerate(part.groups):
@@ -241,7 +241,7 @@ class Engine:
                         part.state = model.merge(part.state, state, at)
                         member.add(group)
                         return
-            pool = RowPool(key, group.strategy if group.search.sampling else None, group.context.eos_token_ids, group.context.pad_token_id, group.context.device)
+            pool = RowPool(key, group.search.sampling, group.context.eos_token_ids, group.context.pad_token_id, group.context.device)
             pool.add(group)
             group = pool
         if partition is not None:

@@ -1,10 +1,11 @@
 """A pool of per-row requests decided together: the vectorised greedy / sampling step.
 
-Requests that decode greedily or sample with the same config (and need no processors or stop
-strings) share one :class:`RowPool`, whatever their arrival time, prompt or length limit:
-every row carries its own step count, length limit and random numbers (drawn at admission from
-its request's own generator), so one set of ``(rows, vocab)`` tensor ops decides for all of
-them and a request's output is exactly what it would be alone. A request leaves the pool the
+Requests that decode greedily, or that sample (with any temperature, top-k, top-p, min-p,
+typical-p), and need no processors or stop strings share one :class:`RowPool` of their kind,
+whatever their arrival time, prompt, settings or length limit: every row carries its own step
+count, length limit, sampler settings and random numbers (drawn at admission from its
+request's own generator), so one set of ``(rows, vocab)`` tensor ops decides for all of them and
+a request's output is exactly what it would be alone. A request leaves the pool the
 step its last row finishes; its result is delivered then.
 """
 
@@ -17,8 +18,11 @@ import torch
 from decodekit.engine.group import PlainGroup
 from decodekit.engine.request import EngineEvent, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
+from decodekit.logits.warpers import warp_rows
 from decodekit.search.base import Hypothesis, inverse_cdf
 from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS
+
+WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
 
 
 @dataclass
@@ -32,10 +36,11 @@ class Member:
 class RowPool:
     """Rows of greedy (``sampler`` None) or sampling requests, in member order."""
 
-    def __init__(self, key, sampler, eos: torch.Tensor, pad: int, device):
+    def __init__(self, key, sampling: bool, eos: torch.Tensor, pad: int, device):
         self.key, self.eos, self.pad, self.device = key, eos, pad, device
-        self.warpers = sampler.warpers() if sampler is not None else None
-        self.sampling = sampler is not None
+        self.sampling = sampling
+        # per-row sampler settings (neutral values where a request does not use a warper)
+        self.settings = {name: torch.zeros(0, device=device) for name in WARPER_FIELDS}
         self.members: list[Member] = []
         self.rows = 0
         self.columns = 1
@@ -78,6 +83,12 @@ class RowPool:
         self.min_new = torch.cat([self.min_new, torch.full((rows,), minimum, dtype=torch.long, device=self.device)])
         self.reason = torch.cat([self.reason, torch.zeros(rows, dtype=torch.int8, device=self.device)])
         self.finished = torch.cat([self.finished, torch.zeros(rows, dtype=torch.bool, device=self.device)])
+        if self.sampling:
+            config = group.strategy
+            values = {"temperature": config.temperature, "top_k": config.top_k or 0, "top_p": config.top_p, "min_p": config.min_p, "typical_p": config.typical_p}
+            for name in WARPER_FIELDS:
+                dtype = torch.long if name == "top_k" else torch.float32
+                self.settings[name] = torch.cat([self.settings[name].to(dtype), torch.full((rows,), values[name], dtype=dtype, device=self.device)])
         for i, handle in enumerate(group.handles):
             self.members.append(Member(handle, group.width, handle.request.stream, i * group.width))
         self.handles = [m.handle for m in self.members]
@@ -88,6 +99,8 @@ class RowPool:
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         for name in ("tokens", "logprobs", "uniforms", "t", "limit", "min_new", "reason", "finished", "step_tokens"):
             setattr(self, name, getattr(self, name).index_select(0, index))
+        if self.sampling:
+            self.settings = {name: value.index_select(0, index) for name, value in self.settings.items()}
         self.rows = len(rows)
 
     # -- one step ---------------------------------------------------------------------------
@@ -108,7 +121,7 @@ class RowPool:
             stuck = (normaliser == -float("inf")) & ~nonfinite  # only EOS was possible
         rows = torch.arange(self.rows, device=self.device)
         if self.sampling:
-            warped = self.warpers(None, logits.clone()) if len(self.warpers) else logits
+            warped = warp_rows(logits, *(self.settings[name] for name in WARPER_FIELDS))
             tokens = inverse_cdf(warped.softmax(-1), self.uniforms[rows, self.t.clamp(max=self.columns - 1)])
         else:
             tokens = logits.max(-1).indices  # the first maximum, as argmax; faster on the CPU

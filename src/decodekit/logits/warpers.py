@@ -90,3 +90,52 @@ class TypicalP:
         drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         return scores.masked_fill(drop, NEG_INF)
+
+
+def warp_rows(
+    scores: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    typical_p: torch.Tensor,
+) -> torch.Tensor:
+    """The warpers above with one setting per row (all ``(rows,)``; a disabled warper's
+    neutral value: temperature 1, top-k 0, top-p 1, min-p 0, typical-p 1), in the same order and
+    with the same arithmetic as the chain a :class:`~decodekit.Sampling` config builds, so a
+    row's result is the one its own config gives. ``scores``: ``(rows, vocab)``, not mutated.
+    A warper no row uses costs nothing."""
+    vocab = scores.shape[-1]
+    if bool((temperature != 1.0).any()):
+        scores = scores / temperature[:, None]
+    if bool((top_k > 0).any()):
+        k = top_k.clamp(max=vocab)
+        values = torch.topk(scores, int(k.max()), dim=-1).values
+        threshold = values.gather(1, (k - 1).clamp(min=0)[:, None])
+        threshold = threshold.masked_fill((top_k <= 0)[:, None], NEG_INF)
+        scores = scores.masked_fill(scores < threshold, NEG_INF)
+    if bool((top_p < 1.0).any()):
+        ordered, order = torch.sort(scores, dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        before = probs.cumsum(-1) - probs
+        drop_sorted = (before >= top_p[:, None]) & (top_p < 1.0)[:, None]
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        scores = scores.masked_fill(drop, NEG_INF)
+    if bool((min_p > 0.0).any()):
+        probs = scores.softmax(-1)
+        threshold = probs.max(-1, keepdim=True).values * min_p[:, None]
+        scores = scores.masked_fill((probs < threshold) & (min_p > 0.0)[:, None], NEG_INF)
+    if bool((typical_p < 1.0).any()):
+        log_probs = scores.log_softmax(-1)
+        probs = log_probs.exp()
+        entropy = -(torch.nan_to_num(probs * log_probs)).sum(-1, keepdim=True)
+        distance = (entropy + log_probs).abs()
+        ordered, order = torch.sort(distance, dim=-1)
+        mass = probs.gather(-1, order)
+        before = mass.cumsum(-1) - mass
+        drop_sorted = (before >= typical_p[:, None]) & (typical_p < 1.0)[:, None]
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        scores = scores.masked_fill(drop, NEG_INF)
+    return scores

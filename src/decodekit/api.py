@@ -193,10 +193,28 @@ class Decoder:
         from many threads at once: every call's prompts join the decoder's one engine.
         """
         items, single = self._prompts(prompts)
-        requests, stop = self._requests(items, strategy, options, settings, seed, constraint)
-        handles = self.engine.submit(requests)
-        results = [self._result(item, request, handle.result(), stop) for item, request, handle in zip(items, requests, handles)]
+        pending = self.submit(items, strategy, options=options, seed=seed, constraint=constraint, **settings)
+        results = [p.result() for p in pending]
         return results[0] if single else results
+
+    def submit(
+        self,
+        prompts: Sequence[Prompt],
+        strategy: str | Strategy = "greedy",
+        *,
+        options: DecodeOptions | None = None,
+        seed: int | None = None,
+        constraint=None,
+        stream: bool = False,
+        **settings: Any,
+    ) -> list[Pending]:
+        """Submit a list of prompts to the engine without waiting; one :class:`Pending` per
+        prompt (``result()`` waits, ``events()`` streams, ``abort()`` stops). Every setting is
+        checked here, before any model call."""
+        items, _ = self._prompts(prompts)
+        requests, stop = self._requests(items, strategy, options, settings, seed, constraint, stream=stream)
+        handles = self.engine.submit(requests)
+        return [Pending(self, item, request, handle, stop) for item, request, handle in zip(items, requests, handles)]
 
     def _result(self, item, request: Request, output: RequestOutput, stop) -> GenerationResult:
         review = output.processors[0].review if output.processors else None
@@ -229,14 +247,12 @@ class Decoder:
         and sampling (with ``n`` samples, ``event.row`` tells them apart; speculative decoding
         yields each accepted block's tokens), the current best hypothesis per step for beam
         searches, then their final n-best. Leaving the loop early aborts the request."""
-        requests, stop = self._requests([prompt], strategy, options, settings, seed, constraint, stream=True)
-        request = requests[0]
-        (handle,) = self.engine.submit(requests)
+        (pending,) = self.submit([prompt], strategy, options=options, seed=seed, constraint=constraint, stream=True, **settings)
         try:
-            yield from self._events(prompt, request, handle, stop)
+            yield from pending.events()
         finally:
-            if not handle.done:
-                handle.abort()
+            if not pending.done:
+                pending.abort()
 
     def _events(self, prompt, request: Request, handle, stop) -> Iterator[StreamEvent]:
         tokens: dict[int, list[int]] = {}
@@ -275,6 +291,27 @@ class Decoder:
                 if reason is not None:
                     ended.add(row)
                 yield StreamEvent(row, event.step + j, token, delta, logprob, reason)
+
+
+class Pending:
+    """A submitted prompt: ``result()`` waits for its :class:`GenerationResult`, ``events()``
+    yields its :class:`StreamEvent` s (submitted with ``stream=True``), ``abort()`` stops it."""
+
+    def __init__(self, decoder: Decoder, prompt, request: Request, handle, stop):
+        self.decoder, self.prompt, self.request, self.handle, self.stop = decoder, prompt, request, handle, stop
+
+    @property
+    def done(self) -> bool:
+        return self.handle.done
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        return self.decoder._result(self.prompt, self.request, self.handle.result(timeout), self.stop)
+
+    def events(self) -> Iterator[StreamEvent]:
+        return self.decoder._events(self.prompt, self.request, self.handle, self.stop)
+
+    def abort(self) -> None:
+        self.handle.abort()
 
 
 def _embedded(name: str) -> Path | None:

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(gen.add_argument_group(f"{name} strategy"), cls, seen)
     add_constraint_flags(gen)
     gen.set_defaults(handler=run_generate)
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, models, health, metrics)")
+    serve.add_argument("model", nargs="?", default=None, help="embedded model name or local checkpoint directory (default: stdlib-code)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--served-model-name", default=None, help="the model id clients use (default: the model's name)")
+    serve.set_defaults(handler=run_serve)
     for module in EXTENSIONS:
         try:
             importlib.import_module(module).register(commands)
@@ -218,6 +225,22 @@ def decoder_results(record: dict):
 
     sequences = [GeneratedSequence(**s) for s in record["sequences"]]
     return [GenerationResult(record["prompt"], record["prompt_token_ids"], sequences, record["strategy"])]
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from transformers.utils import logging as transformers_logging
+
+    import decodekit
+    from decodekit.serve import create_app
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port", args.port, "a TCP port in [0, 65535]")
+    transformers_logging.disable_progress_bar()
+    decoder = decodekit.load(args.model, device=args.device)
+    name = args.served_model_name or (args.model or "stdlib-code")
+    uvicorn.run(create_app(decoder, name), host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,296 @@
+"""The FastAPI app: HTTP requests become engine requests, engine events become chunks.
+
+Handlers only translate (:mod:`.translate`) and format; the engine decodes. Waiting on the
+engine happens in worker threads (a waiting thread drives the engine's steps for everyone),
+so the event loop stays free; a client that disconnects aborts its requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from decodekit.engine import AbortedError
+from decodekit.errors import ConfigError, DecodeKitError, InputError
+from decodekit.serve.metrics import Metrics
+from decodekit.serve.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody
+from decodekit.serve.translate import api_param, decoding
+
+def default_chat_prompt(messages: list[dict]) -> str:
+    """The chat format of tokenizers without a chat template (the embedded models): each
+    message as a ``# role`` line, its text and a blank line, then ``# assistant`` and a newline
+    for the reply."""
+    return "".join(f"# {m['role']}\n{m['content']}\n\n" for m in messages) + "# assistant\n"
+
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "constraint": "constraint"}
+"""decodekit finish reasons -> the API's (``constraint``: the output does not satisfy the
+request's constraint, never reported as ``stop``)."""
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        self.status, self.body = status, ErrorBody(message=message, type=kind, param=param, code=None)
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse({"error": error.body.model_dump()}, status_code=error.status)
+
+
+def create_app(decoder, model_name: str = "decodekit") -> FastAPI:
+    """An app serving ``decoder`` under the model id ``model_name``."""
+    app = FastAPI(title="decodekit", version="0.1")
+    metrics = Metrics(decoder.engine)
+    app.state.decoder, app.state.metrics = decoder, metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
+        metrics.requests.labels(request.url.path, "400").inc()
+        return error_response(APIError(400, message, param=param))
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        metrics.requests.labels(request.url.path, str(exc.status)).inc()
+        return error_response(exc)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "decodekit"}]}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        prompts = _completion_prompts(body.prompt)
+        return await _serve(request, body, prompts, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await _serve(request, body, [_chat_prompt(decoder, body)], chat=True)
+
+    async def _serve(request: Request, body, prompts: list, chat: bool):
+        arrived = time.perf_counter()
+        if body.model not in (None, model_name):
+            raise APIError(404, f"model {body.model!r} is not served here; this server serves {model_name!r}", "not_found_error", "model")
+        try:
+            plan = decoding(body, default_max_tokens=256 if chat else 16)
+            pending = await anyio.to_thread.run_sync(
+                lambda: decoder.submit(prompts, plan.strategy, constraint=plan.constraint, stream=body.stream and not plan.beam, **plan.settings)
+            )
+        except ConfigError as error:
+            raise APIError(400, f"{api_param(error.field)}={error.value!r} is not allowed: {error.allowed}", param=api_param(error.field)) from None
+        except InputError as error:
+            raise APIError(400, str(error), param="messages" if chat else "prompt") from None
+        metrics.prompt_tokens.inc(sum(len(p.request.prompt) for p in pending))
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        if body.stream:
+            stream = _stream(request, body, pending, plan, chat, ident, arrived)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        results = await _wait(request, pending)
+        if results is None:
+            metrics.requests.labels(request.url.path, "499").inc()
+            return Response(status_code=499)
+        first = time.perf_counter() - arrived
+        choices, completion_tokens = [], 0
+        for p, result in zip(pending, results):
+            for sequence in result.sequences:
+                choices.append(_choice(len(choices), p, sequence, body, chat))
+                completion_tokens += len(sequence.token_ids)
+        metrics.generated_tokens.inc(completion_tokens)
+        metrics.ttft.observe(first)
+        if completion_tokens:
+            metrics.token_latency.observe(first / completion_tokens)
+        metrics.requests.labels(request.url.path, "200").inc()
+        prompt_tokens = sum(len(p.request.prompt) for p in pending)
+        return {
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    async def _wait(request: Request, pending):
+        """Every pending result (waiting in a worker thread), or None if the client left."""
+        task = asyncio.ensure_future(anyio.to_thread.run_sync(lambda: [p.result() for p in pending]))
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.25)
+            if not task.done() and await request.is_disconnected():
+                for p in pending:
+                    p.abort()
+        try:
+            return task.result()
+        except AbortedError:
+            return None
+        except DecodeKitError as error:
+            raise APIError(500, str(error), "server_error") from None
+
+    async def _stream(request: Request, body, pending, plan, chat: bool, ident: str, arrived: float) -> AsyncIterator[str]:
+        """Server-sent events: one chunk per streamed token (or block), then each choice's
+        finish, then usage (``stream_options.include_usage``) and ``[DONE]``."""
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        created = int(time.time())
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        width = 1 if plan.beam else plan.choices_per_prompt
+
+        def pump(index: int, p) -> None:
+            try:
+                if plan.beam:
+                    result = p.result()
+                    for j, sequence in enumerate(result.sequences):
+                        loop.call_soon_threadsafe(queue.put_nowait, ("final", index * plan.choices_per_prompt + j, p, sequence))
+                else:
+                    for event in p.events():
+                        loop.call_soon_threadsafe(queue.put_nowait, ("event", index * width + event.row, p, event))
+            except AbortedError:
+                pass
+            except Exception as error:  # delivered to the client as an error chunk
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", index, p, error))
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", index, p, None))
+
+        for index, p in enumerate(pending):
+            threading.Thread(target=pump, args=(index, p), daemon=True).start()
+
+        def chunk(choice: dict) -> str:
+            return "data: " + json.dumps({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [choice]}) + "\n\n"
+
+        open_streams, tokens, first_seen, started = len(pending), 0, None, set()
+        try:
+            while open_streams:
+                try:
+                    what, index, p, item = await asyncio.wait_for(queue.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                if what == "end":
+                    open_streams -= 1
+                    continue
+                if what == "error":
+                    yield "data: " + json.dumps({"error": ErrorBody(message=str(item), type="server_error").model_dump()}) + "\n\n"
+                    continue
+                if first_seen is None:
+                    first_seen = time.perf_counter() - arrived
+                    metrics.ttft.observe(first_seen)
+                if chat and index not in started:
+                    started.add(index)
+                    yield chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
+                if what == "final":
+                    tokens += len(item.token_ids)
+                    text = (p.prompt if body_echo(body) else "") + (item.text or "")
+                    delta = {"content": text} if chat else None
+                    yield chunk(_chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat))
+                    continue
+                event = item
+                if event.token_id is not None:
+                    tokens += 1
+                if event.text or event.finish_reason:
+                    reason = FINISH.get(event.finish_reason) if event.finish_reason else None
+                    delta = {"content": event.text} if chat else None
+                    yield chunk(_chunk_choice(index, event.text, delta, reason, None, chat))
+            if body.stream_options is not None and body.stream_options.include_usage:
+                prompt_tokens = sum(len(x.request.prompt) for x in pending)
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+                yield "data: " + json.dumps({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [], "usage": usage}) + "\n\n"
+            yield "data: [DONE]\n\n"
+            metrics.generated_tokens.inc(tokens)
+            if tokens and first_seen is not None:
+                metrics.token_latency.observe((time.perf_counter() - arrived) / tokens)
+            metrics.requests.labels(request.url.path, "200").inc()
+        finally:
+            for p in pending:
+                if not p.done:
+                    p.abort()
+
+    return app
+
+
+def body_echo(body) -> bool:
+    return bool(getattr(body, "echo", False))
+
+
+def _completion_prompts(prompt) -> list:
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(x, int) for x in prompt):
+        return [list(prompt)]
+    if not prompt:
+        raise APIError(400, "prompt: an empty list; give a string, a list of strings or token ids", param="prompt")
+    return list(prompt)
+
+
+def _chat_prompt(decoder, body: ChatCompletionRequest) -> str:
+    tokenizer = decoder.tokenizer
+    if tokenizer is None:
+        raise APIError(400, "messages: this model has no tokenizer; use /v1/completions with token ids", param="messages")
+    messages = []
+    for i, message in enumerate(body.messages):
+        content = message.content
+        if isinstance(content, list):  # content parts: text only
+            texts = []
+            for part in content:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise APIError(400, f"messages.{i}.content: only text parts are supported", param=f"messages.{i}.content")
+                texts.append(part["text"])
+            content = "".join(texts)
+        messages.append({"role": message.role, "content": content or ""})
+    if not getattr(tokenizer, "chat_template", None):
+        return default_chat_prompt(messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _logprobs(sequence, decoder, chat: bool):
+    tokenizer = decoder.tokenizer
+    pieces = [tokenizer.decode([t]) if tokenizer is not None else str(t) for t in sequence.token_ids]
+    if chat:
+        return {"content": [{"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8")), "top_logprobs": []} for piece, lp in zip(pieces, sequence.token_logprobs)]}
+    offsets, at = [], 0
+    for piece in pieces:
+        offsets.append(at)
+        at += len(piece)
+    return {"tokens": pieces, "token_logprobs": list(sequence.token_logprobs), "top_logprobs": None, "text_offset": offsets}
+
+
+def _extension(sequence) -> dict:
+    return {"score": sequence.score, "logprob": sequence.logprob, "group": sequence.group, "finish_reason": sequence.finish_reason, "token_ids": list(sequence.token_ids), "constraint": sequence.constraint}
+
+
+def _choice(index: int, pending, sequence, body, chat: bool) -> dict:
+    decoder = pending.decoder
+    text = sequence.text or ""
+    wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
+    logprobs = _logprobs(sequence, decoder, chat) if wants_logprobs else None
+    reason = FINISH.get(sequence.finish_reason, sequence.finish_reason)
+    if chat:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": reason, "decodekit": _extension(sequence)}
+    if body.echo:
+        text = (pending.prompt if isinstance(pending.prompt, str) else decoder.decode_text(pending.request.prompt) or "") + text
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "decodekit": _extension(sequence)}
+
+
+def _chunk_choice(index: int, text: str, delta, reason, sequence, chat: bool) -> dict:
+    extra = {"decodekit": _extension(sequence)} if sequence is not None else {}
+    if chat:
+        return {"index": index, "delta": delta if text else {}, "logprobs": None, "finish_reason": reason, **extra}
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason, **extra}

@@ -1,0 +1,101 @@
+"""Request and response models of the OpenAI API subset decodekit serves (pydantic), field by
+field as OpenAI defines them. Unknown fields are refused (400 naming the field), never ignored."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DecodekitOptions(Strict):
+    """decodekit's extensions, one object on the request (``extra_body={"decodekit": ...}``)."""
+
+    strategy: Literal["greedy", "sample", "beam", "diverse_beam"] | None = None
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    early_stopping: bool | Literal["never"] | None = None
+    num_groups: int | None = None
+    diversity_strength: float | None = None
+    diversity: str | None = None
+    speculative: Literal["suffix", "ngram", "draft", "recycling"] | None = None
+    regex: str | None = None
+    grammar: str | None = None
+    catalog: list[str] | None = None
+    min_tokens: int | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class JsonSchemaFormat(Strict):
+    name: str = "schema"
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class Sampling(Strict):
+    """Fields shared by completions and chat completions."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    response_format: ResponseFormat | None = None
+    decodekit: DecodekitOptions | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(Sampling):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None

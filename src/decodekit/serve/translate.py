@@ -1,0 +1,130 @@
+"""OpenAI request fields -> decodekit config objects, one field to one setting. A field decodekit
+cannot honour is a :class:`~decodekit.errors.ConfigError` naming it (a 400), never ignored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import decodekit
+from decodekit.errors import ConfigError
+from decodekit.serve.protocol import ChatCompletionRequest, CompletionRequest, DecodekitOptions
+
+PARAMS = {
+    "max_new_tokens": "max_tokens",
+    "num_return_sequences": "n",
+    "min_new_tokens": "decodekit.min_tokens",
+    "repetition_penalty": "decodekit.repetition_penalty",
+    "no_repeat_ngram_size": "decodekit.no_repeat_ngram_size",
+    "num_beams": "decodekit.num_beams",
+    "num_groups": "decodekit.num_groups",
+    "length_penalty": "decodekit.length_penalty",
+    "diversity_strength": "decodekit.diversity_strength",
+    "diversity": "decodekit.diversity",
+    "json_schema": "response_format.json_schema",
+}
+"""decodekit field names -> the request's own names, for error messages."""
+
+
+def api_param(field: str) -> str:
+    return PARAMS.get(field, field)
+
+
+@dataclass
+class Decoding:
+    strategy: Any
+    settings: dict
+    constraint: Any
+    choices_per_prompt: int
+    beam: bool
+
+
+def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens: int) -> Decoding:
+    """The strategy, options and constraint a request asks for."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            raise ConfigError(name, getattr(req, name), "0: presence and frequency penalties are not supported yet")
+    if req.logit_bias:
+        raise ConfigError("logit_bias", req.logit_bias, "empty: logit_bias is not supported yet")
+    if isinstance(req, CompletionRequest):
+        if req.suffix:
+            raise ConfigError("suffix", req.suffix, "None: insertion (suffix) is not supported")
+        if req.best_of is not None and req.best_of != req.n:
+            raise ConfigError("best_of", req.best_of, "equal to n (or absent): best_of is not supported")
+        if req.logprobs not in (None, 0):
+            raise ConfigError("logprobs", req.logprobs, "0 or null: per-token log-probs of the chosen tokens only (top alternatives are not supported yet)")
+        max_tokens = req.max_tokens
+    else:
+        if req.top_logprobs:
+            raise ConfigError("top_logprobs", req.top_logprobs, "0 or null: top alternatives are not supported yet")
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    ext = req.decodekit or DecodekitOptions()
+    settings: dict = {"max_new_tokens": max_tokens if max_tokens is not None else default_max_tokens}
+    if req.stop is not None:
+        settings["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    for source, target in (("min_tokens", "min_new_tokens"), ("repetition_penalty", "repetition_penalty"), ("no_repeat_ngram_size", "no_repeat_ngram_size")):
+        if getattr(ext, source) is not None:
+            settings[target] = getattr(ext, source)
+    n = req.n
+    kind = ext.strategy or ("greedy" if req.temperature == 0 else "sample")
+    beam = kind in ("beam", "diverse_beam")
+    if beam:
+        for name in ("temperature", "top_p"):
+            if getattr(req, name) is not None:
+                raise ConfigError(name, getattr(req, name), f"null with decodekit.strategy={kind!r} (beam searches do not sample)")
+        if req.seed is not None:
+            raise ConfigError("seed", req.seed, f"null with decodekit.strategy={kind!r} (beam searches are deterministic)")
+        if "stop" in settings:
+            raise ConfigError("stop", req.stop, f"null with decodekit.strategy={kind!r}: stop strings work with greedy and sampling")
+    else:
+        for name in ("num_beams", "num_groups", "length_penalty", "early_stopping", "diversity_strength", "diversity"):
+            if getattr(ext, name) is not None:
+                raise ConfigError(f"decodekit.{name}", getattr(ext, name), "only with decodekit.strategy 'beam' or 'diverse_beam'")
+    speculative = decodekit.Speculative(ext.speculative) if ext.speculative else None
+    if speculative is not None and beam:
+        raise ConfigError("decodekit.speculative", ext.speculative, "greedy or sampling (not beam searches)")
+    if kind == "greedy":
+        if n != 1:
+            raise ConfigError("n", n, "1 with temperature 0 (greedy has one output); use temperature > 0 or decodekit.strategy 'beam'")
+        if req.top_p is not None and req.top_p != 1:
+            raise ConfigError("top_p", req.top_p, "1 or null with temperature 0 (greedy)")
+        strategy = decodekit.Greedy(speculative=speculative)
+    elif kind == "sample":
+        temperature = 1.0 if req.temperature is None else req.temperature
+        if temperature == 0:
+            raise ConfigError("temperature", 0, "> 0 with decodekit.strategy 'sample'")
+        strategy = decodekit.Sampling(temperature=temperature, top_p=1.0 if req.top_p is None else req.top_p, n=n, seed=req.seed, speculative=speculative)
+    elif kind == "beam":
+        beams = ext.num_beams if ext.num_beams is not None else max(n, 4)
+        extra = {k: v for k, v in (("length_penalty", ext.length_penalty), ("early_stopping", ext.early_stopping)) if v is not None}
+        strategy = decodekit.BeamSearch(num_beams=beams, num_return_sequences=n, **extra)
+    else:
+        beams = ext.num_beams if ext.num_beams is not None else max(n, 4)
+        groups = ext.num_groups if ext.num_groups is not None else (2 if beams % 2 == 0 else 1)
+        extra = {
+            k: v
+            for k, v in (("length_penalty", ext.length_penalty), ("early_stopping", ext.early_stopping), ("diversity_strength", ext.diversity_strength), ("diversity", ext.diversity))
+            if v is not None
+        }
+        strategy = decodekit.DiverseBeamSearch(num_beams=beams, num_groups=groups, num_return_sequences=n, **extra)
+    return Decoding(strategy, settings, _constraint(req, ext), n, beam)
+
+
+def _constraint(req, ext):
+    from decodekit.constraints import Catalog, Grammar, JsonSchema, Regex
+
+    chosen = []
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_object":
+        chosen.append(("response_format", JsonSchema({"type": "object"})))
+    elif fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise ConfigError("response_format.json_schema.schema", None, "a JSON Schema")
+        chosen.append(("response_format", JsonSchema(fmt.json_schema.schema_)))
+    for name, make in (("regex", Regex), ("grammar", Grammar), ("catalog", Catalog)):
+        value = getattr(ext, name)
+        if value is not None:
+            chosen.append((f"decodekit.{name}", make(value)))
+    if len(chosen) > 1:
+        raise ConfigError(chosen[1][0], "...", f"one constraint per request (already {chosen[0][0]})")
+    return chosen[0][1] if chosen else None

@@ -1,0 +1,165 @@
+"""The OpenAI-compatible server over real HTTP on 127.0.0.1 (a random free port), driven by
+the official ``openai`` client; the test starts the server and stops it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+import decodekit
+from decodekit.serve import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    decoder = decodekit.load()
+    port = free_port()
+    config = uvicorn.Config(create_app(decoder, "stdlib-code"), host="127.0.0.1", port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not instance.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert instance.started
+    yield decoder, f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_completion_equals_generate(server, client):
+    decoder, _ = server
+    response = client.completions.create(model="stdlib-code", prompt="def f(x):", max_tokens=12, temperature=0)
+    want = decoder.generate("def f(x):", max_new_tokens=12)
+    assert response.choices[0].text == want.text
+    assert response.usage.completion_tokens == len(want.best.token_ids)
+    assert response.usage.prompt_tokens == len(want.prompt_token_ids)
+
+
+def test_chat_completion_uses_the_chat_template(server, client):
+    decoder, _ = server
+    response = client.chat.completions.create(model="stdlib-code", messages=[{"role": "user", "content": "write a loop"}], max_tokens=10, temperature=0)
+    prompt = "# user\nwrite a loop\n\n# assistant\n"
+    assert response.choices[0].message.content == decoder.generate(prompt, max_new_tokens=10).text
+    assert response.choices[0].message.role == "assistant"
+
+
+def test_seeded_requests_are_identical_whatever_is_in_flight(client):
+    def ask(seed):
+        return client.completions.create(model="stdlib-code", prompt="import ", max_tokens=16, temperature=0.9, seed=seed, n=2)
+
+    alone = ask(7)
+    results = {}
+
+    def worker(i):
+        results[i] = ask(7 if i % 2 == 0 else i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i in (0, 2, 4):
+        assert [c.text for c in results[i].choices] == [c.text for c in alone.choices]
+    assert len(alone.choices) == 2
+
+
+def test_streaming_equals_the_whole_response_and_reports_usage(client):
+    whole = client.completions.create(model="stdlib-code", prompt="class A:", max_tokens=14, temperature=0)
+    chunks = list(client.completions.create(model="stdlib-code", prompt="class A:", max_tokens=14, temperature=0, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.choices[0].text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    chat = list(client.chat.completions.create(model="stdlib-code", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0, stream=True))
+    assert chat[0].choices[0].delta.role == "assistant"
+    assert any(c.choices[0].finish_reason for c in chat)
+
+
+def test_beam_search_returns_its_n_best_as_choices(server, client):
+    decoder, _ = server
+    response = client.completions.create(model="stdlib-code", prompt="def read(path):", max_tokens=8, n=3, extra_body={"decodekit": {"strategy": "beam", "num_beams": 4}})
+    want = decoder.generate("def read(path):", decodekit.BeamSearch(num_beams=4, num_return_sequences=3), max_new_tokens=8)
+    assert [c.text for c in response.choices] == [s.text for s in want.sequences]
+    scores = [c.model_extra["decodekit"]["score"] for c in response.choices]
+    assert scores == pytest.approx([s.score for s in want.sequences], abs=1e-4)
+
+
+def test_json_schema_response_format_constrains_the_output(client):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    response = client.chat.completions.create(
+        model="stdlib-code", messages=[{"role": "user", "content": "config"}], max_tokens=24, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema, "strict": True}},
+    )
+    choice = response.choices[0]
+    if choice.finish_reason == "stop":
+        import json
+
+        assert isinstance(json.loads(choice.message.content)["ok"], bool)
+    else:
+        assert choice.finish_reason in ("constraint", "length")
+
+
+def test_logprobs_are_the_chosen_tokens(server, client):
+    decoder, _ = server
+    response = client.completions.create(model="stdlib-code", prompt="x = ", max_tokens=6, temperature=0, logprobs=0)
+    want = decoder.generate("x = ", max_new_tokens=6).best
+    assert response.choices[0].logprobs.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({"logprobs": 3}, "logprobs"),
+        ({"temperature": 0, "n": 2}, "n"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"extra_body": {"unknown_field": 1}}, "unknown_field"),
+        ({"extra_body": {"decodekit": {"strategy": "beam"}}, "stop": ["\n"]}, "stop"),
+        ({"temperature": -1}, "temperature"),
+    ],
+)
+def test_parameters_decodekit_cannot_honour_are_400s_naming_them(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="stdlib-code", prompt="x", max_tokens=kwargs.pop("max_tokens", 4), **kwargs)
+    assert error.value.status_code == 400
+    assert param in (error.value.body or {}).get("param", "") or param in str(error.value)
+
+
+def test_models_health_and_metrics(server, client):
+    _, base = server
+    assert [m.id for m in client.models.list().data] == ["stdlib-code"]
+    assert httpx.get(base + "/health").json() == {"status": "ok"}
+    client.completions.create(model="stdlib-code", prompt="y", max_tokens=3, temperature=0)
+    text = httpx.get(base + "/metrics").text
+    for name in ("decodekit_requests_total", "decodekit_generated_tokens_total", "decodekit_queue_depth", "decodekit_running_rows", "decodekit_time_to_first_token_seconds_bucket"):
+        assert name in text
+
+
+def test_a_disconnected_stream_aborts_its_request(server):
+    decoder, base = server
+    with httpx.stream("POST", base + "/v1/completions", json={"prompt": "def f():", "max_tokens": 200, "temperature": 0, "stream": True, "decodekit": {"min_tokens": 200}}, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break
+    deadline = time.time() + 20
+    while decoder.engine.running_rows and time.time() < deadline:
+        time.sleep(0.1)
+    assert decoder.engine.running_rows == 0

@@ -25,6 +25,7 @@ from decodekit.serve.metrics import Metrics
 from decodekit.serve.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody
 from decodekit.serve.translate import api_param, decoding
 
+
 def default_chat_prompt(messages: list[dict]) -> str:
     """The chat format of tokenizers without a chat template (the embedded models): each
     message as a ``# role`` line, its text and a blank line, then ``# assistant`` and a newline

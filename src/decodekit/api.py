@@ -148,8 +148,6 @@ class Decoder:
             def factory():
                 return [constraint_processor(constraint, name, tokenizer, vocab, tuple(eos), options.max_new_tokens, options.min_new_tokens)]
 
-            if getattr(strategy, "speculative", None) is not None:
-                raise ConfigError("constraint", constraint, "None with speculative decoding")
             factory()  # compile now: a bad constraint raises before any model call
         if options.stop and self.tokenizer is None:
             raise ConfigError("stop", options.stop, "stop strings need a tokenizer")

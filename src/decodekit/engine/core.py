@@ -111,8 +111,10 @@ class Engine:
                 raise ConfigError("speculative", strategy.speculative.proposer, "a decoder-only target model")
             if refusal is not None:
                 raise ConfigError("speculative", strategy.speculative.proposer, refusal)
-            if first.processors is not None:
-                raise ConfigError("constraint", "...", "None with speculative decoding")
+            from decodekit.speculative import drafts_trees
+
+            if first.processors is not None and drafts_trees(strategy.speculative):
+                raise ConfigError("constraint", "...", "chain drafts with speculative decoding (ngram, draft, suffix without tree): tree drafts are not supported with a constraint")
             config = strategy.speculative.resolved()
             if strategy.speculative.proposer == "recycling" and config.top_k > model.vocab_size:
                 raise ConfigError("speculative.config.top_k", config.top_k, f"at most the vocabulary size {model.vocab_size}")

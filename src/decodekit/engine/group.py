@@ -228,6 +228,7 @@ class SpeculativeGroup:
         self.options = first.options
         device = getattr(model, "device", torch.device("cpu"))
         generators = tuple(request_generator(h.request, device) for h in handles)
+        self.processors = tuple(first.processors()) if first.processors is not None else ()
         self.run = speculative_run(
             model,
             [h.request.prompt for h in handles],
@@ -236,6 +237,7 @@ class SpeculativeGroup:
             proposer,
             generators=generators,
             stop_check=first.stop_check if self.options.stop else None,
+            constraint=self.processors[0] if self.processors else None,
         )
         self.rows = len(handles) * self.run.width
         self.streaming = any(h.request.stream for h in handles)
@@ -269,4 +271,4 @@ class SpeculativeGroup:
 
     def outputs(self) -> list[RequestOutput]:
         hypotheses, stats = self.run._hypotheses(), self.run._stats()
-        return [RequestOutput(h, s) for h, s in zip(hypotheses, stats)]
+        return [RequestOutput(h, s, self.processors) for h, s in zip(hypotheses, stats)]

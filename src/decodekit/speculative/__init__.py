@@ -86,6 +86,12 @@ def check_supported(strategy: Any, options: DecodeOptions) -> Speculative:
     return speculative
 
 
+def drafts_trees(speculative: Speculative) -> bool:
+    """Whether the proposer drafts trees (several continuations per node), not chains."""
+    config = speculative.resolved()
+    return speculative.proposer == "recycling" or (speculative.proposer == "suffix" and bool(config.tree))
+
+
 def make_proposer(speculative: Speculative, target) -> Proposer:
     """A fresh proposer for ``speculative`` driving ``target`` (loads a draft model and checks
     its vocabulary against the target's before any forward)."""
@@ -123,9 +129,12 @@ def speculative_run(
     *,
     generators: tuple[torch.Generator | None, ...] = (),
     stop_check=None,
+    constraint=None,
 ) -> SpeculativeDecoding:
     """A :class:`SpeculativeDecoding` of ``prompts`` with ``strategy`` (Greedy or Sampling);
-    ``generators``: one per prompt. Run it with ``run()`` or step it with ``steps()``."""
+    ``generators``: one per prompt; ``constraint``: a
+    :class:`~decodekit.constraints.processor.ConstraintProcessor` (chain drafts only). Run it
+    with ``run()`` or step it with ``steps()``."""
     from decodekit.engine.checks import check_prompts
 
     check_supported(strategy, options)
@@ -148,6 +157,7 @@ def speculative_run(
         prompts,
         proposer,
         processors=options.processors(prompt_pad, eos, model.vocab_size),
+        constraint=constraint,
         width=strategy.n if sampling else 1,
         max_new_tokens=options.max_new_tokens,
         eos=eos,

@@ -73,12 +73,19 @@ class SpeculativeDecoding:
         stop_check=None,
         max_draft: int = 64,
         processors=None,
+        constraint=None,
     ):
         self.model, self.prompts, self.proposer = model, prompts, proposer
         # logits processors (stateless: penalties, bans, minimum length), applied to every
         # block position with that position's own history, as plain decoding applies them
         self.processors = processors if processors is not None and len(processors) else None
         self.prompt_pad = max(len(p) for p in prompts)
+        # a constraint (ConstraintProcessor) followed through chain drafts
+        self.constraint = None
+        if constraint is not None:
+            from decodekit.speculative.constrained import ChainConstraint
+
+            self.constraint = ChainConstraint(constraint, len(prompts) * width, max_new_tokens)
         self.width, self.max_new = width, max_new_tokens
         self.eos, self.warp = set(eos), warp
         self.generators = tuple(generators) or (None,) * len(prompts)
@@ -165,10 +172,14 @@ class SpeculativeDecoding:
         if bool((~torch.isfinite(torch.logsumexp(state.logits, -1))).any()):
             raise NumericalError(step=0, row=int((~torch.isfinite(torch.logsumexp(state.logits, -1))).nonzero()[0]))
         first_logits = self._process_first(state.logits)
+        if self.constraint is not None:
+            first_logits = self.constraint.first(first_logits)
         first = self._first_tokens(first_logits)
         first_logprob = first_logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
         row_prompts = [list(self.prompts[r // width]) for r in range(rows)]
         self.out = [[t] for t in first.tolist()]
+        if self.constraint is not None:
+            self.constraint.consume(list(range(rows)), [o[0] for o in self.out])
         self.logprobs = [[v] for v in first_logprob.tolist()]
         self.reason = [None] * rows
         self.forwards, self.drafted, self.accepted = [0] * rows, [0] * rows, [0] * rows
@@ -199,6 +210,9 @@ class SpeculativeDecoding:
             # NaN, +inf or all -inf logits at a node that could be emitted (see engine)
             nonfinite = (~torch.isfinite(torch.logsumexp(raw, -1)) & valid).any(-1)
             logits = self._process_block(raw, live, sequences, row_prompts, inputs, parents, valid)
+            if self.constraint is not None:
+                produced = [len(self.out[r]) for r in live]
+                logits, valid = self.constraint.block(logits, live, produced, inputs, valid)
             if self.warp is None:
                 acceptance = accept_greedy(logits, inputs, parents, valid)
             else:
@@ -213,6 +227,8 @@ class SpeculativeDecoding:
                 i = bad.index(1)
                 raise NumericalError(step=len(self.out[live[i]]), row=live[i])
             tokens, logprobs = acceptance.tokens.tolist(), acceptance.logprobs.tolist()
+            if self.constraint is not None:
+                self.constraint.keep(live, [k - 1 for k in kept], [tokens[i][kept[i] - 1] for i in range(len(live))])
             drafted = draft.valid.sum(-1).tolist()
             emitted: list[list[int]] = []
             for i, r in enumerate(live):

@@ -289,3 +289,13 @@ def test_a_constraint_that_ends_before_min_new_tokens_is_not_a_valid_eos(decoder
         for sequence in result.sequences:
             if len(sequence.token_ids) <= 5:
                 assert sequence.finish_reason == "constraint"
+
+
+def test_unsupported_schema_keywords_are_named_with_their_path(decoder):
+    dec, _ = decoder
+    schema = {"type": "object", "properties": {"x": {"type": "object", "dependentSchemas": {"a": {}}}}}
+    with pytest.raises(ConfigError) as error:
+        dec.generate("ab", constraint=JsonSchema(schema), max_new_tokens=2)
+    assert error.value.field == "json_schema"
+    assert "'dependentSchemas' at $.properties.x" in str(error.value)
+    assert "llguidance does not implement" in error.value.allowed

@@ -10,6 +10,7 @@ get deep copies of its matcher; rollback is llguidance's own.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,20 @@ def _compile(kind: str, field: str, text: str, grammar_of, tokenizer, vocab_size
     return compiled
 
 
+def _paths_of(schema, key: str, path: str = "$") -> list[str]:
+    """JSON paths (``$.properties.a``) of the objects in ``schema`` that hold ``key``."""
+    found = []
+    if isinstance(schema, dict):
+        if key in schema:
+            found.append(path)
+        for name, value in schema.items():
+            found += _paths_of(value, key, f"{path}.{name}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            found += _paths_of(value, key, f"{path}[{i}]")
+    return found
+
+
 @dataclass(frozen=True)
 class JsonSchema:
     """Outputs are JSON documents valid under ``schema`` (a dict or its JSON text), in
@@ -117,15 +132,26 @@ class JsonSchema:
             raise ConfigError("json_schema", self.schema, "a JSON Schema: a dict, its JSON text, or true")
         options = {"whitespace_flexible": bool(self.whitespace)}
         text = self.text()
-        return _compile(
-            "JSON Schema",
-            "json_schema",
-            text,
-            lambda schema: LLMatcher.grammar_from_json_schema(schema, defaults=options),
-            tokenizer,
-            vocab_size,
-            key=(text, self.whitespace),
-        )
+        try:
+            return _compile(
+                "JSON Schema",
+                "json_schema",
+                text,
+                lambda schema: LLMatcher.grammar_from_json_schema(schema, defaults=options),
+                tokenizer,
+                vocab_size,
+                key=(text, self.whitespace),
+            )
+        except ConfigError as error:
+            unsupported = re.search(r"Unimplemented keys: \[([^\]]*)\]", error.allowed)
+            if unsupported is None:
+                raise
+            keys = [k.strip().strip('"') for k in unsupported.group(1).split(",") if k.strip()]
+            schema = json.loads(text) if isinstance(self.schema, str) else self.schema
+            where = ", ".join(f"{key!r} at {path}" for key in keys for path in _paths_of(schema, key)) or ", ".join(keys)
+            raise ConfigError(
+                "json_schema", where, "a schema without these keywords: the schema may be valid, but llguidance does not implement them"
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,10 @@ import torch
 
 from decodekit.engine.checks import check_prompts
 from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
+from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.pool import RowPool
 from decodekit.engine.request import AbortedError, Request, RequestHandle
-from decodekit.errors import ConfigError, DecodeKitError, ModelError
+from decodekit.errors import ConfigError
 
 
 class Partition:
@@ -105,7 +106,7 @@ class Engine:
             strategy.validate()
             options.validate(model.vocab_size)
             check_prompts(model, prompts, options)
-            _check_memory(model, strategy, prompts, options)
+            check_memory(model, strategy, prompts, options)
             refusal = model.speculation_refusal() if hasattr(model, "speculation_refusal") else None
             if model.is_encoder_decoder:
                 raise ConfigError("speculative", strategy.speculative.proposer, "a decoder-only target model")
@@ -122,7 +123,7 @@ class Engine:
         strategy.validate()
         options.validate(model.vocab_size)
         check_prompts(model, prompts, options)
-        _check_memory(model, strategy, prompts, options)
+        check_memory(model, strategy, prompts, options)
         group = PlainGroup(model, handles)
         if options.stop and not group.search.supports_stop_strings:
             raise ConfigError("stop", options.stop, f"stop strings work with per-row strategies (greedy, sample), not {strategy.name!r}; use EOS ids")
@@ -388,50 +389,6 @@ class Engine:
         for group in self._speculative:
             deliver_error(group.handles, error)
         self._partitions, self._speculative, self._busy = [], [], set()
-
-
-def model_error(model, where: str, error: BaseException) -> BaseException:
-    """A decodekit error stays as it is; anything the model's own code raised becomes a
-    :class:`ModelError` naming the architecture and where it failed."""
-    if isinstance(error, DecodeKitError):
-        return error
-    inner = getattr(model, "model", model)
-    wrapped = ModelError(f"{type(inner).__name__} failed during {where}: {type(error).__name__}: {str(error)[:300]}")
-    wrapped.__cause__ = error
-    return wrapped
-
-
-def available_memory() -> int:
-    """Bytes the system can still give (MemAvailable), or 0 when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _check_memory(model, strategy, prompts: list[list[int]], options) -> None:
-    """Refuse a group whose rows would not fit in memory, before allocating anything: cache
-    (rows x positions x bytes per position) plus a few ``(rows, vocab)`` float tensors a step."""
-    per_token = getattr(model, "cache_bytes_per_token", None)
-    limit = available_memory()
-    if per_token is None or not limit:
-        return
-    field = "n" if getattr(strategy, "n", None) is not None and not hasattr(strategy, "num_beams") else "num_beams"
-    width = getattr(strategy, "n", None) or getattr(strategy, "num_beams", 1) or 1
-    rows = len(prompts) * int(width)
-    positions = max(len(p) for p in prompts) + options.max_new_tokens + 8
-    estimate = rows * positions * per_token() + rows * model.vocab_size * 4 * 8 + rows * options.max_new_tokens * 16
-    if estimate > 0.8 * limit:
-        raise ConfigError(
-            field if hasattr(strategy, field) else "prompts",
-            width if hasattr(strategy, field) else len(prompts),
-            f"fewer rows: {rows} rows need about {estimate / 2**30:.1f} GiB, more than 80% of the "
-            f"{limit / 2**30:.1f} GiB of memory available",
-        )
 
 
 def _same_group(a: Request, b: Request) -> bool:

@@ -12,41 +12,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import logging
-import threading
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from decodekit.errors import InputError, ModelError
-from decodekit.model import attention
+from decodekit.errors import InputError
+from decodekit.model import attention, quiet, support
 from decodekit.model import head as output_head
 from decodekit.model.base import DecodeState, tree_ancestors
 from decodekit.model.cache import PreallocatedCache
 from decodekit.model.fast_llama import LlamaStep
+from decodekit.model.merge import merge_states
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
 # the exact capacity it needs and the cache grows only if that estimate was short.
 _CAPACITY_SLACK = 8
-
-# Architectures that keep a recurrent or state-space state instead of (or beside) an attention
-# key/value cache: decodekit's cache cannot hold, fork or roll that state back, so they are
-# refused at load() rather than decoded wrongly.
-_RECURRENT = frozenset({
-    "mamba", "mamba2", "falcon_mamba", "jamba", "recurrent_gemma", "falcon_h1", "zamba", "zamba2",
-    "bamba", "granitemoehybrid", "nemotron_h", "lfm2", "lfm2_moe", "rwkv", "xlstm", "qwen3_next",
-    "minimax", "plamo2", "hunyuan_v1_moe_hybrid", "kimi_linear", "olmo_hybrid",
-})
-_ATTENTION_LAYERS = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention"})
-# Models that add ALiBi biases computed from mask positions, which a speculative block's
-# tree positions do not reproduce.
-_ALIBI = frozenset({"bloom", "mpt"})
-
-# Decoder-only architectures without a lean step whose attention is exact under masked holes
-# (explicit position ids, full attention); tested in tests/integration/test_engine.py.
-_MERGEABLE = frozenset({"gpt2"})
-
 
 def _as_id_tuple(value) -> tuple[int, ...]:
     if value is None:
@@ -54,45 +35,6 @@ def _as_id_tuple(value) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,)
     return tuple(int(v) for v in value)
-
-
-_driving = threading.local()
-
-
-class _PaddingWarningFilter(logging.Filter):
-    """Drops transformers' "passing in an attention_mask" warning for calls decodekit makes:
-    decodekit passes a mask whenever a slot is masked, and leaves it out only when none is, so
-    the warning (raised when a pad-valued token id is seen) is always spurious for them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (getattr(_driving, "on", False) and "passing in an `attention_mask`" in record.getMessage())
-
-
-logging.getLogger("transformers.modeling_utils").addFilter(_PaddingWarningFilter())
-
-
-@contextlib.contextmanager
-def _driven():
-    _driving.on = True
-    try:
-        yield
-    finally:
-        _driving.on = False
-
-
-def _context_length(text) -> int | None:
-    """Longest sequence the model attends over: its position table, extended by a RoPE scaling
-    meant for longer contexts (linear, dynamic NTK and YaRN multiply the original length by
-    their factor; llama3 and longrope configs already state the extended length)."""
-    length = next((int(v) for k in ("max_position_embeddings", "n_positions") if (v := getattr(text, k, None))), None)
-    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
-    if length is None or not isinstance(rope, dict):
-        return length
-    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
-    if kind in ("linear", "dynamic", "yarn") and isinstance(factor, int | float) and factor > 1:
-        original = int(rope.get("original_max_position_embeddings") or length)
-        return max(length, int(original * factor))
-    return length
 
 
 def _decoder_layer_count(config) -> int:
@@ -125,16 +67,10 @@ class HFLanguageModel:
         start = getattr(generation, "decoder_start_token_id", None)
         self.decoder_start_token_id = start if start is not None else getattr(config, "decoder_start_token_id", None)
         text = config.get_text_config(decoder=True)
-        self.max_length = _context_length(text)
+        self.max_length = support.context_length(text)
         if self.is_encoder_decoder and self.decoder_start_token_id is None:
             raise InputError("encoder-decoder model has no decoder_start_token_id in its config")
-        text_config = config.get_text_config(decoder=True)
-        kinds = set(getattr(text_config, "layer_types", None) or ()) | set(getattr(text_config, "block_types", None) or ())
-        if text_config.model_type in _RECURRENT or (kinds - _ATTENTION_LAYERS):
-            raise ModelError(
-                f"model: {type(model).__name__} ({text_config.model_type}) keeps a recurrent/state-space "
-                "state, which decodekit cannot fork or roll back; it decodes attention models only"
-            )
+        support.refuse_unsupported(model)
         self._layers = _decoder_layer_count(config)
         parameters = inspect.signature(model.forward).parameters
         self._keeps_logits = "logits_to_keep" in parameters
@@ -175,13 +111,13 @@ class HFLanguageModel:
             inputs["logits_to_keep"] = 1
         ids = inputs.get("input_ids", inputs.get("decoder_input_ids"))
         if not output_head.applies(self._head, ids.shape[0]):
-            with _driven():
+            with quiet.driven():
                 out = self.model(**inputs, use_cache=True, return_dict=True)
         else:
             head = self._head
             head.forward = functools.partial(output_head.weight_first_linear, head)
             try:
-                with _driven():
+                with quiet.driven():
                     out = self.model(**inputs, use_cache=True, return_dict=True)
             finally:
                 del head.forward
@@ -275,102 +211,18 @@ class HFLanguageModel:
 
     def speculation_refusal(self) -> str | None:
         """Why speculative decoding cannot be exact on this model, or None if it can."""
-        text = self.model.config.get_text_config(decoder=True)
-        name = f"{type(self.model).__name__} ({text.model_type})"
-        if self.is_encoder_decoder:
-            return f"a decoder-only target model, not the encoder-decoder {name}"
-        if text.model_type in _ALIBI or getattr(text, "alibi", False):
-            return f"a model with rotary or learned positions: {name} adds ALiBi biases, which draft blocks do not reproduce"
-        kinds = set(getattr(text, "layer_types", None) or ())
-        window = getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
-        if window or "sliding_attention" in kinds or getattr(text, "attention_types", None) and text.model_type == "gpt_neo":
-            return f"a model with full attention: {name} has sliding-window layers, which draft blocks would not respect"
-        return None
+        return support.speculation_refusal(self.model, self.is_encoder_decoder)
 
     @property
     def can_merge(self) -> bool:
-        """True when rows of separately prefilled batches may share one state (one forward per
-        step): decoder-only models whose attention reads positions from ``position_ids`` and
-        attends over every unmasked slot, so a row's masked holes change nothing it computes.
-        Sliding windows (counted in cache slots) and models outside the tested set are decoded
-        in states of their own instead, which is just as exact, one forward per state."""
-        if self.is_encoder_decoder:
-            return False
-        text = self.model.config.get_text_config(decoder=True)
-        if getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
-            return False
-        return self._step is not None or text.model_type in _MERGEABLE
+        """True when rows of separately prefilled batches may share one state (see
+        :func:`decodekit.model.support.can_merge`)."""
+        return support.can_merge(self.model, self.is_encoder_decoder, self._step is not None)
 
-    @torch.inference_mode()
     def merge(self, first: DecodeState, second: DecodeState, at: int | None = None) -> DecodeState:
-        """One state holding ``first``'s rows with ``second``'s inserted before row ``at``
-        (default: after them all); requires :attr:`can_merge`. Consumes both states.
-
-        The shorter state's rows get masked holes up to the longer one's length (zeroed, so a
-        masked slot can never leak a NaN into the attention); keys keep their rotary positions
-        and each row keeps its own next position."""
-        a, b = first.extra, second.extra
-        ra, rb = first.rows, second.rows
-        at = ra if at is None else at
-        length = max(a["length"], b["length"])
-        la, lb = a["length"], b["length"]
-        cache_a, cache_b = a["cache"], b["cache"]
-        capacity = max(cache_a.capacity, length + cache_b.capacity - lb)
-        # destination rows: first's [0, at) and [at, ra) around second's block
-        head, block, tail = slice(0, at), slice(at, at + rb), slice(at + rb, ra + rb)
-
-        def place(new: torch.Tensor, old_a: torch.Tensor, old_b: torch.Tensor, dim: int) -> None:
-            """Copy both caches' rows (dimension ``dim``) and slots (dimension -2) into ``new``."""
-            index, source = [slice(None)] * new.dim(), [slice(None)] * new.dim()
-            for rows, src, tensor, span in ((head, slice(0, at), old_a, la), (block, slice(None), old_b, lb), (tail, slice(at, ra), old_a, la)):
-                index[dim], source[dim] = rows, src
-                new[tuple(index)][..., :span, :] = tensor[tuple(source)][..., :span, :]
-
-        def holes(new: torch.Tensor, dim: int) -> None:
-            """Zero the slots ``[own length, length)`` of the shorter state's rows."""
-            index = [slice(None)] * new.dim()
-            for rows, span in ((head, la), (block, lb), (tail, la)):
-                if span < length:
-                    index[dim] = rows
-                    new[tuple(index)][..., span:length, :] = 0
-
-        if cache_a.storage is not None and cache_b.storage is not None:
-            sa, sb = cache_a.storage, cache_b.storage
-            storage = sa.new_empty(*sa.shape[:2], ra + rb, sa.shape[3], capacity, sa.shape[5])
-            place(storage, sa, sb, 2)
-            holes(storage, 2)
-            cache_a.storage, cache_a.capacity = storage, capacity
-        for layer_a, layer_b in zip(cache_a.layers, cache_b.layers):
-            if not layer_a.shared:
-                for name in ("_key_buffer", "_value_buffer"):
-                    buf_a, buf_b = getattr(layer_a, name), getattr(layer_b, name)
-                    merged = buf_a.new_empty(ra + rb, buf_a.shape[1], capacity, buf_a.shape[3])
-                    place(merged, buf_a, buf_b, 0)
-                    holes(merged, 0)
-                    setattr(layer_a, name, merged)
-                layer_a.capacity = capacity
-            layer_a.length = length
-            if layer_a.shared:
-                cache_a._point(layer_a)
-            else:
-                layer_a._refresh_views()
-        mask = a["mask"].new_zeros(ra + rb, max(a["mask"].shape[1], capacity))
-        mask[head, :la] = a["mask"][:at, :la]
-        mask[block, :lb] = b["mask"][:, :lb]
-        mask[tail, :la] = a["mask"][at:, :la]
-
-        def rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return torch.cat([x[:at], y, x[at:]])
-
-        extra = {
-            "cache": cache_a,
-            "mask": mask,
-            "length": length,
-            "next_position": rows(a["next_position"], b["next_position"]),
-            "holes": True,
-            "group": 1,
-        }
-        return DecodeState(rows(first.logits, second.logits), min(first.prompt_length, second.prompt_length), extra)
+        """One state: ``first``'s rows with ``second``'s inserted before row ``at``
+        (:func:`decodekit.model.merge.merge_states`)."""
+        return merge_states(first, second, at)
 
     @torch.inference_mode()
     def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
@@ -449,7 +301,7 @@ class HFLanguageModel:
             logits = self._project(self._step(tokens, positions, extra["cache"], block_mask[:, None]))
         else:
             inputs = {"logits_to_keep": 0} if self._keeps_logits else {}
-            with _driven():
+            with quiet.driven():
                 logits = self.model(
                     input_ids=tokens,
                     attention_mask=block_mask[:, None],

@@ -1,0 +1,80 @@
+"""What decodekit can drive exactly of a transformers model, decided from its config: which
+architectures are refused, where speculation is exact, which states may share one forward,
+and how long a context the model supports."""
+
+from __future__ import annotations
+
+from decodekit.errors import ModelError
+
+# Architectures that keep a recurrent or state-space state instead of (or beside) an attention
+# key/value cache: decodekit's cache cannot hold, fork or roll that state back, so they are
+# refused at load() rather than decoded wrongly.
+RECURRENT = frozenset({
+    "mamba", "mamba2", "falcon_mamba", "jamba", "recurrent_gemma", "falcon_h1", "zamba", "zamba2",
+    "bamba", "granitemoehybrid", "nemotron_h", "lfm2", "lfm2_moe", "rwkv", "xlstm", "qwen3_next",
+    "minimax", "plamo2", "hunyuan_v1_moe_hybrid", "kimi_linear", "olmo_hybrid",
+})
+ATTENTION_LAYERS = frozenset({"full_attention", "sliding_attention", "chunked_attention", "attention"})
+# Models that add ALiBi biases computed from mask positions, which a speculative block's
+# tree positions do not reproduce.
+ALIBI = frozenset({"bloom", "mpt"})
+
+# Decoder-only architectures without a lean step whose attention is exact under masked holes
+# (explicit position ids, full attention); tested in tests/integration/test_engine.py.
+MERGEABLE = frozenset({"gpt2"})
+
+
+def context_length(text) -> int | None:
+    """Longest sequence the model attends over: its position table, extended by a RoPE scaling
+    meant for longer contexts (linear, dynamic NTK and YaRN multiply the original length by
+    their factor; llama3 and longrope configs already state the extended length)."""
+    length = next((int(v) for k in ("max_position_embeddings", "n_positions") if (v := getattr(text, k, None))), None)
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    if length is None or not isinstance(rope, dict):
+        return length
+    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
+    if kind in ("linear", "dynamic", "yarn") and isinstance(factor, int | float) and factor > 1:
+        original = int(rope.get("original_max_position_embeddings") or length)
+        return max(length, int(original * factor))
+    return length
+
+
+def refuse_unsupported(model) -> None:
+    """Raise :class:`ModelError` for a model whose state decodekit cannot hold, fork or roll back."""
+    config = model.config
+    text_config = config.get_text_config(decoder=True)
+    kinds = set(getattr(text_config, "layer_types", None) or ()) | set(getattr(text_config, "block_types", None) or ())
+    if text_config.model_type in RECURRENT or (kinds - ATTENTION_LAYERS):
+        raise ModelError(
+            f"model: {type(model).__name__} ({text_config.model_type}) keeps a recurrent/state-space "
+            "state, which decodekit cannot fork or roll back; it decodes attention models only"
+        )
+
+
+def speculation_refusal(model, is_encoder_decoder: bool) -> str | None:
+    """Why speculative decoding cannot be exact on this model, or None if it can."""
+    text = model.config.get_text_config(decoder=True)
+    name = f"{type(model).__name__} ({text.model_type})"
+    if is_encoder_decoder:
+        return f"a decoder-only target model, not the encoder-decoder {name}"
+    if text.model_type in ALIBI or getattr(text, "alibi", False):
+        return f"a model with rotary or learned positions: {name} adds ALiBi biases, which draft blocks do not reproduce"
+    kinds = set(getattr(text, "layer_types", None) or ())
+    window = getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
+    if window or "sliding_attention" in kinds or getattr(text, "attention_types", None) and text.model_type == "gpt_neo":
+        return f"a model with full attention: {name} has sliding-window layers, which draft blocks would not respect"
+    return None
+
+
+def can_merge(model, is_encoder_decoder: bool, has_lean_step: bool) -> bool:
+    """True when rows of separately prefilled batches may share one state (one forward per
+    step): decoder-only models whose attention reads positions from ``position_ids`` and
+    attends over every unmasked slot, so a row's masked holes change nothing it computes.
+    Sliding windows (counted in cache slots) and models outside the tested set are decoded
+    in states of their own instead, which is just as exact, one forward per state."""
+    if is_encoder_decoder:
+        return False
+    text = model.config.get_text_config(decoder=True)
+    if getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
+        return False
+    return has_lean_step or text.model_type in MERGEABLE

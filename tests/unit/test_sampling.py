@@ -112,3 +112,18 @@ def test_per_row_warpers_equal_each_rows_own_chain():
         chain = config.warpers()
         alone = chain(None, scores[row : row + 1].clone()) if len(chain) else scores[row : row + 1]
         assert torch.equal(together[row : row + 1], alone), config
+
+
+def test_nucleus_ranks_past_its_candidates_when_the_mass_needs_it():
+    """Top-p over a flat distribution reaches past the 64 ranked candidates: the full sort
+    decides those rows, a peaked row in the same batch keeps its partial-sort answer."""
+    from decodekit.logits.warpers import nucleus
+
+    flat = torch.zeros(1, 500)  # uniform: p=0.5 keeps 250 tokens
+    peaked = torch.full((1, 500), -20.0)
+    peaked[0, 7] = 5.0
+    keep = nucleus(torch.cat([flat, peaked]), torch.tensor([[0.5], [0.5]]))
+    assert int(keep[0].sum()) == 250
+    assert keep[1].nonzero().flatten().tolist() == [7]
+    alone = nucleus(peaked, torch.tensor([[0.5]]))
+    assert torch.equal(alone[0], keep[1])

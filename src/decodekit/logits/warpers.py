@@ -44,14 +44,43 @@ class TopP:
         self.p = float(p)
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        ordered, order = torch.sort(scores, dim=-1, descending=True)
-        probs = ordered.softmax(-1)
-        # mass strictly before each token: a token is kept while that mass is below p
-        before = probs.cumsum(-1) - probs
-        drop_sorted = before >= self.p
-        drop_sorted[:, 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        return scores.masked_fill(drop, NEG_INF)
+        p = torch.full((scores.shape[0], 1), self.p, device=scores.device)
+        return scores.masked_fill(~nucleus(scores, p), NEG_INF)
+
+
+NUCLEUS_STAGES = (64, 1024)
+"""Candidates :func:`nucleus` ranks (a partial sort) before it sorts a row in full."""
+
+
+def nucleus(scores: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``(rows, vocab)`` bool: the tokens top-p keeps (``p``: ``(rows, 1)``): the most likely
+    tokens while the probability mass strictly before them is below ``p``, the most likely
+    always. Subtle: a full sort of the vocabulary is slow on the CPU, so only the top
+    ``m`` tokens are ranked (``m`` = 64, then 1024, then all) until their mass reaches ``p``:
+    every later token then has at least ``p`` before it. Each row stops at its own stage, so a
+    row's result never depends on the other rows."""
+    rows, vocab = scores.shape
+    probs = scores.softmax(-1)
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    which = torch.arange(rows, device=scores.device)
+    for m in (*NUCLEUS_STAGES, vocab):
+        m = min(m, vocab)
+        sub, bound = probs.index_select(0, which), p.index_select(0, which)
+        top, index = sub.topk(m, dim=-1) if m < vocab else sub.sort(dim=-1, descending=True)
+        before = top.cumsum(-1) - top  # mass strictly before each token
+        kept = before < bound
+        kept[:, 0] = True
+        done = (before[:, -1] + top[:, -1] >= bound[:, 0]) | (m == vocab)
+        finished = done.nonzero().squeeze(1)
+        if len(finished):
+            rows_done = which.index_select(0, finished)
+            keep[rows_done] = torch.zeros_like(sub.index_select(0, finished), dtype=torch.bool).scatter_(
+                1, index.index_select(0, finished), kept.index_select(0, finished)
+            )
+        which = which[~done]
+        if not len(which):
+            break
+    return keep
 
 
 class MinP:
@@ -115,12 +144,7 @@ def warp_rows(
         threshold = threshold.masked_fill((top_k <= 0)[:, None], NEG_INF)
         scores = scores.masked_fill(scores < threshold, NEG_INF)
     if bool((top_p < 1.0).any()):
-        ordered, order = torch.sort(scores, dim=-1, descending=True)
-        probs = ordered.softmax(-1)
-        before = probs.cumsum(-1) - probs
-        drop_sorted = (before >= top_p[:, None]) & (top_p < 1.0)[:, None]
-        drop_sorted[:, 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        drop = ~nucleus(scores, top_p[:, None]) & (top_p < 1.0)[:, None]
         scores = scores.masked_fill(drop, NEG_INF)
     if bool((min_p > 0.0).any()):
         probs = scores.softmax(-1)

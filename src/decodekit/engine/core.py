@@ -204,23 +204,64 @@ class Engine:
         with self._lock:
             pending = list(self._pending)
         admitted = []
+        batch: list[PlainGroup] = []  # consecutive greedy/sampling groups, prefilled together
         for entry in pending:
             handles = entry if isinstance(entry, list) else entry.handles
             if all(h.done for h in handles):  # aborted while queued
                 admitted.append(entry)
                 continue
-            rows = self.running_rows
+            rows = self.running_rows + sum(g.rows for g in batch)
             need = entry.rows if isinstance(entry, PlainGroup) else len(handles) * getattr(handles[0].request.strategy, "n", 1)
             if rows and rows + need > self.max_rows:
                 break
+            if isinstance(entry, PlainGroup) and entry.poolable and (not batch or _pool_key(batch[0]) == _pool_key(entry)):
+                batch.append(entry)
+                admitted.append(entry)
+                continue
+            self._admit_pooled(batch)
+            batch = []
             if isinstance(entry, PlainGroup):
-                self._admit_plain(entry)
+                if entry.poolable:
+                    batch = [entry]
+                else:
+                    self._admit_plain(entry)
                 admitted.append(entry)
             elif self._admit_speculative(handles):
                 admitted.append(entry)
+        self._admit_pooled(batch)
         if admitted:
             with self._lock:
                 self._pending = [e for e in self._pending if not any(e is a for a in admitted)]
+
+    def _admit_pooled(self, groups: list[PlainGroup]) -> None:
+        """Prefill greedy/sampling groups of one kind in one forward, then their rows join
+        the kind's pool (one merge)."""
+        if not groups:
+            return
+        if len(groups) == 1:
+            self._admit_plain(groups[0])
+            return
+        model = self.model
+        prompts = [p for g in groups for p in g.prompts]
+        began = time.perf_counter()
+        try:
+            state = model.start(prompts, max(g.options.max_new_tokens for g in groups))
+            if any(g.width > 1 for g in groups):
+                fan, at = [], 0
+                for g in groups:
+                    for _ in g.prompts:
+                        fan += [at] * g.width
+                        at += 1
+                model.select(state, torch.tensor(fan, dtype=torch.long, device=state.logits.device))
+            for g in groups:
+                g.start(state, fanned=True)
+        except Exception as error:
+            for g in groups:
+                deliver_error(g.handles, model_error(model, "prefill", error))
+            return
+        finally:
+            self.forward_seconds += time.perf_counter() - began
+        self._join_pool(groups, state)
 
     def _admit_plain(self, group: PlainGroup) -> None:
         model = self.model
@@ -233,25 +274,37 @@ class Engine:
             return
         finally:
             self.forward_seconds += time.perf_counter() - began
-        partition = self._partitions[0] if getattr(model, "can_merge", False) and self._partitions else None
         if group.poolable:
-            key = (group.search.sampling, group.eos)
-            partitions = [partition] if partition is not None else []
-            for part in partitions:
-                for index, member in enumerate(part.groups):
-                    if isinstance(member, RowPool) and member.key == key:
-                        at = sum(g.rows for g in part.groups[: index + 1])
-                        part.state = model.merge(part.state, state, at)
-                        member.add(group)
-                        return
-            pool = RowPool(key, group.search.sampling, group.context.eos_token_ids, group.context.pad_token_id, group.context.device)
-            pool.add(group)
-            group = pool
+            self._join_pool([group], state)
+            return
+        partition = self._partitions[0] if getattr(model, "can_merge", False) and self._partitions else None
         if partition is not None:
             partition.state = model.merge(partition.state, state)
             partition.groups.append(group)
         else:
             self._partitions.append(Partition(state, [group]))
+
+    def _join_pool(self, groups: list[PlainGroup], state) -> None:
+        """The rows of ``groups`` (prefilled in ``state``, in order) join their kind's pool."""
+        model, first = self.model, groups[0]
+        key = _pool_key(first)
+        partition = self._partitions[0] if getattr(model, "can_merge", False) and self._partitions else None
+        if partition is not None:
+            for index, member in enumerate(partition.groups):
+                if isinstance(member, RowPool) and member.key == key:
+                    at = sum(g.rows for g in partition.groups[: index + 1])
+                    partition.state = model.merge(partition.state, state, at)
+                    for group in groups:
+                        member.add(group)
+                    return
+        pool = RowPool(key, first.search.sampling, first.context.eos_token_ids, first.context.pad_token_id, first.context.device)
+        for group in groups:
+            pool.add(group)
+        if partition is not None:
+            partition.state = model.merge(partition.state, state)
+            partition.groups.append(pool)
+        else:
+            self._partitions.append(Partition(state, [pool]))
 
     def _admit_speculative(self, handles: list[RequestHandle]) -> bool:
         """Start a speculative group if its proposer is free (else it stays queued)."""
@@ -389,6 +442,11 @@ class Engine:
         for group in self._speculative:
             deliver_error(group.handles, error)
         self._partitions, self._speculative, self._busy = [], [], set()
+
+
+def _pool_key(group: PlainGroup) -> tuple:
+    """Greedy and sampling rows go to separate pools; so do different EOS sets."""
+    return (group.search.sampling, group.eos)
 
 
 def _same_group(a: Request, b: Request) -> bool:

@@ -106,12 +106,13 @@ class PlainGroup:
 
     # -- admission --------------------------------------------------------------------------
 
-    def start(self, state) -> None:
+    def start(self, state, fanned: bool = False) -> None:
         """Set up after this group's prefill (``state``: its own, before any merge): fan out
-        to ``width`` rows per prompt, build the history the processors read, reset them."""
+        to ``width`` rows per prompt (unless ``fanned``: the caller did), build the history the
+        processors read, reset them."""
         model = self.model
         self.prompt_length = state.prompt_length
-        if self.width > 1:
+        if self.width > 1 and not fanned:
             fan = torch.arange(len(self.prompts), device=state.logits.device).repeat_interleave(self.width)
             model.select(state, fan)
         total = self.prompt_length + self.options.max_new_tokens
@@ -198,14 +199,14 @@ class PlainGroup:
     @property
     def poolable(self) -> bool:
         """Greedy or sampling with no processors but a minimum length, no stop strings and no
-        shared generator: its requests can join a :class:`~decodekit.engine.pool.RowPool`."""
-        only_min_new = all(type(p).__name__ == "MinNewTokens" for p in self.processors.processors)
+        shared generator: its requests can join a :class:`~decodekit.engine.pool.RowPool`
+        (known before the prefill, so several such groups can be prefilled together)."""
+        kinds = {type(p).__name__ for p in self.options.processors(1, self.eos, self.model.vocab_size).processors}
         return (
             isinstance(self.search, RowSearch)
-            and only_min_new
+            and kinds <= {"MinNewTokens"}
             and not self.extra_processors
             and self.stop_check is None
-            and self.context.generators is not None
             and not self._shared_generator
         )
 

@@ -266,3 +266,22 @@ def test_submit_checks_settings_before_any_model_call():
         engine.submit([Request([10**6], decodekit.Greedy())])
     assert not calls and engine.queued == 0
     torch.manual_seed(0)
+
+
+def test_a_decoding_with_shared_processors_is_one_group(embedded):
+    """Prompts decoded together with extra processors (e.g. one constraint processor for all
+    their rows) form one group: the processor is reset once for every row."""
+    from decodekit.constraints import constraint_processor
+    from decodekit.engine import Decoding
+
+    tokenizer, model = embedded.tokenizer, embedded.model
+    processor = constraint_processor(JsonSchema({"type": "array", "items": {"type": "integer"}}), "greedy", tokenizer, model.vocab_size, model.eos_token_ids, 16)
+    prompts = [embedded.encode(p) for p in ("x = ", "values = ", "data = ")]
+    decoding = Decoding(model, prompts, decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=16), processors=[processor])
+    engine = decoding.engine
+    assert len(engine._pending) == 1  # one group
+    hyps = decoding.results()
+    for prompt, got in zip(prompts, hyps):
+        alone_processor = constraint_processor(JsonSchema({"type": "array", "items": {"type": "integer"}}), "greedy", tokenizer, model.vocab_size, model.eos_token_ids, 16)
+        (want,) = Decoding(model, [prompt], decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=16), processors=[alone_processor]).results()
+        assert got[0].token_ids == want[0].token_ids

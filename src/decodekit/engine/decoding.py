@@ -36,13 +36,15 @@ class Decoding:
         if generator is not None:
             context["generators"] = (generator,) * len(prompts)
         seeds = seeds or [None] * len(prompts)
+        # one factory for all prompts: they form one group, whose rows the processors follow
+        factory = (lambda: extra) if extra else None
         requests = [
             Request(
                 list(prompt),
                 strategy,
                 options,
                 seed=seed,
-                processors=(lambda: extra) if extra else None,
+                processors=factory,
                 stop_check=stop_check,
                 search_context=context,
             )

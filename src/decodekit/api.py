@@ -152,11 +152,7 @@ class Decoder:
         if options.stop and self.tokenizer is None:
             raise ConfigError("stop", options.stop, "stop strings need a tokenizer")
         stop = StopStrings(self.tokenizer, options.stop) if options.stop else None
-        seed = seed if seed is not None else getattr(strategy, "seed", None)
-        sampler = getattr(strategy, "sampler", None)
-        if seed is None and sampler is not None:
-            seed = getattr(sampler, "seed", None)
-        context = {}
+        context = {}  # (a seed of None: the engine takes the strategy's, see request_seed)
         if hasattr(self.model, "input_embeddings"):
             context["input_embeddings"] = self.model.input_embeddings
         requests = [

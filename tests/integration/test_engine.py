@@ -285,3 +285,22 @@ def test_a_decoding_with_shared_processors_is_one_group(embedded):
         alone_processor = constraint_processor(JsonSchema({"type": "array", "items": {"type": "integer"}}), "greedy", tokenizer, model.vocab_size, model.eos_token_ids, 16)
         (want,) = Decoding(model, [prompt], decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=16), processors=[alone_processor]).results()
         assert got[0].token_ids == want[0].token_ids
+
+
+def test_the_shared_state_stays_bounded_under_a_stream_of_requests():
+    """Requests arriving and leaving for hundreds of steps: the holes they leave are
+    compacted, so the state's length stays near what the running rows hold."""
+    model = HFLanguageModel(tm.BUILDERS["gpt2"]())
+    engine = Engine(model)
+    options = decodekit.DecodeOptions(max_new_tokens=20, min_new_tokens=20)
+    handles, longest = [], 0
+    for step in range(400):
+        if step % 5 == 0:
+            handles += engine.submit([Request([3 + step % 40, 4, 5], decodekit.Greedy(), options)])
+        engine.step()
+        if engine._partitions:
+            longest = max(longest, engine._partitions[0].state.extra["length"])
+    assert all(h.result().hypotheses[0].token_ids for h in handles)
+    assert longest < 200  # without compaction: about 400
+    (alone,) = Engine(model).submit([Request([3 + 395 % 40, 4, 5], decodekit.Greedy(), options)])
+    assert alone.result().hypotheses[0].token_ids == handles[-1].result().hypotheses[0].token_ids

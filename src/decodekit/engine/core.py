@@ -408,8 +408,9 @@ class Engine:
         the rows hold (the shared length otherwise grows by one slot a step forever)."""
         state, model = partition.state, self.model
         extra = state.extra
-        if len(partition.groups) == 1 or not hasattr(model, "compact") or "mask" not in extra:
-            return
+        alone = len(partition.groups) == 1 and isinstance(partition.groups[0], PlainGroup)
+        if alone or not hasattr(model, "compact") or "mask" not in extra:
+            return  # one group never merged: its only holes are its prompts' padding
         length = extra["length"]
         if length < 128 or self.steps % 16:
             return
@@ -417,7 +418,7 @@ class Engine:
         if length > 2 * real + 64:
             model.compact(state)
             # each row's real slots now end at the new length; generated ones are the last t
-            state.prompt_length = max(0, extra["length"] - max(g.t for g in partition.groups))
+            state.prompt_length = max(0, extra["length"] - max(g.fed() for g in partition.groups))
 
     # -- speculative groups -----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import torch
 
 from decodekit.engine.request import EngineEvent, Request, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
+from decodekit.logits.penalties import MinNewTokens
 from decodekit.search.base import SearchContext, Step
 from decodekit.search.sampling import REASONS, RowSearch
 
@@ -193,6 +194,10 @@ class PlainGroup:
     def keep_parents(self) -> torch.Tensor | None:
         return self.step.parents
 
+    def fed(self) -> int:
+        """Generated tokens in the cache, the most of any row (all rows advance together)."""
+        return self.t
+
     def next_tokens(self) -> torch.Tensor:
         return self.step.tokens
 
@@ -201,10 +206,10 @@ class PlainGroup:
         """Greedy or sampling with no processors but a minimum length, no stop strings and no
         shared generator: its requests can join a :class:`~decodekit.engine.pool.RowPool`
         (known before the prefill, so several such groups can be prefilled together)."""
-        kinds = {type(p).__name__ for p in self.options.processors(1, self.eos, self.model.vocab_size).processors}
+        processors = self.options.processors(1, self.eos, self.model.vocab_size).processors
         return (
             isinstance(self.search, RowSearch)
-            and kinds <= {"MinNewTokens"}
+            and all(isinstance(p, MinNewTokens) for p in processors)
             and not self.extra_processors
             and self.stop_check is None
             and not self._shared_generator
@@ -225,7 +230,7 @@ class SpeculativeGroup:
         from decodekit.speculative import speculative_run
 
         first = handles[0].request
-        self.model, self.handles, self.proposer = model, handles, proposer
+        self.handles = handles
         self.options = first.options
         device = getattr(model, "device", torch.device("cpu"))
         generators = tuple(request_generator(h.request, device) for h in handles)
@@ -245,7 +250,6 @@ class SpeculativeGroup:
         self._steps = self.run.steps()
         self._shown = None
         self.error: BaseException | None = None
-        self.t = 0
 
     def advance(self) -> bool:
         """One speculative step (the first call prefills). True when the group has finished."""
@@ -255,7 +259,6 @@ class SpeculativeGroup:
             return True
         if self.streaming:
             self._emit()
-        self.t += 1
         return False
 
     def _emit(self) -> None:

@@ -54,7 +54,10 @@ class RowPool:
         self.finished = torch.zeros(0, dtype=torch.bool, device=device)
         self.step_tokens = torch.zeros(0, dtype=torch.long, device=device)
         self.error = None
-        self.handles: list[RequestHandle] = []
+
+    @property
+    def handles(self) -> list[RequestHandle]:
+        return [m.handle for m in self.members]
 
     # -- membership -------------------------------------------------------------------------
 
@@ -91,7 +94,6 @@ class RowPool:
                 self.settings[name] = torch.cat([self.settings[name].to(dtype), torch.full((rows,), values[name], dtype=dtype, device=self.device)])
         for i, handle in enumerate(group.handles):
             self.members.append(Member(handle, group.width, handle.request.stream, i * group.width))
-        self.handles = [m.handle for m in self.members]
         self.rows += rows
         self.min_new_any = bool((self.min_new > 0).any())
 
@@ -169,7 +171,6 @@ class RowPool:
         if len(keep) == self.rows:
             return None
         self.members = members
-        self.handles = [m.handle for m in members]
         self._keep(keep)
         self.min_new_any = bool((self.min_new > 0).any())
         return keep
@@ -204,6 +205,10 @@ class RowPool:
 
     def keep_parents(self) -> None:
         return None
+
+    def fed(self) -> int:
+        """Generated tokens in the cache, the most of any row."""
+        return int(self.t.max()) if self.rows else 0
 
     def next_tokens(self) -> torch.Tensor:
         return self.step_tokens

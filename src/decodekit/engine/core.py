@@ -32,14 +32,8 @@ from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, delive
 from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.pool import RowPool
 from decodekit.engine.request import AbortedError, Request, RequestHandle
+from decodekit.engine.step import Clock, Partition, step_partitions
 from decodekit.errors import ConfigError
-
-
-class Partition:
-    """Groups whose rows share one model state (one forward per step), in row order."""
-
-    def __init__(self, state, groups: list[PlainGroup]):
-        self.state, self.groups = state, groups
 
 
 class Engine:
@@ -60,7 +54,7 @@ class Engine:
         self._proposers: OrderedDict = OrderedDict()
         self._busy: set = set()
         self.steps = 0
-        self.forward_seconds = 0.0  # time inside model calls (prefill and steps)
+        self.clock = Clock()  # time inside model calls (prefill and steps)
         self.step_seconds = 0.0  # time inside step() in all
         self.trace: list[tuple[int, float, float]] | None = None
         """Set to a list to record ``(rows, step seconds, model seconds)`` per step (benches)."""
@@ -144,6 +138,11 @@ class Engine:
     # -- driving ----------------------------------------------------------------------------
 
     @property
+    def forward_seconds(self) -> float:
+        """Seconds spent inside model calls so far (prefill and steps)."""
+        return self.clock.model_seconds
+
+    @property
     def running_rows(self) -> int:
         return sum(g.rows for p in self._partitions for g in p.groups) + sum(g.rows for g in self._speculative)
 
@@ -183,7 +182,7 @@ class Engine:
             self._admit()
             if not self._partitions and not self._speculative:
                 return False
-            self._step_plain()
+            self._partitions = step_partitions(self.model, self._partitions, self.clock, self.steps)
             self._step_speculative()
             self.steps += 1
             return True
@@ -260,7 +259,7 @@ class Engine:
                 deliver_error(g.handles, model_error(model, "prefill", error))
             return
         finally:
-            self.forward_seconds += time.perf_counter() - began
+            self.clock.model_seconds += time.perf_counter() - began
         self._join_pool(groups, state)
 
     def _admit_plain(self, group: PlainGroup) -> None:
@@ -273,7 +272,7 @@ class Engine:
             deliver_error(group.handles, model_error(model, "prefill", error))
             return
         finally:
-            self.forward_seconds += time.perf_counter() - began
+            self.clock.model_seconds += time.perf_counter() - began
         if group.poolable:
             self._join_pool([group], state)
             return
@@ -330,95 +329,6 @@ class Engine:
         return True
 
     # -- one step of the plain rows ---------------------------------------------------------
-
-    def _step_plain(self) -> None:
-        decided = []  # (group, flags or None)
-        sizes: dict[int, int] = {}  # each group's rows this step (a pool's shrink in settle)
-        for partition in self._partitions:
-            offset = 0
-            for group in partition.groups:
-                sizes[id(group)] = group.rows
-                logits = partition.state.logits[offset : offset + group.rows]
-                offset += group.rows
-                try:
-                    decided.append((group, group.decide(logits)))
-                except Exception as error:
-                    group.error = error
-                    decided.append((group, None))
-        flags = [f for _, f in decided if f is not None]
-        values = torch.cat(flags).tolist() if flags else []  # the one host sync per step
-        keeps: dict[int, list[int] | None] = {}
-        at = 0
-        for group, f in decided:
-            if f is None:
-                deliver(group)
-                keeps[id(group)] = []
-                continue
-            count = f.numel()
-            keeps[id(group)] = group.settle(values[at : at + count])
-            at += count
-        kept_partitions = []
-        for partition in self._partitions:
-            try:
-                if self._advance(partition, keeps, sizes):
-                    kept_partitions.append(partition)
-            except Exception as error:
-                for group in partition.groups:
-                    deliver_error(group.handles, model_error(self.model, "a decoding step", error))
-        self._partitions = kept_partitions
-
-    def _advance(self, partition: Partition, keeps: dict[int, list[int] | None], sizes: dict[int, int]) -> bool:
-        """Drop retired rows, then one forward for the rest; False if no row is left."""
-        model, state = self.model, partition.state
-        device = state.logits.device
-        groups, rows, offset, changed = [], [], 0, False
-        for group in partition.groups:
-            keep = keeps[id(group)]
-            if keep is None:
-                rows.append(torch.arange(offset, offset + sizes[id(group)], device=device))
-                groups.append(group)
-            elif keep:
-                rows.append(torch.tensor(keep, dtype=torch.long, device=device) + offset)
-                groups.append(group)
-                changed = True
-            else:
-                changed = True
-            offset += sizes[id(group)]
-        if not groups:
-            return False
-        if changed:
-            model.select(state, torch.cat(rows))
-            partition.groups = groups
-        parents, tokens, offset = [], [], 0
-        any_parents = any(g.keep_parents() is not None for g in groups)
-        for group in groups:
-            if any_parents:
-                p = group.keep_parents()
-                parents.append(p + offset if p is not None else torch.arange(offset, offset + group.rows, device=device))
-            tokens.append(group.next_tokens())
-            offset += group.rows
-        began = time.perf_counter()
-        model.advance(state, torch.cat(parents) if any_parents else None, torch.cat(tokens) if len(tokens) > 1 else tokens[0])
-        self.forward_seconds += time.perf_counter() - began
-        self._maybe_compact(partition)
-        return True
-
-    def _maybe_compact(self, partition: Partition) -> None:
-        """Squeeze out the holes that merged and retired rows leave once they cost more than
-        the rows hold (the shared length otherwise grows by one slot a step forever)."""
-        state, model = partition.state, self.model
-        extra = state.extra
-        alone = len(partition.groups) == 1 and isinstance(partition.groups[0], PlainGroup)
-        if alone or not hasattr(model, "compact") or "mask" not in extra:
-            return  # one group never merged: its only holes are its prompts' padding
-        length = extra["length"]
-        if length < 128 or self.steps % 16:
-            return
-        real = int(extra["mask"][:, :length].sum(-1).max())
-        if length > 2 * real + 64:
-            model.compact(state)
-            # each row's real slots now end at the new length; generated ones are the last t
-            state.prompt_length = max(0, extra["length"] - max(g.fed() for g in partition.groups))
 
     # -- speculative groups -----------------------------------------------------------------
 

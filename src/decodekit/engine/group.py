@@ -7,7 +7,7 @@ draws do not depend on its neighbours. A :class:`SpeculativeGroup` runs the spec
 draft-and-verify step of :mod:`decodekit.speculative.loop` for its requests, one step per engine
 step, in a state of its own.
 
-Both follow one protocol, used by :class:`~decodekit.engine.core.Engine`:
+Both follow one protocol, used by :mod:`decodekit.engine.step` and :class:`~decodekit.engine.core.Engine`:
 ``decide(logits)`` (plain) or ``advance()`` (speculative), then ``settle(flags)``, then
 ``outputs()`` once finished.
 """

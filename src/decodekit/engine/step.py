@@ -1,0 +1,125 @@
+"""One engine step of the plain rows (everything but admission and speculation).
+
+Per partition (rows sharing one model state): every group decides from its slice of the
+logits; one host sync reads every group's flags; groups settle (finished requests are
+delivered); retired rows leave the state; one forward advances the rest; holes are compacted
+now and then.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from decodekit.engine.group import PlainGroup, deliver, deliver_error
+from decodekit.engine.limits import model_error
+
+
+class Partition:
+    """Groups whose rows share one model state (one forward per step), in row order."""
+
+    def __init__(self, state, groups: list):
+        self.state, self.groups = state, groups
+
+
+@dataclass
+class Clock:
+    """Seconds spent inside model calls (the engine's overhead is the rest of a step)."""
+
+    model_seconds: float = 0.0
+
+
+def step_partitions(model, partitions: list[Partition], clock: Clock, step_count: int) -> list[Partition]:
+    """One step of every plain row: decide, the one host sync, settle (deliver what finished),
+    then drop retired rows and one forward per partition. Returns the partitions that go on."""
+    decided = []  # (group, flags or None)
+    sizes: dict[int, int] = {}  # each group's rows this step (a pool's shrink in settle)
+    for partition in partitions:
+        offset = 0
+        for group in partition.groups:
+            sizes[id(group)] = group.rows
+            logits = partition.state.logits[offset : offset + group.rows]
+            offset += group.rows
+            try:
+                decided.append((group, group.decide(logits)))
+            except Exception as error:
+                group.error = error
+                decided.append((group, None))
+    flags = [f for _, f in decided if f is not None]
+    values = torch.cat(flags).tolist() if flags else []  # the one host sync per step
+    keeps: dict[int, list[int] | None] = {}
+    at = 0
+    for group, f in decided:
+        if f is None:
+            deliver(group)
+            keeps[id(group)] = []
+            continue
+        count = f.numel()
+        keeps[id(group)] = group.settle(values[at : at + count])
+        at += count
+    kept_partitions = []
+    for partition in partitions:
+        try:
+            if advance_partition(model, partition, keeps, sizes, clock, step_count):
+                kept_partitions.append(partition)
+        except Exception as error:
+            for group in partition.groups:
+                deliver_error(group.handles, model_error(model, "a decoding step", error))
+    return kept_partitions
+
+
+def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | None], sizes: dict[int, int], clock: Clock, step_count: int) -> bool:
+    """Drop retired rows, then one forward for the rest; False if no row is left."""
+    state = partition.state
+    device = state.logits.device
+    groups, rows, offset, changed = [], [], 0, False
+    for group in partition.groups:
+        keep = keeps[id(group)]
+        if keep is None:
+            rows.append(torch.arange(offset, offset + sizes[id(group)], device=device))
+            groups.append(group)
+        elif keep:
+            rows.append(torch.tensor(keep, dtype=torch.long, device=device) + offset)
+            groups.append(group)
+            changed = True
+        else:
+            changed = True
+        offset += sizes[id(group)]
+    if not groups:
+        return False
+    if changed:
+        model.select(state, torch.cat(rows))
+        partition.groups = groups
+    parents, tokens, offset = [], [], 0
+    any_parents = any(g.keep_parents() is not None for g in groups)
+    for group in groups:
+        if any_parents:
+            p = group.keep_parents()
+            parents.append(p + offset if p is not None else torch.arange(offset, offset + group.rows, device=device))
+        tokens.append(group.next_tokens())
+        offset += group.rows
+    began = time.perf_counter()
+    model.advance(state, torch.cat(parents) if any_parents else None, torch.cat(tokens) if len(tokens) > 1 else tokens[0])
+    clock.model_seconds += time.perf_counter() - began
+    maybe_compact(model, partition, step_count)
+    return True
+
+
+def maybe_compact(model, partition: Partition, step_count: int) -> None:
+    """Squeeze out the holes that merged and retired rows leave once they cost more than
+    the rows hold (the shared length otherwise grows by one slot a step forever)."""
+    state = partition.state
+    extra = state.extra
+    alone = len(partition.groups) == 1 and isinstance(partition.groups[0], PlainGroup)
+    if alone or not hasattr(model, "compact") or "mask" not in extra:
+        return  # one group never merged: its only holes are its prompts' padding
+    length = extra["length"]
+    if length < 128 or step_count % 16:
+        return
+    real = int(extra["mask"][:, :length].sum(-1).max())
+    if length > 2 * real + 64:
+        model.compact(state)
+        # each row's real slots now end at the new length; generated ones are the last t
+        state.prompt_length = max(0, extra["length"] - max(g.fed() for g in partition.groups))

@@ -163,3 +163,9 @@ def test_a_disconnected_stream_aborts_its_request(server):
     while decoder.engine.running_rows and time.time() < deadline:
         time.sleep(0.1)
     assert decoder.engine.running_rows == 0
+
+
+def test_a_chat_without_messages_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="stdlib-code", messages=[], max_tokens=2)
+    assert "messages" in str(error.value)

@@ -82,7 +82,7 @@ class ChatMessage(Strict):
 
 
 class ChatCompletionRequest(Sampling):
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None

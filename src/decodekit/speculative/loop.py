@@ -169,8 +169,9 @@ class SpeculativeDecoding:
             model.select(
                 state, torch.arange(len(self.prompts), device=device).repeat_interleave(width)
             )
-        if bool((~torch.isfinite(torch.logsumexp(state.logits, -1))).any()):
-            raise NumericalError(step=0, row=int((~torch.isfinite(torch.logsumexp(state.logits, -1))).nonzero()[0]))
+        bad = ~torch.isfinite(torch.logsumexp(state.logits, -1))  # NaN, +inf or all -inf
+        if bool(bad.any()):
+            raise NumericalError(step=0, row=int(bad.nonzero()[0]))
         first_logits = self._process_first(state.logits)
         if self.constraint is not None:
             first_logits = self.constraint.first(first_logits)

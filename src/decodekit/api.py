@@ -15,7 +15,7 @@ from decodekit.errors import ConfigError, InputError
 from decodekit.model.base import LanguageModel
 from decodekit.model.hf import HFLanguageModel
 from decodekit.options import DecodeOptions
-from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
+from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent, TokenLogprob
 from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
 from decodekit.search.diverse import DiverseBeamSearch
@@ -132,36 +132,75 @@ class Decoder:
             raise InputError("prompts: an empty list; give at least one prompt")
         return items, single
 
-    def _requests(self, items, strategy, options, settings, seed=None, constraint=None, stream=False) -> tuple[list[Request], StopStrings | None]:
-        """One engine request per prompt, all sharing the call's settings (one group)."""
+    def _requests(self, items, strategy, options, settings, seed=None, constraint=None, stream=False, custom=None) -> tuple[list[Request], StopStrings | None]:
+        """One engine request per prompt, all sharing the call's settings (one group).
+        ``custom``: ``(processors, stopping, prefix_allowed_tokens_fn)`` given by the user."""
         strategy = make_strategy(strategy)
         options = make_options(options, settings)
         strategy.validate()  # the engine checks again; here it precedes building stop strings
         options.validate(self.model.vocab_size)
+        options = self._with_breakers(options)
+        user, stopping = self._custom(strategy, *(custom or (None, None, None)))
         factory = None
-        if constraint is not None:
+        if constraint is not None or user:
             from decodekit.constraints import constraint_processor
 
-            eos = options.eos_token_ids if options.eos_token_ids is not None else self.model.eos_token_ids
+            eos = options.eos(self.model.eos_token_ids)
             name, tokenizer, vocab = strategy.name, self.tokenizer, self.model.vocab_size
 
             def factory():
-                return [constraint_processor(constraint, name, tokenizer, vocab, tuple(eos), options.max_new_tokens, options.min_new_tokens)]
+                compiled = []
+                if constraint is not None:
+                    compiled.append(constraint_processor(constraint, name, tokenizer, vocab, eos, options.max_new_tokens, options.min_new_tokens))
+                return compiled + user
 
             factory()  # compile now: a bad constraint raises before any model call
         if options.stop and self.tokenizer is None:
             raise ConfigError("stop", options.stop, "stop strings need a tokenizer")
-        stop = StopStrings(self.tokenizer, options.stop) if options.stop else None
+        stop = StopStrings(self.tokenizer, options.stop, keep=options.include_stop_str_in_output) if options.stop else None
         context = {}  # (a seed of None: the engine takes the strategy's, see request_seed)
         if hasattr(self.model, "input_embeddings"):
             context["input_embeddings"] = self.model.input_embeddings
         requests = [
             Request(
-                self.encode(p), strategy, options, seed=seed, processors=factory, stop_check=stop, search_context=context, stream=stream
+                self.encode(p), strategy, options, seed=seed, processors=factory, stop_check=stop, search_context=context, stream=stream,
+                stopping=stopping, index=i,
             )
-            for p in items
+            for i, p in enumerate(items)
         ]
         return requests, stop
+
+    def _with_breakers(self, options: DecodeOptions) -> DecodeOptions:
+        """DRY's string sequence breakers as token ids (cached per set of strings)."""
+        if options.dry_multiplier == 0 or all(not isinstance(b, str) for b in options.dry_sequence_breakers):
+            return options
+        key = options.dry_sequence_breakers
+        cache = self.__dict__.setdefault("_breakers", {})
+        if key not in cache:
+            cache[key] = options.with_breaker_ids(self.tokenizer).dry_sequence_breakers
+        return dataclasses.replace(options, dry_sequence_breakers=cache[key])
+
+    def _custom(self, strategy, processors, stopping, prefix_allowed_tokens_fn) -> tuple[list, Any]:
+        """The user's processors (adapted) and stopping criteria, checked."""
+        from decodekit.logits.custom import PrefixAllowedTokens, Stopping, processor
+
+        user = []
+        if processors is not None:
+            if not isinstance(processors, Sequence) or isinstance(processors, str):
+                raise ConfigError("processors", processors, "a list of processors")
+            user = [processor(p) for p in processors]
+        if prefix_allowed_tokens_fn is not None:
+            if not callable(prefix_allowed_tokens_fn):
+                raise ConfigError("prefix_allowed_tokens_fn", prefix_allowed_tokens_fn, "a callable (batch_id, input_ids) -> allowed token ids")
+            user.append(PrefixAllowedTokens(prefix_allowed_tokens_fn))
+        if stopping is not None:
+            if not isinstance(stopping, Sequence) or isinstance(stopping, str):
+                raise ConfigError("stopping", stopping, "a list of stopping criteria")
+            stopping = Stopping(stopping) if stopping else None
+        if (user or stopping is not None) and getattr(strategy, "speculative", None) is not None:
+            field = "processors" if user else "stopping"
+            raise ConfigError(field, "...", "no custom processors or stopping criteria with speculative decoding (they run with plain decoding)")
+        return user, stopping
 
     # -- generate / stream ------------------------------------------------------------------
 
@@ -173,6 +212,9 @@ class Decoder:
         options: DecodeOptions | None = None,
         seed: int | None = None,
         constraint=None,
+        processors: Sequence | None = None,
+        stopping: Sequence | None = None,
+        prefix_allowed_tokens_fn=None,
         **settings: Any,
     ) -> GenerationResult | list[GenerationResult]:
         """Decode one prompt (text or token ids) or a list of them.
@@ -182,12 +224,21 @@ class Decoder:
         (``max_new_tokens=32``, ``stop=["\\n\\n"]``, ...). ``constraint``: a
         :mod:`decodekit.constraints` spec (``JsonSchema``, ``Regex``, ``Grammar``, ``Catalog``,
         ``CorpusSubstring``) every output must satisfy. ``seed`` seeds each prompt's own
-        generator, so a prompt's output does not depend on the others. Returns one
+        generator, so a prompt's output does not depend on the others. ``processors``: extra
+        processors (decodekit callables ``(token_ids, scores) -> scores`` that ignore ``-1``
+        padding, or transformers ``LogitsProcessor`` objects), applied after the options'
+        processors; ``stopping``: stopping criteria (transformers ``StoppingCriteria`` or
+        callables ``(token_ids, scores) -> (rows,) bool``; per-row strategies);
+        ``prefix_allowed_tokens_fn``: transformers' ``(batch_id, input_ids) -> allowed ids``.
+        Returns one
         :class:`GenerationResult` per prompt (a single one for a single prompt). Safe to call
         from many threads at once: every call's prompts join the decoder's one engine.
         """
         items, single = self._prompts(prompts)
-        pending = self.submit(items, strategy, options=options, seed=seed, constraint=constraint, **settings)
+        pending = self.submit(
+            items, strategy, options=options, seed=seed, constraint=constraint, processors=processors, stopping=stopping,
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, **settings,
+        )
         results = [p.result() for p in pending]
         return results[0] if single else results
 
@@ -200,18 +251,22 @@ class Decoder:
         seed: int | None = None,
         constraint=None,
         stream: bool = False,
+        processors: Sequence | None = None,
+        stopping: Sequence | None = None,
+        prefix_allowed_tokens_fn=None,
         **settings: Any,
     ) -> list[Pending]:
         """Submit a list of prompts to the engine without waiting; one :class:`Pending` per
         prompt (``result()`` waits, ``events()`` streams, ``abort()`` stops). Every setting is
         checked here, before any model call."""
         items, _ = self._prompts(prompts)
-        requests, stop = self._requests(items, strategy, options, settings, seed, constraint, stream=stream)
+        custom = (processors, stopping, prefix_allowed_tokens_fn)
+        requests, stop = self._requests(items, strategy, options, settings, seed, constraint, stream=stream, custom=custom)
         handles = self.engine.submit(requests)
         return [Pending(self, item, request, handle, stop) for item, request, handle in zip(items, requests, handles)]
 
     def _result(self, item, request: Request, output: RequestOutput, stop) -> GenerationResult:
-        review = output.processors[0].review if output.processors else None
+        review = next((p.review for p in output.processors if hasattr(p, "review")), None)
         return GenerationResult(
             prompt=item if isinstance(item, str) else None,
             prompt_token_ids=request.prompt,
@@ -224,7 +279,10 @@ class Decoder:
         text = self.decode_text(h.token_ids)
         if text is not None and stop is not None and h.finish_reason == "stop":
             text = stop.trim(text)
-        sequence = GeneratedSequence(h.token_ids, text, h.token_logprobs, h.logprob, h.score, h.finish_reason, h.group)
+        top = None
+        if h.top_logprobs is not None:
+            top = [[TokenLogprob(i, lp, self.decode_text([i])) for i, lp in zip(ids, lps)] for ids, lps in h.top_logprobs]
+        sequence = GeneratedSequence(h.token_ids, text, h.token_logprobs, h.logprob, h.score, h.finish_reason, h.group, top_logprobs=top)
         return review(sequence) if review is not None else sequence
 
     def stream(
@@ -235,13 +293,19 @@ class Decoder:
         options: DecodeOptions | None = None,
         seed: int | None = None,
         constraint=None,
+        processors: Sequence | None = None,
+        stopping: Sequence | None = None,
+        prefix_allowed_tokens_fn=None,
         **settings: Any,
     ) -> Iterator[StreamEvent]:
         """Yield :class:`StreamEvent` s as tokens are decided: per generated token for greedy
         and sampling (with ``n`` samples, ``event.row`` tells them apart; speculative decoding
         yields each accepted block's tokens), the current best hypothesis per step for beam
         searches, then their final n-best. Leaving the loop early aborts the request."""
-        (pending,) = self.submit([prompt], strategy, options=options, seed=seed, constraint=constraint, stream=True, **settings)
+        (pending,) = self.submit(
+            [prompt], strategy, options=options, seed=seed, constraint=constraint, stream=True, processors=processors,
+            stopping=stopping, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, **settings,
+        )
         try:
             yield from pending.events()
         finally:

@@ -7,15 +7,27 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One of the most likely tokens at a position: its id, log-prob and text (None without
+    a tokenizer)."""
+
+    token_id: int
+    logprob: float
+    text: str | None = None
+
+
+@dataclass(frozen=True)
 class GeneratedSequence:
     """One output. ``token_ids`` are the generated tokens (the EOS that ended it included);
     ``token_logprobs[i]`` is token i's log-probability under the processed distribution the
     strategy scored (before sampling warpers); ``logprob`` is their sum; ``score`` is what the
     strategy ranked by (equal to ``logprob`` for greedy and sampling, length-normalised for beam
     search, diversity-penalised for Diverse Beam Search). ``finish_reason`` is one of
-    ``eos``, ``length``, ``stop``, ``constraint``, ``error``. ``constraint``: with a
+    ``eos``, ``length``, ``stop``, ``constraint``, ``time``, ``error``. ``constraint``: with a
     constraint, its report on this output (``name``, ``valid``, and e.g. ``occurrences`` for a
-    corpus substring or ``entry`` for a catalog); None without one."""
+    corpus substring or ``entry`` for a catalog); None without one. ``top_logprobs``: with the
+    ``top_logprobs=N`` option, per generated token the N most likely tokens of the same
+    distribution as ``token_logprobs``, most likely first."""
 
     token_ids: list[int]
     text: str | None
@@ -25,6 +37,7 @@ class GeneratedSequence:
     finish_reason: str
     group: int = 0
     constraint: dict | None = None
+    top_logprobs: list[list[TokenLogprob]] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,8 +11,8 @@ class StopStrings:
     """Check each row's recent text for stop strings. Only the last ``window`` tokens are
     decoded per row (a stop string of c characters spans at most c tokens plus split bytes)."""
 
-    def __init__(self, tokenizer, stop: Sequence[str]):
-        self.tokenizer, self.stop = tokenizer, tuple(stop)
+    def __init__(self, tokenizer, stop: Sequence[str], keep: bool = False):
+        self.tokenizer, self.stop, self.keep = tokenizer, tuple(stop), keep
         self.window = 4 * max(len(s) for s in self.stop) + 4
 
     def __call__(self, generated: torch.Tensor) -> torch.Tensor:
@@ -22,6 +22,9 @@ class StopStrings:
         return torch.tensor(hits, dtype=torch.bool, device=generated.device)
 
     def trim(self, text: str) -> str:
-        """Cut ``text`` at the first stop string (the stop string itself is not returned)."""
-        cuts = [i for s in self.stop if (i := text.find(s)) >= 0]
-        return text[: min(cuts)] if cuts else text
+        """Cut ``text`` at the first stop string: before it, or after it with ``keep``."""
+        found = [(i, len(s)) for s in self.stop if (i := text.find(s)) >= 0]
+        if not found:
+            return text
+        at, length = min(found)
+        return text[: at + length] if self.keep else text[:at]

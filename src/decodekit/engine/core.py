@@ -20,6 +20,7 @@ makes sure one thread at a time runs steps. Nothing is patched per call.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -74,6 +75,7 @@ class Engine:
         for request in requests:
             if not isinstance(request, Request):
                 raise ConfigError("requests", request, "decodekit.engine.Request objects")
+            request = self._resolved(request)
             if batches and _same_group(batches[-1][0], request):
                 batches[-1].append(request)
             else:
@@ -84,6 +86,16 @@ class Engine:
         with self._changed:
             self._changed.notify_all()
         return [h for entry in entries for h in (entry.handles if isinstance(entry, PlainGroup) else entry)]
+
+    def _resolved(self, request: Request) -> Request:
+        """The request with a ``max_length`` turned into its own ``max_new_tokens``."""
+        options = request.options
+        if getattr(options, "max_length", None) is None:
+            return request
+        options.validate(self.model.vocab_size)
+        if not isinstance(request.prompt, Sequence):
+            return request  # refused by check_prompts in _entry
+        return dataclasses.replace(request, options=options.for_prompt(len(request.prompt), self.model.is_encoder_decoder))
 
     def _entry(self, handles: list[RequestHandle]):
         first = handles[0].request
@@ -108,6 +120,8 @@ class Engine:
                 raise ConfigError("speculative", strategy.speculative.proposer, refusal)
             from decodekit.speculative import drafts_trees
 
+            if first.stopping is not None:
+                raise ConfigError("stopping", first.stopping, "None with speculative decoding (custom stopping criteria run with plain decoding)")
             if first.processors is not None and drafts_trees(strategy.speculative):
                 raise ConfigError("constraint", "...", "chain drafts with speculative decoding (ngram, draft, suffix without tree): tree drafts are not supported with a constraint")
             config = strategy.speculative.resolved()
@@ -118,7 +132,13 @@ class Engine:
         options.validate(model.vocab_size)
         check_prompts(model, prompts, options)
         check_memory(model, strategy, prompts, options)
+        if options.dry_multiplier > 0 and any(isinstance(b, str) for b in options.dry_sequence_breakers):
+            raise ConfigError("dry_sequence_breakers", options.dry_sequence_breakers, "token ids here (Decoder.generate resolves strings with its tokenizer)")
         group = PlainGroup(model, handles)
+        if options.max_time is not None and not hasattr(group.search, "time_out"):
+            raise ConfigError("max_time", options.max_time, f"None with {strategy.name!r}: a time limit ends per-row strategies (greedy, sample) only")
+        if first.stopping is not None and not group.search.supports_stop_strings:
+            raise ConfigError("stopping", first.stopping, f"None with {strategy.name!r}: stopping criteria end single rows of per-row strategies (greedy, sample)")
         if options.stop and not group.search.supports_stop_strings:
             raise ConfigError("stop", options.stop, f"stop strings work with per-row strategies (greedy, sample), not {strategy.name!r}; use EOS ids")
         return group
@@ -296,7 +316,9 @@ class Engine:
                     for group in groups:
                         member.add(group)
                     return
-        pool = RowPool(key, first.search.sampling, first.context.eos_token_ids, first.context.pad_token_id, first.context.device)
+        pool = RowPool(
+            key, first.search.sampling, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs
+        )
         for group in groups:
             pool.add(group)
         if partition is not None:
@@ -357,10 +379,10 @@ class Engine:
 
 def _pool_key(group: PlainGroup) -> tuple:
     """Greedy and sampling rows go to separate pools; so do different EOS sets."""
-    return (group.search.sampling, group.eos)
+    return (group.search.sampling, group.eos, group.options.top_logprobs)
 
 
 def _same_group(a: Request, b: Request) -> bool:
     return (
         a.strategy is b.strategy or a.strategy == b.strategy
-    ) and a.options == b.options and a.processors is b.processors and a.stop_check is b.stop_check and a.search_context is b.search_context
+    ) and a.options == b.options and a.processors is b.processors and a.stop_check is b.stop_check and a.search_context is b.search_context and a.stopping is b.stopping

@@ -14,6 +14,8 @@ Both follow one protocol, used by :mod:`decodekit.engine.step` and :class:`~deco
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from decodekit.engine.request import EngineEvent, Request, RequestHandle, RequestOutput
@@ -64,10 +66,6 @@ def deliver_error(handles: list[RequestHandle], error: BaseException) -> None:
         handle._finish(None, error)
 
 
-def _eos(model, options) -> tuple[int, ...]:
-    return tuple(options.eos_token_ids) if options.eos_token_ids is not None else tuple(model.eos_token_ids)
-
-
 class PlainGroup:
     """Requests decided by one search over their rows (``width`` rows per request)."""
 
@@ -76,8 +74,9 @@ class PlainGroup:
         self.model, self.handles = model, handles
         self.strategy, self.options = first.strategy, first.options
         self.prompts = [h.request.prompt for h in handles]
-        self.eos = _eos(model, self.options)
+        self.eos = self.options.eos(model.eos_token_ids)
         self.stop_check = first.stop_check if self.options.stop else None
+        self.stopping = first.stopping
         device = getattr(model, "device", torch.device("cpu"))
         pad = model.pad_token_id if model.pad_token_id is not None else (self.eos[0] if self.eos else 0)
         extras = dict(first.search_context or {})
@@ -92,6 +91,7 @@ class PlainGroup:
             device=device,
             generators=generators,
             vocab_size=int(model.vocab_size),
+            top_logprobs=self.options.top_logprobs,
             **extras,
         )
         self.search = self.strategy.begin(self.context)
@@ -124,12 +124,23 @@ class PlainGroup:
             else:
                 history[row, self.prompt_length - len(prompt) : self.prompt_length] = torch.tensor(prompt)
         self.history = history.to(state.logits.device).repeat_interleave(self.width, dim=0)
-        processors = self.options.processors(self.prompt_length, self.eos, model.vocab_size)
-        processors.processors.extend(self.extra_processors)
+        encoder_ids = None
+        if model.is_encoder_decoder:
+            encoder_ids = torch.full((len(self.prompts), max(map(len, self.prompts))), -1, dtype=torch.long)
+            for row, prompt in enumerate(self.prompts):
+                encoder_ids[row, : len(prompt)] = torch.tensor(prompt)
+            encoder_ids = encoder_ids.to(state.logits.device).repeat_interleave(self.width, dim=0)
+        processors = self.options.processors(
+            self.prompt_length, self.eos, model.vocab_size, encoder_ids=encoder_ids, extra=self.extra_processors
+        )
         self.processors = processors
+        for processor in self.extra_processors:
+            if hasattr(processor, "bind"):
+                processor.bind([h.request.index for h in self.handles], self.width)
         self.stateful = processors.stateful
         for processor in self.stateful:
             processor.reset(self.rows)
+        self.deadline = time.monotonic() + self.options.max_time if self.options.max_time is not None else None
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -150,8 +161,13 @@ class PlainGroup:
         for processor in self.stateful:
             processor.advance(step.parents, step.tokens)
         done = step.done
-        if self.stop_check is not None:
-            done = search.stop_rows(self.stop_check(self.history[:, self.prompt_length : self.prompt_length + t + 1]))
+        if self.stop_check is not None or self.stopping is not None:
+            end = self.prompt_length + t + 1
+            hits = self.stop_check(self.history[:, self.prompt_length : end]) if self.stop_check is not None else None
+            if self.stopping is not None:
+                criteria = self.stopping(self.history[:, :end], scores)
+                hits = criteria if hits is None else hits | criteria
+            done = search.stop_rows(hits)
         self.step = step
         return torch.stack([self.nonfinite.any(), done])
 
@@ -170,6 +186,10 @@ class PlainGroup:
         if self.streaming:
             self._emit(t)
         if done or self.t == self.options.max_new_tokens:
+            deliver(self)
+            return []
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.search.time_out()  # its running rows end with finish reason "time"
             deliver(self)
             return []
         return [] if all(h.done for h in self.handles) else None
@@ -209,9 +229,12 @@ class PlainGroup:
         processors = self.options.processors(1, self.eos, self.model.vocab_size).processors
         return (
             isinstance(self.search, RowSearch)
+            and getattr(self.strategy, "row_warpers_only", True)
+            and self.options.max_time is None
             and all(isinstance(p, MinNewTokens) for p in processors)
             and not self.extra_processors
             and self.stop_check is None
+            and self.stopping is None
             and not self._shared_generator
         )
 

@@ -19,7 +19,7 @@ from decodekit.engine.group import PlainGroup
 from decodekit.engine.request import EngineEvent, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
 from decodekit.logits.warpers import warp_rows
-from decodekit.search.base import Hypothesis, inverse_cdf
+from decodekit.search.base import Hypothesis, TopTokens, inverse_cdf
 from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS
 
 WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
@@ -36,8 +36,11 @@ class Member:
 class RowPool:
     """Rows of greedy (``sampler`` None) or sampling requests, in member order."""
 
-    def __init__(self, key, sampling: bool, eos: torch.Tensor, pad: int, device):
+    def __init__(self, key, sampling: bool, eos: torch.Tensor, pad: int, device, top_logprobs: int = 0):
         self.key, self.eos, self.pad, self.device = key, eos, pad, device
+        self.top_n = top_logprobs  # every member's (the pool key includes it)
+        self.top_values = torch.zeros((0, 1, top_logprobs), device=device)
+        self.top_ids = torch.zeros((0, 1, top_logprobs), dtype=torch.long, device=device)
         self.sampling = sampling
         # per-row sampler settings (neutral values where a request does not use a warper)
         self.settings = {name: torch.zeros(0, device=device) for name in WARPER_FIELDS}
@@ -70,7 +73,7 @@ class RowPool:
         def widen(tensor: torch.Tensor, fill) -> torch.Tensor:
             if tensor.shape[1] == columns:
                 return tensor
-            wider = torch.full((tensor.shape[0], columns), fill, dtype=tensor.dtype, device=self.device)
+            wider = torch.full((tensor.shape[0], columns, *tensor.shape[2:]), fill, dtype=tensor.dtype, device=self.device)
             wider[:, : tensor.shape[1]] = tensor
             return wider
 
@@ -80,6 +83,10 @@ class RowPool:
         self.logprobs = torch.cat([widen(self.logprobs, 0.0), widen(torch.zeros((rows, m), device=self.device), 0.0)])
         new_uniforms = search.uniforms if search.uniforms is not None else torch.zeros((rows, m), device=self.device)
         self.uniforms = torch.cat([widen(self.uniforms, 0.0), widen(new_uniforms, 0.0)])
+        if self.top_n:
+            n = self.top_n
+            self.top_values = torch.cat([widen(self.top_values, 0.0), widen(torch.zeros((rows, m, n), device=self.device), 0.0)])
+            self.top_ids = torch.cat([widen(self.top_ids, 0), widen(torch.zeros((rows, m, n), dtype=torch.long, device=self.device), 0)])
         self.t = torch.cat([self.t, torch.zeros(rows, dtype=torch.long, device=self.device)])
         self.limit = torch.cat([self.limit, torch.full((rows,), m, dtype=torch.long, device=self.device)])
         minimum = group.options.min_new_tokens if len(group.processors) else 0
@@ -99,7 +106,8 @@ class RowPool:
 
     def _keep(self, rows: list[int]) -> None:
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
-        for name in ("tokens", "logprobs", "uniforms", "t", "limit", "min_new", "reason", "finished", "step_tokens"):
+        names = ("tokens", "logprobs", "uniforms", "t", "limit", "min_new", "reason", "finished", "step_tokens")
+        for name in names + (("top_values", "top_ids") if self.top_n else ()):
             setattr(self, name, getattr(self, name).index_select(0, index))
         if self.sampling:
             self.settings = {name: value.index_select(0, index) for name, value in self.settings.items()}
@@ -136,6 +144,9 @@ class RowPool:
         self.tokens[rows, self.t] = tokens
         chosen = logits.gather(1, tokens[:, None]).squeeze(1) - normaliser
         self.logprobs[rows, self.t] = chosen.masked_fill(self.finished, 0.0)
+        if self.top_n:
+            values, ids = torch.topk(logits, self.top_n, dim=-1)
+            self.top_values[rows, self.t], self.top_ids[rows, self.t] = values - normaliser[:, None], ids
         self.t += running
         hit_eos = torch.isin(tokens, self.eos) & running
         self.reason.masked_fill_(hit_eos, EOS)
@@ -197,10 +208,14 @@ class RowPool:
         tokens = self.tokens.index_select(0, rows).tolist()
         logprobs = self.logprobs.index_select(0, rows).tolist()
         reasons = self.reason.index_select(0, rows).tolist()
+        tops = [None] * len(span)
+        if self.top_n:
+            values, ids = self.top_values.index_select(0, rows).tolist(), self.top_ids.index_select(0, rows).tolist()
+            tops = [TopTokens.host(values[i], ids[i], n) for i, n in enumerate(lengths)]
         hypotheses = []
-        for n, ids, lps, reason in zip(lengths, tokens, logprobs, reasons):
+        for n, ids, lps, reason, top in zip(lengths, tokens, logprobs, reasons, tops):
             total = float(sum(lps[:n]))
-            hypotheses.append(Hypothesis(ids[:n], lps[:n], total, total, REASONS.get(reason, "length")))
+            hypotheses.append(Hypothesis(ids[:n], lps[:n], total, total, REASONS.get(reason, "length"), top_logprobs=top))
         return RequestOutput(hypotheses)
 
     def keep_parents(self) -> None:

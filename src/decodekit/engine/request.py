@@ -40,7 +40,9 @@ class Request:
     requests. ``processors``: a factory returning
     extra processors (e.g. a constraint) for the rows of the requests submitted together;
     ``stop_check``: ``(rows, t)`` generated ids -> ``(rows,)`` bool, stop strings. ``stream``:
-    emit per-step events. ``id``: unique; generated if not given."""
+    emit per-step events. ``stopping``: ``(history, scores) -> (rows,)`` bool, stopping
+    criteria (:class:`~decodekit.logits.custom.Stopping`). ``index``: the prompt's position
+    in the call that submitted it (what ``prefix_allowed_tokens_fn`` sees as ``batch_id``). ``id``: unique; generated if not given."""
 
     prompt: list[int]
     strategy: Any
@@ -50,6 +52,8 @@ class Request:
     stop_check: Callable | None = None
     search_context: dict | None = None
     stream: bool = False
+    stopping: Callable | None = None
+    index: int = 0
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
 
 

@@ -1,5 +1,5 @@
 """Processors usable with every strategy: repetition penalty, no-repeat n-gram, suppressed and
-bad-word tokens, minimum new tokens, forced EOS at the length limit. All are vectorised over
+bad-word tokens, minimum new tokens. All are vectorised over
 rows; none loops over rows in Python."""
 
 from __future__ import annotations
@@ -104,21 +104,4 @@ class MinNewTokens:
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if token_ids.shape[1] - self.prompt_length < self.min_new_tokens:
             scores[:, self.eos] = NEG_INF
-        return scores
-
-
-class ForceEOSAtLimit:
-    """At the last allowed step only EOS (the first EOS id) may be emitted, so every output ends
-    with EOS instead of being cut."""
-
-    changes_argmax = True
-
-    def __init__(self, max_new_tokens: int, prompt_length: int, eos_token_id: int):
-        self.last = prompt_length + max_new_tokens - 1
-        self.eos = eos_token_id
-
-    def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if token_ids.shape[1] == self.last:
-            scores.fill_(NEG_INF)
-            scores[:, self.eos] = 0.0
         return scores

@@ -1,5 +1,7 @@
 """Sampling warpers: reshape the distribution a sampler draws from. Applied in the order
-temperature, top-k, top-p, min-p, typical-p (transformers' order). Removed tokens get -inf."""
+temperature, top-k, top-p, min-p, typical-p, epsilon, eta (transformers' order), then top-nσ.
+Removed tokens get -inf. ``min_keep`` (transformers' ``min_tokens_to_keep``): a truncating
+warper never keeps fewer than that many tokens."""
 
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ class TopK:
 
     changes_argmax = False
 
-    def __init__(self, k: int):
-        self.k = int(k)
+    def __init__(self, k: int, min_keep: int = 1):
+        self.k = max(int(k), int(min_keep))
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         k = min(self.k, scores.shape[-1])
@@ -40,22 +42,22 @@ class TopP:
 
     changes_argmax = False
 
-    def __init__(self, p: float):
-        self.p = float(p)
+    def __init__(self, p: float, min_keep: int = 1):
+        self.p, self.min_keep = float(p), int(min_keep)
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         p = torch.full((scores.shape[0], 1), self.p, device=scores.device)
-        return scores.masked_fill(~nucleus(scores, p), NEG_INF)
+        return scores.masked_fill(~nucleus(scores, p, self.min_keep), NEG_INF)
 
 
 NUCLEUS_STAGES = (64, 1024)
 """Candidates :func:`nucleus` ranks (a partial sort) before it sorts a row in full."""
 
 
-def nucleus(scores: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def nucleus(scores: torch.Tensor, p: torch.Tensor, min_keep: int = 1) -> torch.Tensor:
     """``(rows, vocab)`` bool: the tokens top-p keeps (``p``: ``(rows, 1)``): the most likely
     tokens while the probability mass strictly before them is below ``p``, the most likely
-    always. Subtle: a full sort of the vocabulary is slow on the CPU, so only the top
+    always (the ``min_keep`` most likely). Subtle: a full sort of the vocabulary is slow on the CPU, so only the top
     ``m`` tokens are ranked (``m`` = 64, then 1024, then all) until their mass reaches ``p``:
     every later token then has at least ``p`` before it. Each row stops at its own stage, so a
     row's result never depends on the other rows."""
@@ -64,12 +66,12 @@ def nucleus(scores: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     keep = torch.zeros_like(probs, dtype=torch.bool)
     which = torch.arange(rows, device=scores.device)
     for m in (*NUCLEUS_STAGES, vocab):
-        m = min(m, vocab)
+        m = min(max(m, min_keep), vocab)
         sub, bound = probs.index_select(0, which), p.index_select(0, which)
         top, index = sub.topk(m, dim=-1) if m < vocab else sub.sort(dim=-1, descending=True)
         before = top.cumsum(-1) - top  # mass strictly before each token
         kept = before < bound
-        kept[:, 0] = True
+        kept[:, :min_keep] = True
         done = (before[:, -1] + top[:, -1] >= bound[:, 0]) | (m == vocab)
         finished = done.nonzero().squeeze(1)
         if len(finished):
@@ -89,13 +91,13 @@ class MinP:
 
     changes_argmax = False
 
-    def __init__(self, min_p: float):
-        self.min_p = float(min_p)
+    def __init__(self, min_p: float, min_keep: int = 1):
+        self.min_p, self.min_keep = float(min_p), int(min_keep)
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = scores.softmax(-1)
         threshold = probs.max(-1, keepdim=True).values * self.min_p
-        return scores.masked_fill(probs < threshold, NEG_INF)
+        return scores.masked_fill(_keep_top(scores, probs < threshold, self.min_keep), NEG_INF)
 
 
 class TypicalP:
@@ -104,8 +106,8 @@ class TypicalP:
 
     changes_argmax = True  # the most likely token may be atypical
 
-    def __init__(self, p: float):
-        self.p = float(p)
+    def __init__(self, p: float, min_keep: int = 1):
+        self.p, self.min_keep = float(p), int(min_keep)
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         log_probs = scores.log_softmax(-1)
@@ -116,9 +118,90 @@ class TypicalP:
         mass = probs.gather(-1, order)
         before = mass.cumsum(-1) - mass
         drop_sorted = before >= self.p
-        drop_sorted[:, 0] = False
+        drop_sorted[:, : self.min_keep] = False
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         return scores.masked_fill(drop, NEG_INF)
+
+
+def _keep_top(scores: torch.Tensor, drop: torch.Tensor, min_keep: int) -> torch.Tensor:
+    """``drop`` with the ``min_keep`` highest-scoring tokens of each row never dropped (as
+    transformers: a token scoring below the ``min_keep``-th highest may go)."""
+    k = min(min_keep, scores.shape[-1])
+    return drop & (scores < torch.topk(scores, k, dim=-1).values[:, -1:])
+
+
+class Epsilon:
+    """Epsilon sampling (Hewitt et al., 2022, "Truncation Sampling as Language Model
+    Desmoothing", eq. 4): drop tokens whose probability is below ``epsilon``."""
+
+    changes_argmax = False
+
+    def __init__(self, epsilon: float, min_keep: int = 1):
+        self.epsilon, self.min_keep = float(epsilon), int(min_keep)
+
+    def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        drop = scores.softmax(-1) < self.epsilon
+        return scores.masked_fill(_keep_top(scores, drop, self.min_keep), NEG_INF)
+
+
+class Eta:
+    """Eta sampling (Hewitt et al., 2022, eq. 6): drop tokens whose probability is below
+    ``min(epsilon, sqrt(epsilon) * exp(-entropy))``."""
+
+    changes_argmax = False
+
+    def __init__(self, epsilon: float, min_keep: int = 1):
+        self.epsilon, self.min_keep = float(epsilon), int(min_keep)
+
+    def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = scores.softmax(-1)
+        entropy = torch.distributions.Categorical(logits=scores).entropy()
+        eps = torch.tensor(self.epsilon, device=scores.device)
+        eta = torch.min(eps, torch.sqrt(eps) * torch.exp(-entropy))[:, None]
+        return scores.masked_fill(_keep_top(scores, probs < eta, self.min_keep), NEG_INF)
+
+
+class TopNSigma:
+    """Top-nσ (Tang et al., 2024, "Top-nσ: Not All Logits Are You Need", eq. 3): keep the
+    tokens whose logit is within ``n`` standard deviations of the largest (the deviation over
+    the finite logits). Invariant to temperature."""
+
+    changes_argmax = False
+
+    def __init__(self, n: float):
+        self.n = float(n)
+
+    def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        finite = torch.isfinite(scores)
+        count = finite.sum(-1, keepdim=True).clamp(min=1)
+        values = torch.where(finite, scores, 0.0)
+        mean = values.sum(-1, keepdim=True) / count
+        var = (torch.where(finite, scores - mean, 0.0) ** 2).sum(-1, keepdim=True) / count
+        top = scores.max(-1, keepdim=True).values
+        return scores.masked_fill(scores < top - self.n * var.sqrt(), NEG_INF)
+
+
+def exclude_top_choices(scores: torch.Tensor, threshold: float, apply: torch.Tensor) -> torch.Tensor:
+    """XTC, "Exclude Top Choices" (p-e-w, text-generation-webui and llama.cpp): in the rows
+    where ``apply`` (``(rows,)`` bool, drawn with the configured probability) and at least two
+    tokens have probability >= ``threshold``, drop all of those but the least likely."""
+    probs = scores.softmax(-1)
+    above = probs >= threshold
+    several = above.sum(-1) >= 2
+    least = torch.where(above, probs, 2.0).argmin(-1)  # the least likely token above threshold
+    drop = above & (apply & several)[:, None]
+    drop[torch.arange(scores.shape[0], device=scores.device), least] = False
+    return scores.masked_fill(drop, NEG_INF)
+
+
+def mirostat_truncate(scores: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Mirostat 2.0 (Basu et al., 2021, "Mirostat: A Neural Text Decoding Algorithm that
+    Directly Controls Perplexity", Alg. 1 as revised in v2): drop the tokens whose surprisal
+    ``-log2 p`` exceeds the row's target ``mu`` (``(rows,)``); the most likely always stays."""
+    surprisal = -scores.log_softmax(-1) / torch.log(torch.tensor(2.0))
+    drop = surprisal > mu[:, None]
+    drop[torch.arange(scores.shape[0], device=scores.device), scores.argmax(-1)] = False
+    return scores.masked_fill(drop, NEG_INF)
 
 
 def warp_rows(

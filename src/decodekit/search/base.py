@@ -38,6 +38,9 @@ class Hypothesis:
     finish_reason: str
     group: int = 0
     group_score: float | None = None
+    top_logprobs: list[tuple[list[int], list[float]]] | None = None
+    """Per generated token: the ids and log-probs of the ``top_logprobs`` most likely tokens
+    of the distribution the strategy scored; None unless asked for."""
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,31 @@ class SearchContext:
     input_embeddings: torch.Tensor | None = None
     vocab_size: int = 0
     """Width of the scores (0: unknown)."""
+    top_logprobs: int = 0
+    """Record the N most likely tokens of every step (0: no)."""
 
     def generator(self, prompt: int) -> torch.Generator | None:
         return self.generators[prompt] if self.generators else None
+
+
+class TopTokens:
+    """The ``n`` most likely tokens of each step, per row: ``values``/``ids`` are
+    ``(*rows, steps, n)`` and are reindexed with the rows they belong to."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], steps: int, device):
+        self.n = n
+        self.values = torch.zeros((*shape, steps, n), device=device)
+        self.ids = torch.zeros((*shape, steps, n), dtype=torch.long, device=device)
+
+    @staticmethod
+    def of(log_probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        values, ids = torch.topk(log_probs, n, dim=-1)
+        return values, ids
+
+    @staticmethod
+    def host(values: list, ids: list, length: int) -> list[tuple[list[int], list[float]]]:
+        """One row's first ``length`` steps as host data."""
+        return [(ids[t], values[t]) for t in range(length)]
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from decodekit import validation as v
 from decodekit.errors import ConfigError, check
 from decodekit.scoring.length import LengthPenalty
-from decodekit.search.base import Hypothesis, SearchContext, Step, per_prompt_rand
+from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, per_prompt_rand
 from decodekit.search.sampling import Sampling
 
 _MASKED = -1.0e9  # the additive mask transformers uses; kept identical for score parity
@@ -97,6 +97,9 @@ class BeamSearchRun:
         self.pool_logprobs = self.running_logprobs.clone()
         self.pool_lengths = torch.zeros((B, K), dtype=torch.long, device=device)
         self.pool_finished = torch.zeros((B, K), dtype=torch.bool, device=device)
+        n = context.top_logprobs
+        self.running_top = TopTokens(n, (B, K), M, device) if n else None
+        self.pool_top = TopTokens(n, (B, K), M, device) if n else None
         self.can_improve = torch.ones((B, 1), dtype=torch.bool, device=device)
         self.top_k_mask = torch.arange(self.candidates, device=device) < K
         self.row_offset = torch.arange(B, device=device)[:, None] * K
@@ -135,6 +138,10 @@ class BeamSearchRun:
         cand_scores, cand_index = self._select(scores.view(B, K, V))
         cand_beam, cand_token = cand_index // V, cand_index % V
         cand_logprob = step_logprobs.gather(1, cand_index)
+        self.step_top = None
+        if self.running_top is not None:  # each candidate's step top-N: its beam's
+            values, ids = TopTokens.of(scores, self.running_top.n)
+            self.step_top = (_take(values.view(B, K, -1), cand_beam), _take(ids.view(B, K, -1), cand_beam))
         hits = torch.isin(cand_token, self.context.eos_token_ids) | (t + 1 >= M)
 
         # 2. the K best unfinished candidates keep running
@@ -157,6 +164,10 @@ class BeamSearchRun:
         self.running_tokens[:, :, t] = tokens
         self.running_logprobs = _take(self.running_logprobs, parents)
         self.running_logprobs[:, :, t] = _take(cand_logprob, keep)
+        if self.running_top is not None:
+            top = self.running_top
+            top.values, top.ids = _take(top.values, parents), _take(top.ids, parents)
+            top.values[:, :, t], top.ids[:, :, t] = _take(self.step_top[0], keep), _take(self.step_top[1], keep)
 
         # 4. can a running beam still beat the worst finished hypothesis?
         never = self.config.early_stopping == "never" and self.penalty.favors_long
@@ -191,6 +202,11 @@ class BeamSearchRun:
         self.pool_logprobs = _take(torch.cat([self.pool_logprobs, cand_logprobs], dim=1), pick)
         self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=1), pick)
         self.pool_finished = _take(torch.cat([self.pool_finished, just_finished], dim=1), pick)
+        if self.pool_top is not None:
+            for name, step in zip(("values", "ids"), self.step_top):
+                cand = _take(getattr(self.running_top, name), cand_beam)
+                cand[:, :, t] = step
+                setattr(self.pool_top, name, _take(torch.cat([getattr(self.pool_top, name), cand], dim=1), pick))
 
     def current_best(self, t: int) -> list[list[int]]:
         """Each prompt's best running beam (beams are kept sorted by score), tokens ``0..t``."""
@@ -205,6 +221,7 @@ class BeamSearchRun:
         lengths, tokens = self.pool_lengths[:, :n].tolist(), self.pool_tokens[:, :n].tolist()
         logprobs = self.pool_logprobs[:, :n].tolist()
         filled = self.pool_finished[:, :n].tolist()
+        tops = (self.pool_top.values[:, :n].tolist(), self.pool_top.ids[:, :n].tolist()) if self.pool_top is not None else None
         eos = set(self.context.eos_token_ids.tolist())
         out = []
         for b in range(self.context.batch_size):
@@ -214,6 +231,7 @@ class BeamSearchRun:
                     continue
                 ids = tokens[b][k][: lengths[b][k]]
                 reason = "eos" if ids and ids[-1] in eos else "length"
-                hyps.append(Hypothesis(ids, logprobs[b][k][: lengths[b][k]], logprob[b][k], scores[b][k], reason))
+                top = TopTokens.host(tops[0][b][k], tops[1][b][k], lengths[b][k]) if tops is not None else None
+                hyps.append(Hypothesis(ids, logprobs[b][k][: lengths[b][k]], logprob[b][k], scores[b][k], reason, top_logprobs=top))
             out.append(hyps)
         return out

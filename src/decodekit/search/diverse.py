@@ -58,7 +58,7 @@ from decodekit.scoring.diversity import (
     make_diversity,
 )
 from decodekit.scoring.length import LengthPenalty
-from decodekit.search.base import Hypothesis, SearchContext, Step
+from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens
 
 _MASKED = -1.0e9  # transformers' initial score of the beams that must not duplicate beam 0
 
@@ -186,6 +186,9 @@ class DiverseBeamSearchRun:
         self.pool_logprobs = self.running_logprobs.clone()
         self.pool_lengths = torch.zeros(self.shape, dtype=torch.long, device=device)
         self.pool_valid = torch.zeros(self.shape, dtype=torch.bool, device=device)
+        n = context.top_logprobs
+        self.running_top = TopTokens(n, self.shape, M, device) if n else None
+        self.pool_top = TopTokens(n, self.shape, M, device) if n else None
         self.done = torch.zeros((batch, groups), dtype=torch.bool, device=device)
         self.local = torch.arange(K, device=device).expand(self.shape)
         self.row_offset = (torch.arange(batch * groups, device=device) * K).view(batch, groups, 1)
@@ -265,7 +268,16 @@ class DiverseBeamSearchRun:
         finished_logprobs = _take(self.running_logprobs, first)
         finished_logprobs[..., t] = cand_logprob[..., :K]
         finished_scores = (cand_scores[..., :K] / self.penalty(t + 1)).masked_fill(~finished, -float("inf"))
-        self._merge(finished_scores, cand_scores[..., :K], cand_sum[..., :K], finished_tokens, finished_logprobs, t + 1, finished)
+        finished_top = step_top = None
+        if self.running_top is not None:  # a candidate's step top-N is its beam's
+            values, ids = TopTokens.of(scores, self.running_top.n)  # (B, G, K, N)
+            step_top = (_take(values, cand_beam), _take(ids, cand_beam))
+            finished_top = []
+            for whole, step in zip((self.running_top.values, self.running_top.ids), step_top):
+                taken = _take(whole, first)
+                taken[..., t, :] = step[..., :K, :]
+                finished_top.append(taken)
+        self._merge(finished_scores, cand_scores[..., :K], cand_sum[..., :K], finished_tokens, finished_logprobs, t + 1, finished, finished_top)
 
         # 2. the kept candidates run on; done groups continue themselves with pad and score 0
         parents = torch.where(was_done, self.local, _take(cand_beam, keep))
@@ -276,6 +288,12 @@ class DiverseBeamSearchRun:
         self.running_tokens[..., t] = tokens
         self.running_logprobs = _take(self.running_logprobs, parents)
         self.running_logprobs[..., t] = kept_logprob
+        if self.running_top is not None:
+            top = self.running_top
+            top.values, top.ids = _take(top.values, parents), _take(top.ids, parents)
+            live = ~was_done[..., None]
+            top.values[..., t, :] = torch.where(live, _take(step_top[0], keep), 0.0)
+            top.ids[..., t, :] = torch.where(live, _take(step_top[1], keep), 0)
 
         # 3. is a group done? (transformers 4.55's BeamHypotheses.is_done, per group)
         full = self.pool_valid.all(-1)
@@ -289,8 +307,9 @@ class DiverseBeamSearchRun:
         self.steps = t + 1
         return Step((parents + self.row_offset).view(-1), tokens.view(-1), self.done.all())
 
-    def _merge(self, scores, sums, logprob, tokens, logprobs, length: int, valid) -> None:
-        """Keep each group's K best of its pool and ``(batch, G, K)`` new entries."""
+    def _merge(self, scores, sums, logprob, tokens, logprobs, length: int, valid, top=None) -> None:
+        """Keep each group's K best of its pool and ``(batch, G, K)`` new entries (``top``:
+        their top-N values and ids, when recorded)."""
         merged = torch.cat([self.pool_scores, scores], dim=2)
         pick = torch.topk(merged, self.shape[2], dim=-1).indices
         self.pool_scores = _take(merged, pick)
@@ -301,6 +320,9 @@ class DiverseBeamSearchRun:
         lengths = torch.full_like(self.pool_lengths, length)
         self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=2), pick)
         self.pool_valid = _take(torch.cat([self.pool_valid, valid], dim=2), pick)
+        if self.pool_top is not None:
+            self.pool_top.values = _take(torch.cat([self.pool_top.values, top[0]], dim=2), pick)
+            self.pool_top.ids = _take(torch.cat([self.pool_top.ids, top[1]], dim=2), pick)
 
     def current_best(self, t: int) -> list[list[int]]:
         """Each prompt's best running beam over all groups (by its running score), tokens ``0..t``."""
@@ -321,7 +343,8 @@ class DiverseBeamSearchRun:
         if T > 0:
             live = ~self.done[..., None].expand(self.shape)
             scores = (self.running_scores / self.penalty(T)).masked_fill(~live, -float("inf"))
-            self._merge(scores, self.running_scores, self.running_logprob, self.running_tokens, self.running_logprobs, T, live)
+            top = (self.running_top.values, self.running_top.ids) if self.running_top is not None else None
+            self._merge(scores, self.running_scores, self.running_logprob, self.running_tokens, self.running_logprobs, T, live, top)
         batch, groups, K = self.shape
         n = self.config.num_return_sequences
         if self.config.per_group:
@@ -337,6 +360,8 @@ class DiverseBeamSearchRun:
                 ("valid", self.pool_valid),
             )
         }
+        if self.pool_top is not None:
+            host["top_values"], host["top_ids"] = _rows(self.pool_top.values, order).tolist(), _rows(self.pool_top.ids, order).tolist()
         group_of = (order // K).tolist()
         eos = set(self.context.eos_token_ids.tolist())
         out = []
@@ -348,9 +373,10 @@ class DiverseBeamSearchRun:
                 length = host["length"][b][i]
                 ids = host["tokens"][b][i][:length]
                 reason = "eos" if ids and ids[-1] in eos else "length"
+                top = TopTokens.host(host["top_values"][b][i], host["top_ids"][b][i], length) if self.pool_top is not None else None
                 hyps.append(Hypothesis(
                     ids, host["logprobs"][b][i][:length], host["logprob"][b][i], host["score"][b][i], reason,
-                    group=group_of[b][i], group_score=host["sum"][b][i],
+                    group=group_of[b][i], group_score=host["sum"][b][i], top_logprobs=top,
                 ))
             out.append(hyps)
         return out

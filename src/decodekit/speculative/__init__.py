@@ -56,6 +56,26 @@ _SUPPORTED_OPTIONS = {
     "suppress_tokens",
     "bad_words",
     "force_eos_at_max_length",
+    "min_length",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "logit_bias",
+    "sequence_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "encoder_repetition_penalty",
+    "encoder_no_repeat_ngram_size",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "dry_sequence_breakers",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "decoder_prefix",
+    "begin_suppress_tokens",
+    "exponential_decay_length_penalty",
+    "renormalize_logits",
 }
 
 
@@ -145,7 +165,7 @@ def speculative_run(
         raise ConfigError(
             "speculative", strategy.speculative.proposer, "a decoder-only target model"
         )
-    eos = tuple(options.eos_token_ids) if options.eos_token_ids is not None else model.eos_token_ids
+    eos = options.eos(model.eos_token_ids)
     sampling = getattr(strategy, "name", "") == "sample"
     warp = None
     if sampling:

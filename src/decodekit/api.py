@@ -12,6 +12,7 @@ import torch
 
 from decodekit.engine import Engine, Request, RequestOutput
 from decodekit.errors import ConfigError, InputError
+from decodekit.generation_config import GenerationDefaults
 from decodekit.model.base import LanguageModel
 from decodekit.model.hf import HFLanguageModel
 from decodekit.options import DecodeOptions
@@ -72,8 +73,10 @@ def make_options(options: DecodeOptions | None, settings: dict[str, Any]) -> Dec
 class Decoder:
     """A model (and optionally its tokenizer) ready to decode."""
 
-    def __init__(self, model: LanguageModel, tokenizer=None, name: str | None = None):
+    def __init__(self, model: LanguageModel, tokenizer=None, name: str | None = None, defaults: GenerationDefaults | None = None):
         self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.defaults = defaults or GenerationDefaults()
+        """What the checkpoint's generation_config asks for (see :mod:`decodekit.generation_config`)."""
         self.engine = Engine(model)
         if tokenizer is not None and len(tokenizer) > model.vocab_size:
             raise InputError(
@@ -135,7 +138,13 @@ class Decoder:
     def _requests(self, items, strategy, options, settings, seed=None, constraint=None, stream=False, custom=None) -> tuple[list[Request], StopStrings | None]:
         """One engine request per prompt, all sharing the call's settings (one group).
         ``custom``: ``(processors, stopping, prefix_allowed_tokens_fn)`` given by the user."""
-        strategy = make_strategy(strategy)
+        strategy = make_strategy(strategy if strategy is not None else (self.defaults.strategy or "greedy"))
+        if options is None and self.defaults.options:
+            given = set(settings)
+            defaults = dict(self.defaults.options)
+            if given & {"max_new_tokens", "max_length"}:  # an explicit length replaces the default one
+                defaults.pop("max_new_tokens", None), defaults.pop("max_length", None)
+            settings = {**defaults, **settings}
         options = make_options(options, settings)
         strategy.validate()  # the engine checks again; here it precedes building stop strings
         options.validate(self.model.vocab_size)
@@ -207,7 +216,7 @@ class Decoder:
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
-        strategy: str | Strategy = "greedy",
+        strategy: str | Strategy | None = None,
         *,
         options: DecodeOptions | None = None,
         seed: int | None = None,
@@ -220,7 +229,8 @@ class Decoder:
         """Decode one prompt (text or token ids) or a list of them.
 
         ``strategy``: a config object (``Greedy()``, ``Sampling(...)``, ``BeamSearch(...)``, ...)
-        or a name with default settings. ``settings`` are :class:`DecodeOptions` fields
+        or a name with default settings; None: what the checkpoint's generation_config asks
+        for, else greedy. ``settings`` are :class:`DecodeOptions` fields
         (``max_new_tokens=32``, ``stop=["\\n\\n"]``, ...). ``constraint``: a
         :mod:`decodekit.constraints` spec (``JsonSchema``, ``Regex``, ``Grammar``, ``Catalog``,
         ``CorpusSubstring``) every output must satisfy. ``seed`` seeds each prompt's own
@@ -245,7 +255,7 @@ class Decoder:
     def submit(
         self,
         prompts: Sequence[Prompt],
-        strategy: str | Strategy = "greedy",
+        strategy: str | Strategy | None = None,
         *,
         options: DecodeOptions | None = None,
         seed: int | None = None,
@@ -288,7 +298,7 @@ class Decoder:
     def stream(
         self,
         prompt: Prompt,
-        strategy: str | Strategy = "greedy",
+        strategy: str | Strategy | None = None,
         *,
         options: DecodeOptions | None = None,
         seed: int | None = None,
@@ -387,15 +397,19 @@ def load(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
+    use_generation_config: bool = True,
 ) -> Decoder:
     """A :class:`Decoder` for an embedded model name (default: the embedded code model), a
     local transformers checkpoint directory, an already-built transformers model (pass its
-    tokenizer), or any :class:`~decodekit.model.base.LanguageModel`. Never downloads."""
+    tokenizer), or any :class:`~decodekit.model.base.LanguageModel`. Never downloads.
+    ``use_generation_config``: apply the model's ``generation_config`` (strategy, processors,
+    lengths) as defaults, as transformers ``generate`` does; explicit settings win."""
     if isinstance(model, LanguageModel) and not isinstance(model, torch.nn.Module):
         return Decoder(model, tokenizer)
     device = _device(device)
     if isinstance(model, torch.nn.Module):
-        return Decoder(HFLanguageModel(model.to(device)), tokenizer)
+        defaults = _defaults(model) if use_generation_config else None
+        return Decoder(HFLanguageModel(model.to(device)), tokenizer, defaults=defaults)
     if model is not None and not isinstance(model, str | Path):
         raise InputError(f"model: {type(model).__name__}; give an embedded model name, a checkpoint directory or a transformers model")
     name = "stdlib-code" if model is None else str(model)
@@ -429,7 +443,17 @@ def load(
             tokenizer = AutoTokenizer.from_pretrained(path, **local)
         except Exception as error:
             raise InputError(f"model: {name!r} has a tokenizer transformers cannot read: {type(error).__name__}: {str(error)[:200]}") from None
-    return Decoder(HFLanguageModel(hf_model), tokenizer, name=name)
+    defaults = _defaults(hf_model) if use_generation_config else None
+    return Decoder(HFLanguageModel(hf_model), tokenizer, name=name, defaults=defaults)
+
+
+def _defaults(hf_model) -> GenerationDefaults:
+    from decodekit.generation_config import from_generation_config
+
+    try:
+        return from_generation_config(getattr(hf_model, "generation_config", None))
+    except (TypeError, ValueError) as error:
+        raise InputError(f"model: its generation_config has a setting decodekit cannot read ({error}); load(..., use_generation_config=False) skips it") from None
 
 
 def _device(device) -> torch.device:

@@ -212,3 +212,46 @@ def test_bad_new_settings_are_named_errors(settings):
 def test_bad_sampler_settings_are_named_errors(sampler):
     with pytest.raises(ConfigError, match=next(iter(sampler))):
         decoder().generate(PROMPTS[0], Sampling(**sampler))
+
+
+# -- generation_config ----------------------------------------------------------------------
+
+
+def _with_generation_config(name: str, **settings):
+    hf = tm.BUILDERS[name]()
+    for key, value in settings.items():
+        setattr(hf.generation_config, key, value)
+    return hf
+
+
+@pytest.mark.parametrize(
+    "name, settings",
+    [
+        ("bart", dict(num_beams=3, no_repeat_ngram_size=2, forced_bos_token_id=9, max_length=9, length_penalty=0.8)),
+        ("gpt2", dict(max_new_tokens=7, repetition_penalty=1.3, begin_suppress_tokens=[4], min_length=9)),
+        ("llama", dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.7, max_new_tokens=6, num_return_sequences=2)),
+    ],
+)
+def test_a_checkpoints_generation_config_applies_by_default(tmp_path, name, settings):
+    hf = _with_generation_config(name, **settings)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    d = decodekit.load(tmp_path)
+    prompt = tm.prompts(12, 1, low=4, high=6)[0]
+    ours = d.generate(prompt)
+    width = len(prompt)
+    ids = torch.tensor([prompt])
+    if "num_beam_groups" in settings:  # group beam search left transformers' core (its parity: test_diverse_parity)
+        expected = d.generate(prompt, DiverseBeamSearch(num_beams=4, num_groups=2, diversity_strength=0.7, num_return_sequences=2), max_new_tokens=6)
+        assert ours.strategy == "diverse_beam" and [s.token_ids for s in ours.sequences] == [s.token_ids for s in expected.sequences]
+        return
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pad_token_id=tm.PAD)
+    start = 1 if hf.config.is_encoder_decoder else width
+    theirs = out[0, start:].tolist()
+    if tm.EOS in theirs:
+        theirs = theirs[: theirs.index(tm.EOS) + 1]
+    assert ours.best.token_ids == theirs
+    # explicit settings win; use_generation_config=False ignores it
+    plain = decodekit.load(tmp_path, use_generation_config=False).generate(prompt, max_new_tokens=5)
+    assert plain.strategy == "greedy" and len(plain.best.token_ids) <= 5
+    assert d.generate(prompt, "greedy", max_new_tokens=5).strategy == "greedy"

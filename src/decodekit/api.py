@@ -16,7 +16,7 @@ from decodekit.generation_config import GenerationDefaults
 from decodekit.model.base import LanguageModel
 from decodekit.model.hf import HFLanguageModel
 from decodekit.options import DecodeOptions
-from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent, TokenLogprob
+from decodekit.results import GeneratedSequence, GenerationResult, ScoredContinuation, StreamEvent, TokenLogprob
 from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
 from decodekit.search.diverse import DiverseBeamSearch
@@ -210,6 +210,39 @@ class Decoder:
             field = "processors" if user else "stopping"
             raise ConfigError(field, "...", "no custom processors or stopping criteria with speculative decoding (they run with plain decoding)")
         return user, stopping
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def score(self, prompts: Prompt | Sequence[Prompt], continuations: Prompt | Sequence[Prompt]) -> ScoredContinuation | list[ScoredContinuation]:
+        """The per-token log-probs of given continuations (text or token ids) after their
+        prompts: one batched forward, the model's raw distribution (no processors). One
+        prompt and one continuation give one result; lists give one per pair."""
+        items, single = self._prompts(prompts)
+        conts, single_cont = self._prompts(continuations)
+        if len(items) != len(conts) or single != single_cont:
+            raise InputError(f"continuations: {len(conts)} for {len(items)} prompts; give one continuation per prompt")
+        prompt_ids = [self.encode(p) for p in items]
+        if self.tokenizer is not None:
+            cont_ids = [list(self.tokenizer(c, add_special_tokens=False)["input_ids"]) if isinstance(c, str) else self.encode(c) for c in conts]
+        else:
+            cont_ids = [self.encode(c) for c in conts]
+        for i, ids in enumerate(cont_ids):
+            if not ids:
+                raise InputError(f"continuations: item {i} has no tokens")
+            if min(ids) < 0 or max(ids) >= self.model.vocab_size:
+                raise InputError(f"continuations: item {i} has token ids outside [0, {self.model.vocab_size})")
+        limit = self.model.max_length
+        if limit is not None and max(len(p) + len(c) for p, c in zip(prompt_ids, cont_ids)) > limit:
+            raise InputError(f"continuations: a prompt and its continuation exceed the model's context of {limit} tokens")
+        if not hasattr(self.model, "score"):
+            raise ConfigError("model", type(self.model).__name__, "a transformers model (scoring runs one teacher-forced forward)")
+        with self.engine._step_lock:  # not while a step runs on the same model
+            scored = self.model.score(prompt_ids, cont_ids)
+        out = [
+            ScoredContinuation(p, c, s.tolist(), float(s.sum()), self.decode_text(c))
+            for p, c, s in zip(prompt_ids, cont_ids, scored)
+        ]
+        return out[0] if single else out
 
     # -- generate / stream ------------------------------------------------------------------
 

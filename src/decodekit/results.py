@@ -44,6 +44,18 @@ class GeneratedSequence:
 
 
 @dataclass(frozen=True)
+class ScoredContinuation:
+    """A given continuation scored under the model (:meth:`Decoder.score`): each token's
+    log-probability after the prompt and the tokens before it, and their sum."""
+
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    token_logprobs: list[float]
+    logprob: float
+    text: str | None = None
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """Everything decoded for one prompt, best first (samples keep their draw order)."""
 

@@ -255,3 +255,28 @@ def test_a_checkpoints_generation_config_applies_by_default(tmp_path, name, sett
     plain = decodekit.load(tmp_path, use_generation_config=False).generate(prompt, max_new_tokens=5)
     assert plain.strategy == "greedy" and len(plain.best.token_ids) <= 5
     assert d.generate(prompt, "greedy", max_new_tokens=5).strategy == "greedy"
+
+
+# -- score ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bart"])
+def test_score_gives_the_log_probs_greedy_decoding_reports(name):
+    d = decodekit.load(tm.BUILDERS[name]())
+    prompts = tm.prompts(13, 3)
+    generated = d.generate(prompts, max_new_tokens=6)
+    scored = d.score(prompts, [r.best.token_ids for r in generated])
+    for result, score in zip(generated, scored):
+        assert score.token_ids == result.best.token_ids
+        assert score.token_logprobs == pytest.approx(result.best.token_logprobs, abs=1e-4)
+        assert score.logprob == pytest.approx(sum(result.best.token_logprobs), abs=1e-3)
+
+
+def test_score_text_and_errors():
+    d = decoder()
+    one = d.score("def f(x):", "\n    return x")
+    assert one.text == "\n    return x" and len(one.token_logprobs) == len(one.token_ids)
+    with pytest.raises(decodekit.InputError, match="continuations"):
+        d.score(["a", "b"], ["c"])
+    with pytest.raises(decodekit.InputError, match="continuations"):
+        d.score("a", [10**6])

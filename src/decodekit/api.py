@@ -16,7 +16,13 @@ from decodekit.generation_config import GenerationDefaults
 from decodekit.model.base import LanguageModel
 from decodekit.model.hf import HFLanguageModel
 from decodekit.options import DecodeOptions
-from decodekit.results import GeneratedSequence, GenerationResult, ScoredContinuation, StreamEvent, TokenLogprob
+from decodekit.results import (
+    GeneratedSequence,
+    GenerationResult,
+    ScoredContinuation,
+    StreamEvent,
+    TokenLogprob,
+)
 from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
 from decodekit.search.diverse import DiverseBeamSearch
@@ -377,6 +383,10 @@ class Decoder:
                 continue
             row = event.row
             for j, (token, logprob) in enumerate(zip(event.tokens, event.logprobs)):
+                top = None
+                if event.top is not None:
+                    ids, values = event.top[j]
+                    top = [TokenLogprob(i, lp, self.decode_text([i])) for i, lp in zip(ids, values)]
                 ids = tokens.setdefault(row, [])
                 ids.append(token)
                 text = self.decode_text(ids) or ""
@@ -391,7 +401,7 @@ class Decoder:
                 shown[row] = before + delta
                 if reason is not None:
                     ended.add(row)
-                yield StreamEvent(row, event.step + j, token, delta, logprob, reason)
+                yield StreamEvent(row, event.step + j, token, delta, logprob, reason, top_logprobs=top)
 
 
 class Pending:

@@ -103,3 +103,5 @@ class StreamEvent:
     finish_reason: str | None = None
     hypothesis: tuple[int, ...] | None = None
     result: GenerationResult | None = None
+    top_logprobs: list[TokenLogprob] | None = None
+    """With the ``top_logprobs`` option: the most likely tokens at this position."""

@@ -123,12 +123,44 @@ def test_logprobs_are_the_chosen_tokens(server, client):
     assert response.choices[0].logprobs.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-5)
 
 
+def test_top_logprobs_penalties_and_logit_bias_equal_the_library(server, client):
+    decoder, _ = server
+    response = client.completions.create(
+        model="stdlib-code", prompt="x = ", max_tokens=6, temperature=0, logprobs=3, presence_penalty=0.8, frequency_penalty=0.4, logit_bias={"7": 2.0}
+    )
+    want = decoder.generate("x = ", max_new_tokens=6, top_logprobs=3, presence_penalty=0.8, frequency_penalty=0.4, logit_bias={7: 2.0}).best
+    got = response.choices[0].logprobs
+    assert response.choices[0].text == want.text
+    assert got.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-5)
+    assert [list(top.values()) for top in got.top_logprobs] == [pytest.approx([t.logprob for t in top], abs=1e-5) for top in want.top_logprobs]
+    chat = client.chat.completions.create(
+        model="stdlib-code", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+    for entry in chat.choices[0].logprobs.content:
+        assert len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+        assert entry.logprob <= entry.top_logprobs[0].logprob + 1e-6
+    # streamed: the same log-probs, chunk by chunk
+    stream = client.completions.create(model="stdlib-code", prompt="x = ", max_tokens=6, temperature=0, logprobs=3, stream=True,
+                                       presence_penalty=0.8, frequency_penalty=0.4, logit_bias={"7": 2.0})
+    streamed = [lp for chunk in stream for c in chunk.choices if c.logprobs for lp in c.logprobs.token_logprobs]
+    assert streamed == pytest.approx(want.token_logprobs, abs=1e-5)
+
+
+def test_logit_bias_can_ban_a_token(client):
+    first = client.completions.create(model="stdlib-code", prompt="def f(x):", max_tokens=1, temperature=0, logprobs=1)
+    token = first.choices[0].logprobs.tokens[0]
+    banned = client.completions.create(model="stdlib-code", prompt="def f(x):", max_tokens=1, temperature=0, logprobs=1,
+                                       logit_bias={str(first.choices[0].decodekit["token_ids"][0]): -100})
+    assert banned.choices[0].logprobs.tokens[0] != token
+
+
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"logit_bias": {"5": 1.0}}, "logit_bias"),
-        ({"logprobs": 3}, "logprobs"),
+        ({"presence_penalty": 500.0}, "presence_penalty"),
+        ({"logit_bias": {"five": 1.0}}, "logit_bias"),
+        ({"logit_bias": {"5": 1000.0}}, "logit_bias"),
+        ({"logprobs": 50}, "logprobs"),
         ({"temperature": 0, "n": 2}, "n"),
         ({"max_tokens": 10**6}, "max_tokens"),
         ({"extra_body": {"unknown_field": 1}}, "unknown_field"),

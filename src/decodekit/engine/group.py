@@ -200,12 +200,15 @@ class PlainGroup:
         if best is None:  # per-row search: each row's new token
             tokens, logprobs = self.step.tokens.tolist(), search.logprobs[:, t].tolist()
             reasons = search.reason.tolist()
+            top = getattr(search, "top", None)
+            tops = (top.ids[:, t].tolist(), top.values[:, t].tolist()) if top is not None else None
             for row in range(self.rows):
                 if self._reported[row]:
                     continue
                 reason = REASONS.get(reasons[row])
                 self._reported[row] = reason is not None
-                event = EngineEvent("tokens", row % self.width, t, (tokens[row],), (logprobs[row],), reason)
+                row_top = ((tops[0][row], tops[1][row]),) if tops is not None else None
+                event = EngineEvent("tokens", row % self.width, t, (tokens[row],), (logprobs[row],), reason, top=row_top)
                 self.handles[row // self.width]._emit(event)
         else:
             for handle, tokens in zip(self.handles, best):

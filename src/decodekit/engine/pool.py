@@ -187,7 +187,7 @@ class RowPool:
         return keep
 
     def _emit(self) -> None:
-        tokens, logprobs = self.step_tokens.tolist(), None
+        tokens, logprobs, tops = self.step_tokens.tolist(), None, None
         running = self._running_before.tolist()
         steps = (self.t - 1).tolist()
         reasons = self.reason.tolist()
@@ -199,7 +199,14 @@ class RowPool:
                     if logprobs is None:
                         logprobs = self.logprobs.gather(1, (self.t - 1).clamp(min=0)[:, None]).squeeze(1).tolist()
                     reason = REASONS.get(reasons[r])
-                    member.handle._emit(EngineEvent("tokens", j, steps[r], (tokens[r],), (logprobs[r],), reason))
+                    top = None
+                    if self.top_n:
+                        if tops is None:
+                            at = (self.t - 1).clamp(min=0)
+                            rows = torch.arange(self.rows, device=self.device)
+                            tops = (self.top_ids[rows, at].tolist(), self.top_values[rows, at].tolist())
+                        top = ((tops[0][r], tops[1][r]),)
+                    member.handle._emit(EngineEvent("tokens", j, steps[r], (tokens[r],), (logprobs[r],), reason, top=top))
             row += member.width
 
     def _output(self, span: range) -> RequestOutput:

@@ -72,6 +72,8 @@ class EngineEvent:
     tokens: tuple[int, ...] = ()
     logprobs: tuple[float, ...] = ()
     finish_reason: str | None = None
+    top: tuple | None = None
+    """With ``top_logprobs``: per appended token, ``(ids, log-probs)`` of the most likely."""
     output: RequestOutput | None = None
 
 

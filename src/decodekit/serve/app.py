@@ -177,6 +177,8 @@ def create_app(decoder, model_name: str = "decodekit") -> FastAPI:
             return "data: " + json.dumps({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [choice]}) + "\n\n"
 
         open_streams, tokens, first_seen, started = len(pending), 0, None, set()
+        wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
+        pending_decoder = pending[0].decoder
         try:
             while open_streams:
                 try:
@@ -201,15 +203,20 @@ def create_app(decoder, model_name: str = "decodekit") -> FastAPI:
                     tokens += len(item.token_ids)
                     text = (p.prompt if body_echo(body) else "") + (item.text or "")
                     delta = {"content": text} if chat else None
-                    yield chunk(_chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat))
+                    logprobs = _logprobs(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
+                    yield chunk(_chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat, logprobs))
                     continue
                 event = item
                 if event.token_id is not None:
                     tokens += 1
-                if event.text or event.finish_reason:
+                logprobs = None
+                if wants_logprobs and event.token_id is not None:
+                    top = [event.top_logprobs] if event.top_logprobs is not None else None
+                    logprobs = _logprobs([event.token_id], [event.logprob], top, pending_decoder, chat)
+                if event.text or event.finish_reason or logprobs is not None:
                     reason = FINISH.get(event.finish_reason) if event.finish_reason else None
                     delta = {"content": event.text} if chat else None
-                    yield chunk(_chunk_choice(index, event.text, delta, reason, None, chat))
+                    yield chunk(_chunk_choice(index, event.text, delta, reason, None, chat, logprobs))
             if body.stream_options is not None and body.stream_options.include_usage:
                 prompt_tokens = sum(len(x.request.prompt) for x in pending)
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
@@ -261,16 +268,31 @@ def _chat_prompt(decoder, body: ChatCompletionRequest) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _logprobs(sequence, decoder, chat: bool):
-    tokenizer = decoder.tokenizer
-    pieces = [tokenizer.decode([t]) if tokenizer is not None else str(t) for t in sequence.token_ids]
+def _piece(decoder, token: int) -> str:
+    return decoder.tokenizer.decode([token]) if decoder.tokenizer is not None else str(token)
+
+
+def _logprobs(token_ids, token_logprobs, top_logprobs, decoder, chat: bool, offset: int = 0):
+    """OpenAI's ``logprobs`` object for these tokens (chat: ``content`` entries with their
+    ``top_logprobs``; completions: parallel lists, ``top_logprobs`` as text -> log-prob maps)."""
+    pieces = [_piece(decoder, t) for t in token_ids]
+    tops = top_logprobs if top_logprobs is not None else [None] * len(pieces)
     if chat:
-        return {"content": [{"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8")), "top_logprobs": []} for piece, lp in zip(pieces, sequence.token_logprobs)]}
-    offsets, at = [], 0
+        def entry(piece, lp):
+            return {"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8"))}
+
+        return {"content": [
+            {**entry(piece, lp), "top_logprobs": [entry(_piece(decoder, t.token_id), t.logprob) for t in top] if top else []}
+            for piece, lp, top in zip(pieces, token_logprobs, tops)
+        ]}
+    offsets, at = [], offset
     for piece in pieces:
         offsets.append(at)
         at += len(piece)
-    return {"tokens": pieces, "token_logprobs": list(sequence.token_logprobs), "top_logprobs": None, "text_offset": offsets}
+    top_maps = None
+    if top_logprobs is not None:
+        top_maps = [{_piece(decoder, t.token_id): t.logprob for t in top} for top in top_logprobs]
+    return {"tokens": pieces, "token_logprobs": list(token_logprobs), "top_logprobs": top_maps, "text_offset": offsets}
 
 
 def _extension(sequence) -> dict:
@@ -281,7 +303,7 @@ def _choice(index: int, pending, sequence, body, chat: bool) -> dict:
     decoder = pending.decoder
     text = sequence.text or ""
     wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
-    logprobs = _logprobs(sequence, decoder, chat) if wants_logprobs else None
+    logprobs = _logprobs(sequence.token_ids, sequence.token_logprobs, sequence.top_logprobs, decoder, chat) if wants_logprobs else None
     reason = FINISH.get(sequence.finish_reason, sequence.finish_reason)
     if chat:
         return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": reason, "decodekit": _extension(sequence)}
@@ -290,8 +312,8 @@ def _choice(index: int, pending, sequence, body, chat: bool) -> dict:
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "decodekit": _extension(sequence)}
 
 
-def _chunk_choice(index: int, text: str, delta, reason, sequence, chat: bool) -> dict:
+def _chunk_choice(index: int, text: str, delta, reason, sequence, chat: bool, logprobs=None) -> dict:
     extra = {"decodekit": _extension(sequence)} if sequence is not None else {}
     if chat:
-        return {"index": index, "delta": delta if text else {}, "logprobs": None, "finish_reason": reason, **extra}
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason, **extra}
+        return {"index": index, "delta": delta if text else {}, "logprobs": logprobs, "finish_reason": reason, **extra}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, **extra}

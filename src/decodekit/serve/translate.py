@@ -26,6 +26,10 @@ PARAMS = {
 """decodekit field names -> the request's own names, for error messages."""
 
 
+MAX_TOP_LOGPROBS = 20
+"""Alternatives per token a request may ask for (OpenAI's chat limit)."""
+
+
 def api_param(field: str) -> str:
     return PARAMS.get(field, field)
 
@@ -41,25 +45,34 @@ class Decoding:
 
 def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens: int) -> Decoding:
     """The strategy, options and constraint a request asks for."""
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(req, name):
-            raise ConfigError(name, getattr(req, name), "0: presence and frequency penalties are not supported yet")
-    if req.logit_bias:
-        raise ConfigError("logit_bias", req.logit_bias, "empty: logit_bias is not supported yet")
     if isinstance(req, CompletionRequest):
         if req.suffix:
             raise ConfigError("suffix", req.suffix, "None: insertion (suffix) is not supported")
         if req.best_of is not None and req.best_of != req.n:
             raise ConfigError("best_of", req.best_of, "equal to n (or absent): best_of is not supported")
-        if req.logprobs not in (None, 0):
-            raise ConfigError("logprobs", req.logprobs, "0 or null: per-token log-probs of the chosen tokens only (top alternatives are not supported yet)")
+        top = req.logprobs or 0
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ConfigError("logprobs", req.logprobs, f"an integer in [0, {MAX_TOP_LOGPROBS}] (alternatives per token), or null")
         max_tokens = req.max_tokens
     else:
-        if req.top_logprobs:
-            raise ConfigError("top_logprobs", req.top_logprobs, "0 or null: top alternatives are not supported yet")
+        top = req.top_logprobs or 0
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ConfigError("top_logprobs", req.top_logprobs, f"an integer in [0, {MAX_TOP_LOGPROBS}], or null")
+        if top and not req.logprobs:
+            raise ConfigError("top_logprobs", req.top_logprobs, "null unless logprobs is true")
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     ext = req.decodekit or DecodekitOptions()
     settings: dict = {"max_new_tokens": max_tokens if max_tokens is not None else default_max_tokens}
+    if top:
+        settings["top_logprobs"] = top
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            settings[name] = getattr(req, name)
+    if req.logit_bias:
+        try:
+            settings["logit_bias"] = {int(token): bias for token, bias in req.logit_bias.items()}
+        except ValueError:
+            raise ConfigError("logit_bias", req.logit_bias, "a map from token ids (as strings, e.g. \"50256\") to biases in [-100, 100]") from None
     if req.stop is not None:
         settings["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     for source, target in (("min_tokens", "min_new_tokens"), ("repetition_penalty", "repetition_penalty"), ("no_repeat_ngram_size", "no_repeat_ngram_size")):

@@ -4,6 +4,8 @@ maps onto exactly one config attribute (``--num-beams`` -> ``BeamSearch.num_beam
 from __future__ import annotations
 
 import argparse
+import collections.abc
+import json
 import dataclasses
 import types
 import typing
@@ -30,10 +32,32 @@ def _parse_bool_or_never(text: str) -> bool | str:
     raise argparse.ArgumentTypeError(f"{text!r}: expected true, false or never")
 
 
+def _json_value(text: str) -> Any:
+    """A JSON flag value: a ``{token: bias}`` map (keys: token ids, or comma-separated ids for
+    a sequence), a ``[[ids, bias], ...]`` list (transformers' form) or a pair such as ``[3, 1.5]``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: not JSON ({error.msg})") from None
+    if isinstance(value, dict):
+        def key(k: str):
+            parts = k.split(",")
+            try:
+                return int(k) if len(parts) == 1 else tuple(int(p) for p in parts)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{k!r}: keys are token ids") from None
+        return {key(k): v for k, v in value.items()}
+    if isinstance(value, list) and value and all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], list) for x in value):
+        return {tuple(ids): bias for ids, bias in value}
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _kind(hint: Any) -> tuple[Any, bool]:
     """(scalar parser, repeated?) for a field's type hint; None if it is not a CLI value."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin is collections.abc.Mapping or (origin is tuple and len(args) == 2 and args[1] is not Ellipsis and args[0] is not args[1]):
+        return _json_value, False  # a map, or a fixed pair of different types
     if origin in (typing.Union, types.UnionType):
         if set(args) == {bool, str}:
             return _parse_bool_or_never, False
@@ -41,7 +65,10 @@ def _kind(hint: Any) -> tuple[Any, bool]:
             return _kind(args[1])  # ``float | tuple[float, ...]``: one value, or one per repeat
         return _kind(args[0]) if len(args) == 1 else (None, False)
     if origin is tuple:
-        return (args[0] if args[0] in (int, str, float) else None), True
+        first = args[0]
+        if typing.get_origin(first) in (typing.Union, types.UnionType) and str in typing.get_args(first):
+            return str, True  # e.g. DRY's breakers: strings on the command line
+        return (first if first in (int, str, float) else None), True
     if hint in (int, float, str, bool):
         return hint, False
     return None, False

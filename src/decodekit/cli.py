@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--served-model-name", default=None, help="the model id clients use (default: the model's name)")
+    serve.add_argument("--max-concurrent-requests", type=int, default=256, help="requests decoding at once (default 256)")
+    serve.add_argument("--max-queued-requests", type=int, default=1024, help="requests waiting for a slot; beyond them a 429 (default 1024)")
+    serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the model's context)")
+    serve.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted (default 4096)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond it a 413 (default 1 MiB)")
     serve.set_defaults(handler=run_serve)
     for module in EXTENSIONS:
         try:
@@ -232,14 +237,21 @@ def run_serve(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
     import decodekit
-    from decodekit.serve import create_app
+    from decodekit.serve import ServerLimits, create_app
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", args.port, "a TCP port in [0, 65535]")
+    for flag, value, low in (("--max-concurrent-requests", args.max_concurrent_requests, 1), ("--max-queued-requests", args.max_queued_requests, 0),
+                             ("--max-tokens-limit", args.max_tokens_limit, 1), ("--max-body-bytes", args.max_body_bytes, 1024)):
+        if value < low:
+            raise ConfigError(flag, value, f"an integer >= {low}")
+    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
+        raise ConfigError("--max-prompt-tokens", args.max_prompt_tokens, "an integer >= 1")
+    limits = ServerLimits(args.max_concurrent_requests, args.max_queued_requests, args.max_prompt_tokens, args.max_tokens_limit, args.max_body_bytes)
     transformers_logging.disable_progress_bar()
     decoder = decodekit.load(args.model, device=args.device)
     name = args.served_model_name or (args.model or "stdlib-code")
-    uvicorn.run(create_app(decoder, name), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(decoder, name, limits), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
-import json
 import dataclasses
+import json
 import types
 import typing
 from typing import Any

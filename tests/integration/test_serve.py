@@ -3,6 +3,7 @@ the official ``openai`` client; the test starts the server and stops it."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 import uvicorn
 
 import decodekit
-from decodekit.serve import create_app
+from decodekit.serve import ServerLimits, create_app
 
 
 def free_port() -> int:
@@ -22,11 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    decoder = decodekit.load()
+def _start(decoder, limits=None):
     port = free_port()
-    config = uvicorn.Config(create_app(decoder, "stdlib-code"), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(decoder, "stdlib-code", limits), host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -34,9 +33,47 @@ def server():
     while not instance.started and time.time() < deadline:
         time.sleep(0.05)
     assert instance.started
-    yield decoder, f"http://127.0.0.1:{port}"
+    return instance, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def server():
+    decoder = decodekit.load()
+    instance, thread, url = _start(decoder)
+    yield decoder, url
     instance.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def tight(server):
+    """A second server on the same decoder with small limits."""
+    limits = ServerLimits(max_concurrent_requests=1, max_queued_requests=0, max_prompt_tokens=8, max_tokens=32, max_body_bytes=4096)
+    instance, thread, url = _start(server[0], limits)
+    yield url
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_limits_give_openai_errors(tight):
+    client = openai.OpenAI(base_url=tight + "/v1", api_key="unused", max_retries=0, timeout=60)
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="stdlib-code", prompt="x", max_tokens=33)
+    assert error.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="stdlib-code", prompt="x = 1\n" * 20, max_tokens=4)
+    assert error.value.body["param"] == "prompt"
+    response = httpx.post(tight + "/v1/completions", content=json.dumps({"prompt": "x" * 5000}), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+    # one slot, no queue: a second request while one streams is a 429; the slot comes back after
+    stream = client.completions.create(model="stdlib-code", prompt="def f(x):", max_tokens=32, temperature=0, stream=True)
+    first = next(iter(stream))
+    with pytest.raises(openai.RateLimitError) as error:
+        client.completions.create(model="stdlib-code", prompt="x", max_tokens=2)
+    assert error.value.status_code == 429 and error.value.body["type"] == "rate_limit_error"
+    rest = list(stream)  # drain the stream: its slot is released when it ends
+    assert first.choices and rest[-1].choices[0].finish_reason is not None
+    assert client.completions.create(model="stdlib-code", prompt="x", max_tokens=2).choices
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,6 @@ aborts its requests. decodekit's own strategies and constraints travel in one ``
 object on the request (``extra_body={"decodekit": {...}}`` with the ``openai`` client).
 """
 
-from decodekit.serve.app import create_app
+from decodekit.serve.app import ServerLimits, create_app
 
-__all__ = ["create_app"]
+__all__ = ["ServerLimits", "create_app"]

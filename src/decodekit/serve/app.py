@@ -13,11 +13,13 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from decodekit.engine import AbortedError
 from decodekit.errors import ConfigError, DecodeKitError, InputError
@@ -46,11 +48,40 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse({"error": error.body.model_dump()}, status_code=error.status)
 
 
-def create_app(decoder, model_name: str = "decodekit") -> FastAPI:
-    """An app serving ``decoder`` under the model id ``model_name``."""
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server accepts. ``max_concurrent_requests``: requests decoding (or waiting in
+    the engine) at once; ``max_queued_requests``: requests waiting for one of those slots
+    (beyond: 429); ``max_prompt_tokens`` (None: the model's context) and ``max_tokens``: sizes
+    per request (beyond: 400 naming the field); ``max_body_bytes``: request body size (beyond:
+    413)."""
+
+    max_concurrent_requests: int = 256
+    max_queued_requests: int = 1024
+    max_prompt_tokens: int | None = None
+    max_tokens: int = 4096
+    max_body_bytes: int = 1 << 20
+
+
+def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | None = None) -> FastAPI:
+    """An app serving ``decoder`` under the model id ``model_name``, within ``limits``."""
     app = FastAPI(title="decodekit", version="0.1")
     metrics = Metrics(decoder.engine)
     app.state.decoder, app.state.metrics = decoder, metrics
+    limits = limits or ServerLimits()
+    slots = asyncio.Semaphore(limits.max_concurrent_requests)
+    queued = [0]
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        too_big = length is not None and length.isdigit() and int(length) > limits.max_body_bytes
+        if not too_big and length is None and request.method == "POST":
+            too_big = len(await request.body()) > limits.max_body_bytes
+        if too_big:
+            metrics.requests.labels(request.url.path, "413").inc()
+            return error_response(APIError(413, f"the request body is larger than this server's limit of {limits.max_body_bytes} bytes", param=None))
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -88,11 +119,48 @@ def create_app(decoder, model_name: str = "decodekit") -> FastAPI:
         return await _serve(request, body, [_chat_prompt(decoder, body)], chat=True)
 
     async def _serve(request: Request, body, prompts: list, chat: bool):
+        if slots.locked() and queued[0] >= limits.max_queued_requests:
+            raise APIError(429, f"the server is busy: {limits.max_concurrent_requests} requests decoding and {queued[0]} waiting; retry later", "rate_limit_error")
+        queued[0] += 1
+        try:
+            await slots.acquire()
+        finally:
+            queued[0] -= 1
+        released = [False]
+
+        def release() -> None:  # once, by whichever ends first: the response or its stream
+            if not released[0]:
+                released[0] = True
+                slots.release()
+
+        try:
+            response = await _admitted(request, body, prompts, chat, release)
+        except BaseException:
+            release()
+            raise
+        if isinstance(response, StreamingResponse):
+            response.background = BackgroundTask(release)
+        else:
+            release()
+        return response
+
+    def _check_sizes(plan, body, prompts: list, chat: bool) -> None:
+        if plan.settings["max_new_tokens"] > limits.max_tokens:
+            field = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
+            raise APIError(400, f"{field}={plan.settings['max_new_tokens']} is over this server's limit of {limits.max_tokens}", param=field)
+        if limits.max_prompt_tokens is not None:
+            for prompt in prompts:
+                if len(decoder.encode(prompt)) > limits.max_prompt_tokens:
+                    param = "messages" if chat else "prompt"
+                    raise APIError(400, f"{param}: longer than this server's limit of {limits.max_prompt_tokens} tokens", param=param)
+
+    async def _admitted(request: Request, body, prompts: list, chat: bool, release):
         arrived = time.perf_counter()
         if body.model not in (None, model_name):
             raise APIError(404, f"model {body.model!r} is not served here; this server serves {model_name!r}", "not_found_error", "model")
         try:
-            plan = decoding(body, default_max_tokens=256 if chat else 16)
+            plan = decoding(body, default_max_tokens=min(256 if chat else 16, limits.max_tokens))
+            _check_sizes(plan, body, prompts, chat)
             pending = await anyio.to_thread.run_sync(
                 lambda: decoder.submit(prompts, plan.strategy, constraint=plan.constraint, stream=body.stream and not plan.beam, **plan.settings)
             )
@@ -103,7 +171,7 @@ def create_app(decoder, model_name: str = "decodekit") -> FastAPI:
         metrics.prompt_tokens.inc(sum(len(p.request.prompt) for p in pending))
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
-            stream = _stream(request, body, pending, plan, chat, ident, arrived)
+            stream = _stream(request, body, pending, plan, chat, ident, arrived, release)
             return StreamingResponse(stream, media_type="text/event-stream")
         results = await _wait(request, pending)
         if results is None:
@@ -145,7 +213,7 @@ def create_app(decoder, model_name: str = "decodekit") -> FastAPI:
         except DecodeKitError as error:
             raise APIError(500, str(error), "server_error") from None
 
-    async def _stream(request: Request, body, pending, plan, chat: bool, ident: str, arrived: float) -> AsyncIterator[str]:
+    async def _stream(request: Request, body, pending, plan, chat: bool, ident: str, arrived: float, release) -> AsyncIterator[str]:
         """Server-sent events: one chunk per streamed token (or block), then each choice's
         finish, then usage (``stream_options.include_usage``) and ``[DONE]``."""
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -227,11 +295,13 @@ def create_app(decoder, model_name: str = "decodekit") -> FastAPI:
                 metrics.token_latency.observe((time.perf_counter() - arrived) / tokens)
             metrics.requests.labels(request.url.path, "200").inc()
         finally:
+            release()
             for p in pending:
                 if not p.done:
                     p.abort()
 
     return app
+
 
 
 def body_echo(body) -> bool:

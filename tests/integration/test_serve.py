@@ -4,36 +4,20 @@ the official ``openai`` client; the test starts the server and stops it."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
+import serving
 
 import decodekit
 from decodekit.serve import ServerLimits, create_app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(decoder, limits=None):
-    port = free_port()
-    config = uvicorn.Config(create_app(decoder, "stdlib-code", limits), host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not instance.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert instance.started
-    return instance, thread, f"http://127.0.0.1:{port}"
+    return serving.start(create_app(decoder, "stdlib-code", limits))
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,9 @@ a fixed number of derandomised examples per operation, small ``max_tokens`` limi
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
 import schemathesis
-import uvicorn
+import serving
 from hypothesis import HealthCheck, given, settings
 
 import decodekit
@@ -21,18 +17,9 @@ EXAMPLES = 40
 
 @pytest.fixture(scope="module")
 def url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(decodekit.load(), "stdlib-code", ServerLimits(max_tokens=8, max_prompt_tokens=256, max_body_bytes=64 * 1024))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
+    server, thread, base = serving.start(app, log_level="critical")
+    yield base
     server.should_exit = True
     thread.join(timeout=10)
 
@@ -42,8 +29,8 @@ def test_no_input_gives_a_server_error(url):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"}
     failures, answered = [], {}
-    for operation in operations:
 
+    def checker(operation):
         @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy())
         def check(case):
@@ -52,7 +39,10 @@ def test_no_input_gives_a_server_error(url):
             if response.status_code >= 500:
                 failures.append((operation.label, case.body, response.status_code, response.text[:300]))
 
-        check()
+        return check
+
+    for operation in operations:
+        checker(operation)()
     assert not failures, failures[:3]
     # the generated requests reached decoding too, not only validation
     assert 200 in answered["/v1/completions"] and 200 in answered["/v1/chat/completions"], answered

@@ -45,13 +45,19 @@ class NoRepeatNGram:
         if n == 1:
             banned = present_tokens(token_ids, scores.shape[-1])
             return scores.masked_fill(banned, NEG_INF)
-        tail = token_ids[:, length - n + 1 :]  # (rows, n - 1): the n-gram being completed
-        match = (windows[:, :, : n - 1] == tail[:, None, :]).all(-1) & (windows >= 0).all(-1)
-        vocab = scores.shape[-1]
-        following = torch.where(match, windows[:, :, n - 1], vocab)
-        banned = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
-        banned.scatter_(1, following, True)
-        return scores.masked_fill(banned[:, :vocab], NEG_INF)
+        return ban_completions(windows, token_ids[:, length - n + 1 :], scores)
+
+
+def ban_completions(windows: torch.Tensor, tail: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Ban every token that follows ``tail`` (``(rows, n - 1)``, the n-gram being completed)
+    in one of the row's ``windows`` (``(rows, W, n)``; windows holding padding never match)."""
+    n = windows.shape[-1]
+    match = (windows[:, :, : n - 1] == tail[:, None, :]).all(-1) & (windows >= 0).all(-1)
+    vocab = scores.shape[-1]
+    following = torch.where(match, windows[:, :, n - 1], vocab)
+    banned = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
+    banned.scatter_(1, following, True)
+    return scores.masked_fill(banned[:, :vocab], NEG_INF)
 
 
 class SuppressTokens:

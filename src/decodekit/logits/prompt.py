@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from decodekit.logits.base import present_tokens
+from decodekit.logits.penalties import ban_completions
 
 NEG_INF = float("-inf")
 
@@ -50,11 +51,4 @@ class EncoderNoRepeatNGram:
             return scores.masked_fill(present_tokens(prompt, scores.shape[-1]), NEG_INF)
         if token_ids.shape[1] < n - 1 or prompt.shape[1] < n:
             return scores
-        windows = prompt.unfold(1, n, 1)  # (rows, windows, n)
-        tail = token_ids[:, token_ids.shape[1] - n + 1 :]
-        match = (windows[:, :, : n - 1] == tail[:, None, :]).all(-1) & (windows >= 0).all(-1)
-        vocab = scores.shape[-1]
-        following = torch.where(match, windows[:, :, n - 1], vocab)
-        banned = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
-        banned.scatter_(1, following, True)
-        return scores.masked_fill(banned[:, :vocab], NEG_INF)
+        return ban_completions(prompt.unfold(1, n, 1), token_ids[:, token_ids.shape[1] - n + 1 :], scores)

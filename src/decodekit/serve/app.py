@@ -63,6 +63,46 @@ class ServerLimits:
     max_body_bytes: int = 1 << 20
 
 
+class BodyLimit:
+    """Pure ASGI middleware (so disconnects still reach the app): a body over ``limit`` bytes
+    gets ``reject(path)`` (a 413). With a Content-Length the header decides; without one the
+    body is read first, then replayed to the app."""
+
+    def __init__(self, app, limit: int, reject):
+        self.app, self.limit, self.reject = app, limit, reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.limit:
+                return await self.reject(scope["path"])(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                return await self.reject(scope["path"])(scope, receive, send)
+        replayed = [False]
+
+        async def replay():
+            if not replayed[0]:
+                replayed[0] = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
 def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | None = None) -> FastAPI:
     """An app serving ``decoder`` under the model id ``model_name``, within ``limits``."""
     app = FastAPI(title="decodekit", version="0.1")
@@ -72,16 +112,11 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
     slots = asyncio.Semaphore(limits.max_concurrent_requests)
     queued = [0]
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        too_big = length is not None and length.isdigit() and int(length) > limits.max_body_bytes
-        if not too_big and length is None and request.method == "POST":
-            too_big = len(await request.body()) > limits.max_body_bytes
-        if too_big:
-            metrics.requests.labels(request.url.path, "413").inc()
-            return error_response(APIError(413, f"the request body is larger than this server's limit of {limits.max_body_bytes} bytes", param=None))
-        return await call_next(request)
+    def too_big(path: str) -> JSONResponse:
+        metrics.requests.labels(path, "413").inc()
+        return error_response(APIError(413, f"the request body is larger than this server's limit of {limits.max_body_bytes} bytes"))
+
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes, reject=too_big)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -176,6 +176,26 @@ def test_abort_frees_the_rows_and_fails_the_request():
     assert engine.running_rows == 0
 
 
+def test_an_aborted_request_leaves_at_once_when_nobody_steps():
+    """Regression: rows of an aborted request waited for some later request to step them out
+    (a server whose client disconnected kept its rows until the next request arrived)."""
+    model = HFLanguageModel(tm.BUILDERS["llama"]())
+    engine = Engine(model)
+    options = decodekit.DecodeOptions(max_new_tokens=30, min_new_tokens=30)
+    greedy = engine.submit([Request([3, 4, 5], decodekit.Greedy(), options), Request([8, 9], decodekit.Greedy(), options)])
+    (beam,) = engine.submit([Request([6, 7], decodekit.BeamSearch(num_beams=2), options)])
+    for _ in range(3):
+        engine.step()
+    assert engine.running_rows == 4
+    greedy[0].abort()  # one member of the greedy pool
+    assert engine.running_rows == 3
+    beam.abort()  # a whole plain group
+    assert engine.running_rows == 1
+    alone = Engine(model).submit([Request([8, 9], decodekit.Greedy(), options)])[0].result()
+    assert greedy[1].result().hypotheses[0].token_ids == alone.hypotheses[0].token_ids
+    assert engine.running_rows == 0
+
+
 def test_leaving_a_stream_early_aborts_its_request(embedded):
     decoder = fresh(embedded)
     events = decoder.stream("def f(x):", max_new_tokens=50, min_new_tokens=50)

@@ -33,7 +33,7 @@ from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, delive
 from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.pool import RowPool
 from decodekit.engine.request import AbortedError, Request, RequestHandle
-from decodekit.engine.step import Clock, Partition, step_partitions
+from decodekit.engine.step import Clock, Partition, drop_aborted, step_partitions
 from decodekit.errors import ConfigError
 
 
@@ -144,16 +144,35 @@ class Engine:
         return group
 
     def abort(self, request_id: str) -> None:
-        """Abort a request: it fails with :class:`AbortedError` now; its rows leave the batch at
-        the next step once every request of its group is done."""
+        """Abort a request: it fails with :class:`AbortedError` now; its rows leave the batch
+        once every request of its group is done: at once if no thread is stepping, else when
+        the stepping thread releases the engine (no later request is needed to free them)."""
         with self._lock:
             for entry in self._pending + [g for p in self._partitions for g in p.groups] + self._speculative:
                 handles = entry.handles if not isinstance(entry, list) else entry
                 for handle in handles:
                     if handle.id == request_id:
                         handle._finish(None, AbortedError(f"request {request_id} was aborted"))
+        if self._step_lock.acquire(blocking=False):  # nobody is stepping: its rows leave now
+            try:
+                self._drop_aborted()
+            finally:
+                self._step_lock.release()
         with self._changed:
             self._changed.notify_all()
+
+    def _drop_aborted(self) -> None:
+        """Free the rows of aborted requests (call with the step lock held). Whoever holds the
+        lock calls it before releasing it, so an aborted request's rows never wait for a
+        later request to step them out."""
+        self._partitions = drop_aborted(self.model, self._partitions)
+        still = []
+        for group in self._speculative:
+            if all(h.done for h in group.handles):
+                self._busy.discard(group.key)
+            else:
+                still.append(group)
+        self._speculative = still
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -184,7 +203,10 @@ class Engine:
                             break
                         progressed = True
                 finally:
-                    self._step_lock.release()
+                    try:
+                        self._drop_aborted()
+                    finally:
+                        self._step_lock.release()
                     with self._changed:
                         self._changed.notify_all()
                 if not progressed and not ready():

@@ -214,6 +214,13 @@ class PlainGroup:
             for handle, tokens in zip(self.handles, best):
                 handle._emit(EngineEvent("best", 0, t, tuple(tokens)))
 
+    def live_rows(self) -> list[int] | None:
+        """None while a request of the group is live; [] once every one is done (aborted)."""
+        return [] if all(h.done for h in self.handles) else None
+
+    def keep_rows(self, rows: list[int]) -> None:  # a group leaves whole (live_rows)
+        raise AssertionError("a plain group's rows leave together")
+
     def keep_parents(self) -> torch.Tensor | None:
         return self.step.parents
 

@@ -186,6 +186,21 @@ class RowPool:
         self.min_new_any = bool((self.min_new > 0).any())
         return keep
 
+    def live_rows(self) -> list[int] | None:
+        """The rows of members not done (None: all of them), for dropping aborted ones."""
+        rows, row = [], 0
+        for member in self.members:
+            if not member.handle.done:
+                rows.extend(range(row, row + member.width))
+            row += member.width
+        return None if len(rows) == self.rows else rows
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep these rows (whole members), as :meth:`live_rows` gave them."""
+        self.members = [m for m in self.members if not m.handle.done]
+        self._keep(rows)
+        self.min_new_any = bool((self.min_new > 0).any())
+
     def _emit(self) -> None:
         tokens, logprobs, tops = self.step_tokens.tolist(), None, None
         running = self._running_before.tolist()

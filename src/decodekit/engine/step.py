@@ -107,6 +107,34 @@ def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | 
     return True
 
 
+def drop_aborted(model, partitions: list[Partition]) -> list[Partition]:
+    """Remove the rows of aborted requests now, without a forward (``live_rows()`` of each
+    group: None all stay, a list the local rows that stay). Returns the partitions left."""
+    kept = []
+    for partition in partitions:
+        device = partition.state.logits.device
+        rows, groups, offset, changed = [], [], 0, False
+        for group in partition.groups:
+            size, live = group.rows, group.live_rows()
+            if live is None:
+                rows.append(torch.arange(offset, offset + size, device=device))
+                groups.append(group)
+            else:
+                changed = True
+                if live:
+                    group.keep_rows(live)
+                    rows.append(torch.tensor(live, dtype=torch.long, device=device) + offset)
+                    groups.append(group)
+            offset += size
+        if not groups:
+            continue
+        if changed:
+            model.select(partition.state, torch.cat(rows))
+            partition.groups = groups
+        kept.append(partition)
+    return kept
+
+
 def maybe_compact(model, partition: Partition, step_count: int) -> None:
     """Squeeze out the holes that merged and retired rows leave once they cost more than
     the rows hold (the shared length otherwise grows by one slot a step forever)."""

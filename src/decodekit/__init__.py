@@ -5,9 +5,10 @@
 >>> decoder.generate("def fibonacci(n):", decodekit.BeamSearch(num_beams=4)).text
 """
 
-from decodekit.api import Decoder, load, make_strategy
+from decodekit.api import Decoder, make_strategy
 from decodekit.constraints import Catalog, CorpusSubstring, Grammar, JsonSchema, Regex
 from decodekit.errors import ConfigError, DecodeKitError, InputError, ModelError, NumericalError
+from decodekit.loading import load
 from decodekit.options import DecodeOptions
 from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
 from decodekit.scoring.length import LengthPenalty

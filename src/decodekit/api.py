@@ -1,10 +1,10 @@
-"""The public surface: :func:`load`, :meth:`Decoder.generate`, :meth:`Decoder.stream`."""
+"""The public surface: :class:`Decoder` (``generate``, ``stream``, ``submit``, ``score``);
+:func:`~decodekit.loading.load` builds one."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +13,8 @@ import torch
 from decodekit.engine import Engine, Request, RequestOutput
 from decodekit.errors import ConfigError, InputError
 from decodekit.generation_config import GenerationDefaults
+from decodekit.logits.custom import user_hooks
 from decodekit.model.base import LanguageModel
-from decodekit.model.hf import HFLanguageModel
 from decodekit.options import DecodeOptions
 from decodekit.results import (
     GeneratedSequence,
@@ -155,7 +155,7 @@ class Decoder:
         strategy.validate()  # the engine checks again; here it precedes building stop strings
         options.validate(self.model.vocab_size)
         options = self._with_breakers(options)
-        user, stopping = self._custom(strategy, *(custom or (None, None, None)))
+        user, stopping = user_hooks(strategy, *(custom or (None, None, None)))
         factory = None
         if constraint is not None or user:
             from decodekit.constraints import constraint_processor
@@ -195,60 +195,15 @@ class Decoder:
             cache[key] = options.with_breaker_ids(self.tokenizer).dry_sequence_breakers
         return dataclasses.replace(options, dry_sequence_breakers=cache[key])
 
-    def _custom(self, strategy, processors, stopping, prefix_allowed_tokens_fn) -> tuple[list, Any]:
-        """The user's processors (adapted) and stopping criteria, checked."""
-        from decodekit.logits.custom import PrefixAllowedTokens, Stopping, processor
-
-        user = []
-        if processors is not None:
-            if not isinstance(processors, Sequence) or isinstance(processors, str):
-                raise ConfigError("processors", processors, "a list of processors")
-            user = [processor(p) for p in processors]
-        if prefix_allowed_tokens_fn is not None:
-            if not callable(prefix_allowed_tokens_fn):
-                raise ConfigError("prefix_allowed_tokens_fn", prefix_allowed_tokens_fn, "a callable (batch_id, input_ids) -> allowed token ids")
-            user.append(PrefixAllowedTokens(prefix_allowed_tokens_fn))
-        if stopping is not None:
-            if not isinstance(stopping, Sequence) or isinstance(stopping, str):
-                raise ConfigError("stopping", stopping, "a list of stopping criteria")
-            stopping = Stopping(stopping) if stopping else None
-        if (user or stopping is not None) and getattr(strategy, "speculative", None) is not None:
-            field = "processors" if user else "stopping"
-            raise ConfigError(field, "...", "no custom processors or stopping criteria with speculative decoding (they run with plain decoding)")
-        return user, stopping
-
     # -- scoring ----------------------------------------------------------------------------
 
     def score(self, prompts: Prompt | Sequence[Prompt], continuations: Prompt | Sequence[Prompt]) -> ScoredContinuation | list[ScoredContinuation]:
         """The per-token log-probs of given continuations (text or token ids) after their
         prompts: one batched forward, the model's raw distribution (no processors). One
         prompt and one continuation give one result; lists give one per pair."""
-        items, single = self._prompts(prompts)
-        conts, single_cont = self._prompts(continuations)
-        if len(items) != len(conts) or single != single_cont:
-            raise InputError(f"continuations: {len(conts)} for {len(items)} prompts; give one continuation per prompt")
-        prompt_ids = [self.encode(p) for p in items]
-        if self.tokenizer is not None:
-            cont_ids = [list(self.tokenizer(c, add_special_tokens=False)["input_ids"]) if isinstance(c, str) else self.encode(c) for c in conts]
-        else:
-            cont_ids = [self.encode(c) for c in conts]
-        for i, ids in enumerate(cont_ids):
-            if not ids:
-                raise InputError(f"continuations: item {i} has no tokens")
-            if min(ids) < 0 or max(ids) >= self.model.vocab_size:
-                raise InputError(f"continuations: item {i} has token ids outside [0, {self.model.vocab_size})")
-        limit = self.model.max_length
-        if limit is not None and max(len(p) + len(c) for p, c in zip(prompt_ids, cont_ids)) > limit:
-            raise InputError(f"continuations: a prompt and its continuation exceed the model's context of {limit} tokens")
-        if not hasattr(self.model, "score"):
-            raise ConfigError("model", type(self.model).__name__, "a transformers model (scoring runs one teacher-forced forward)")
-        with self.engine._step_lock:  # not while a step runs on the same model
-            scored = self.model.score(prompt_ids, cont_ids)
-        out = [
-            ScoredContinuation(p, c, s.tolist(), float(s.sum()), self.decode_text(c))
-            for p, c, s in zip(prompt_ids, cont_ids, scored)
-        ]
-        return out[0] if single else out
+        from decodekit.teacher import score
+
+        return score(self, prompts, continuations)
 
     # -- generate / stream ------------------------------------------------------------------
 
@@ -423,90 +378,3 @@ class Pending:
 
     def abort(self) -> None:
         self.handle.abort()
-
-
-def _embedded(name: str) -> Path | None:
-    try:
-        from decodekit.models import EMBEDDED_MODELS, embedded_model_path
-    except ImportError:
-        return None
-    return embedded_model_path(name) if name in EMBEDDED_MODELS else None
-
-
-def load(
-    model: str | Path | torch.nn.Module | LanguageModel | None = None,
-    tokenizer=None,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    trust_remote_code: bool = False,
-    use_generation_config: bool = True,
-) -> Decoder:
-    """A :class:`Decoder` for an embedded model name (default: the embedded code model), a
-    local transformers checkpoint directory, an already-built transformers model (pass its
-    tokenizer), or any :class:`~decodekit.model.base.LanguageModel`. Never downloads.
-    ``use_generation_config``: apply the model's ``generation_config`` (strategy, processors,
-    lengths) as defaults, as transformers ``generate`` does; explicit settings win."""
-    if isinstance(model, LanguageModel) and not isinstance(model, torch.nn.Module):
-        return Decoder(model, tokenizer)
-    device = _device(device)
-    if isinstance(model, torch.nn.Module):
-        defaults = _defaults(model) if use_generation_config else None
-        return Decoder(HFLanguageModel(model.to(device)), tokenizer, defaults=defaults)
-    if model is not None and not isinstance(model, str | Path):
-        raise InputError(f"model: {type(model).__name__}; give an embedded model name, a checkpoint directory or a transformers model")
-    name = "stdlib-code" if model is None else str(model)
-    path = _embedded(name)
-    if path is None:
-        path = Path(name)
-        if not (path / "config.json").is_file():
-            raise InputError(
-                f"model: {name!r} is neither an embedded model name nor a local directory holding a "
-                "transformers checkpoint (config.json); decodekit never downloads"
-            )
-        if not any(path.glob("*.safetensors")):
-            pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
-            what = f"only pickle weights ({', '.join(sorted(pickled))})" if pickled else "no weights"
-            raise InputError(f"model: {name!r} holds {what}; decodekit loads safetensors only (never unpickles)")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    local = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    try:
-        config = AutoConfig.from_pretrained(path, **local)
-    except Exception as error:  # a bad config.json or an architecture transformers lacks
-        raise InputError(f"model: {name!r} has a config.json transformers cannot read: {type(error).__name__}: {str(error)[:200]}") from None
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    try:
-        hf_model = auto.from_pretrained(path, use_safetensors=True, **local, **kwargs).to(device)
-    except Exception as error:  # corrupted or truncated weights, a model class transformers lacks
-        raise InputError(f"model: {name!r} could not be loaded: {type(error).__name__}: {str(error)[:200]}") from None
-    if tokenizer is None and (path / "tokenizer_config.json").is_file():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **local)
-        except Exception as error:
-            raise InputError(f"model: {name!r} has a tokenizer transformers cannot read: {type(error).__name__}: {str(error)[:200]}") from None
-    defaults = _defaults(hf_model) if use_generation_config else None
-    return Decoder(HFLanguageModel(hf_model), tokenizer, name=name, defaults=defaults)
-
-
-def _defaults(hf_model) -> GenerationDefaults:
-    from decodekit.generation_config import from_generation_config
-
-    try:
-        return from_generation_config(getattr(hf_model, "generation_config", None))
-    except (TypeError, ValueError) as error:
-        raise InputError(f"model: its generation_config has a setting decodekit cannot read ({error}); load(..., use_generation_config=False) skips it") from None
-
-
-def _device(device) -> torch.device:
-    """``device`` as a torch device that exists on this machine."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError("device", device, "a torch device such as 'cpu' or 'cuda:0'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", str(device), "a device this machine has: no CUDA device is available (use 'cpu')")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device", str(device), "a device this machine has: MPS is not available (use 'cpu')")
-    return device

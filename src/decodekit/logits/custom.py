@@ -9,6 +9,7 @@ padding, when some are: a row's result never depends on its neighbours."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -119,3 +120,25 @@ class Stopping:
             for row, ids in _rows(token_ids):
                 stop[row] |= bool(torch.as_tensor(criterion(ids, scores[row : row + 1])).reshape(-1)[0])
         return stop
+
+
+def user_hooks(strategy, processors, stopping, prefix_allowed_tokens_fn) -> tuple[list, Any]:
+    """The user's processors (adapted; ``prefix_allowed_tokens_fn`` last) and stopping
+    criteria (None if none), checked for ``strategy``."""
+    user = []
+    if processors is not None:
+        if not isinstance(processors, Sequence) or isinstance(processors, str):
+            raise ConfigError("processors", processors, "a list of processors")
+        user = [processor(p) for p in processors]
+    if prefix_allowed_tokens_fn is not None:
+        if not callable(prefix_allowed_tokens_fn):
+            raise ConfigError("prefix_allowed_tokens_fn", prefix_allowed_tokens_fn, "a callable (batch_id, input_ids) -> allowed token ids")
+        user.append(PrefixAllowedTokens(prefix_allowed_tokens_fn))
+    if stopping is not None:
+        if not isinstance(stopping, Sequence) or isinstance(stopping, str):
+            raise ConfigError("stopping", stopping, "a list of stopping criteria")
+        stopping = Stopping(stopping) if stopping else None
+    if (user or stopping is not None) and getattr(strategy, "speculative", None) is not None:
+        field = "processors" if user else "stopping"
+        raise ConfigError(field, "...", "no custom processors or stopping criteria with speculative decoding (they run with plain decoding)")
+    return user, stopping

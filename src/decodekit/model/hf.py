@@ -209,38 +209,6 @@ class HFLanguageModel:
             extra["next_position"] = extra["next_position"].index_select(0, rows)
         state.logits = state.logits.index_select(0, rows)
 
-    def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[torch.Tensor]:
-        """Each continuation's per-token log-probs given its prompt, in one forward over the
-        batch (right-padded; the model's raw distribution)."""
-        device = self.model.device
-        rows = len(prompts)
-        with torch.no_grad():
-            if self.is_encoder_decoder:
-                width = max(map(len, prompts))
-                enc = torch.full((rows, width), self.pad_token_id or 0, dtype=torch.long)
-                enc_mask = torch.zeros_like(enc)
-                length = max(map(len, continuations))
-                dec = torch.full((rows, length), self.pad_token_id or 0, dtype=torch.long)
-                for r, (p, c) in enumerate(zip(prompts, continuations)):
-                    enc[r, : len(p)], enc_mask[r, : len(p)] = torch.tensor(p), 1
-                    dec[r, : len(c)] = torch.tensor([self.decoder_start_token_id, *c[:-1]])
-                logits = self.model(input_ids=enc.to(device), attention_mask=enc_mask.to(device), decoder_input_ids=dec.to(device)).logits
-                offsets = [0] * rows
-            else:
-                width = max(len(p) + len(c) for p, c in zip(prompts, continuations))
-                ids = torch.full((rows, width), self.pad_token_id or 0, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for r, (p, c) in enumerate(zip(prompts, continuations)):
-                    ids[r, : len(p) + len(c)], mask[r, : len(p) + len(c)] = torch.tensor(p + c), 1
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                offsets = [len(p) - 1 for p in prompts]
-            log_probs = logits.float().log_softmax(-1)
-        out = []
-        for r, c in enumerate(continuations):
-            positions = torch.arange(offsets[r], offsets[r] + len(c), device=log_probs.device)
-            out.append(log_probs[r, positions].gather(1, torch.tensor(c, device=log_probs.device)[:, None]).squeeze(1).cpu())
-        return out
-
     def speculation_refusal(self) -> str | None:
         """Why speculative decoding cannot be exact on this model, or None if it can."""
         return support.speculation_refusal(self.model, self.is_encoder_decoder)

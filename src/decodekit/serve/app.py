@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import anyio
 from fastapi import FastAPI, Request
@@ -23,84 +22,19 @@ from starlette.background import BackgroundTask
 
 from decodekit.engine import AbortedError
 from decodekit.errors import ConfigError, DecodeKitError, InputError
+from decodekit.serve.format import (
+    FINISH,
+    body_echo,
+    chat_prompt,
+    choice,
+    chunk_choice,
+    completion_prompts,
+    logprobs_object,
+)
+from decodekit.serve.limits import APIError, BodyLimit, ServerLimits, error_response
 from decodekit.serve.metrics import Metrics
 from decodekit.serve.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody
 from decodekit.serve.translate import api_param, decoding
-
-
-def default_chat_prompt(messages: list[dict]) -> str:
-    """The chat format of tokenizers without a chat template (the embedded models): each
-    message as a ``# role`` line, its text and a blank line, then ``# assistant`` and a newline
-    for the reply."""
-    return "".join(f"# {m['role']}\n{m['content']}\n\n" for m in messages) + "# assistant\n"
-
-FINISH = {"eos": "stop", "stop": "stop", "length": "length", "constraint": "constraint"}
-"""decodekit finish reasons -> the API's (``constraint``: the output does not satisfy the
-request's constraint, never reported as ``stop``)."""
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
-        self.status, self.body = status, ErrorBody(message=message, type=kind, param=param, code=None)
-
-
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse({"error": error.body.model_dump()}, status_code=error.status)
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """What one server accepts. ``max_concurrent_requests``: requests decoding (or waiting in
-    the engine) at once; ``max_queued_requests``: requests waiting for one of those slots
-    (beyond: 429); ``max_prompt_tokens`` (None: the model's context) and ``max_tokens``: sizes
-    per request (beyond: 400 naming the field); ``max_body_bytes``: request body size (beyond:
-    413)."""
-
-    max_concurrent_requests: int = 256
-    max_queued_requests: int = 1024
-    max_prompt_tokens: int | None = None
-    max_tokens: int = 4096
-    max_body_bytes: int = 1 << 20
-
-
-class BodyLimit:
-    """Pure ASGI middleware (so disconnects still reach the app): a body over ``limit`` bytes
-    gets ``reject(path)`` (a 413). With a Content-Length the header decides; without one the
-    body is read first, then replayed to the app."""
-
-    def __init__(self, app, limit: int, reject):
-        self.app, self.limit, self.reject = app, limit, reject
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            if length.isdigit() and int(length) > self.limit:
-                return await self.reject(scope["path"])(scope, receive, send)
-            return await self.app(scope, receive, send)
-        if scope.get("method") != "POST":
-            return await self.app(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.limit:
-                return await self.reject(scope["path"])(scope, receive, send)
-        replayed = [False]
-
-        async def replay():
-            if not replayed[0]:
-                replayed[0] = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
 
 
 def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | None = None) -> FastAPI:
@@ -146,12 +80,12 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        prompts = _completion_prompts(body.prompt)
+        prompts = completion_prompts(body.prompt)
         return await _serve(request, body, prompts, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        return await _serve(request, body, [_chat_prompt(decoder, body)], chat=True)
+        return await _serve(request, body, [chat_prompt(decoder, body)], chat=True)
 
     async def _serve(request: Request, body, prompts: list, chat: bool):
         if slots.locked() and queued[0] >= limits.max_queued_requests:
@@ -216,7 +150,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         choices, completion_tokens = [], 0
         for p, result in zip(pending, results):
             for sequence in result.sequences:
-                choices.append(_choice(len(choices), p, sequence, body, chat))
+                choices.append(choice(len(choices), p, sequence, body, chat))
                 completion_tokens += len(sequence.token_ids)
         metrics.generated_tokens.inc(completion_tokens)
         metrics.ttft.observe(first)
@@ -276,8 +210,8 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         for index, p in enumerate(pending):
             threading.Thread(target=pump, args=(index, p), daemon=True).start()
 
-        def chunk(choice: dict) -> str:
-            return "data: " + json.dumps({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [choice]}) + "\n\n"
+        def chunk(entry: dict) -> str:
+            return "data: " + json.dumps({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [entry]}) + "\n\n"
 
         open_streams, tokens, first_seen, started = len(pending), 0, None, set()
         wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
@@ -306,8 +240,8 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     tokens += len(item.token_ids)
                     text = (p.prompt if body_echo(body) else "") + (item.text or "")
                     delta = {"content": text} if chat else None
-                    logprobs = _logprobs(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
-                    yield chunk(_chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat, logprobs))
+                    logprobs = logprobs_object(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
+                    yield chunk(chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat, logprobs))
                     continue
                 event = item
                 if event.token_id is not None:
@@ -315,11 +249,11 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                 logprobs = None
                 if wants_logprobs and event.token_id is not None:
                     top = [event.top_logprobs] if event.top_logprobs is not None else None
-                    logprobs = _logprobs([event.token_id], [event.logprob], top, pending_decoder, chat)
+                    logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat)
                 if event.text or event.finish_reason or logprobs is not None:
                     reason = FINISH.get(event.finish_reason) if event.finish_reason else None
                     delta = {"content": event.text} if chat else None
-                    yield chunk(_chunk_choice(index, event.text, delta, reason, None, chat, logprobs))
+                    yield chunk(chunk_choice(index, event.text, delta, reason, None, chat, logprobs))
             if body.stream_options is not None and body.stream_options.include_usage:
                 prompt_tokens = sum(len(x.request.prompt) for x in pending)
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
@@ -339,86 +273,3 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
 
 
 
-def body_echo(body) -> bool:
-    return bool(getattr(body, "echo", False))
-
-
-def _completion_prompts(prompt) -> list:
-    if isinstance(prompt, str):
-        return [prompt]
-    if prompt and all(isinstance(x, int) for x in prompt):
-        return [list(prompt)]
-    if not prompt:
-        raise APIError(400, "prompt: an empty list; give a string, a list of strings or token ids", param="prompt")
-    return list(prompt)
-
-
-def _chat_prompt(decoder, body: ChatCompletionRequest) -> str:
-    tokenizer = decoder.tokenizer
-    if tokenizer is None:
-        raise APIError(400, "messages: this model has no tokenizer; use /v1/completions with token ids", param="messages")
-    messages = []
-    for i, message in enumerate(body.messages):
-        content = message.content
-        if isinstance(content, list):  # content parts: text only
-            texts = []
-            for part in content:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise APIError(400, f"messages.{i}.content: only text parts are supported", param=f"messages.{i}.content")
-                texts.append(part["text"])
-            content = "".join(texts)
-        messages.append({"role": message.role, "content": content or ""})
-    if not getattr(tokenizer, "chat_template", None):
-        return default_chat_prompt(messages)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def _piece(decoder, token: int) -> str:
-    return decoder.tokenizer.decode([token]) if decoder.tokenizer is not None else str(token)
-
-
-def _logprobs(token_ids, token_logprobs, top_logprobs, decoder, chat: bool, offset: int = 0):
-    """OpenAI's ``logprobs`` object for these tokens (chat: ``content`` entries with their
-    ``top_logprobs``; completions: parallel lists, ``top_logprobs`` as text -> log-prob maps)."""
-    pieces = [_piece(decoder, t) for t in token_ids]
-    tops = top_logprobs if top_logprobs is not None else [None] * len(pieces)
-    if chat:
-        def entry(piece, lp):
-            return {"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8"))}
-
-        return {"content": [
-            {**entry(piece, lp), "top_logprobs": [entry(_piece(decoder, t.token_id), t.logprob) for t in top] if top else []}
-            for piece, lp, top in zip(pieces, token_logprobs, tops)
-        ]}
-    offsets, at = [], offset
-    for piece in pieces:
-        offsets.append(at)
-        at += len(piece)
-    top_maps = None
-    if top_logprobs is not None:
-        top_maps = [{_piece(decoder, t.token_id): t.logprob for t in top} for top in top_logprobs]
-    return {"tokens": pieces, "token_logprobs": list(token_logprobs), "top_logprobs": top_maps, "text_offset": offsets}
-
-
-def _extension(sequence) -> dict:
-    return {"score": sequence.score, "logprob": sequence.logprob, "group": sequence.group, "finish_reason": sequence.finish_reason, "token_ids": list(sequence.token_ids), "constraint": sequence.constraint}
-
-
-def _choice(index: int, pending, sequence, body, chat: bool) -> dict:
-    decoder = pending.decoder
-    text = sequence.text or ""
-    wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
-    logprobs = _logprobs(sequence.token_ids, sequence.token_logprobs, sequence.top_logprobs, decoder, chat) if wants_logprobs else None
-    reason = FINISH.get(sequence.finish_reason, sequence.finish_reason)
-    if chat:
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": reason, "decodekit": _extension(sequence)}
-    if body.echo:
-        text = (pending.prompt if isinstance(pending.prompt, str) else decoder.decode_text(pending.request.prompt) or "") + text
-    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "decodekit": _extension(sequence)}
-
-
-def _chunk_choice(index: int, text: str, delta, reason, sequence, chat: bool, logprobs=None) -> dict:
-    extra = {"decodekit": _extension(sequence)} if sequence is not None else {}
-    if chat:
-        return {"index": index, "delta": delta if text else {}, "logprobs": logprobs, "finish_reason": reason, **extra}
-    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, **extra}

@@ -26,7 +26,7 @@ def load_draft_model(config: DraftModelConfig, device: torch.device | str = "cpu
         return model
     if isinstance(model, torch.nn.Module):
         return HFLanguageModel(model.to(device))
-    from decodekit.api import load
+    from decodekit.loading import load
 
     return load(model, device=device).model
 

@@ -1,0 +1,103 @@
+"""Prompts in, choices out: the chat format, and decodekit results as OpenAI choices,
+chunks and ``logprobs`` objects."""
+
+from __future__ import annotations
+
+from decodekit.serve.limits import APIError
+from decodekit.serve.protocol import ChatCompletionRequest
+
+
+def default_chat_prompt(messages: list[dict]) -> str:
+    """The chat format of tokenizers without a chat template (the embedded models): each
+    message as a ``# role`` line, its text and a blank line, then ``# assistant`` and a newline
+    for the reply."""
+    return "".join(f"# {m['role']}\n{m['content']}\n\n" for m in messages) + "# assistant\n"
+
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "constraint": "constraint"}
+"""decodekit finish reasons -> the API's (``constraint``: the output does not satisfy the
+request's constraint, never reported as ``stop``)."""
+
+
+def body_echo(body) -> bool:
+    return bool(getattr(body, "echo", False))
+
+
+def completion_prompts(prompt) -> list:
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(x, int) for x in prompt):
+        return [list(prompt)]
+    if not prompt:
+        raise APIError(400, "prompt: an empty list; give a string, a list of strings or token ids", param="prompt")
+    return list(prompt)
+
+
+def chat_prompt(decoder, body: ChatCompletionRequest) -> str:
+    tokenizer = decoder.tokenizer
+    if tokenizer is None:
+        raise APIError(400, "messages: this model has no tokenizer; use /v1/completions with token ids", param="messages")
+    messages = []
+    for i, message in enumerate(body.messages):
+        content = message.content
+        if isinstance(content, list):  # content parts: text only
+            texts = []
+            for part in content:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise APIError(400, f"messages.{i}.content: only text parts are supported", param=f"messages.{i}.content")
+                texts.append(part["text"])
+            content = "".join(texts)
+        messages.append({"role": message.role, "content": content or ""})
+    if not getattr(tokenizer, "chat_template", None):
+        return default_chat_prompt(messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def token_text(decoder, token: int) -> str:
+    return decoder.tokenizer.decode([token]) if decoder.tokenizer is not None else str(token)
+
+
+def logprobs_object(token_ids, token_logprobs, top_logprobs, decoder, chat: bool, offset: int = 0):
+    """OpenAI's ``logprobs`` object for these tokens (chat: ``content`` entries with their
+    ``top_logprobs``; completions: parallel lists, ``top_logprobs`` as text -> log-prob maps)."""
+    pieces = [token_text(decoder, t) for t in token_ids]
+    tops = top_logprobs if top_logprobs is not None else [None] * len(pieces)
+    if chat:
+        def entry(piece, lp):
+            return {"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8"))}
+
+        return {"content": [
+            {**entry(piece, lp), "top_logprobs": [entry(token_text(decoder, t.token_id), t.logprob) for t in top] if top else []}
+            for piece, lp, top in zip(pieces, token_logprobs, tops)
+        ]}
+    offsets, at = [], offset
+    for piece in pieces:
+        offsets.append(at)
+        at += len(piece)
+    top_maps = None
+    if top_logprobs is not None:
+        top_maps = [{token_text(decoder, t.token_id): t.logprob for t in top} for top in top_logprobs]
+    return {"tokens": pieces, "token_logprobs": list(token_logprobs), "top_logprobs": top_maps, "text_offset": offsets}
+
+
+def extension(sequence) -> dict:
+    return {"score": sequence.score, "logprob": sequence.logprob, "group": sequence.group, "finish_reason": sequence.finish_reason, "token_ids": list(sequence.token_ids), "constraint": sequence.constraint}
+
+
+def choice(index: int, pending, sequence, body, chat: bool) -> dict:
+    decoder = pending.decoder
+    text = sequence.text or ""
+    wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
+    logprobs = logprobs_object(sequence.token_ids, sequence.token_logprobs, sequence.top_logprobs, decoder, chat) if wants_logprobs else None
+    reason = FINISH.get(sequence.finish_reason, sequence.finish_reason)
+    if chat:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": reason, "decodekit": extension(sequence)}
+    if body.echo:
+        text = (pending.prompt if isinstance(pending.prompt, str) else decoder.decode_text(pending.request.prompt) or "") + text
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "decodekit": extension(sequence)}
+
+
+def chunk_choice(index: int, text: str, delta, reason, sequence, chat: bool, logprobs=None) -> dict:
+    extra = {"decodekit": extension(sequence)} if sequence is not None else {}
+    if chat:
+        return {"index": index, "delta": delta if text else {}, "logprobs": logprobs, "finish_reason": reason, **extra}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, **extra}

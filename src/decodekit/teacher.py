@@ -1,0 +1,71 @@
+"""Teacher-forced scoring: the log-probs a model gives continuations it is handed
+(:meth:`Decoder.score <decodekit.api.Decoder.score>`), one batched forward."""
+
+from __future__ import annotations
+
+import torch
+
+from decodekit.errors import ConfigError, InputError
+from decodekit.model.hf import HFLanguageModel
+from decodekit.results import ScoredContinuation
+
+
+def score(decoder, prompts, continuations):
+    """See :meth:`decodekit.api.Decoder.score`."""
+    if not isinstance(decoder.model, HFLanguageModel):
+        raise ConfigError("model", type(decoder.model).__name__, "a transformers model (scoring runs one teacher-forced forward)")
+    items, single = decoder._prompts(prompts)
+    conts, single_cont = decoder._prompts(continuations)
+    if len(items) != len(conts) or single != single_cont:
+        raise InputError(f"continuations: {len(conts)} for {len(items)} prompts; give one continuation per prompt")
+    prompt_ids = [decoder.encode(p) for p in items]
+    tokenizer, vocab = decoder.tokenizer, decoder.model.vocab_size
+    cont_ids = [
+        list(tokenizer(c, add_special_tokens=False)["input_ids"]) if isinstance(c, str) and tokenizer is not None else decoder.encode(c)
+        for c in conts
+    ]
+    for i, ids in enumerate(cont_ids):
+        if not ids:
+            raise InputError(f"continuations: item {i} has no tokens")
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise InputError(f"continuations: item {i} has token ids outside [0, {vocab})")
+    limit = decoder.model.max_length
+    if limit is not None and max(len(p) + len(c) for p, c in zip(prompt_ids, cont_ids)) > limit:
+        raise InputError(f"continuations: a prompt and its continuation exceed the model's context of {limit} tokens")
+    with decoder.engine._step_lock:  # not while a step runs on the same model
+        scored = forward_logprobs(decoder.model, prompt_ids, cont_ids)
+    out = [ScoredContinuation(p, c, s.tolist(), float(s.sum()), decoder.decode_text(c)) for p, c, s in zip(prompt_ids, cont_ids, scored)]
+    return out[0] if single else out
+
+
+def forward_logprobs(lm: HFLanguageModel, prompts: list[list[int]], continuations: list[list[int]]) -> list[torch.Tensor]:
+    """Each continuation's per-token log-probs given its prompt, in one forward over the
+    batch (right-padded; the model's raw distribution)."""
+    device = lm.model.device
+    rows = len(prompts)
+    with torch.no_grad():
+        if lm.is_encoder_decoder:
+            width = max(map(len, prompts))
+            enc = torch.full((rows, width), lm.pad_token_id or 0, dtype=torch.long)
+            enc_mask = torch.zeros_like(enc)
+            length = max(map(len, continuations))
+            dec = torch.full((rows, length), lm.pad_token_id or 0, dtype=torch.long)
+            for r, (p, c) in enumerate(zip(prompts, continuations)):
+                enc[r, : len(p)], enc_mask[r, : len(p)] = torch.tensor(p), 1
+                dec[r, : len(c)] = torch.tensor([lm.decoder_start_token_id, *c[:-1]])
+            logits = lm.model(input_ids=enc.to(device), attention_mask=enc_mask.to(device), decoder_input_ids=dec.to(device)).logits
+            offsets = [0] * rows
+        else:
+            width = max(len(p) + len(c) for p, c in zip(prompts, continuations))
+            ids = torch.full((rows, width), lm.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, (p, c) in enumerate(zip(prompts, continuations)):
+                ids[r, : len(p) + len(c)], mask[r, : len(p) + len(c)] = torch.tensor(p + c), 1
+            logits = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            offsets = [len(p) - 1 for p in prompts]
+        log_probs = logits.float().log_softmax(-1)
+    out = []
+    for r, c in enumerate(continuations):
+        positions = torch.arange(offsets[r], offsets[r] + len(c), device=log_probs.device)
+        out.append(log_probs[r, positions].gather(1, torch.tensor(c, device=log_probs.device)[:, None]).squeeze(1).cpu())
+    return out

@@ -29,6 +29,9 @@ OPTIONS = {
     "bans": DecodeOptions(max_new_tokens=14, bad_words=((3,), (1, 2)), suppress_tokens=(4,)),
     "min-length": DecodeOptions(max_new_tokens=14, min_new_tokens=10),
     "force-eos": DecodeOptions(max_new_tokens=9, force_eos_at_max_length=True, repetition_penalty=1.2),
+    "biases": DecodeOptions(max_new_tokens=14, logit_bias={3: 1.5}, sequence_bias={(1, 2): -3.0}, presence_penalty=0.5, frequency_penalty=0.3),
+    "prompt-and-dry": DecodeOptions(max_new_tokens=14, encoder_repetition_penalty=1.4, encoder_no_repeat_ngram_size=3, dry_multiplier=1.5, dry_sequence_breakers=(4,)),
+    "lengths": DecodeOptions(max_new_tokens=12, min_length=11, decoder_prefix=(5,), begin_suppress_tokens=(6,), exponential_decay_length_penalty=(4, 1.4), forced_eos_token_id=(0,)),
 }
 PROPOSERS = {
     "suffix": Speculative("suffix", SuffixConfig(tree=True, min_token_prob=0.0)),

@@ -86,10 +86,9 @@ class MinLength:
         self.min_length, self.eos = int(min_length), list(eos_token_ids)
 
     def __call__(self, token_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        short = _lengths(token_ids) < self.min_length
-        if bool(short.any()):
-            scores = scores.clone()
-            scores[:, self.eos] = torch.where(short[:, None], NEG_INF, scores[:, self.eos])
+        short = _lengths(token_ids) < self.min_length  # no host sync: every row, every step
+        scores = scores.clone()
+        scores[:, self.eos] = torch.where(short[:, None], NEG_INF, scores[:, self.eos])
         return scores
 
 

@@ -75,11 +75,6 @@ class TopTokens:
         self.ids = torch.zeros((*shape, steps, n), dtype=torch.long, device=device)
 
     @staticmethod
-    def of(log_probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        values, ids = torch.topk(log_probs, n, dim=-1)
-        return values, ids
-
-    @staticmethod
     def host(values: list, ids: list, length: int) -> list[tuple[list[int], list[float]]]:
         """One row's first ``length`` steps as host data."""
         return [(ids[t], values[t]) for t in range(length)]

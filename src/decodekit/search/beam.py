@@ -140,7 +140,7 @@ class BeamSearchRun:
         cand_logprob = step_logprobs.gather(1, cand_index)
         self.step_top = None
         if self.running_top is not None:  # each candidate's step top-N: its beam's
-            values, ids = TopTokens.of(scores, self.running_top.n)
+            values, ids = torch.topk(scores, self.running_top.n, dim=-1)
             self.step_top = (_take(values.view(B, K, -1), cand_beam), _take(ids.view(B, K, -1), cand_beam))
         hits = torch.isin(cand_token, self.context.eos_token_ids) | (t + 1 >= M)
 

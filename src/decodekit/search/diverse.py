@@ -270,7 +270,7 @@ class DiverseBeamSearchRun:
         finished_scores = (cand_scores[..., :K] / self.penalty(t + 1)).masked_fill(~finished, -float("inf"))
         finished_top = step_top = None
         if self.running_top is not None:  # a candidate's step top-N is its beam's
-            values, ids = TopTokens.of(scores, self.running_top.n)  # (B, G, K, N)
+            values, ids = torch.topk(scores, self.running_top.n, dim=-1)  # (B, G, K, N)
             step_top = (_take(values, cand_beam), _take(ids, cand_beam))
             finished_top = []
             for whole, step in zip((self.running_top.values, self.running_top.ids), step_top):

@@ -200,7 +200,7 @@ class RowSearch:
         self.tokens[:, t] = tokens
         self.logprobs[:, t] = log_probs.gather(1, tokens[:, None]).squeeze(1).masked_fill(self.finished, 0.0)
         if self.top is not None:
-            self.top.values[:, t], self.top.ids[:, t] = TopTokens.of(log_probs, self.top.n)
+            self.top.values[:, t], self.top.ids[:, t] = torch.topk(log_probs, self.top.n, dim=-1)
         self.lengths += ~self.finished
         hit_eos = torch.isin(tokens, self.context.eos_token_ids) & ~self.finished
         self.reason.masked_fill_(hit_eos, EOS)

@@ -107,7 +107,8 @@ def test_cli_beam_sample_needs_a_beam_strategy(checkpoint, capsys):
     assert "--beam-sample" in capsys.readouterr().err
 
 
-def test_stop_strings_are_refused_by_beam_searches(decoder):
-    for strategy in (decodekit.BeamSearch(num_beams=2), decodekit.DiverseBeamSearch(num_beams=2, num_groups=2)):
-        with pytest.raises(decodekit.ConfigError, match="stop"):
-            decoder.generate("x", strategy, stop=["\n"])
+def test_stop_strings_end_beam_search_and_are_refused_by_diverse_beam_search(decoder):
+    result = decoder.generate("x", decodekit.BeamSearch(num_beams=2), stop=["\n"], max_new_tokens=8)
+    assert all("\n" not in s.text for s in result.sequences)
+    with pytest.raises(decodekit.ConfigError, match="stop"):
+        decoder.generate("x", decodekit.DiverseBeamSearch(num_beams=2, num_groups=2), stop=["\n"])

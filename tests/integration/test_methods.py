@@ -138,6 +138,30 @@ def test_stop_token_ids_add_to_eos_and_stop_strings_can_be_kept():
     assert kept.best.text == text[: text.index(stop) + len(stop)]
 
 
+@pytest.mark.parametrize("sampler", [None, Sampling(seed=4, top_k=20)], ids=["beam", "beam-sampling"])
+def test_beam_search_ends_candidates_at_stop_strings(sampler):
+    """With one-byte tokens, the stop string "\n" is exactly the newline token acting as an
+    extra EOS: the same hypotheses, labelled ``stop`` and cut before the newline."""
+    d = decoder()
+    newline = d.tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert len(newline) == 1
+    beam = BeamSearch(num_beams=4, num_return_sequences=3, sampler=sampler)
+    # both runs with two EOS ids (the same candidate count per step); 200 is never emitted
+    same = dict(max_new_tokens=16, logit_bias={newline[0]: 4.0}, suppress_tokens=(200,))
+    stopped = d.generate(PROMPTS, beam, stop=["\n"], eos_token_ids=(tm.EOS, 200), **same)
+    as_eos = d.generate(PROMPTS, beam, eos_token_ids=(tm.EOS, newline[0]), **same)
+    assert any(s.finish_reason == "stop" for r in stopped for s in r.sequences)
+    for a, b in zip(stopped, as_eos):
+        assert [s.token_ids for s in a.sequences] == [s.token_ids for s in b.sequences]
+        assert [s.score for s in a.sequences] == pytest.approx([s.score for s in b.sequences], abs=1e-5)
+        for s in a.sequences:
+            ends_at_newline = s.token_ids[-1] == newline[0]
+            assert (s.finish_reason == "stop") == ends_at_newline
+            assert "\n" not in s.text
+    with pytest.raises(ConfigError, match="stop"):
+        d.generate(PROMPTS[0], DiverseBeamSearch(num_beams=4, num_groups=2), stop=["\n"])
+
+
 def test_max_time_ends_a_request_with_reason_time():
     d = ids_decoder()
     out = d.generate(tm.prompts(8, 1)[0], max_new_tokens=200, eos_token_ids=(), max_time=1e-4)

@@ -185,7 +185,7 @@ def test_logit_bias_can_ban_a_token(client):
         ({"temperature": 0, "n": 2}, "n"),
         ({"max_tokens": 10**6}, "max_tokens"),
         ({"extra_body": {"unknown_field": 1}}, "unknown_field"),
-        ({"extra_body": {"decodekit": {"strategy": "beam"}}, "stop": ["\n"]}, "stop"),
+        ({"extra_body": {"decodekit": {"strategy": "diverse_beam"}}, "stop": ["\n"]}, "stop"),
         ({"temperature": -1}, "temperature"),
     ],
 )

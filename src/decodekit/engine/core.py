@@ -139,8 +139,9 @@ class Engine:
             raise ConfigError("max_time", options.max_time, f"None with {strategy.name!r}: a time limit ends per-row strategies (greedy, sample) only")
         if first.stopping is not None and not group.search.supports_stop_strings:
             raise ConfigError("stopping", first.stopping, f"None with {strategy.name!r}: stopping criteria end single rows of per-row strategies (greedy, sample)")
-        if options.stop and not group.search.supports_stop_strings:
-            raise ConfigError("stop", options.stop, f"stop strings work with per-row strategies (greedy, sample), not {strategy.name!r}; use EOS ids")
+        ends_at_stop = group.search.supports_stop_strings or getattr(group.search, "ends_candidates_at_stop_strings", False)
+        if options.stop and not ends_at_stop:
+            raise ConfigError("stop", options.stop, f"stop strings work with greedy, sample and beam, not {strategy.name!r}; use EOS ids")
         return group
 
     def abort(self, request_id: str) -> None:

@@ -92,6 +92,7 @@ class PlainGroup:
             generators=generators,
             vocab_size=int(model.vocab_size),
             top_logprobs=self.options.top_logprobs,
+            stop_check=self.stop_check,
             **extras,
         )
         self.search = self.strategy.begin(self.context)
@@ -161,7 +162,7 @@ class PlainGroup:
         for processor in self.stateful:
             processor.advance(step.parents, step.tokens)
         done = step.done
-        if self.stop_check is not None or self.stopping is not None:
+        if search.supports_stop_strings and (self.stop_check is not None or self.stopping is not None):
             end = self.prompt_length + t + 1
             hits = self.stop_check(self.history[:, self.prompt_length : end]) if self.stop_check is not None else None
             if self.stopping is not None:

@@ -60,6 +60,9 @@ class SearchContext:
     """Width of the scores (0: unknown)."""
     top_logprobs: int = 0
     """Record the N most likely tokens of every step (0: no)."""
+    stop_check: object = None
+    """Stop strings: ``(rows, t)`` generated ids -> ``(rows,)`` bool, for searches that end
+    candidates themselves (beam search); per-row searches are stopped by the engine."""
 
     def generator(self, prompt: int) -> torch.Generator | None:
         return self.generators[prompt] if self.generators else None

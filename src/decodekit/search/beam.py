@@ -75,6 +75,9 @@ class BeamSearchRun:
 
     scores_are_logprobs = True
     supports_stop_strings = False
+    ends_candidates_at_stop_strings = True
+    """A candidate whose text reaches a stop string is a finished hypothesis, as one ending
+    with EOS (finish reason ``stop``)."""
 
     def __init__(self, config: BeamSearch, context: SearchContext, num_beams: int | None = None):
         self.config, self.context = config, context
@@ -143,6 +146,8 @@ class BeamSearchRun:
             values, ids = torch.topk(scores, self.running_top.n, dim=-1)
             self.step_top = (_take(values.view(B, K, -1), cand_beam), _take(ids.view(B, K, -1), cand_beam))
         hits = torch.isin(cand_token, self.context.eos_token_ids) | (t + 1 >= M)
+        if self.context.stop_check is not None:
+            hits |= self._stop_hits(cand_beam, cand_token, t)
 
         # 2. the K best unfinished candidates keep running
         running = cand_scores + hits.float() * _MASKED
@@ -180,6 +185,13 @@ class BeamSearchRun:
             done |= self.pool_finished.all()
         return Step((parents + self.row_offset).view(-1), tokens.view(-1), done)
 
+    def _stop_hits(self, cand_beam: torch.Tensor, cand_token: torch.Tensor, t: int) -> torch.Tensor:
+        """``(B, C)``: does a candidate's generated text reach a stop string?"""
+        B, C = cand_beam.shape
+        generated = _take(self.running_tokens[:, :, :t], cand_beam)  # (B, C, t)
+        generated = torch.cat([generated, cand_token[..., None]], -1).view(B * C, t + 1)
+        return self.context.stop_check(generated).view(B, C)
+
     def _merge_finished(self, cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t: int) -> None:
         """Finished candidates compete, length-normalised, with the pool for its K slots."""
         K = self.width
@@ -213,7 +225,7 @@ class BeamSearchRun:
         return self.running_tokens[:, 0, : t + 1].tolist()
 
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("stop strings are checked by the engine only for per-row searches")
+        raise NotImplementedError("beam search ends its candidates at stop strings itself")
 
     def finish(self) -> list[list[Hypothesis]]:
         n = self.config.num_return_sequences
@@ -223,6 +235,7 @@ class BeamSearchRun:
         filled = self.pool_finished[:, :n].tolist()
         tops = (self.pool_top.values[:, :n].tolist(), self.pool_top.ids[:, :n].tolist()) if self.pool_top is not None else None
         eos = set(self.context.eos_token_ids.tolist())
+        stop = self.context.stop_check
         out = []
         for b in range(self.context.batch_size):
             hyps = []
@@ -231,6 +244,8 @@ class BeamSearchRun:
                     continue
                 ids = tokens[b][k][: lengths[b][k]]
                 reason = "eos" if ids and ids[-1] in eos else "length"
+                if reason == "length" and stop is not None and ids and bool(stop(torch.tensor([ids]))[0]):
+                    reason = "stop"
                 top = TopTokens.host(tops[0][b][k], tops[1][b][k], lengths[b][k]) if tops is not None else None
                 hyps.append(Hypothesis(ids, logprobs[b][k][: lengths[b][k]], logprob[b][k], scores[b][k], reason, top_logprobs=top))
             out.append(hyps)

@@ -87,8 +87,8 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
                 raise ConfigError(name, getattr(req, name), f"null with decodekit.strategy={kind!r} (beam searches do not sample)")
         if req.seed is not None:
             raise ConfigError("seed", req.seed, f"null with decodekit.strategy={kind!r} (beam searches are deterministic)")
-        if "stop" in settings:
-            raise ConfigError("stop", req.stop, f"null with decodekit.strategy={kind!r}: stop strings work with greedy and sampling")
+        if "stop" in settings and kind == "diverse_beam":
+            raise ConfigError("stop", req.stop, f"null with decodekit.strategy={kind!r}: stop strings work with greedy, sampling and beam")
     else:
         for name in ("num_beams", "num_groups", "length_penalty", "early_stopping", "diversity_strength", "diversity"):
             if getattr(ext, name) is not None:

@@ -324,3 +324,22 @@ def test_the_shared_state_stays_bounded_under_a_stream_of_requests():
     assert longest < 200  # without compaction: about 400
     (alone,) = Engine(model).submit([Request([3 + 395 % 40, 4, 5], decodekit.Greedy(), options)])
     assert alone.result().hypotheses[0].token_ids == handles[-1].result().hypotheses[0].token_ids
+
+
+def test_stop_strings_in_the_row_pool_equal_the_per_group_path(embedded):
+    """Requests with stop strings share the vectorised pool; a never-firing stopping criterion
+    keeps the same requests out of it (the per-group path): the outputs are the same."""
+    decoder = fresh(embedded)
+    prompts = ["def f(x):", "import os\n", "class A:", "for i in"]
+    never = [lambda ids, scores: torch.zeros(ids.shape[0], dtype=torch.bool)]
+    cases = [("greedy", {}), (decodekit.Sampling(seed=3, n=2, top_p=0.9), {})]
+    for strategy, extra in cases:
+        settings = dict(max_new_tokens=24, stop=["\n", "(", " = "], **extra)
+        pending = decoder.submit(prompts, strategy, **settings) + decoder.submit(prompts, strategy, max_new_tokens=24)
+        assert all(entry.poolable for entry in decoder.engine._pending)  # nothing stepped yet
+        pooled = [p.result() for p in pending[: len(prompts)]]
+        per_group = decoder.generate(prompts, strategy, stopping=never, **settings)
+        for a, b in zip(pooled, per_group):
+            assert [(s.token_ids, s.text, s.finish_reason) for s in a.sequences] == [(s.token_ids, s.text, s.finish_reason) for s in b.sequences]
+        assert any(s.finish_reason == "stop" for r in pooled for s in r.sequences)
+        [p.result() for p in pending[len(prompts):]]

@@ -59,6 +59,8 @@ class Engine:
         self.step_seconds = 0.0  # time inside step() in all
         self.trace: list[tuple[int, float, float]] | None = None
         """Set to a list to record ``(rows, step seconds, model seconds)`` per step (benches)."""
+        self._background: threading.Thread | None = None
+        self._closing = False
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -217,6 +219,51 @@ class Engine:
                 with self._changed:
                     self._changed.wait(0.05)
 
+    # -- background driving (servers) -------------------------------------------------------
+
+    @property
+    def in_background(self) -> bool:
+        return self._background is not None
+
+    def run_in_background(self) -> None:
+        """Step in a thread of the engine's own whenever there is work, so that callers only
+        wait (each on its own request). For many concurrent callers (a server): no step waits
+        for a caller to take its turn. ``stop_background()`` ends it."""
+        if self._background is not None:
+            return
+        self._closing = False
+        self._background = threading.Thread(target=self._run, name="decodekit-engine", daemon=True)
+        self._background.start()
+
+    def stop_background(self, timeout: float | None = 30.0) -> None:
+        """End the background thread (after its current step); callers drive again."""
+        thread = self._background
+        if thread is None:
+            return
+        self._closing = True
+        with self._changed:
+            self._changed.notify_all()
+        thread.join(timeout)
+        self._background = None
+
+    def _has_work(self) -> bool:
+        return bool(self._pending or self._partitions or self._speculative)
+
+    def _run(self) -> None:
+        while not self._closing:
+            with self._changed:
+                self._changed.wait_for(lambda: self._closing or self._has_work(), 0.5)
+            if self._closing:
+                break
+            with self._step_lock:
+                try:
+                    while self._has_work() and not self._closing and self.step():
+                        pass
+                except Exception:  # step() already failed every request in flight with it
+                    pass
+                finally:
+                    self._drop_aborted()
+
     def step(self) -> bool:
         """One engine step for every request in flight; False when there was nothing to do.
         Call with the step lock held (``drive`` does)."""
@@ -243,34 +290,34 @@ class Engine:
     # -- admission --------------------------------------------------------------------------
 
     def _admit(self) -> None:
+        """Admit pending entries in arrival order while rows are free. Greedy/sampling groups
+        of one kind are prefilled together (one forward per kind), whatever their order."""
         with self._lock:
             pending = list(self._pending)
         admitted = []
-        batch: list[PlainGroup] = []  # consecutive greedy/sampling groups, prefilled together
+        pooled: dict[tuple, list[PlainGroup]] = {}
+        plain: list[PlainGroup] = []
         for entry in pending:
             handles = entry if isinstance(entry, list) else entry.handles
             if all(h.done for h in handles):  # aborted while queued
                 admitted.append(entry)
                 continue
-            rows = self.running_rows + sum(g.rows for g in batch)
+            rows = self.running_rows + sum(g.rows for group in pooled.values() for g in group) + sum(g.rows for g in plain)
             need = entry.rows if isinstance(entry, PlainGroup) else len(handles) * getattr(handles[0].request.strategy, "n", 1)
             if rows and rows + need > self.max_rows:
                 break
-            if isinstance(entry, PlainGroup) and entry.poolable and (not batch or _pool_key(batch[0]) == _pool_key(entry)):
-                batch.append(entry)
-                admitted.append(entry)
-                continue
-            self._admit_pooled(batch)
-            batch = []
             if isinstance(entry, PlainGroup):
                 if entry.poolable:
-                    batch = [entry]
+                    pooled.setdefault(_pool_key(entry), []).append(entry)
                 else:
-                    self._admit_plain(entry)
+                    plain.append(entry)
                 admitted.append(entry)
             elif self._admit_speculative(handles):
                 admitted.append(entry)
-        self._admit_pooled(batch)
+        for groups in pooled.values():
+            self._admit_pooled(groups)
+        for group in plain:
+            self._admit_plain(group)
         if admitted:
             with self._lock:
                 self._pending = [e for e in self._pending if not any(e is a for a in admitted)]

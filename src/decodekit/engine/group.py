@@ -234,8 +234,8 @@ class PlainGroup:
 
     @property
     def poolable(self) -> bool:
-        """Greedy or sampling with no processors but a minimum length, no stop strings and no
-        shared generator: its requests can join a :class:`~decodekit.engine.pool.RowPool`
+        """Greedy or sampling with no processors but a minimum length, no stopping criteria and
+        no shared generator (stop strings are fine): its requests can join a :class:`~decodekit.engine.pool.RowPool`
         (known before the prefill, so several such groups can be prefilled together)."""
         processors = self.options.processors(1, self.eos, self.model.vocab_size).processors
         return (
@@ -244,7 +244,6 @@ class PlainGroup:
             and self.options.max_time is None
             and all(isinstance(p, MinNewTokens) for p in processors)
             and not self.extra_processors
-            and self.stop_check is None
             and self.stopping is None
             and not self._shared_generator
         )

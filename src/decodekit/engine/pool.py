@@ -1,7 +1,8 @@
 """A pool of per-row requests decided together: the vectorised greedy / sampling step.
 
 Requests that decode greedily, or that sample (with any temperature, top-k, top-p, min-p,
-typical-p), and need no processors or stop strings share one :class:`RowPool` of their kind,
+typical-p), and need no processors but a minimum length (stop strings are checked per request)
+share one :class:`RowPool` of their kind,
 whatever their arrival time, prompt, settings or length limit: every row carries its own step
 count, length limit, sampler settings and random numbers (drawn at admission from its
 request's own generator), so one set of ``(rows, vocab)`` tensor ops decides for all of them and
@@ -20,7 +21,7 @@ from decodekit.engine.request import EngineEvent, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
 from decodekit.logits.warpers import warp_rows
 from decodekit.search.base import Hypothesis, TopTokens, inverse_cdf
-from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS
+from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS, STOP
 
 WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
 
@@ -31,6 +32,7 @@ class Member:
     width: int
     streaming: bool
     first_row: int  # the request's first row in the call it came with (errors name it)
+    stop_check: object = None  # its stop strings: (rows, t) generated ids -> (rows,) bool
 
 
 class RowPool:
@@ -100,7 +102,7 @@ class RowPool:
                 dtype = torch.long if name == "top_k" else torch.float32
                 self.settings[name] = torch.cat([self.settings[name].to(dtype), torch.full((rows,), values[name], dtype=dtype, device=self.device)])
         for i, handle in enumerate(group.handles):
-            self.members.append(Member(handle, group.width, handle.request.stream, i * group.width))
+            self.members.append(Member(handle, group.width, handle.request.stream, i * group.width, group.stop_check))
         self.rows += rows
         self.min_new_any = bool((self.min_new > 0).any())
 
@@ -150,12 +152,31 @@ class RowPool:
         self.t += running
         hit_eos = torch.isin(tokens, self.eos) & running
         self.reason.masked_fill_(hit_eos, EOS)
-        at_limit = (self.t >= self.limit) & running & ~hit_eos
+        ended = hit_eos
+        if any(m.stop_check is not None for m in self.members):
+            stopped = self._stop_hits() & running & ~hit_eos
+            self.reason.masked_fill_(stopped, STOP)
+            ended = ended | stopped
+        at_limit = (self.t >= self.limit) & running & ~ended
         self.reason.masked_fill_(at_limit, LENGTH)
-        self.finished |= hit_eos | at_limit
+        self.finished |= ended | at_limit
         self.step_tokens = tokens
         self._running_before = running
         return torch.cat([nonfinite, self.finished])
+
+    def _stop_hits(self) -> torch.Tensor:
+        """``(rows,)``: rows whose generated text now holds one of their request's stop
+        strings (one check per request that has them, on its rows' tokens so far)."""
+        hits = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
+        row = 0
+        for member in self.members:
+            if member.stop_check is not None:
+                span = slice(row, row + member.width)
+                length = int(self.t[span].max())
+                if length:
+                    hits[span] = member.stop_check(self.tokens[span, :length])
+            row += member.width
+        return hits
 
     def settle(self, values: list[bool]) -> list[int] | None:
         """Deliver the requests whose rows have all finished (or whose logits were not

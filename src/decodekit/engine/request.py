@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -96,18 +97,37 @@ class RequestHandle:
         self._output: RequestOutput | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
+        self._signal = threading.Condition()  # new events or the end (background driving)
 
     # -- engine side ------------------------------------------------------------------------
 
     def _emit(self, event: EngineEvent) -> None:
         if self.request.stream:
-            self._events.append(event)
+            with self._signal:
+                self._events.append(event)
+                self._signal.notify_all()
 
     def _finish(self, output: RequestOutput | None, error: BaseException | None = None) -> None:
-        if self._done.is_set():
-            return
-        self._output, self._error = output, error
-        self._done.set()
+        with self._signal:
+            if self._done.is_set():
+                return
+            self._output, self._error = output, error
+            self._done.set()
+            self._signal.notify_all()
+
+    def _wait(self, ready, timeout: float | None = None) -> None:
+        """Until ``ready()`` (or ``timeout``): wait for the engine's background thread while it
+        runs one, else drive the engine (whichever caller waits runs the steps)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ready():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            if not self.engine.in_background:
+                self.engine.drive(ready, left)
+                return
+            with self._signal:
+                self._signal.wait_for(ready, 0.25 if left is None else min(left, 0.25))
 
     # -- caller side ------------------------------------------------------------------------
 
@@ -117,7 +137,7 @@ class RequestHandle:
 
     def result(self, timeout: float | None = None) -> RequestOutput:
         """Wait (driving the engine) until the request has finished; raise its error if it failed."""
-        self.engine.drive(lambda: self.done, timeout)
+        self._wait(lambda: self.done, timeout)
         if not self.done:
             raise TimeoutError(f"request {self.id} did not finish within {timeout} s")
         if self._error is not None:
@@ -127,7 +147,7 @@ class RequestHandle:
     def __iter__(self) -> Iterator[EngineEvent]:
         """Events as they happen (requires ``stream=True``), then the final ``finished`` event."""
         while True:
-            self.engine.drive(lambda: bool(self._events) or self.done)
+            self._wait(lambda: bool(self._events) or self.done)
             while self._events:
                 yield self._events.popleft()
             if self.done and not self._events:

@@ -8,6 +8,7 @@ so the event loop stays free; a client that disconnects aborts its requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -39,7 +40,19 @@ from decodekit.serve.translate import api_param, decoding
 
 def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | None = None) -> FastAPI:
     """An app serving ``decoder`` under the model id ``model_name``, within ``limits``."""
-    app = FastAPI(title="decodekit", version="0.1")
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # the engine steps in its own thread while the server runs: handlers only wait
+        started = not decoder.engine.in_background
+        if started:
+            decoder.engine.run_in_background()
+        try:
+            yield
+        finally:
+            if started:
+                decoder.engine.stop_background()
+
+    app = FastAPI(title="decodekit", version="0.1", lifespan=lifespan)
     metrics = Metrics(decoder.engine)
     app.state.decoder, app.state.metrics = decoder, metrics
     limits = limits or ServerLimits()

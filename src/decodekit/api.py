@@ -316,11 +316,16 @@ class Decoder:
             if not pending.done:
                 pending.abort()
 
-    def _events(self, prompt, request: Request, handle, stop) -> Iterator[StreamEvent]:
+    def _events(self, prompt, request: Request, source, stop) -> Iterator[StreamEvent | None]:
+        """Stream events from engine events (``source``: a handle, or its ``poll()``, whose
+        ``None`` s — nothing new yet — pass through)."""
         tokens: dict[int, list[int]] = {}
         shown: dict[int, str] = {}
         ended: set[int] = set()
-        for event in handle:
+        for event in source:
+            if event is None:
+                yield None
+                continue
             if event.kind == "best":
                 ids = list(event.tokens)
                 yield StreamEvent(0, event.step, ids[-1], self.decode_text(ids) or "", None, None, tuple(ids))
@@ -373,8 +378,10 @@ class Pending:
     def result(self, timeout: float | None = None) -> GenerationResult:
         return self.decoder._result(self.prompt, self.request, self.handle.result(timeout), self.stop)
 
-    def events(self) -> Iterator[StreamEvent]:
-        return self.decoder._events(self.prompt, self.request, self.handle, self.stop)
+    def events(self, wait: bool = True) -> Iterator[StreamEvent | None]:
+        """Its stream events; ``wait=False``: never block, yield None when nothing is new."""
+        source = self.handle if wait else self.handle.poll()
+        return self.decoder._events(self.prompt, self.request, source, self.stop)
 
     def abort(self) -> None:
         self.handle.abort()

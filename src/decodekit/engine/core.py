@@ -61,6 +61,7 @@ class Engine:
         """Set to a list to record ``(rows, step seconds, model seconds)`` per step (benches)."""
         self._background: threading.Thread | None = None
         self._closing = False
+        self._listeners: list[Callable[[], None]] = []
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -246,6 +247,11 @@ class Engine:
         thread.join(timeout)
         self._background = None
 
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (from the background thread) after every background step, e.g.
+        to wake an event loop whose requests may have new events."""
+        self._listeners.append(listener)
+
     def _has_work(self) -> bool:
         return bool(self._pending or self._partitions or self._speculative)
 
@@ -258,11 +264,16 @@ class Engine:
             with self._step_lock:
                 try:
                     while self._has_work() and not self._closing and self.step():
-                        pass
+                        self._notify()
                 except Exception:  # step() already failed every request in flight with it
                     pass
                 finally:
                     self._drop_aborted()
+            self._notify()
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def step(self) -> bool:
         """One engine step for every request in flight; False when there was nothing to do.

@@ -156,6 +156,19 @@ class RequestHandle:
             raise self._error
         yield EngineEvent("finished", -1, -1, output=self._output)
 
+    def poll(self) -> Iterator[EngineEvent | None]:
+        """Like iterating, but never waits: ``None`` whenever nothing new has happened yet
+        (for callers that wait elsewhere, e.g. on an event loop woken by the engine)."""
+        while True:
+            while self._events:
+                yield self._events.popleft()
+            if self.done and not self._events:
+                break
+            yield None
+        if self._error is not None:
+            raise self._error
+        yield EngineEvent("finished", -1, -1, output=self._output)
+
     def abort(self) -> None:
         """Stop decoding this request; its rows leave the batch at the next step."""
         self.engine.abort(self.id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from starlette.background import BackgroundTask
 
 from decodekit.engine import AbortedError
 from decodekit.errors import ConfigError, DecodeKitError, InputError
+from decodekit.serve.bridge import Bridge
 from decodekit.serve.format import (
     FINISH,
     body_echo,
@@ -56,6 +56,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
     metrics = Metrics(decoder.engine)
     app.state.decoder, app.state.metrics = decoder, metrics
     limits = limits or ServerLimits()
+    bridge = Bridge(decoder.engine)
     slots = asyncio.Semaphore(limits.max_concurrent_requests)
     queued = [0]
 
@@ -101,6 +102,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         return await _serve(request, body, [chat_prompt(decoder, body)], chat=True)
 
     async def _serve(request: Request, body, prompts: list, chat: bool):
+        bridge.attach()
         if slots.locked() and queued[0] >= limits.max_queued_requests:
             raise APIError(429, f"the server is busy: {limits.max_concurrent_requests} requests decoding and {queued[0]} waiting; retry later", "rate_limit_error")
         queued[0] += 1
@@ -181,15 +183,21 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         }
 
     async def _wait(request: Request, pending):
-        """Every pending result (waiting in a worker thread), or None if the client left."""
-        task = asyncio.ensure_future(anyio.to_thread.run_sync(lambda: [p.result() for p in pending]))
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.25)
-            if not task.done() and await request.is_disconnected():
-                for p in pending:
-                    p.abort()
+        """Every pending result once all are done, or None if the client left first."""
+        waiter = bridge.register()
         try:
-            return task.result()
+            while True:
+                waiter.clear()
+                if all(p.done for p in pending):
+                    break
+                if not await bridge.wait(waiter, 1.0) and await request.is_disconnected():
+                    for p in pending:
+                        p.abort()
+                    return None
+        finally:
+            bridge.unregister(waiter)
+        try:
+            return [p.result() for p in pending]
         except AbortedError:
             return None
         except DecodeKitError as error:
@@ -200,73 +208,78 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         finish, then usage (``stream_options.include_usage``) and ``[DONE]``."""
         kind = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
         width = 1 if plan.beam else plan.choices_per_prompt
 
-        def pump(index: int, p) -> None:
+        def news(index: int, p, source):
+            """What request ``p`` has for the client now: ``(what, choice index, item)``
+            tuples, then ``("end", ...)`` once it is over; stops early when nothing is new."""
             try:
-                if plan.beam:
-                    result = p.result()
-                    for j, sequence in enumerate(result.sequences):
-                        loop.call_soon_threadsafe(queue.put_nowait, ("final", index * plan.choices_per_prompt + j, p, sequence))
+                if source is None:  # beam searches: the n-best once finished
+                    if not p.done:
+                        return
+                    for j, sequence in enumerate(p.result().sequences):
+                        yield "final", index * plan.choices_per_prompt + j, sequence
                 else:
-                    for event in p.events():
-                        loop.call_soon_threadsafe(queue.put_nowait, ("event", index * width + event.row, p, event))
+                    for event in source:
+                        if event is None:
+                            return
+                        yield "event", index * width + event.row, event
             except AbortedError:
                 pass
             except Exception as error:  # delivered to the client as an error chunk
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", index, p, error))
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", index, p, None))
-
-        for index, p in enumerate(pending):
-            threading.Thread(target=pump, args=(index, p), daemon=True).start()
+                yield "error", index, error
+            yield "end", index, None
 
         def chunk(entry: dict) -> str:
             return "data: " + json.dumps({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [entry]}) + "\n\n"
 
-        open_streams, tokens, first_seen, started = len(pending), 0, None, set()
+        tokens, first_seen, started = 0, None, set()
         wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
         pending_decoder = pending[0].decoder
+        sources = {index: (p, None if plan.beam else p.events(wait=False)) for index, p in enumerate(pending)}
+        waiter = bridge.register()
         try:
-            while open_streams:
-                try:
-                    what, index, p, item = await asyncio.wait_for(queue.get(), timeout=0.25)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
+            while sources:
+                waiter.clear()
+                items = []
+                for key, (p, source) in list(sources.items()):
+                    for what, index, item in news(key, p, source):
+                        if what == "end":
+                            del sources[key]
+                        else:
+                            items.append((what, index, p, item))
+                if not items and sources:
+                    if not await bridge.wait(waiter, 1.0) and await request.is_disconnected():
                         return
                     continue
-                if what == "end":
-                    open_streams -= 1
-                    continue
-                if what == "error":
-                    yield "data: " + json.dumps({"error": ErrorBody(message=str(item), type="server_error").model_dump()}) + "\n\n"
-                    continue
-                if first_seen is None:
-                    first_seen = time.perf_counter() - arrived
-                    metrics.ttft.observe(first_seen)
-                if chat and index not in started:
-                    started.add(index)
-                    yield chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
-                if what == "final":
-                    tokens += len(item.token_ids)
-                    text = (p.prompt if body_echo(body) else "") + (item.text or "")
-                    delta = {"content": text} if chat else None
-                    logprobs = logprobs_object(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
-                    yield chunk(chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat, logprobs))
-                    continue
-                event = item
-                if event.token_id is not None:
-                    tokens += 1
-                logprobs = None
-                if wants_logprobs and event.token_id is not None:
-                    top = [event.top_logprobs] if event.top_logprobs is not None else None
-                    logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat)
-                if event.text or event.finish_reason or logprobs is not None:
-                    reason = FINISH.get(event.finish_reason) if event.finish_reason else None
-                    delta = {"content": event.text} if chat else None
-                    yield chunk(chunk_choice(index, event.text, delta, reason, None, chat, logprobs))
+                for what, index, p, item in items:
+                    if what == "error":
+                        yield "data: " + json.dumps({"error": ErrorBody(message=str(item), type="server_error").model_dump()}) + "\n\n"
+                        continue
+                    if first_seen is None:
+                        first_seen = time.perf_counter() - arrived
+                        metrics.ttft.observe(first_seen)
+                    if chat and index not in started:
+                        started.add(index)
+                        yield chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
+                    if what == "final":
+                        tokens += len(item.token_ids)
+                        text = (p.prompt if body_echo(body) else "") + (item.text or "")
+                        delta = {"content": text} if chat else None
+                        logprobs = logprobs_object(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
+                        yield chunk(chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat, logprobs))
+                        continue
+                    event = item
+                    if event.token_id is not None:
+                        tokens += 1
+                    logprobs = None
+                    if wants_logprobs and event.token_id is not None:
+                        top = [event.top_logprobs] if event.top_logprobs is not None else None
+                        logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat)
+                    if event.text or event.finish_reason or logprobs is not None:
+                        reason = FINISH.get(event.finish_reason) if event.finish_reason else None
+                        delta = {"content": event.text} if chat else None
+                        yield chunk(chunk_choice(index, event.text, delta, reason, None, chat, logprobs))
             if body.stream_options is not None and body.stream_options.include_usage:
                 prompt_tokens = sum(len(x.request.prompt) for x in pending)
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
@@ -277,6 +290,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                 metrics.token_latency.observe((time.perf_counter() - arrived) / tokens)
             metrics.requests.labels(request.url.path, "200").inc()
         finally:
+            bridge.unregister(waiter)
             release()
             for p in pending:
                 if not p.done:

@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,12 +85,14 @@ def children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in children(k)]
 
 
-def start(command: list[str], base: str, env: dict) -> subprocess.Popen:
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start(command: list[str], base: str, env: dict, log) -> subprocess.Popen:
+    # the server's log goes to a file: a pipe nobody reads fills up and blocks its writer
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     deadline = time.time() + 180
     while time.time() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{command[0]} exited: {process.stderr.read()[-2000:]}")
+            log.seek(0)
+            raise SystemExit(f"{command[0]} exited: {log.read()[-2000:]}")
         try:
             if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
                 return process
@@ -157,7 +160,8 @@ def engine_left(base: str) -> str:
 
 def run(name: str, command: list[str], model: str, bodies: list[dict], clients: int, env: dict, port: int) -> dict:
     base = f"http://127.0.0.1:{port}"
-    process = start(command, base, env)
+    log = tempfile.TemporaryFile(mode="w+")
+    process = start(command, base, env, log)
     try:
         asyncio.run(load(base, model, bodies[: max(8, clients)], clients, process.pid))  # warm-up, not counted
         result = asyncio.run(load(base, model, bodies, clients, process.pid))
@@ -168,6 +172,7 @@ def run(name: str, command: list[str], model: str, bodies: list[dict], clients: 
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+        log.close()
     return result
 
 

@@ -343,3 +343,28 @@ def test_stop_strings_in_the_row_pool_equal_the_per_group_path(embedded):
             assert [(s.token_ids, s.text, s.finish_reason) for s in a.sequences] == [(s.token_ids, s.text, s.finish_reason) for s in b.sequences]
         assert any(s.finish_reason == "stop" for r in pooled for s in r.sequences)
         [p.result() for p in pending[len(prompts):]]
+
+
+def test_background_driving_gives_the_same_outputs_and_stops_cleanly(embedded):
+    decoder = fresh(embedded)
+    prompts = ["def f(x):", "import os\n", "class A:", "x = [", "for i in", "while True:"]
+    expected = [decoder.generate(p, decodekit.Sampling(seed=i, top_p=0.9), max_new_tokens=12).best.token_ids for i, p in enumerate(prompts)]
+    decoder.engine.run_in_background()
+    try:
+        out: dict[int, list[int]] = {}
+
+        def worker(i: int) -> None:
+            out[i] = decoder.generate(prompts[i], decodekit.Sampling(seed=i, top_p=0.9), max_new_tokens=12).best.token_ids
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert [out[i] for i in range(len(prompts))] == expected
+        events = list(decoder.stream(prompts[0], max_new_tokens=5))
+        assert events[-1].finish_reason is not None
+    finally:
+        decoder.engine.stop_background()
+    assert not decoder.engine.in_background and decoder.engine.running_rows == 0
+    assert decoder.generate(prompts[1], decodekit.Sampling(seed=1, top_p=0.9), max_new_tokens=12).best.token_ids == expected[1]

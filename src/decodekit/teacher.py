@@ -32,7 +32,7 @@ def score(decoder, prompts, continuations):
     limit = decoder.model.max_length
     if limit is not None and max(len(p) + len(c) for p, c in zip(prompt_ids, cont_ids)) > limit:
         raise InputError(f"continuations: a prompt and its continuation exceed the model's context of {limit} tokens")
-    with decoder.engine._step_lock:  # not while a step runs on the same model
+    with decoder.engine.exclusive():  # not while a step runs on the same model
         scored = forward_logprobs(decoder.model, prompt_ids, cont_ids)
     out = [ScoredContinuation(p, c, s.tolist(), float(s.sum()), decoder.decode_text(c)) for p, c, s in zip(prompt_ids, cont_ids, scored)]
     return out[0] if single else out

@@ -20,6 +20,7 @@ makes sure one thread at a time runs steps. Nothing is patched per call.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -219,6 +220,13 @@ class Engine:
             else:
                 with self._changed:
                     self._changed.wait(0.05)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Hold the step lock for the block: no engine step runs meanwhile, so the caller may
+        drive the model directly (scoring, test-time search trees). Yields the model."""
+        with self._step_lock:
+            yield self.model
 
     # -- background driving (servers) -------------------------------------------------------
 

@@ -12,8 +12,10 @@ models) fall back to buffers of their own.
 
 from __future__ import annotations
 
+import copy
+
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -186,3 +188,22 @@ class PreallocatedCache(Cache):
     def truncate(self, length: int) -> None:
         for layer in self.layers:
             layer.truncate(length)
+
+
+def twin(cache: Cache) -> Cache:
+    """A copy of ``cache``'s structure (the cache and layer objects) that still shares the
+    original's tensors. Every row operation (``select_rows``, ``batch_select_indices``)
+    *replaces* tensors instead of writing into them, so selecting rows of the twin gives an
+    independent copy of those rows and leaves ``cache`` as it was (forking a branch)."""
+    if isinstance(cache, EncoderDecoderCache):
+        out = copy.copy(cache)
+        out.self_attention_cache = twin(cache.self_attention_cache)
+        out.cross_attention_cache = twin(cache.cross_attention_cache)
+        out.is_updated = dict(cache.is_updated)
+        return out
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in out.layers:
+        if getattr(layer, "owner", None) is cache:
+            layer.owner = out
+    return out

@@ -21,7 +21,7 @@ from decodekit.errors import InputError
 from decodekit.model import attention, quiet, support
 from decodekit.model import head as output_head
 from decodekit.model.base import DecodeState, tree_ancestors
-from decodekit.model.cache import PreallocatedCache
+from decodekit.model.cache import PreallocatedCache, twin
 from decodekit.model.fast_llama import LlamaStep
 from decodekit.model.merge import merge_states
 
@@ -208,6 +208,16 @@ class HFLanguageModel:
             extra["mask"] = extra["mask"].index_select(0, rows)
             extra["next_position"] = extra["next_position"].index_select(0, rows)
         state.logits = state.logits.index_select(0, rows)
+
+    def fork(self, state: DecodeState, rows: torch.Tensor) -> DecodeState:
+        """A new state whose row i is a copy of ``state``'s row ``rows[i]`` (cache, mask,
+        position, logits); ``state`` is not changed. Branches of a search tree fork this way
+        instead of prefilling their prefix again."""
+        extra = dict(state.extra)
+        extra["cache"] = twin(extra["cache"])
+        branch = DecodeState(state.logits, state.prompt_length, extra)
+        self.select(branch, rows)
+        return branch
 
     def speculation_refusal(self) -> str | None:
         """Why speculative decoding cannot be exact on this model, or None if it can."""

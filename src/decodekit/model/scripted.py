@@ -44,10 +44,12 @@ class ScriptedModel:
         eos_token_ids: Sequence[int] = (0,),
         pad_token_id: int | None = None,
         max_length: int | None = None,
+        can_merge: bool = False,
     ):
         self.vocab_size, self.next_logprobs = vocab_size, next_logprobs
         self.eos_token_ids, self.pad_token_id = tuple(eos_token_ids), pad_token_id
         self.max_length = max_length
+        self.can_merge = can_merge  # rows of separate states may share one (see merge)
         self.device = torch.device("cpu")
         self.forward_count = 0
         self.calls: list[int] = []  # rows per forward, for tests of the engine's economy
@@ -66,6 +68,20 @@ class ScriptedModel:
     def select(self, state: DecodeState, rows: torch.Tensor) -> None:
         state.extra["sequences"] = [state.extra["sequences"][i] for i in rows.tolist()]
         state.logits = state.logits.index_select(0, rows)
+
+    def fork(self, state: DecodeState, rows: torch.Tensor) -> DecodeState:
+        """A new state of rows ``rows`` of ``state`` (which is not changed)."""
+        branch = DecodeState(state.logits, state.prompt_length, dict(state.extra))
+        self.select(branch, rows)
+        return branch
+
+    def merge(self, first: DecodeState, second: DecodeState, at: int | None = None) -> DecodeState:
+        """``first``'s rows with ``second``'s inserted before row ``at`` (default: at the end)."""
+        a, b = first.extra["sequences"], second.extra["sequences"]
+        at = len(a) if at is None else at
+        logits = torch.cat([first.logits[:at], second.logits, first.logits[at:]])
+        extra = {**first.extra, "sequences": a[:at] + b + a[at:]}
+        return DecodeState(logits, min(first.prompt_length, second.prompt_length), extra)
 
     def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
         old = state.extra["sequences"]

@@ -1,0 +1,304 @@
+"""The search tree every test-time strategy grows: branches that share their prefix's cache.
+
+A :class:`Tree` prefills its prompt once. Every :class:`Node` is a partial (or finished)
+completion; an open node's next-token logits and key/value cache live in one row of a model
+state. :meth:`Tree.extend` grows many nodes at once, one batched forward per token for all of
+them: children *fork* their parent's row (``LanguageModel.fork``, a copy of the row's cache),
+so no prefix is ever encoded again, and rows of different states are merged into one batch
+where the model allows (``can_merge``). A branch that ends leaves the batch at once (its row is
+selected out), so no forward is spent on it. An abandoned node :meth:`~Tree.release` s its
+row; a state is freed when no node holds one of its rows.
+
+Compute is counted the same way for every strategy (:class:`Compute`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from decodekit.errors import ConfigError, InputError, NumericalError
+from decodekit.search.base import inverse_cdf
+from decodekit.search.sampling import Sampling
+
+TERMINAL = ("eos", "stop", "length", "cut")
+"""Finish reasons of a node that cannot grow: end of sequence, a stop string, the tree's token
+limit, or cut short by its search (First Finish Search ends the samples still running)."""
+
+
+@dataclass
+class Compute:
+    """What a search spent, counted the same way for every strategy.
+
+    ``forwards``: model calls (the prefill and every batched step). ``row_forwards``: rows
+    times steps, i.e. the tokens the model computed after the prefill (the fair x-axis: a
+    batched forward of 16 rows costs 16). ``tokens_generated``: every token drawn, kept or
+    not; ``tokens_kept``: those of the returned completion. ``reward_calls``: completions or
+    prefixes scored; ``reward_batches``: calls into the reward. ``nodes_expanded``: distinct
+    nodes extended. ``wall_seconds``: the whole search."""
+
+    forwards: int = 0
+    row_forwards: int = 0
+    prefill_tokens: int = 0
+    tokens_generated: int = 0
+    tokens_kept: int = 0
+    reward_calls: int = 0
+    reward_batches: int = 0
+    nodes_expanded: int = 0
+    wall_seconds: float = 0.0
+
+    @property
+    def tokens_discarded(self) -> int:
+        return self.tokens_generated - self.tokens_kept
+
+    def as_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["tokens_discarded"] = self.tokens_discarded
+        return out
+
+
+@dataclass(eq=False)
+class Node:
+    """A partial or finished completion. ``tokens``: generated ids (prompt excluded);
+    ``logprob``: their summed log-probability under the model (raw logits); ``text``: their
+    text, cut before a stop string; ``finish``: None while it may grow, else a
+    :data:`TERMINAL` reason or ``"step"``/``"budget"`` (open again: a step boundary, or the
+    extension's token budget, ended it); ``depth``: extensions from the root. ``value`` and
+    ``data`` belong to the search that grows the tree."""
+
+    tokens: tuple[int, ...]
+    logprob: float
+    parent: Node | None
+    text: str
+    finish: str | None = None
+    depth: int = 0
+    value: float | None = None
+    data: dict = field(default_factory=dict)
+    _state: object = field(default=None, repr=False)
+    _row: int = field(default=0, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        """True when the node cannot grow (a :data:`TERMINAL` reason)."""
+        return self.finish in TERMINAL
+
+    @property
+    def open(self) -> bool:
+        """True when the node holds a cache row and can be extended."""
+        return self._state is not None and not self.finished
+
+
+def check_sampler(sampler: Sampling | None, field_name: str = "sampler") -> None:
+    """A tree samples with the warpers of a :class:`~decodekit.Sampling` config; its seed,
+    ``n`` and stateful samplers belong elsewhere, so they are refused rather than ignored."""
+    if sampler is None:
+        return
+    if not isinstance(sampler, Sampling):
+        raise ConfigError(field_name, sampler, "a decodekit.Sampling config, or None for greedy")
+    sampler.validate()
+    if sampler.seed is not None:
+        raise ConfigError(f"{field_name}.seed", sampler.seed, "None: the search's own seed seeds every draw")
+    if sampler.n != 1:
+        raise ConfigError(f"{field_name}.n", sampler.n, "1: the search decides how many branches to draw")
+    for name in ("xtc_probability", "mirostat_tau"):
+        if getattr(sampler, name):
+            raise ConfigError(f"{field_name}.{name}", getattr(sampler, name), "0 in test-time search")
+    if sampler.speculative is not None:
+        raise ConfigError(f"{field_name}.speculative", sampler.speculative, "None in test-time search")
+
+
+class Tree:
+    """Branches of one prompt. ``model``: a :class:`~decodekit.model.base.LanguageModel` with
+    ``fork``; ``decode(ids) -> str``; ``max_new_tokens``: the longest completion; ``stop``:
+    stop strings (a completion ends before the first); ``eos``: end-of-sequence ids;
+    ``seed``: seeds every draw of the search (same seed, same tree); ``lock()``: a context
+    manager held while the model runs (the engine's :meth:`~decodekit.engine.Engine.exclusive`)."""
+
+    def __init__(
+        self,
+        model,
+        prompt: Sequence[int],
+        decode: Callable[[list[int]], str],
+        *,
+        max_new_tokens: int,
+        eos: Sequence[int] = (),
+        stop: Sequence[str] = (),
+        seed: int = 0,
+        lock: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ):
+        if not hasattr(model, "fork"):
+            raise InputError(f"{type(model).__name__} cannot fork rows; test-time search needs LanguageModel.fork")
+        limit = getattr(model, "max_length", None)
+        if limit is not None and len(prompt) + max_new_tokens > limit:
+            raise ConfigError("max_new_tokens", max_new_tokens, f"at most {limit - len(prompt)}: the model attends over {limit} positions and the prompt has {len(prompt)}")
+        self.model, self.decode, self.max_new_tokens = model, decode, max_new_tokens
+        self.eos, self.stop = frozenset(int(e) for e in eos), tuple(stop)
+        self.lock = lock or contextlib.nullcontext
+        self.generator = torch.Generator().manual_seed(seed)
+        self.compute = Compute(forwards=1, prefill_tokens=len(prompt))
+        self._began = time.perf_counter()
+        with self.lock():
+            state = model.start([list(prompt)], max_new_tokens)
+        self._check(state.logits, 0)
+        self.root = Node((), 0.0, None, "", _state=state, _row=0)
+
+    # -- growing ----------------------------------------------------------------------------
+
+    def extend(
+        self,
+        nodes: Sequence[Node],
+        *,
+        sampler: Sampling | None = None,
+        boundary: str | None = None,
+        max_tokens: int | None = None,
+        first: Sequence[int] | None = None,
+        stop_after: int | None = None,
+    ) -> list[Node]:
+        """One child per entry of ``nodes`` (repeat a node for several children), in order.
+
+        Each branch draws tokens (greedy, or ``sampler``'s warped distribution with the tree's
+        generator) until it finishes (EOS, a stop string, ``max_new_tokens``), ends a step
+        (its text since the parent gained ``boundary``), or drew ``max_tokens``. ``first``:
+        the first token of each branch, given instead of drawn (expansion by top-k tokens).
+        ``stop_after``: end the whole extension once that many branches finished; the rest
+        are ``"cut"`` (First Finish Search). Every node must be open."""
+        for node in nodes:
+            if not node.open:
+                raise InputError(f"node finished ({node.finish}) or released: it cannot be extended")
+        if first is not None and len(first) != len(nodes):
+            raise InputError(f"first: {len(first)} tokens for {len(nodes)} nodes")
+        limit = math.inf if max_tokens is None else max_tokens
+        out: list[Node | None] = [None] * len(nodes)
+        with self.lock():
+            for state, members in self._batches(nodes):
+                self._grow(state, members, nodes, out, sampler, boundary, limit, first, stop_after)
+        self.compute.nodes_expanded += len({id(node) for node in nodes})
+        return out  # type: ignore[return-value]
+
+    def top_tokens(self, node: Node, k: int) -> list[tuple[int, float]]:
+        """The ``k`` most likely next tokens of an open node, with their log-probabilities."""
+        logprobs = node._state.logits[node._row].log_softmax(-1)
+        values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))
+        return list(zip(ids.tolist(), values.tolist()))
+
+    def release(self, node: Node) -> None:
+        """Forget the node's cache row (it will not be extended again)."""
+        node._state = None
+
+    def finish(self, best: Node | None) -> Compute:
+        """Close the accounting: ``best``'s tokens are the kept ones; stamps the wall time."""
+        self.compute.tokens_kept = len(best.tokens) if best is not None else 0
+        self.compute.wall_seconds = time.perf_counter() - self._began
+        return self.compute
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _batches(self, nodes: Sequence[Node]):
+        """``(state, members)`` pairs: a fresh state whose row ``i`` forks ``nodes[members[i]]``'s
+        row. Nodes of different states share one state when the model can merge them."""
+        groups: dict[int, tuple[object, list[int]]] = {}
+        for index, node in enumerate(nodes):
+            groups.setdefault(id(node._state), (node._state, []))[1].append(index)
+        forks = []
+        for state, members in groups.values():
+            rows = torch.tensor([nodes[i]._row for i in members], dtype=torch.long)
+            forks.append((self.model.fork(state, rows), members))
+        if len(forks) > 1 and getattr(self.model, "can_merge", False):
+            state, members = forks[0]
+            for other, more in forks[1:]:
+                state = self.model.merge(state, other)
+                members = members + more
+            forks = [(state, members)]
+        return forks
+
+    def _check(self, logits: torch.Tensor, step: int) -> None:
+        finite = torch.isfinite(logits).all(-1)
+        if not bool(finite.all()):
+            raise NumericalError(step, int((~finite).nonzero()[0, 0]))
+
+    def _choose(self, logits: torch.Tensor, sampler: Sampling | None) -> torch.Tensor:
+        if sampler is None:
+            return logits.argmax(-1)
+        warpers = sampler.warpers()
+        warped = warpers(None, logits) if len(warpers) else logits
+        u = torch.rand(logits.shape[0], generator=self.generator)
+        return inverse_cdf(warped.softmax(-1), u)
+
+    def _end(self, tokens: list[int], text: str, start: int, drawn: int, boundary, limit) -> tuple[str | None, str]:
+        """Why a branch ends after its newest token (None: it goes on) and its text."""
+        if tokens[-1] in self.eos:
+            return "eos", text
+        cuts = [at for s in self.stop if (at := text.find(s)) >= 0]
+        if cuts:
+            return "stop", text[: min(cuts)]
+        if len(tokens) >= self.max_new_tokens:
+            return "length", text
+        if boundary is not None and boundary in text[start:]:
+            return "step", text
+        if drawn >= limit:
+            return "budget", text
+        return None, text
+
+    def _grow(self, state, members, parents, out, sampler, boundary, limit, first, stop_after) -> None:
+        """Extend the rows of ``state`` (row ``i`` is branch ``members[i]``) until every branch
+        ended; fill ``out``. Steps: 1. draw a token per live row; 2. classify each branch;
+        3. drop finished rows, one forward for the rest; 4. branches that ended a step fork
+        their rows into a state of their own."""
+        model, compute = self.model, self.compute
+        tokens = {i: list(parents[i].tokens) for i in members}
+        logprob = {i: parents[i].logprob for i in members}
+        starts = {i: len(parents[i].text) for i in members}
+        live, drawn, ended = list(members), 0, 0
+        while live:
+            logits = state.logits
+            self._check(logits, drawn)
+            if drawn == 0 and first is not None:
+                chosen = torch.tensor([int(first[i]) for i in live], dtype=torch.long)
+            else:
+                chosen = self._choose(logits, sampler)
+            scores = logits.log_softmax(-1).gather(1, chosen[:, None]).squeeze(1)
+            drawn += 1
+            compute.tokens_generated += len(live)
+            ids, lps = chosen.tolist(), scores.tolist()
+            reasons: dict[int, str] = {}
+            for j, i in enumerate(live):
+                tokens[i].append(ids[j])
+                logprob[i] += lps[j]
+                reason, text = self._end(tokens[i], self.decode(tokens[i]), starts[i], drawn, boundary, limit)
+                if reason is not None:
+                    reasons[j] = reason
+                    node = Node(tuple(tokens[i]), logprob[i], parents[i], text, reason, parents[i].depth + 1)
+                    out[i] = node
+                    ended += reason in TERMINAL
+            if stop_after is not None and ended >= stop_after:
+                for j, i in enumerate(live):
+                    if j not in reasons or reasons[j] not in TERMINAL:
+                        out[i] = Node(tuple(tokens[i]), logprob[i], parents[i], self.decode(tokens[i]), "cut", parents[i].depth + 1)
+                return
+            keep = [j for j in range(len(live)) if reasons.get(j) not in TERMINAL]
+            if not keep:
+                return
+            if len(keep) < len(live):
+                index = torch.tensor(keep, dtype=torch.long)
+                model.select(state, index)
+                chosen = chosen.index_select(0, index)
+            model.advance(state, None, chosen)
+            compute.forwards += 1
+            compute.row_forwards += len(keep)
+            opened = [k for k, j in enumerate(keep) if j in reasons]  # "step" / "budget"
+            live = [live[j] for j in keep]
+            if opened:
+                still = [k for k in range(len(keep)) if k not in set(opened)]
+                branch = state
+                if still:
+                    branch = model.fork(state, torch.tensor(opened, dtype=torch.long))
+                    model.select(state, torch.tensor(still, dtype=torch.long))
+                self._check(branch.logits, drawn)
+                for row, k in enumerate(opened):
+                    out[live[k]]._state, out[live[k]]._row = branch, row
+                live = [live[k] for k in still]

@@ -205,6 +205,21 @@ class Decoder:
 
         return score(self, prompts, continuations)
 
+    # -- test-time search -------------------------------------------------------------------
+
+    def search(self, prompt: Prompt, strategy="best_of_n", reward=None, *, max_new_tokens: int = 128, stop: Sequence[str] = (), seed: int = 0):
+        """Search for the completion of ``prompt`` that ``reward`` likes best, spending more
+        decoding work than one sample: ``strategy`` is a search config
+        (:class:`~decodekit.testtime.BestOfN`, ``RewardBeamSearch``, ``DVTS``,
+        ``AStarDecoding``, ``MCTS``, ``FirstFinishSearch``, ``DeAL``) or its name; ``reward``
+        an :class:`~decodekit.testtime.ExecutableReward`, ``OutcomeReward``,
+        ``ProcessReward``, ``ClassifierPRM`` or a callable ``(prompt, completion) -> float``.
+        Branches share their prefix's cache; the same ``seed`` gives the same search.
+        Returns a :class:`~decodekit.testtime.SearchResult` (best, candidates, compute)."""
+        from decodekit.testtime.search import run_search
+
+        return run_search(self, prompt, strategy, reward, max_new_tokens=max_new_tokens, stop=stop, seed=seed)
+
     # -- generate / stream ------------------------------------------------------------------
 
     def generate(

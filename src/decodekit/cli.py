@@ -17,7 +17,7 @@ from decodekit.jobs import JobLine, check_input_path, decode_lines, done_lines, 
 from decodekit.options import DecodeOptions
 from decodekit.search.sampling import Sampling
 
-EXTENSIONS = ("decodekit.compare",)
+EXTENSIONS = ("decodekit.compare", "decodekit.testtime.cli")
 """Modules that add subcommands through ``register(subparsers)``, when present."""
 
 _GENERAL = {"prompt", "model", "input", "output_format", "batch_size", "strategy", "command", "handler", "beam_sample", "device"}

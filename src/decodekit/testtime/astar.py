@@ -22,8 +22,10 @@ class AStarDecoding:
     outcome reward of its greedy completion, which is then a node of the search too) and ``g``
     its length in tokens. The best ``parallel`` nodes are popped together; a finished node
     popped is the answer (optimal when ``h`` never underestimates the best reward reachable
-    from a node and ``cost_weight`` is 0); an open one draws ``k`` next steps (identical
-    children are merged). The search also ends when ``token_budget`` tokens were generated,
+    from a node and ``cost_weight`` is 0); an open one gets ``k`` next steps (identical
+    children are merged): sampled (``expansion="sample"``), or its ``k`` most likely next
+    tokens each continued greedily to the step's end (``"top_k"``: deterministic, and it
+    never draws the same child twice). The search also ends when ``token_budget`` tokens were generated,
     returning the best finished node seen, or the greedy completion of the best open one."""
 
     name: ClassVar[str] = "astar"
@@ -33,6 +35,7 @@ class AStarDecoding:
     cost_weight: float = 0.0
     boundary: str = "\n"
     sampler: Sampling = field(default_factory=_sampler)
+    expansion: str = "sample"
 
     needs_reward: ClassVar[bool] = True
 
@@ -44,6 +47,15 @@ class AStarDecoding:
         if not isinstance(self.boundary, str) or not self.boundary:
             raise ConfigError("boundary", self.boundary, 'a non-empty string that ends a step, e.g. "\\n"')
         check_sampler(self.sampler)
+        v.choice("expansion", self.expansion, ("sample", "top_k"))
+
+    def _expand(self, tree, popped: list[Node]) -> list[Node]:
+        if self.expansion == "sample":
+            children = tree.extend([n for n in popped for _ in range(self.k)], sampler=self.sampler, boundary=self.boundary)
+        else:
+            pairs = [(n, token) for n in popped for token, _ in tree.top_tokens(n, self.k)]
+            children = tree.extend([n for n, _ in pairs], first=[t for _, t in pairs], boundary=self.boundary)
+        return _merge_duplicates(tree, children)
 
     def run(self, tree, reward, prompt: str) -> tuple[Node, list[Node]]:
         heap: list[tuple[float, int, Node]] = []
@@ -71,7 +83,7 @@ class AStarDecoding:
             done = [node for node in popped if node.finished]
             if done:
                 return max(done, key=lambda n: n.value), _unique(finished)
-            children = _merge_duplicates(tree, tree.extend([n for n in popped for _ in range(self.k)], sampler=self.sampler, boundary=self.boundary))
+            children = self._expand(tree, popped)
             for node in popped:
                 tree.release(node)
             before = len(finished)

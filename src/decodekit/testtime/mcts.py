@@ -28,7 +28,10 @@ class MCTS:
        below it as ``Q`` (the paper's choice for a deterministic environment).
 
     ``rollouts`` is the budget; the answer is the best completion any rollout produced (the
-    paper returns the program with the highest reward found). Finished nodes are scored once."""
+    paper returns the program with the highest reward found). As in MCTS-Solver (Winands et
+    al. 2008), a subtree whose every completion was scored is not selected again (a finished
+    node is scored once), so each rollout learns something new and enough rollouts enumerate
+    the whole tree; the search ends early when the root is solved."""
 
     name: ClassVar[str] = "mcts"
     rollouts: int = 16
@@ -58,13 +61,17 @@ class MCTS:
         completions: list[Node] = []
         for _ in range(self.rollouts):
             # 1. select
+            if root.data.get("solved"):
+                break  # every completion within reach was scored
             path, node = [root], root
-            while "children" in node.data and node.data["children"]:
-                node = max(node.data["children"], key=lambda child: self._pucb(path[-1], child))
+            while node.data.get("children"):
+                choices = [child for child in node.data["children"] if not child.data.get("solved")]
+                node = max(choices, key=lambda child: self._pucb(path[-1], child))
                 path.append(node)
             # 2. expand and 3. evaluate
             if node.finished:
-                value = node.value if node.value is not None else score(tree, reward, prompt, [node])[0]
+                value = score(tree, reward, prompt, [node])[0]
+                node.data["solved"] = True
                 completions.append(node)
             else:
                 top = tree.top_tokens(node, self.k)
@@ -76,8 +83,11 @@ class MCTS:
                 value = score(tree, reward, prompt, [rollout])[0]
                 completions.append(rollout)
             # 4. back up
-            for visited in path:
+            for visited in reversed(path):
                 visited.data["q"] = max(visited.data["q"], value) if visited.data["n"] else value
                 visited.data["n"] += 1
+                children = visited.data.get("children")
+                if children and all(child.data.get("solved") for child in children):
+                    visited.data["solved"] = True
         best = max(range(len(completions)), key=lambda i: (completions[i].value, -i))
         return completions[best], completions

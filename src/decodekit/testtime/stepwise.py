@@ -41,7 +41,11 @@ def _search(config, tree, reward, prompt: str, subtrees: bool) -> tuple[Node, li
     candidates: list[Node] = []
     for step in range(config.max_steps):
         evaluate(tree, reward, prompt, frontier, candidates)
-        active = [node for node in frontier if node.open]
+        active, seen = [], set()
+        for node in frontier:
+            if node.open and node.tokens not in seen:  # a duplicate branch would waste a beam
+                seen.add(node.tokens)
+                active.append(node)
         if not active or step == config.max_steps - 1:
             break
         order = sorted(range(len(active)), key=lambda i: (-active[i].value, i))
@@ -53,11 +57,12 @@ def _search(config, tree, reward, prompt: str, subtrees: bool) -> tuple[Node, li
                     kept.append(active[i])
         else:
             kept = [active[i] for i in order[: config.n // m]]
-        frontier = tree.extend([node for node in kept for _ in range(m)], sampler=config.sampler, boundary=config.boundary)
-        for j, node in enumerate(frontier):
+        children = tree.extend([node for node in kept for _ in range(m)], sampler=config.sampler, boundary=config.boundary)
+        for j, node in enumerate(children):
             node.data["subtree"] = kept[j // m].data["subtree"]
-        for node in active:
+        for node in frontier:
             tree.release(node)  # children hold copies of what they need
+        frontier = children
     finished = [node for node in candidates if node.finished]
     pool = finished or [node for node in frontier if node.value is not None] or frontier
     best = max(range(len(pool)), key=lambda i: (pool[i].value if pool[i].value is not None else float("-inf"), -i))
@@ -68,7 +73,8 @@ def _search(config, tree, reward, prompt: str, subtrees: bool) -> tuple[Node, li
 class RewardBeamSearch:
     """Beam search over reasoning steps guided by a reward (search-and-learn's "beam search",
     Snell et al. 2024 §5): ``n`` branches; after every step the ``n / beam_width`` best open
-    branches are kept and each draws ``beam_width`` next steps. A process reward scores
+    branches are kept (identical branches count once) and each draws ``beam_width`` next
+    steps. A process reward scores
     prefixes directly; an outcome reward scores each prefix's greedy completion (which also
     becomes a candidate answer). ``max_steps``: steps at most."""
 

@@ -133,6 +133,9 @@ class Tree:
     ):
         if not hasattr(model, "fork"):
             raise InputError(f"{type(model).__name__} cannot fork rows; test-time search needs LanguageModel.fork")
+        vocab = getattr(model, "vocab_size", None)
+        if not prompt or (vocab is not None and not all(0 <= int(i) < vocab for i in prompt)):
+            raise InputError(f"prompt: needs at least one token, every id in [0, {vocab})")
         limit = getattr(model, "max_length", None)
         if limit is not None and len(prompt) + max_new_tokens > limit:
             raise ConfigError("max_new_tokens", max_new_tokens, f"at most {limit - len(prompt)}: the model attends over {limit} positions and the prompt has {len(prompt)}")
@@ -181,10 +184,11 @@ class Tree:
         return out  # type: ignore[return-value]
 
     def top_tokens(self, node: Node, k: int) -> list[tuple[int, float]]:
-        """The ``k`` most likely next tokens of an open node, with their log-probabilities."""
+        """The ``k`` most likely next tokens of an open node, with their log-probabilities;
+        impossible tokens (probability 0) are never among them."""
         logprobs = node._state.logits[node._row].log_softmax(-1)
         values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))
-        return list(zip(ids.tolist(), values.tolist()))
+        return [(i, value) for i, value in zip(ids.tolist(), values.tolist()) if value > -math.inf]
 
     def release(self, node: Node) -> None:
         """Forget the node's cache row (it will not be extended again)."""
@@ -217,7 +221,7 @@ class Tree:
         return forks
 
     def _check(self, logits: torch.Tensor, step: int) -> None:
-        finite = torch.isfinite(logits).all(-1)
+        finite = torch.isfinite(logits.amax(-1))  # NaN, +inf, or no possible token
         if not bool(finite.all()):
             raise NumericalError(step, int((~finite).nonzero()[0, 0]))
 

@@ -275,6 +275,11 @@ def test_mcts_converges_to_the_optimum_as_rollouts_grow():
         best, _ = MCTS(rollouts=rollouts, k=3).run(t, reward, "")
         found.append(best.value)
     assert found == sorted(found) and found[0] == 0.2 and found[-1] == 1.0
+    sequential_calls = len(t.model.calls)
+    t = tree(token_env(), seed=0)
+    best, completions = MCTS(rollouts=64, k=3, parallel=4).run(t, reward, "")
+    assert best.value == 1.0 and len(completions) <= 64
+    assert len(t.model.calls) < sequential_calls  # leaves expanded and rolled out in batches
 
 
 def test_deal_commits_to_the_token_whose_lookahead_scores_best():
@@ -304,6 +309,7 @@ def test_deal_commits_to_the_token_whose_lookahead_scores_best():
         (lambda: AStarDecoding(expansion="all"), "expansion"),
         (lambda: MCTS(rollouts=True), "rollouts"),
         (lambda: MCTS(c_base=0), "c_base"),
+        (lambda: MCTS(parallel=0), "parallel"),
         (lambda: DeAL(lookahead=0), "lookahead"),
     ],
 )

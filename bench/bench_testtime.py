@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 import decodekit
-from decodekit.testtime import DVTS, MCTS, AStarDecoding, BestOfN, ExecutableReward, RewardBeamSearch
+from decodekit.testtime import (
+    DVTS,
+    MCTS,
+    AStarDecoding,
+    BestOfN,
+    ExecutableReward,
+    RewardBeamSearch,
+)
 
 TASKS = Path(__file__).resolve().parent / "tasks"
 STOP = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n@"]

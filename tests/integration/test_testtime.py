@@ -16,7 +16,14 @@ from decodekit.engine.decoding import decode
 from decodekit.model.hf import HFLanguageModel
 from decodekit.options import DecodeOptions
 from decodekit.search.sampling import Greedy, Sampling
-from decodekit.testtime import BestOfN, ExecutableReward, MCTS, OutcomeReward, RewardBeamSearch, Tree
+from decodekit.testtime import (
+    MCTS,
+    BestOfN,
+    ExecutableReward,
+    OutcomeReward,
+    RewardBeamSearch,
+    Tree,
+)
 
 NEW = 12
 TASKS = Path(__file__).parents[2] / "bench" / "tasks"

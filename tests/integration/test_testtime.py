@@ -77,7 +77,7 @@ def embedded():
 
 
 def test_search_on_the_embedded_model_with_an_executable_reward(embedded, one_thread):
-    task = TASKS / "get_name_attr"
+    task = TASKS / "item_str"
     prompt = (task / "prompt.py").read_text(encoding="utf-8")
     reward = ExecutableReward.from_file(task / "tests.py")
     stop = ["\ndef ", "\nclass ", "\n#"]
@@ -113,7 +113,7 @@ def _cli(*args: str):
 
 
 def test_cli_search_prints_the_best_program_and_json_with_compute():
-    task = TASKS / "get_name_attr"
+    task = TASKS / "item_str"
     common = ["--prompt-file", str(task / "prompt.py"), "--reward", str(task / "tests.py"), "--max-new-tokens", "16", "--stop", "\ndef "]
     done = _cli(*common, "--strategy", "mcts", "--rollouts", "3", "--output-format", "json")
     assert done.returncode == 0, done.stderr
@@ -126,3 +126,23 @@ def test_cli_search_prints_the_best_program_and_json_with_compute():
     assert wrong.returncode == 2 and "--beam-width" in wrong.stderr and "Traceback" not in wrong.stderr
     missing = _cli("def f():", "--strategy", "astar")
     assert missing.returncode == 2 and "--reward" in missing.stderr
+
+
+def test_a_sequence_classifier_scores_prefixes_in_batches_as_one_by_one(one_thread):
+    import torch
+    import transformers
+
+    from decodekit.testtime import ClassifierPRM
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=tm.TEXT_VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=2, num_labels=2, pad_token_id=tm.PAD)
+    classifier = transformers.GPT2ForSequenceClassification(config).eval()
+    prm = ClassifierPRM(classifier, tm.byte_tokenizer(), batch_size=3)
+    prefixes = ["", " return x", " if x:\n        return 1\n", " pass", " x = 1\n    y = 2\n"]
+    batched = prm.score("def f(x):\n   ", prefixes)
+    alone = [prm.score("def f(x):\n   ", [p])[0] for p in prefixes]
+    assert prm.forwards == 2 + len(prefixes)  # 5 prefixes in batches of 3, then one by one
+    assert all(0.0 < b < 1.0 for b in batched) and max(abs(b - a) for b, a in zip(batched, alone)) < 1e-5
+    assert len(set(round(b, 6) for b in batched)) > 1
+    with pytest.raises(decodekit.ConfigError):
+        ClassifierPRM(classifier, tm.byte_tokenizer(), label=2)

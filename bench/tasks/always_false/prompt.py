@@ -1,0 +1,3 @@
+# Return False: a pipe can never be seeked.
+def seekable():
+    return

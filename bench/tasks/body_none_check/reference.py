@@ -1,0 +1,2 @@
+raise ValueError("value is None")
+    return value

@@ -1,0 +1,3 @@
+# Return the keyword arguments as a dict.
+def options(**kwargs):
+    return

@@ -1,0 +1,3 @@
+# Return a new, empty dict of options.
+def default_options():
+    return

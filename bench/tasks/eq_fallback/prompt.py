@@ -1,0 +1,9 @@
+# A version number that compares only with other versions.
+class Version:
+    def __init__(self, number):
+        self.number = number
+
+    def __eq__(self, other):
+        if isinstance(other, Version):
+            return self.number == other.number
+        return

@@ -1,0 +1,2 @@
+ NotImplemented
+        return self.number == other.number

@@ -1,0 +1,3 @@
+# Return value unchanged.
+def identity(value):
+    return

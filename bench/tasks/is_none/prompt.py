@@ -1,0 +1,3 @@
+# Return True if value is None.
+def is_missing(value):
+    return

@@ -1,0 +1,1 @@
+ len(self._items)

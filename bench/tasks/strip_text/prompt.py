@@ -1,0 +1,3 @@
+# Return text without leading and trailing whitespace.
+def clean(text):
+    return

@@ -1,0 +1,3 @@
+# Return value converted to a string.
+def to_string(value):
+    return

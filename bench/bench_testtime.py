@@ -4,8 +4,8 @@ Every method searches each task of ``bench/tasks`` (a prompt and its tests) with
 executable reward (fraction of tests the program passes in the sandbox) and reports, averaged
 over tasks: the pass rate of its answer, the model forwards it spent (``row_forwards``: rows x
 steps, so 16 rows in one batched forward count 16), sandbox runs and wall time. Searches that
-rank prefixes (reward beam, DVTS, A*) score each prefix by its greedy completion's pass rate;
-MCTS evaluates by greedy rollouts (PG-TD). Everything is seeded: a rerun prints the same
+rank prefixes (reward beam, DVTS, A*) and MCTS value a prefix by the pass rate of one sampled
+completion of it (see ROLL). Everything is seeded: a rerun prints the same
 rewards and forwards (only the times move).
 
     python bench/bench_testtime.py                  # table + docs/testtime.png
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import decodekit
+from decodekit import Sampling
 from decodekit.testtime import (
     DVTS,
     MCTS,
@@ -34,14 +35,18 @@ from decodekit.testtime import (
 TASKS = Path(__file__).resolve().parent / "tasks"
 STOP = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n@"]
 
+ROLL = Sampling(temperature=0.8, top_p=0.95)
+"""Prefixes are valued by a sampled completion's pass rate: this model's greedy completions
+loop until the length limit (and score 0), so a greedy rollout tells a search nothing."""
+
 METHODS = {
     "greedy": [BestOfN(n=1, sampler=None)],
     "sampling": [BestOfN(n=1)],
     "best-of-N": [BestOfN(n=4), BestOfN(n=8), BestOfN(n=16), BestOfN(n=32)],
-    "reward beam": [RewardBeamSearch(n=2, beam_width=2, max_steps=4), RewardBeamSearch(n=4, beam_width=2, max_steps=4), RewardBeamSearch(n=8, beam_width=4, max_steps=4)],
-    "DVTS": [DVTS(n=2, beam_width=2, max_steps=4), DVTS(n=4, beam_width=2, max_steps=4), DVTS(n=8, beam_width=4, max_steps=4)],
-    "A*": [AStarDecoding(k=2, token_budget=200), AStarDecoding(k=3, token_budget=400), AStarDecoding(k=4, token_budget=800)],
-    "MCTS": [MCTS(rollouts=4), MCTS(rollouts=8), MCTS(rollouts=16)],
+    "reward beam": [RewardBeamSearch(n=2, beam_width=2, max_steps=3, rollout_sampler=ROLL), RewardBeamSearch(n=4, beam_width=2, max_steps=3, rollout_sampler=ROLL), RewardBeamSearch(n=8, beam_width=4, max_steps=3, rollout_sampler=ROLL)],
+    "DVTS": [DVTS(n=2, beam_width=2, max_steps=3, rollout_sampler=ROLL), DVTS(n=4, beam_width=2, max_steps=3, rollout_sampler=ROLL), DVTS(n=8, beam_width=4, max_steps=3, rollout_sampler=ROLL)],
+    "A*": [AStarDecoding(k=2, token_budget=200, rollout_sampler=ROLL), AStarDecoding(k=3, token_budget=400, rollout_sampler=ROLL), AStarDecoding(k=4, token_budget=800, rollout_sampler=ROLL)],
+    "MCTS": [MCTS(rollouts=4, rollout_sampler=ROLL, parallel=4), MCTS(rollouts=8, rollout_sampler=ROLL, parallel=4), MCTS(rollouts=16, rollout_sampler=ROLL, parallel=4)],
 }
 
 

@@ -19,7 +19,8 @@ class AStarDecoding:
     """A*-decoding (Chatziveroglou 2025, "A*-Decoding: Token-Efficient Inference Scaling"):
     decoding as best-first search in the space of partial solutions. A node's priority is
     ``f = h - cost_weight * g``: ``h`` its reward (a process reward of the prefix, or an
-    outcome reward of its greedy completion, which is then a node of the search too) and ``g``
+    outcome reward of its completion, greedy or drawn with ``rollout_sampler``, which is then
+    a node of the search too) and ``g``
     its length in tokens. The best ``parallel`` nodes are popped together; a finished node
     popped is the answer (optimal when ``h`` never underestimates the best reward reachable
     from a node and ``cost_weight`` is 0); an open one gets ``k`` next steps (identical
@@ -35,6 +36,7 @@ class AStarDecoding:
     cost_weight: float = 0.0
     boundary: str = "\n"
     sampler: Sampling = field(default_factory=_sampler)
+    rollout_sampler: Sampling | None = None
     expansion: str = "sample"
 
     needs_reward: ClassVar[bool] = True
@@ -47,6 +49,7 @@ class AStarDecoding:
         if not isinstance(self.boundary, str) or not self.boundary:
             raise ConfigError("boundary", self.boundary, 'a non-empty string that ends a step, e.g. "\\n"')
         check_sampler(self.sampler)
+        check_sampler(self.rollout_sampler, "rollout_sampler")
         v.choice("expansion", self.expansion, ("sample", "top_k"))
 
     def _expand(self, tree, popped: list[Node]) -> list[Node]:
@@ -75,7 +78,7 @@ class AStarDecoding:
             pushed.update(map(id, fresh))
             push(fresh)
 
-        evaluate(tree, reward, prompt, [tree.root], finished)
+        evaluate(tree, reward, prompt, [tree.root], finished, self.rollout_sampler)
         push_new([tree.root])
         push_new([node for node in finished if node.finished])
         while heap and tree.compute.tokens_generated < self.token_budget:
@@ -87,7 +90,7 @@ class AStarDecoding:
             for node in popped:
                 tree.release(node)
             before = len(finished)
-            evaluate(tree, reward, prompt, children, finished)
+            evaluate(tree, reward, prompt, children, finished, self.rollout_sampler)
             push_new(children)
             push_new([node for node in finished[before:] if node.finished])
         done = [node for node in finished if node.finished]
@@ -95,7 +98,7 @@ class AStarDecoding:
             return max(done, key=lambda n: n.value), _unique(finished)
         best = min(heap)[2]  # nothing finished within the budget: complete the most promising
         completion = tree.extend([best])[0]
-        evaluate(tree, reward, prompt, [completion], finished)
+        evaluate(tree, reward, prompt, [completion], finished, self.rollout_sampler)
         return completion, _unique(finished)
 
 

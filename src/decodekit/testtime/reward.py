@@ -113,17 +113,17 @@ def score(tree, reward: Reward, prompt: str, nodes: Sequence) -> list[float]:
     return [node.value for node in nodes]
 
 
-def evaluate(tree, reward: Reward, prompt: str, nodes: Sequence, finished: list) -> list[float]:
+def evaluate(tree, reward: Reward, prompt: str, nodes: Sequence, finished: list, sampler=None) -> list[float]:
     """The value of each node: a process reward scores the prefix itself; an outcome reward
-    scores the node's greedy completion (one batched rollout for all open nodes). Every
-    finished completion met on the way is appended to ``finished`` (it is a candidate
-    answer, already scored)."""
+    scores the node's completion (greedy, or drawn with ``sampler``; one batched rollout for
+    all open nodes). Every finished completion met on the way is appended to ``finished`` (it
+    is a candidate answer, already scored)."""
     if reward.kind == "process":
         values = score(tree, reward, prompt, nodes)
         finished.extend(node for node in nodes if node.finished)
         return values
     open_nodes = [node for node in nodes if node.open]
-    rollouts = dict(zip(map(id, open_nodes), tree.extend(open_nodes))) if open_nodes else {}
+    rollouts = dict(zip(map(id, open_nodes), tree.extend(open_nodes, sampler=sampler))) if open_nodes else {}
     judged = [rollouts.get(id(node), node) for node in nodes]
     unique = list({id(n): n for n in judged}.values())
     score(tree, reward, prompt, unique)

@@ -27,6 +27,7 @@ def _check(config) -> None:
     if not isinstance(config.boundary, str) or not config.boundary:
         raise ConfigError("boundary", config.boundary, 'a non-empty string that ends a step, e.g. "\\n"')
     check_sampler(config.sampler)
+    check_sampler(config.rollout_sampler, "rollout_sampler")
 
 
 def _search(config, tree, reward, prompt: str, subtrees: bool) -> tuple[Node, list[Node]]:
@@ -40,7 +41,7 @@ def _search(config, tree, reward, prompt: str, subtrees: bool) -> tuple[Node, li
         node.data["subtree"] = i // m
     candidates: list[Node] = []
     for step in range(config.max_steps):
-        evaluate(tree, reward, prompt, frontier, candidates)
+        evaluate(tree, reward, prompt, frontier, candidates, config.rollout_sampler)
         active, seen = [], set()
         for node in frontier:
             if node.open and node.tokens not in seen:  # a duplicate branch would waste a beam
@@ -74,9 +75,9 @@ class RewardBeamSearch:
     """Beam search over reasoning steps guided by a reward (search-and-learn's "beam search",
     Snell et al. 2024 §5): ``n`` branches; after every step the ``n / beam_width`` best open
     branches are kept (identical branches count once) and each draws ``beam_width`` next
-    steps. A process reward scores
-    prefixes directly; an outcome reward scores each prefix's greedy completion (which also
-    becomes a candidate answer). ``max_steps``: steps at most."""
+    steps. A process reward scores prefixes directly; an outcome reward scores each prefix's
+    completion (greedy, or drawn with ``rollout_sampler``), which also becomes a candidate.
+    ``max_steps``: steps at most."""
 
     name: ClassVar[str] = "reward_beam"
     n: int = 8
@@ -84,6 +85,7 @@ class RewardBeamSearch:
     max_steps: int = 40
     boundary: str = "\n"
     sampler: Sampling = field(default_factory=_sampler)
+    rollout_sampler: Sampling | None = None
 
     needs_reward: ClassVar[bool] = True
 
@@ -107,6 +109,7 @@ class DVTS:
     max_steps: int = 40
     boundary: str = "\n"
     sampler: Sampling = field(default_factory=_sampler)
+    rollout_sampler: Sampling | None = None
 
     needs_reward: ClassVar[bool] = True
 

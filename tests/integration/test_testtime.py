@@ -146,3 +146,11 @@ def test_a_sequence_classifier_scores_prefixes_in_batches_as_one_by_one(one_thre
     assert len(set(round(b, 6) for b in batched)) > 1
     with pytest.raises(decodekit.ConfigError):
         ClassifierPRM(classifier, tm.byte_tokenizer(), label=2)
+
+
+def test_a_search_too_wide_for_memory_is_refused_before_decoding(embedded):
+    calls = embedded.model.forward_count
+    with pytest.raises(decodekit.ConfigError) as caught:
+        embedded.search("def f():", BestOfN(n=4096), lambda p, c: 0.0, max_new_tokens=1 << 19)
+    assert caught.value.field == "n" and "GiB" in str(caught.value)
+    assert embedded.model.forward_count == calls

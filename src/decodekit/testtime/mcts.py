@@ -106,6 +106,8 @@ class MCTS:
                     child.data.update(n=0, q=0.0, prior=math.exp(logprob), pending=0)
                 at += len(top)
             rollouts = dict(zip(map(id, growing), tree.extend(growing, sampler=self.rollout_sampler))) if growing else {}
+            for leaf in growing:
+                tree.release(leaf)  # never extended again: selection continues in its children
             judged = [rollouts.get(id(leaf), leaf) for leaf in leaves]
             values = score(tree, reward, prompt, judged)
             completions.extend(judged)

@@ -56,6 +56,28 @@ def _candidate(node: Node) -> Candidate:
     return Candidate(node.text, list(node.tokens), node.logprob, node.value, node.finish or "length")
 
 
+def _widest(strategy) -> tuple[str, int]:
+    """The field that sets a search's widest batch of branches, and that width."""
+    if isinstance(strategy, AStarDecoding | MCTS):
+        return ("k" if strategy.k >= strategy.parallel else "parallel"), strategy.k * strategy.parallel
+    if isinstance(strategy, DeAL):
+        return "k", strategy.k * strategy.beams
+    return "n", strategy.n
+
+
+def check_memory(model, strategy, prompt_length: int, max_new_tokens: int) -> None:
+    """Refuse a search whose widest batch would not fit in memory, before any model call."""
+    from decodekit.engine.limits import available_memory
+
+    per_token, limit = getattr(model, "cache_bytes_per_token", None), available_memory()
+    if per_token is None or not limit:
+        return
+    field, rows = _widest(strategy)
+    estimate = rows * (prompt_length + max_new_tokens + 8) * per_token() + rows * model.vocab_size * 4 * 8
+    if estimate > 0.8 * limit:
+        raise ConfigError(field, getattr(strategy, field), f"fewer branches: {rows} rows need about {estimate / 2**30:.1f} GiB, more than 80% of the {limit / 2**30:.1f} GiB available")
+
+
 def make_search(strategy):
     """A search config object from itself or its name."""
     if isinstance(strategy, str):
@@ -90,6 +112,7 @@ def run_search(
     stop = v.strings("stop", stop) if stop else ()
     seed = v.seed("seed", seed) or 0
     ids = decoder.encode(prompt)
+    check_memory(decoder.model, strategy, len(ids), max_new_tokens)
     text = prompt if isinstance(prompt, str) else (decoder.decode_text(ids) or "")
     decode = decoder.decode_text if decoder.tokenizer is not None else (lambda tokens: " ".join(map(str, tokens)))
     tree = Tree(

@@ -71,7 +71,28 @@ def _search(config, tree, reward, prompt: str, subtrees: bool) -> tuple[Node, li
 
 
 @dataclass(frozen=True)
-class RewardBeamSearch:
+class _StepSearch:
+    """The settings both step searches share (see :func:`_search`)."""
+
+    n: int = 8
+    beam_width: int = 4
+    max_steps: int = 40
+    boundary: str = "\n"
+    sampler: Sampling = field(default_factory=_sampler)
+    rollout_sampler: Sampling | None = None
+
+    needs_reward: ClassVar[bool] = True
+    subtrees: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        _check(self)
+
+    def run(self, tree, reward, prompt: str) -> tuple[Node, list[Node]]:
+        return _search(self, tree, reward, prompt, subtrees=self.subtrees)
+
+
+@dataclass(frozen=True)
+class RewardBeamSearch(_StepSearch):
     """Beam search over reasoning steps guided by a reward (search-and-learn's "beam search",
     Snell et al. 2024 §5): ``n`` branches; after every step the ``n / beam_width`` best open
     branches are kept (identical branches count once) and each draws ``beam_width`` next
@@ -80,41 +101,14 @@ class RewardBeamSearch:
     ``max_steps``: steps at most."""
 
     name: ClassVar[str] = "reward_beam"
-    n: int = 8
-    beam_width: int = 4
-    max_steps: int = 40
-    boundary: str = "\n"
-    sampler: Sampling = field(default_factory=_sampler)
-    rollout_sampler: Sampling | None = None
-
-    needs_reward: ClassVar[bool] = True
-
-    def validate(self) -> None:
-        _check(self)
-
-    def run(self, tree, reward, prompt: str) -> tuple[Node, list[Node]]:
-        return _search(self, tree, reward, prompt, subtrees=False)
 
 
 @dataclass(frozen=True)
-class DVTS:
+class DVTS(_StepSearch):
     """Diverse Verifier Tree Search (Beeching et al. 2024): the ``n`` branches form
     ``n / beam_width`` independent subtrees; each keeps only its own best branch after every
     step and draws ``beam_width`` next steps from it, so one strong prefix cannot take over
-    the whole budget."""
+    the whole budget. Otherwise as :class:`RewardBeamSearch`."""
 
     name: ClassVar[str] = "dvts"
-    n: int = 8
-    beam_width: int = 4
-    max_steps: int = 40
-    boundary: str = "\n"
-    sampler: Sampling = field(default_factory=_sampler)
-    rollout_sampler: Sampling | None = None
-
-    needs_reward: ClassVar[bool] = True
-
-    def validate(self) -> None:
-        _check(self)
-
-    def run(self, tree, reward, prompt: str) -> tuple[Node, list[Node]]:
-        return _search(self, tree, reward, prompt, subtrees=True)
+    subtrees: ClassVar[bool] = True

@@ -15,6 +15,7 @@ from decodekit.scoring.length import LengthPenalty
 from decodekit.search.beam import BeamSearch
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.sampling import Greedy, Sampling
+from decodekit.search.stochastic_beam import StochasticBeamSearch
 from decodekit.speculative import Speculative
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "LengthPenalty",
     "NumericalError",
     "Sampling",
+    "StochasticBeamSearch",
     "Speculative",
     "StreamEvent",
     "load",

@@ -27,6 +27,7 @@ from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.sampling import Greedy, Sampling
+from decodekit.search.stochastic_beam import StochasticBeamSearch
 from decodekit.stopping import StopStrings
 from decodekit.validation import is_integer
 
@@ -35,6 +36,7 @@ STRATEGIES: dict[str, type] = {
     "sample": Sampling,
     "beam": BeamSearch,
     "diverse_beam": DiverseBeamSearch,
+    "stochastic_beam": StochasticBeamSearch,
 }
 """Strategy name -> config class; other modules register theirs here."""
 
@@ -301,7 +303,7 @@ class Decoder:
         top = None
         if h.top_logprobs is not None:
             top = [[TokenLogprob(i, lp, self.decode_text([i])) for i, lp in zip(ids, lps)] for ids, lps in h.top_logprobs]
-        sequence = GeneratedSequence(h.token_ids, text, h.token_logprobs, h.logprob, h.score, h.finish_reason, h.group, top_logprobs=top)
+        sequence = GeneratedSequence(h.token_ids, text, h.token_logprobs, h.logprob, h.score, h.finish_reason, h.group, top_logprobs=top, inclusion=h.inclusion)
         return review(sequence) if review is not None else sequence
 
     def stream(

@@ -27,7 +27,9 @@ class GeneratedSequence:
     constraint, its report on this output (``name``, ``valid``, and e.g. ``occurrences`` for a
     corpus substring or ``entry`` for a catalog); None without one. ``top_logprobs``: with the
     ``top_logprobs=N`` option, per generated token the N most likely tokens of the same
-    distribution as ``token_logprobs``, most likely first."""
+    distribution as ``token_logprobs``, most likely first. ``inclusion``: with stochastic beam
+    search, the probability that the sequence is in such a sample (see
+    :func:`decodekit.search.stochastic_beam.estimate`); None otherwise."""
 
     token_ids: list[int]
     text: str | None
@@ -38,6 +40,7 @@ class GeneratedSequence:
     group: int = 0
     constraint: dict | None = None
     top_logprobs: list[list[TokenLogprob]] | None = None
+    inclusion: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

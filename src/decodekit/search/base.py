@@ -41,6 +41,9 @@ class Hypothesis:
     top_logprobs: list[tuple[list[int], list[float]]] | None = None
     """Per generated token: the ids and log-probs of the ``top_logprobs`` most likely tokens
     of the distribution the strategy scored; None unless asked for."""
+    inclusion: float | None = None
+    """Stochastic beam search: the probability that this sequence is in a sample like this one
+    (for unbiased estimates); None for other strategies."""
 
 
 @dataclass(frozen=True)

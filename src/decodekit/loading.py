@@ -3,6 +3,7 @@ models and any :class:`~decodekit.model.base.LanguageModel`. Never downloads; sa
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -67,7 +68,8 @@ def load(
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
-        hf_model = auto.from_pretrained(path, use_safetensors=True, **local, **kwargs).to(device)
+        with _no_progress_bar():  # a local load takes a blink; its bar would only be noise
+            hf_model = auto.from_pretrained(path, use_safetensors=True, **local, **kwargs).to(device)
     except Exception as error:  # corrupted or truncated weights, a model class transformers lacks
         raise InputError(f"model: {name!r} could not be loaded: {type(error).__name__}: {str(error)[:200]}") from None
     if tokenizer is None and (path / "tokenizer_config.json").is_file():
@@ -99,3 +101,17 @@ def _device(device) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device", str(device), "a device this machine has: MPS is not available (use 'cpu')")
     return device
+
+
+@contextlib.contextmanager
+def _no_progress_bar():
+    """transformers' progress bars off for the block, as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

@@ -1,5 +1,6 @@
-"""Scores of finished hypotheses: length penalties (and, later, coverage, diversity, rewards)."""
+"""Scores of finished hypotheses: length penalties, and re-ranking with external scorers."""
 
 from decodekit.scoring.length import LengthPenalty
+from decodekit.scoring.rerank import EmbeddingScorer, FunctionScorer, Scorer, rerank
 
-__all__ = ["LengthPenalty"]
+__all__ = ["EmbeddingScorer", "FunctionScorer", "LengthPenalty", "Scorer", "rerank"]

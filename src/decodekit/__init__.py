@@ -13,6 +13,7 @@ from decodekit.options import DecodeOptions
 from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.beam import BeamSearch
+from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.search.stochastic_beam import StochasticBeamSearch
@@ -21,6 +22,7 @@ from decodekit.speculative import Speculative
 __all__ = [
     "BeamSearch",
     "Catalog",
+    "ContextAwareDecoding",
     "CorpusSubstring",
     "Grammar",
     "JsonSchema",

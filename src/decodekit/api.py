@@ -25,6 +25,7 @@ from decodekit.results import (
 )
 from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
+from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.search.stochastic_beam import StochasticBeamSearch
@@ -37,6 +38,7 @@ STRATEGIES: dict[str, type] = {
     "beam": BeamSearch,
     "diverse_beam": DiverseBeamSearch,
     "stochastic_beam": StochasticBeamSearch,
+    "context_aware": ContextAwareDecoding,
 }
 """Strategy name -> config class; other modules register theirs here."""
 
@@ -282,8 +284,16 @@ class Decoder:
         checked here, before any model call."""
         items, _ = self._prompts(prompts)
         custom = (processors, stopping, prefix_allowed_tokens_fn)
-        requests, stop = self._requests(items, strategy, options, settings, seed, constraint, stream=stream, custom=custom)
+        paired = isinstance(strategy, ContextAwareDecoding)
+        if paired:  # each prompt decodes as two rows: with the context, and alone
+            strategy.validate()
+            if stream:
+                raise ConfigError("stream", True, "not with context-aware decoding; use generate")
+            items_in = [x for item in items for x in (strategy.with_context(item), item)]
+        requests, stop = self._requests(items_in if paired else items, strategy, options, settings, seed, constraint, stream=stream, custom=custom)
         handles = self.engine.submit(requests)
+        if paired:
+            requests, handles = requests[0::2], handles[0::2]
         return [Pending(self, item, request, handle, stop) for item, request, handle in zip(items, requests, handles)]
 
     def _result(self, item, request: Request, output: RequestOutput, stop) -> GenerationResult:

@@ -61,6 +61,8 @@ def _kind(hint: Any) -> tuple[Any, bool]:
     if origin in (typing.Union, types.UnionType):
         if set(args) == {bool, str}:
             return _parse_bool_or_never, False
+        if str in args:
+            return str, False  # text or token ids (e.g. a context): text on the command line
         if len(args) == 2 and typing.get_origin(args[1]) is tuple and typing.get_args(args[1])[0] is args[0]:
             return _kind(args[1])  # ``float | tuple[float, ...]``: one value, or one per repeat
         return _kind(args[0]) if len(args) == 1 else (None, False)

@@ -185,17 +185,21 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
     async def _wait(request: Request, pending):
         """Every pending result once all are done, or None if the client left first."""
         waiter = bridge.register()
+        finished = False
         try:
             while True:
                 waiter.clear()
                 if all(p.done for p in pending):
+                    finished = True
                     break
                 if not await bridge.wait(waiter, 1.0) and await request.is_disconnected():
-                    for p in pending:
-                        p.abort()
                     return None
         finally:
             bridge.unregister(waiter)
+            if not finished:  # the client left, or the server cancelled us (shutdown): stop decoding
+                for p in pending:
+                    if not p.done:
+                        p.abort()
         try:
             return [p.result() for p in pending]
         except AbortedError:

@@ -27,12 +27,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-import torch
-
 from decodekit.engine.checks import check_prompts
 from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
-from decodekit.engine.pool import RowPool
+from decodekit.engine.placement import place, pool_key, prefill
 from decodekit.engine.request import AbortedError, Request, RequestHandle
 from decodekit.engine.step import Clock, Partition, drop_aborted, step_partitions
 from decodekit.errors import ConfigError
@@ -327,94 +325,26 @@ class Engine:
                 break
             if isinstance(entry, PlainGroup):
                 if entry.poolable:
-                    pooled.setdefault(_pool_key(entry), []).append(entry)
+                    pooled.setdefault(pool_key(entry), []).append(entry)
                 else:
                     plain.append(entry)
                 admitted.append(entry)
             elif self._admit_speculative(handles):
                 admitted.append(entry)
         for groups in pooled.values():
-            self._admit_pooled(groups)
+            self._admit_groups(groups)
         for group in plain:
-            self._admit_plain(group)
+            self._admit_groups([group])
         if admitted:
             with self._lock:
                 self._pending = [e for e in self._pending if not any(e is a for a in admitted)]
 
-    def _admit_pooled(self, groups: list[PlainGroup]) -> None:
-        """Prefill greedy/sampling groups of one kind in one forward, then their rows join
-        the kind's pool (one merge)."""
-        if not groups:
-            return
-        if len(groups) == 1:
-            self._admit_plain(groups[0])
-            return
-        model = self.model
-        prompts = [p for g in groups for p in g.prompts]
-        began = time.perf_counter()
-        try:
-            state = model.start(prompts, max(g.options.max_new_tokens for g in groups))
-            if any(g.width > 1 for g in groups):
-                fan, at = [], 0
-                for g in groups:
-                    for _ in g.prompts:
-                        fan += [at] * g.width
-                        at += 1
-                model.select(state, torch.tensor(fan, dtype=torch.long, device=state.logits.device))
-            for g in groups:
-                g.start(state, fanned=True)
-        except Exception as error:
-            for g in groups:
-                deliver_error(g.handles, model_error(model, "prefill", error))
-            return
-        finally:
-            self.clock.model_seconds += time.perf_counter() - began
-        self._join_pool(groups, state)
-
-    def _admit_plain(self, group: PlainGroup) -> None:
-        model = self.model
-        began = time.perf_counter()
-        try:
-            state = model.start(group.prompts, group.options.max_new_tokens)
-            group.start(state)
-        except Exception as error:
-            deliver_error(group.handles, model_error(model, "prefill", error))
-            return
-        finally:
-            self.clock.model_seconds += time.perf_counter() - began
-        if group.poolable:
-            self._join_pool([group], state)
-            return
-        partition = self._partitions[0] if getattr(model, "can_merge", False) and self._partitions else None
-        if partition is not None:
-            partition.state = model.merge(partition.state, state)
-            partition.groups.append(group)
-        else:
-            self._partitions.append(Partition(state, [group]))
-
-    def _join_pool(self, groups: list[PlainGroup], state) -> None:
-        """The rows of ``groups`` (prefilled in ``state``, in order) join their kind's pool."""
-        model, first = self.model, groups[0]
-        key = _pool_key(first)
-        partition = self._partitions[0] if getattr(model, "can_merge", False) and self._partitions else None
-        if partition is not None:
-            for index, member in enumerate(partition.groups):
-                if isinstance(member, RowPool) and member.key == key:
-                    at = sum(g.rows for g in partition.groups[: index + 1])
-                    partition.state = model.merge(partition.state, state, at)
-                    for group in groups:
-                        member.add(group)
-                    return
-        pool = RowPool(
-            key, first.search.sampling, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs
-        )
-        for group in groups:
-            pool.add(group)
-        if partition is not None:
-            partition.state = model.merge(partition.state, state)
-            partition.groups.append(pool)
-        else:
-            self._partitions.append(Partition(state, [pool]))
+    def _admit_groups(self, groups: list[PlainGroup]) -> None:
+        """Prefill groups in one forward (greedy/sampling groups of one kind, or one group),
+        then their rows join the running state (:mod:`decodekit.engine.placement`)."""
+        state = prefill(self.model, groups, self.clock)
+        if state is not None:
+            place(self.model, self._partitions, groups, state)
 
     def _admit_speculative(self, handles: list[RequestHandle]) -> bool:
         """Start a speculative group if its proposer is free (else it stays queued)."""
@@ -439,8 +369,6 @@ class Engine:
         self._speculative.append(group)
         return True
 
-    # -- one step of the plain rows ---------------------------------------------------------
-
     # -- speculative groups -----------------------------------------------------------------
 
     def _step_speculative(self) -> None:
@@ -464,11 +392,6 @@ class Engine:
         for group in self._speculative:
             deliver_error(group.handles, error)
         self._partitions, self._speculative, self._busy = [], [], set()
-
-
-def _pool_key(group: PlainGroup) -> tuple:
-    """Greedy and sampling rows go to separate pools; so do different EOS sets."""
-    return (group.search.sampling, group.eos, group.options.top_logprobs)
 
 
 def _same_group(a: Request, b: Request) -> bool:

@@ -1,0 +1,78 @@
+"""Admitting prefilled rows: one prefill for a batch of groups, then their rows join a running
+state: the pool of their kind (greedy or sampling rows, vectorised across requests) or the
+first partition, merged where the model allows, else a partition of their own."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from decodekit.engine.group import PlainGroup, deliver_error
+from decodekit.engine.limits import model_error
+from decodekit.engine.pool import RowPool
+from decodekit.engine.step import Partition
+
+
+def pool_key(group: PlainGroup) -> tuple:
+    """Greedy and sampling rows go to separate pools; so do different EOS sets."""
+    return (group.search.sampling, group.eos, group.options.top_logprobs)
+
+
+def prefill(model, groups: list[PlainGroup], clock):
+    """One forward prefilling every prompt of ``groups`` (fanned out to each group's width);
+    the state, or None after delivering the model's error to every group."""
+    prompts = [p for g in groups for p in g.prompts]
+    began = time.perf_counter()
+    try:
+        state = model.start(prompts, max(g.options.max_new_tokens for g in groups))
+        if len(groups) == 1:
+            groups[0].start(state)
+            return state
+        if any(g.width > 1 for g in groups):
+            fan, at = [], 0
+            for g in groups:
+                for _ in g.prompts:
+                    fan += [at] * g.width
+                    at += 1
+            model.select(state, torch.tensor(fan, dtype=torch.long, device=state.logits.device))
+        for g in groups:
+            g.start(state, fanned=True)
+        return state
+    except Exception as error:
+        for g in groups:
+            deliver_error(g.handles, model_error(model, "prefill", error))
+        return None
+    finally:
+        clock.model_seconds += time.perf_counter() - began
+
+
+def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -> None:
+    """The rows of ``groups`` (prefilled in ``state``, in order) join ``partitions``: poolable
+    ones their kind's pool, others as groups of their own."""
+    partition = partitions[0] if getattr(model, "can_merge", False) and partitions else None
+    first = groups[0]
+    if not first.poolable:
+        if partition is not None:
+            partition.state = model.merge(partition.state, state)
+            partition.groups.extend(groups)
+        else:
+            partitions.append(Partition(state, list(groups)))
+        return
+    key = pool_key(first)
+    if partition is not None:
+        for index, member in enumerate(partition.groups):
+            if isinstance(member, RowPool) and member.key == key:
+                at = sum(g.rows for g in partition.groups[: index + 1])
+                partition.state = model.merge(partition.state, state, at)
+                for group in groups:
+                    member.add(group)
+                return
+    pool = RowPool(key, first.search.sampling, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs)
+    for group in groups:
+        pool.add(group)
+    if partition is not None:
+        partition.state = model.merge(partition.state, state)
+        partition.groups.append(pool)
+    else:
+        partitions.append(Partition(state, [pool]))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from decodekit import validation as v
+from decodekit.engine.limits import check_rows
 from decodekit.errors import ConfigError
 from decodekit.testtime.astar import AStarDecoding
 from decodekit.testtime.deal import DeAL
@@ -67,15 +68,8 @@ def _widest(strategy) -> tuple[str, int]:
 
 def check_memory(model, strategy, prompt_length: int, max_new_tokens: int) -> None:
     """Refuse a search whose widest batch would not fit in memory, before any model call."""
-    from decodekit.engine.limits import available_memory
-
-    per_token, limit = getattr(model, "cache_bytes_per_token", None), available_memory()
-    if per_token is None or not limit:
-        return
     field, rows = _widest(strategy)
-    estimate = rows * (prompt_length + max_new_tokens + 8) * per_token() + rows * model.vocab_size * 4 * 8
-    if estimate > 0.8 * limit:
-        raise ConfigError(field, getattr(strategy, field), f"fewer branches: {rows} rows need about {estimate / 2**30:.1f} GiB, more than 80% of the {limit / 2**30:.1f} GiB available")
+    check_rows(model, rows, prompt_length + max_new_tokens + 8, max_new_tokens, field, getattr(strategy, field), "branches")
 
 
 def make_search(strategy):

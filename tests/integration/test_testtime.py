@@ -154,3 +154,34 @@ def test_a_search_too_wide_for_memory_is_refused_before_decoding(embedded):
         embedded.search("def f():", BestOfN(n=4096), lambda p, c: 0.0, max_new_tokens=1 << 19)
     assert caught.value.field == "n" and "GiB" in str(caught.value)
     assert embedded.model.forward_count == calls
+
+
+def test_searches_from_several_threads_equal_the_same_searches_one_at_a_time(embedded):
+    import threading
+
+    from decodekit.testtime import AStarDecoding
+
+    prompt, stop = "def area(width, height):\n    return", ["\ndef "]
+    reward = OutcomeReward(lambda p, c: float("width" in c) + float("height" in c))
+    jobs = [(BestOfN(n=4), 1), (MCTS(rollouts=3, parallel=2), 2), (AStarDecoding(k=2, token_budget=60), 3)]
+    alone = [embedded.search(prompt, s, reward, max_new_tokens=16, stop=stop, seed=seed).to_dict() for s, seed in jobs]
+    plain = embedded.generate(prompt, max_new_tokens=16).text
+    together: dict = {}
+
+    def run(i, config, seed):
+        together[i] = embedded.search(prompt, config, reward, max_new_tokens=16, stop=stop, seed=seed).to_dict()
+
+    threads = [threading.Thread(target=run, args=(i, s, seed)) for i, (s, seed) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    also = embedded.generate(prompt, max_new_tokens=16).text  # the engine keeps serving meanwhile
+    for t in threads:
+        t.join(120)
+    assert also == plain
+    for i, expected in enumerate(alone):
+        assert together[i]["candidates"] == expected["candidates"] and together[i]["best"] == expected["best"]
+
+
+def test_a_reward_that_returns_no_number_is_named(embedded):
+    with pytest.raises(decodekit.InputError, match="a number is needed"):
+        embedded.search("def f():", BestOfN(n=2), lambda p, c: "good", max_new_tokens=4)

@@ -19,7 +19,7 @@ import torch
 from decodekit import validation as v
 from decodekit.errors import ConfigError, check
 from decodekit.search.base import Hypothesis, SearchContext, Step, inverse_cdf, per_prompt_rand
-from decodekit.search.sampling import Sampling
+from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS, STOP, Sampling
 
 _FLOOR = -1.0e4
 """Where the context-free row rules a token out (-inf), its log-prob counts as this floor, so
@@ -80,7 +80,7 @@ class ContextAwareRun:
         self.logprobs = torch.zeros((pairs, M), device=device)
         self.lengths = torch.zeros(pairs, dtype=torch.long, device=device)
         self.finished = torch.zeros(pairs, dtype=torch.bool, device=device)
-        self.reason = ["length"] * pairs
+        self.reason = torch.full((pairs,), LENGTH, dtype=torch.int8, device=device)
         # one U[0, 1) per pair and step, from the with-context prompt's own generator
         self.uniforms = per_prompt_rand(context, (1, M))[0::2] if config.sampler is not None else None
 
@@ -103,15 +103,13 @@ class ContextAwareRun:
         self.logprobs[:, t] = logprob.masked_fill(~live, 0.0)
         self.lengths += live
         eos = torch.isin(chosen, self.context.eos_token_ids) & live
-        for i in (eos | stuck).nonzero().flatten().tolist():
-            self.reason[i] = "eos" if bool(eos[i]) else "constraint"
+        self.reason.masked_fill_(eos, EOS).masked_fill_(stuck, NO_TOKEN)
         self.finished |= eos | stuck
         return Step(None, chosen.repeat_interleave(2), self.finished.all())
 
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
         hit = (rows[0::2] | rows[1::2]) & ~self.finished
-        for i in hit.nonzero().flatten().tolist():
-            self.reason[i] = "stop"
+        self.reason.masked_fill_(hit, STOP)
         self.finished |= hit
         return self.finished.all()
 
@@ -120,9 +118,10 @@ class ContextAwareRun:
 
     def finish(self) -> list[list[Hypothesis]]:
         lengths, tokens, logprobs = self.lengths.tolist(), self.tokens.tolist(), self.logprobs.tolist()
+        reasons = self.reason.tolist()
         out = []
         for i, n in enumerate(lengths):
             total = float(sum(logprobs[i][:n]))
-            hypothesis = Hypothesis(tokens[i][:n], logprobs[i][:n], total, total, self.reason[i])
+            hypothesis = Hypothesis(tokens[i][:n], logprobs[i][:n], total, total, REASONS[reasons[i]])
             out.extend([[hypothesis], [hypothesis]])  # the context-free row's copy is dropped
         return out

@@ -85,7 +85,7 @@ class AStarDecoding:
             popped = [heapq.heappop(heap)[2] for _ in range(min(self.parallel, len(heap)))]
             done = [node for node in popped if node.finished]
             if done:
-                return max(done, key=lambda n: n.value), _unique(finished)
+                return max(done, key=lambda n: n.value), finished
             children = self._expand(tree, popped)
             for node in popped:
                 tree.release(node)
@@ -95,11 +95,11 @@ class AStarDecoding:
             push_new([node for node in finished[before:] if node.finished])
         done = [node for node in finished if node.finished]
         if done:
-            return max(done, key=lambda n: n.value), _unique(finished)
+            return max(done, key=lambda n: n.value), finished
         best = min(heap)[2]  # nothing finished within the budget: complete the most promising
         completion = tree.extend([best])[0]
         evaluate(tree, reward, prompt, [completion], finished, self.rollout_sampler)
-        return completion, _unique(finished)
+        return completion, finished
 
 
 def _merge_duplicates(tree, nodes: list[Node]) -> list[Node]:
@@ -113,11 +113,3 @@ def _merge_duplicates(tree, nodes: list[Node]) -> list[Node]:
         out.append(node)
     return out
 
-
-def _unique(nodes: list[Node]) -> list[Node]:
-    seen, out = set(), []
-    for node in nodes:
-        if node.finished and node.tokens not in seen:
-            seen.add(node.tokens)
-            out.append(node)
-    return out

@@ -36,7 +36,7 @@ class _Callable:
         self.fn = fn
 
     def score(self, prompt: str, completions: Sequence[str]) -> list[float]:
-        return [float(self.fn(prompt, c)) for c in completions]
+        return [self.fn(prompt, c) for c in completions]  # checked by score()
 
 
 class OutcomeReward(_Callable):
@@ -106,7 +106,10 @@ def score(tree, reward: Reward, prompt: str, nodes: Sequence) -> list[float]:
     tree.compute.reward_calls += len(nodes)
     tree.compute.reward_batches += 1
     for node, value in zip(nodes, values):
-        value = float(value)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"reward.score returned {value!r} for completion {node.text!r}: a number is needed") from None
         if value != value:
             raise InputError(f"reward.score returned NaN for completion {node.text!r}")
         node.value = value

@@ -141,6 +141,8 @@ class Tree:
             raise ConfigError("max_new_tokens", max_new_tokens, f"at most {limit - len(prompt)}: the model attends over {limit} positions and the prompt has {len(prompt)}")
         self.model, self.decode, self.max_new_tokens = model, decode, max_new_tokens
         self.eos, self.stop = frozenset(int(e) for e in eos), tuple(stop)
+        # a stop string of c characters spans at most c tokens, plus split multi-byte ones
+        self.window = 4 * max((len(s) for s in self.stop), default=0) + 4
         self.lock = lock or contextlib.nullcontext
         self.generator = torch.Generator().manual_seed(seed)
         self.compute = Compute(forwards=1, prefill_tokens=len(prompt))
@@ -177,9 +179,9 @@ class Tree:
             raise InputError(f"first: {len(first)} tokens for {len(nodes)} nodes")
         limit = math.inf if max_tokens is None else max_tokens
         out: list[Node | None] = [None] * len(nodes)
-        with self.lock():
-            for state, members in self._batches(nodes):
-                self._grow(state, members, nodes, out, sampler, boundary, limit, first, stop_after)
+        warpers = sampler.warpers() if sampler is not None else None
+        for state, members in self._batches(nodes):
+            self._grow(state, members, nodes, out, warpers, boundary, limit, first, stop_after)
         self.compute.nodes_expanded += len({id(node) for node in nodes})
         return out  # type: ignore[return-value]
 
@@ -209,15 +211,16 @@ class Tree:
         for index, node in enumerate(nodes):
             groups.setdefault(id(node._state), (node._state, []))[1].append(index)
         forks = []
-        for state, members in groups.values():
-            rows = torch.tensor([nodes[i]._row for i in members], dtype=torch.long)
-            forks.append((self.model.fork(state, rows), members))
-        if len(forks) > 1 and getattr(self.model, "can_merge", False):
-            state, members = forks[0]
-            for other, more in forks[1:]:
-                state = self.model.merge(state, other)
-                members = members + more
-            forks = [(state, members)]
+        with self.lock():
+            for state, members in groups.values():
+                rows = torch.tensor([nodes[i]._row for i in members], dtype=torch.long)
+                forks.append((self.model.fork(state, rows), members))
+            if len(forks) > 1 and getattr(self.model, "can_merge", False):
+                state, members = forks[0]
+                for other, more in forks[1:]:
+                    state = self.model.merge(state, other)
+                    members = members + more
+                forks = [(state, members)]
         return forks
 
     def _check(self, logits: torch.Tensor, step: int) -> None:
@@ -225,38 +228,45 @@ class Tree:
         if not bool(finite.all()):
             raise NumericalError(step, int((~finite).nonzero()[0, 0]))
 
-    def _choose(self, logits: torch.Tensor, sampler: Sampling | None) -> torch.Tensor:
-        if sampler is None:
+    def _choose(self, logits: torch.Tensor, warpers) -> torch.Tensor:
+        if warpers is None:
             return logits.argmax(-1)
-        warpers = sampler.warpers()
         warped = warpers(None, logits) if len(warpers) else logits
         u = torch.rand(logits.shape[0], generator=self.generator)
         return inverse_cdf(warped.softmax(-1), u)
 
-    def _end(self, tokens: list[int], text: str, start: int, drawn: int, boundary, limit) -> tuple[str | None, str]:
-        """Why a branch ends after its newest token (None: it goes on) and its text."""
+    def _end(self, tokens: list[int], start: int, drawn: int, boundary, limit) -> str | None:
+        """Why a branch ends after its newest token (None: it goes on). ``start``: its token
+        count when this extension began. Only the text a check needs is decoded: the last
+        ``window`` tokens for stop strings, this extension's tokens for the boundary."""
         if tokens[-1] in self.eos:
-            return "eos", text
-        cuts = [at for s in self.stop if (at := text.find(s)) >= 0]
-        if cuts:
-            return "stop", text[: min(cuts)]
+            return "eos"
+        if self.stop and any(s in self.decode(tokens[-self.window :]) for s in self.stop):
+            return "stop"
         if len(tokens) >= self.max_new_tokens:
-            return "length", text
-        if boundary is not None and boundary in text[start:]:
-            return "step", text
+            return "length"
+        if boundary is not None and boundary in self.decode(tokens[start:]):
+            return "step"
         if drawn >= limit:
-            return "budget", text
-        return None, text
+            return "budget"
+        return None
 
-    def _grow(self, state, members, parents, out, sampler, boundary, limit, first, stop_after) -> None:
+    def _node(self, tokens: list[int], logprob: float, parent: Node, reason: str) -> Node:
+        text = self.decode(tokens)
+        if reason == "stop":
+            text = text[: min(at for s in self.stop if (at := text.find(s)) >= 0)]
+        return Node(tuple(tokens), logprob, parent, text, reason, parent.depth + 1)
+
+    def _grow(self, state, members, parents, out, warpers, boundary, limit, first, stop_after) -> None:
         """Extend the rows of ``state`` (row ``i`` is branch ``members[i]``) until every branch
         ended; fill ``out``. Steps: 1. draw a token per live row; 2. classify each branch;
         3. drop finished rows, one forward for the rest; 4. branches that ended a step fork
-        their rows into a state of their own."""
+        their rows into a state of their own. The lock is held per model call, so engine steps
+        run between this extension's steps."""
         model, compute = self.model, self.compute
         tokens = {i: list(parents[i].tokens) for i in members}
         logprob = {i: parents[i].logprob for i in members}
-        starts = {i: len(parents[i].text) for i in members}
+        starts = {i: len(parents[i].tokens) for i in members}
         live, drawn, ended = list(members), 0, 0
         while live:
             logits = state.logits
@@ -264,7 +274,7 @@ class Tree:
             if drawn == 0 and first is not None:
                 chosen = torch.tensor([int(first[i]) for i in live], dtype=torch.long)
             else:
-                chosen = self._choose(logits, sampler)
+                chosen = self._choose(logits, warpers)
             scores = logits.log_softmax(-1).gather(1, chosen[:, None]).squeeze(1)
             drawn += 1
             compute.tokens_generated += len(live)
@@ -273,35 +283,35 @@ class Tree:
             for j, i in enumerate(live):
                 tokens[i].append(ids[j])
                 logprob[i] += lps[j]
-                reason, text = self._end(tokens[i], self.decode(tokens[i]), starts[i], drawn, boundary, limit)
+                reason = self._end(tokens[i], starts[i], drawn, boundary, limit)
                 if reason is not None:
                     reasons[j] = reason
-                    node = Node(tuple(tokens[i]), logprob[i], parents[i], text, reason, parents[i].depth + 1)
-                    out[i] = node
+                    out[i] = self._node(tokens[i], logprob[i], parents[i], reason)
                     ended += reason in TERMINAL
             if stop_after is not None and ended >= stop_after:
                 for j, i in enumerate(live):
-                    if j not in reasons or reasons[j] not in TERMINAL:
-                        out[i] = Node(tuple(tokens[i]), logprob[i], parents[i], self.decode(tokens[i]), "cut", parents[i].depth + 1)
+                    if reasons.get(j) not in TERMINAL:
+                        out[i] = self._node(tokens[i], logprob[i], parents[i], "cut")
                 return
             keep = [j for j in range(len(live)) if reasons.get(j) not in TERMINAL]
             if not keep:
                 return
-            if len(keep) < len(live):
-                index = torch.tensor(keep, dtype=torch.long)
-                model.select(state, index)
-                chosen = chosen.index_select(0, index)
-            model.advance(state, None, chosen)
-            compute.forwards += 1
-            compute.row_forwards += len(keep)
             opened = [k for k, j in enumerate(keep) if j in reasons]  # "step" / "budget"
-            live = [live[j] for j in keep]
-            if opened:
-                still = [k for k in range(len(keep)) if k not in set(opened)]
+            still = [k for k in range(len(keep)) if k not in set(opened)]
+            with self.lock():
+                if len(keep) < len(live):
+                    index = torch.tensor(keep, dtype=torch.long)
+                    model.select(state, index)
+                    chosen = chosen.index_select(0, index)
+                model.advance(state, None, chosen)
                 branch = state
-                if still:
+                if opened and still:
                     branch = model.fork(state, torch.tensor(opened, dtype=torch.long))
                     model.select(state, torch.tensor(still, dtype=torch.long))
+            compute.forwards += 1
+            compute.row_forwards += len(keep)
+            live = [live[j] for j in keep]
+            if opened:
                 self._check(branch.logits, drawn)
                 for row, k in enumerate(opened):
                     out[live[k]]._state, out[live[k]]._row = branch, row

@@ -343,3 +343,16 @@ def test_same_seed_same_search():
     t = tree(step_env(), seed=9)
     best, _ = DVTS(n=6, beam_width=3, sampler=Sampling()).run(t, reward, "")
     assert best.tokens == runs[0][0]
+
+
+def test_a_failing_model_becomes_a_named_model_error():
+    from decodekit.errors import ModelError
+
+    def broken(sequence):
+        if len(sequence) > 2:
+            raise RuntimeError("shape mismatch in layer 3")
+        return logprobs({1: 1.0})
+
+    t = tree(ScriptedModel(10, broken, eos_token_ids=(EOS,)))
+    with pytest.raises(ModelError, match="shape mismatch"):
+        t.extend([t.root], max_tokens=4)

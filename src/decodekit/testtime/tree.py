@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from decodekit.errors import ConfigError, InputError, NumericalError
+from decodekit.engine.limits import model_error
+from decodekit.errors import ConfigError, DecodeKitError, InputError, NumericalError
 from decodekit.search.base import inverse_cdf
 from decodekit.search.sampling import Sampling
 
@@ -147,7 +148,7 @@ class Tree:
         self.generator = torch.Generator().manual_seed(seed)
         self.compute = Compute(forwards=1, prefill_tokens=len(prompt))
         self._began = time.perf_counter()
-        with self.lock():
+        with self._model("prefill"):
             state = model.start([list(prompt)], max_new_tokens)
         self._check(state.logits, 0)
         self.root = Node((), 0.0, None, "", _state=state, _row=0)
@@ -211,7 +212,7 @@ class Tree:
         for index, node in enumerate(nodes):
             groups.setdefault(id(node._state), (node._state, []))[1].append(index)
         forks = []
-        with self.lock():
+        with self._model("forking branches"):
             for state, members in groups.values():
                 rows = torch.tensor([nodes[i]._row for i in members], dtype=torch.long)
                 forks.append((self.model.fork(state, rows), members))
@@ -222,6 +223,18 @@ class Tree:
                     members = members + more
                 forks = [(state, members)]
         return forks
+
+    @contextlib.contextmanager
+    def _model(self, where: str):
+        """Hold the lock for one model call; the model's own failures become a named
+        :class:`~decodekit.errors.ModelError`."""
+        with self.lock():
+            try:
+                yield
+            except DecodeKitError:
+                raise
+            except Exception as error:
+                raise model_error(self.model, where, error) from error
 
     def _check(self, logits: torch.Tensor, step: int) -> None:
         finite = torch.isfinite(logits.amax(-1))  # NaN, +inf, or no possible token
@@ -298,7 +311,7 @@ class Tree:
                 return
             opened = [k for k, j in enumerate(keep) if j in reasons]  # "step" / "budget"
             still = [k for k in range(len(keep)) if k not in set(opened)]
-            with self.lock():
+            with self._model("a search step"):
                 if len(keep) < len(live):
                     index = torch.tensor(keep, dtype=torch.long)
                     model.select(state, index)

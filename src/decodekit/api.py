@@ -28,6 +28,7 @@ from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
 from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
+from decodekit.search.momentum import MomentumDecoding
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.search.stochastic_beam import StochasticBeamSearch
 from decodekit.stopping import StopStrings
@@ -40,6 +41,7 @@ STRATEGIES: dict[str, type] = {
     "diverse_beam": DiverseBeamSearch,
     "stochastic_beam": StochasticBeamSearch,
     "context_aware": ContextAwareDecoding,
+    "momentum": MomentumDecoding,
 }
 """Strategy name -> config class; other modules register theirs here."""
 

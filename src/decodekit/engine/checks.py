@@ -28,3 +28,13 @@ def check_prompts(model: LanguageModel, prompts: list[list[int]], options: Decod
             options.max_new_tokens,
             f"at most {room}: the model attends over {model.max_length} tokens and the longest prompt has {longest}",
         )
+
+
+def check_attention(model, group) -> None:
+    """A search that reads attention weights needs a model that records them."""
+    if group.attention is None:
+        return
+    refusal = model.attention_refusal(group.attention) if hasattr(model, "attention_refusal") else "a transformers model (decodekit's adapter records attention weights)"
+    if refusal is not None:
+        name = getattr(group.search, "attention_field", "strategy")
+        raise ConfigError(name, getattr(group.strategy, name, group.strategy), refusal)

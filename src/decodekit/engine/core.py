@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from decodekit.engine.checks import check_prompts
+from decodekit.engine.checks import check_attention, check_prompts
 from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.placement import place, pool_key, prefill
@@ -137,6 +137,7 @@ class Engine:
         if options.dry_multiplier > 0 and any(isinstance(b, str) for b in options.dry_sequence_breakers):
             raise ConfigError("dry_sequence_breakers", options.dry_sequence_breakers, "token ids here (Decoder.generate resolves strings with its tokenizer)")
         group = PlainGroup(model, handles)
+        check_attention(model, group)
         if options.max_time is not None and not hasattr(group.search, "time_out"):
             raise ConfigError("max_time", options.max_time, f"None with {strategy.name!r}: a time limit ends per-row strategies (greedy, sample) only")
         if first.stopping is not None and not group.search.supports_stop_strings:

@@ -93,9 +93,13 @@ class PlainGroup:
             vocab_size=int(model.vocab_size),
             top_logprobs=self.options.top_logprobs,
             stop_check=self.stop_check,
+            prompt_lengths=tuple(len(p) for p in self.prompts),
+            prefixes=tuple((int(model.decoder_start_token_id),) if model.is_encoder_decoder else tuple(p) for p in self.prompts),
             **extras,
         )
         self.search = self.strategy.begin(self.context)
+        self.attention = getattr(self.search, "attention", None)
+        """``"cross"``/``"self"``: the search reads those attention weights every step."""
         self.width = self.search.width
         self.rows = len(handles) * self.width
         self.extra_processors = list(first.processors()) if first.processors is not None else []
@@ -145,9 +149,11 @@ class PlainGroup:
 
     # -- one step ---------------------------------------------------------------------------
 
-    def decide(self, logits: torch.Tensor) -> torch.Tensor:
-        """Decide step ``t`` from this group's ``(rows, vocab)`` logits. Returns a ``(2,)``
-        bool tensor ``[non-finite logits anywhere, done]`` for the engine's one host sync."""
+    def decide(self, logits: torch.Tensor, attention: torch.Tensor | None = None) -> torch.Tensor:
+        """Decide step ``t`` from this group's ``(rows, vocab)`` logits (and, for a search
+        that reads them, the ``(rows, layers, heads, keys)`` attention weights of the same
+        forward). Returns a ``(2,)`` bool tensor ``[non-finite logits anywhere, done]`` for
+        the engine's one host sync."""
         search, t = self.search, self.t
         # NaN, +inf, or a row with no possible token; -inf alone is a legitimate "never".
         # Subtle: a row's max is NaN if any entry is NaN, so one reduction covers all three.
@@ -155,6 +161,8 @@ class PlainGroup:
         scores = logits.log_softmax(-1) if search.scores_are_logprobs else logits.clone()
         if len(self.processors):
             scores = self.processors(self.history[:, : self.prompt_length + t], scores)
+        if attention is not None:
+            search.attend(attention)
         step = search.step(scores, t)
         if step.parents is not None:
             self.history = self.history.index_select(0, step.parents)
@@ -239,7 +247,7 @@ class PlainGroup:
         (known before the prefill, so several such groups can be prefilled together)."""
         processors = self.options.processors(1, self.eos, self.model.vocab_size).processors
         return (
-            isinstance(self.search, RowSearch)
+            type(self.search) is RowSearch  # not its variants (momentum): the pool decides as RowSearch
             and getattr(self.strategy, "row_warpers_only", True)
             and self.options.max_time is None
             and all(isinstance(p, MinNewTokens) for p in processors)

@@ -25,7 +25,9 @@ def prefill(model, groups: list[PlainGroup], clock):
     prompts = [p for g in groups for p in g.prompts]
     began = time.perf_counter()
     try:
-        state = model.start(prompts, max(g.options.max_new_tokens for g in groups))
+        kind = groups[0].attention  # a group that reads attention is prefilled alone
+        record = {"attention": kind} if kind is not None else {}
+        state = model.start(prompts, max(g.options.max_new_tokens for g in groups), **record)
         if len(groups) == 1:
             groups[0].start(state)
             return state
@@ -50,8 +52,12 @@ def prefill(model, groups: list[PlainGroup], clock):
 def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -> None:
     """The rows of ``groups`` (prefilled in ``state``, in order) join ``partitions``: poolable
     ones their kind's pool, others as groups of their own."""
-    partition = partitions[0] if getattr(model, "can_merge", False) and partitions else None
     first = groups[0]
+    if first.attention is not None:  # its forwards record attention: a state of its own
+        partitions.append(Partition(state, list(groups)))
+        return
+    mergeable = [p for p in partitions if "record" not in p.state.extra]
+    partition = mergeable[0] if getattr(model, "can_merge", False) and mergeable else None
     if not first.poolable:
         if partition is not None:
             partition.state = model.merge(partition.state, state)

@@ -41,9 +41,10 @@ def step_partitions(model, partitions: list[Partition], clock: Clock, step_count
         for group in partition.groups:
             sizes[id(group)] = group.rows
             logits = partition.state.logits[offset : offset + group.rows]
+            weights = partition.state.extra.get("attention") if getattr(group, "attention", None) else None
             offset += group.rows
             try:
-                decided.append((group, group.decide(logits)))
+                decided.append((group, group.decide(logits) if weights is None else group.decide(logits, weights)))
             except Exception as error:
                 group.error = error
                 decided.append((group, None))

@@ -18,9 +18,10 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from decodekit.errors import InputError
-from decodekit.model import attention, quiet, support
+from decodekit.model import attention, attention_maps, quiet, support
 from decodekit.model import head as output_head
-from decodekit.model.base import DecodeState, tree_ancestors
+from decodekit.model.base import DecodeState
+from decodekit.model.blocks import BlockSteps
 from decodekit.model.cache import PreallocatedCache, twin
 from decodekit.model.fast_llama import LlamaStep
 from decodekit.model.merge import merge_states
@@ -45,7 +46,7 @@ def _decoder_layer_count(config) -> int:
     return 1  # unknown: layers beyond the storage get buffers of their own
 
 
-class HFLanguageModel:
+class HFLanguageModel(BlockSteps):
     """A transformers model behind decodekit's :class:`~decodekit.model.base.LanguageModel`.
 
     The prompt batch is left-padded (decoder-only) so every row's next token lands in the same
@@ -105,12 +106,19 @@ class HFLanguageModel:
             return int(self.pad_token_id)
         return self.eos_token_ids[0] if self.eos_token_ids else 0
 
-    def _forward(self, **inputs) -> torch.Tensor:
+    def _forward(self, extra: dict | None = None, **inputs) -> torch.Tensor:
+        """The model's forward; the last position's float32 logits. With ``extra`` of a state
+        that records attention, its weights go to ``extra["attention"]``."""
         self.forward_count += 1
         if self._keeps_logits:
             inputs["logits_to_keep"] = 1
         ids = inputs.get("input_ids", inputs.get("decoder_input_ids"))
-        if not output_head.applies(self._head, ids.shape[0]):
+        kind = extra.get("record") if extra is not None else None
+        if kind is not None:
+            with attention_maps.eager(self.model), quiet.driven():
+                out = self.model(**inputs, use_cache=True, return_dict=True, output_attentions=True)
+            extra["attention"] = attention_maps.last_queries(out, kind, self.is_encoder_decoder)
+        elif not output_head.applies(self._head, ids.shape[0]):
             with quiet.driven():
                 out = self.model(**inputs, use_cache=True, return_dict=True)
         else:
@@ -137,10 +145,13 @@ class HFLanguageModel:
     # -- start ----------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def start(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
-        """Prefill each prompt once (one forward for the whole batch)."""
+    def start(self, prompts: list[list[int]], max_new_tokens: int, attention: str | None = None) -> DecodeState:
+        """Prefill each prompt once (one forward for the whole batch). ``attention``:
+        ``"cross"``/``"self"`` records those weights after every forward
+        (:mod:`decodekit.model.attention_maps`)."""
+        record = {"record": attention} if attention is not None else None
         if self.is_encoder_decoder:
-            return self._start_encoder_decoder(prompts, max_new_tokens)
+            return self._start_encoder_decoder(prompts, max_new_tokens, record)
         device, batch = self.device, len(prompts)
         width = max(len(p) for p in prompts)
         ids = torch.full((batch, width), self._pad_id(), dtype=torch.long)
@@ -154,15 +165,15 @@ class HFLanguageModel:
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)
         cache = PreallocatedCache(self._layers, capacity)
         logits = self._forward(
-            input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache}
+            record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache}
         )
         # ``holes``: some slot before ``length`` is masked (padding, speculative rollback); without
         # holes the model is called with no attention mask, which skips building one every step
         holes = min(len(p) for p in prompts) < width
         extra = {"cache": cache, "mask": mask, "length": width, "next_position": prompt_mask.sum(-1), "holes": holes, "group": 1}
-        return DecodeState(logits, width, extra)
+        return DecodeState(logits, width, {**extra, **(record or {})})
 
-    def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
+    def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int, record: dict | None) -> DecodeState:
         device, batch = self.device, len(prompts)
         width = max(len(p) for p in prompts)
         ids = torch.full((batch, width), self._pad_id(), dtype=torch.long)
@@ -178,10 +189,10 @@ class HFLanguageModel:
         )
         start = torch.full((batch, 1), int(self.decoder_start_token_id), dtype=torch.long, device=device)
         logits = self._forward(
-            encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start, **{self._cache_kw: cache}
+            record, encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start, **{self._cache_kw: cache}
         )
         extra = {"cache": cache, "encoder": encoded, "encoder_mask": mask, "length": 1}
-        return DecodeState(logits, 1, extra)
+        return DecodeState(logits, 1, {**extra, **(record or {})})
 
     # -- row bookkeeping ------------------------------------------------------------------------
 
@@ -207,6 +218,8 @@ class HFLanguageModel:
             extra["group"] = extra["group"] * k if fan_out else 1
             extra["mask"] = extra["mask"].index_select(0, rows)
             extra["next_position"] = extra["next_position"].index_select(0, rows)
+        if "attention" in extra:
+            extra["attention"] = extra["attention"].index_select(0, rows)
         state.logits = state.logits.index_select(0, rows)
 
     def fork(self, state: DecodeState, rows: torch.Tensor) -> DecodeState:
@@ -218,6 +231,10 @@ class HFLanguageModel:
         branch = DecodeState(state.logits, state.prompt_length, extra)
         self.select(branch, rows)
         return branch
+
+    def attention_refusal(self, kind: str) -> str | None:
+        """Why this model cannot record ``kind`` attention weights, or None if it can."""
+        return attention_maps.refusal(self.model, self.is_encoder_decoder, kind)
 
     def speculation_refusal(self) -> str | None:
         """Why speculative decoding cannot be exact on this model, or None if it can."""
@@ -244,6 +261,7 @@ class HFLanguageModel:
         length = extra["length"]
         if self.is_encoder_decoder:
             state.logits = self._forward(
+                extra,
                 encoder_outputs=extra["encoder"],
                 attention_mask=extra["encoder_mask"],
                 decoder_input_ids=tokens[:, None],
@@ -258,15 +276,16 @@ class HFLanguageModel:
             step_mask = mask[:, : length + 1] if extra["holes"] else None
             group, prefix = extra["group"], state.prompt_length
             plan = (group, prefix) if group > 1 and prefix >= attention.MIN_PREFIX else None
-            if self._lean_step() is not None:
+            if self._lean_step() is not None and "record" not in extra:
                 self.forward_count += 1
                 step_mask = step_mask[:, None, None, :].bool() if step_mask is not None else None
                 hidden = self._step(tokens[:, None], position[:, None], extra["cache"], step_mask, plan)
                 state.logits = self._project(hidden[:, -1])
             else:
-                sharing = attention.shared_prefix(self.model, *plan) if plan and self._shared_prefix else contextlib.nullcontext()
-                with sharing:
+                share = plan and self._shared_prefix and "record" not in extra
+                with attention.shared_prefix(self.model, *plan) if share else contextlib.nullcontext():
                     state.logits = self._forward(
+                        extra,
                         input_ids=tokens[:, None],
                         attention_mask=step_mask,
                         position_ids=position[:, None],
@@ -274,123 +293,3 @@ class HFLanguageModel:
                     )
             extra["next_position"] = position + 1
         extra["length"] = length + 1
-
-
-    # -- speculation: score a draft block, then keep what was accepted -------------------------
-
-    @torch.inference_mode()
-    def verify(self, state: DecodeState, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
-        """Score a block of draft tokens in one forward (decoder-only models).
-
-        ``tokens``: ``(rows, n)`` int64. ``parents``: ``(rows, n)`` int64, the block index of each
-        token's parent, ``-1`` for a token that directly continues the row's cache; parents come
-        before their children. A chain is ``parents = [-1, 0, 1, ...]``; a tree is verified
-        through a 4D attention mask (each token sees the row's cache and its own ancestors) and
-        depth-based position ids, as in SpecInfer (Miao et al., 2024).
-
-        Returns ``(rows, n, vocab)`` float32 logits: entry ``j`` is the next-token distribution
-        after token ``j``'s path. Mutates the cache: the block occupies cache slots
-        ``[length, length + n)`` until :meth:`keep` selects what stays.
-        """
-        extra = state.extra
-        rows, n = tokens.shape
-        length, mask = extra["length"], extra["mask"]
-        if length + n > mask.shape[1]:
-            grown = mask.new_zeros(rows, max(length + n, 2 * mask.shape[1]))
-            grown[:, : mask.shape[1]] = mask
-            extra["mask"] = mask = grown
-        ancestors = tree_ancestors(parents)  # (rows, n, n)
-        depth = ancestors.sum(-1) - 1  # (rows, n)
-        positions = extra["next_position"][:, None] + depth
-        visible = torch.cat([mask[:, None, :length].bool().expand(rows, n, length), ancestors], dim=-1)
-        dtype = next(self.model.parameters()).dtype
-        block_mask = torch.zeros(visible.shape, dtype=dtype, device=tokens.device)
-        block_mask.masked_fill_(~visible, torch.finfo(dtype).min)
-        self.forward_count += 1
-        if self._lean_step() is not None:
-            logits = self._project(self._step(tokens, positions, extra["cache"], block_mask[:, None]))
-        else:
-            inputs = {"logits_to_keep": 0} if self._keeps_logits else {}
-            with quiet.driven():
-                logits = self.model(
-                    input_ids=tokens,
-                    attention_mask=block_mask[:, None],
-                    position_ids=positions,
-                    **{self._cache_kw: extra["cache"]},
-                    use_cache=True,
-                    return_dict=True,
-                    **inputs,
-                ).logits.float()
-        extra["length"] = length + n
-        extra["block"] = (length, n)
-        extra["group"] = 1  # keep/compact move rows' slots independently
-        return logits
-
-    @torch.inference_mode()
-    def keep(self, state: DecodeState, index: torch.Tensor, count: torch.Tensor) -> None:
-        """Keep, for row ``r``, the block tokens ``index[r, :count[r]]`` (a root-to-node path of
-        the last :meth:`verify` block) and forget the rest of the block (speculative rollback).
-
-        ``index``: ``(rows, m)`` int64 block indices; ``count``: ``(rows,)`` int64, ``<= m``.
-        The kept keys/values move to the slots right after the row's previous tokens; a row
-        that keeps fewer than ``m`` leaves masked holes, so rows may keep different numbers of
-        tokens. Advances each row's next position by ``count[r]``.
-        """
-        extra = state.extra
-        start, _ = extra.pop("block")
-        rows, m = index.shape
-        for layer in extra["cache"].layers:
-            for name in ("_key_buffer", "_value_buffer"):
-                buffer = getattr(layer, name)
-                gather = (start + index)[:, None, :, None].expand(rows, buffer.shape[1], m, buffer.shape[3])
-                buffer[:, :, start : start + m] = torch.gather(buffer, 2, gather)
-            layer.truncate(start + m)
-        kept = torch.arange(m, device=index.device)[None, :] < count[:, None]
-        extra["mask"][:, start : start + m] = kept.to(extra["mask"].dtype)
-        extra["mask"][:, start + m :] = 0
-        extra["holes"] = True
-        extra["length"] = start + m
-        extra["next_position"] = extra["next_position"] + count
-
-    @torch.inference_mode()
-    def compact(self, state: DecodeState) -> None:
-        """Squeeze out the masked holes :meth:`keep` left: each row's real slots move, in
-        order, to the right end of ``[0, m)`` with ``m`` the largest real count. Keys carry
-        their rotary positions, so moving them changes nothing the model computes."""
-        extra = state.extra
-        length = extra["length"]
-        real = extra["mask"][:, :length].bool()
-        m = int(real.sum(-1).max())
-        order = torch.argsort(real.to(torch.int8), dim=1, stable=True)[:, length - m :]  # (rows, m)
-        rows = order.shape[0]
-        for layer in extra["cache"].layers:
-            for name in ("_key_buffer", "_value_buffer"):
-                buffer = getattr(layer, name)
-                gather = order[:, None, :, None].expand(rows, buffer.shape[1], m, buffer.shape[3])
-                buffer[:, :, :m] = torch.gather(buffer[:, :, :length], 2, gather)
-            layer.truncate(m)
-        extra["mask"][:, :m] = real.gather(1, order).to(extra["mask"].dtype)
-        extra["mask"][:, m:] = 0
-        extra["holes"] = bool((real.sum(-1) < m).any())
-        extra["length"] = m
-
-    @torch.inference_mode()
-    def rewind(self, state: DecodeState, count: torch.Tensor) -> None:
-        """Forget the last ``count[r]`` tokens of row ``r`` (``(rows,)`` int64), which must be
-        the row's newest cache slots (e.g. a draft model's own unverified tokens). Leaves
-        masked holes; the shared length shrinks by what every row forgot."""
-        extra = state.extra
-        length, mask = extra["length"], extra["mask"]
-        most = int(count.max()) if count.numel() else 0
-        if most == 0:
-            return
-        window = torch.arange(length - most, length, device=count.device)[None, :]
-        forget = window >= (length - count)[:, None]
-        mask[:, length - most : length].masked_fill_(forget, 0)
-        extra["holes"] = True
-        extra["next_position"] = extra["next_position"] - count
-        least = int(count.min())
-        if least > 0:
-            for layer in extra["cache"].layers:
-                layer.truncate(length - least)
-            extra["length"] = length - least

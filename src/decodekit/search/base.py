@@ -67,6 +67,12 @@ class SearchContext:
     """Stop strings: ``(rows, t)`` generated ids -> ``(rows,)`` bool, for searches that end
     candidates themselves (beam search); per-row searches are stopped by the engine."""
 
+    prompt_lengths: tuple[int, ...] = ()
+    """Each prompt's length in tokens (padding excluded)."""
+    prefixes: tuple[tuple[int, ...], ...] = ()
+    """Each prompt's decoder-side prefix: the prompt (decoder-only) or the decoder start token
+    (encoder-decoder), for searches that read the whole sequence (momentum decoding)."""
+
     def generator(self, prompt: int) -> torch.Generator | None:
         return self.generators[prompt] if self.generators else None
 

@@ -23,6 +23,7 @@ import torch
 
 from decodekit import validation as v
 from decodekit.errors import ConfigError, check
+from decodekit.scoring.coverage import coverage_penalty, source_attention
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, per_prompt_rand
 from decodekit.search.sampling import Sampling
@@ -49,6 +50,15 @@ class BeamSearch:
     length_penalty_form: str = "exponent"
     early_stopping: bool | str = False
     sampler: Sampling | None = field(default=None)
+    coverage_penalty: float = 0.0
+    """GNMT's coverage penalty beta (eq. 14, :mod:`decodekit.scoring.coverage`) added to every
+    finished hypothesis' score, from the decoder's cross-attention (encoder-decoder models;
+    0: off). Pair it with ``length_penalty_form="gnmt"`` for GNMT's full scoring function."""
+    coverage_layer: int = -1
+    """Which decoder layer's cross-attention the coverage penalty reads."""
+    coverage_head: int | None = None
+    """Which head of that layer (None: the mean of its heads; OpenNMT-py and CTranslate2 read
+    head 0 of the last layer)."""
 
     @property
     def penalty(self) -> LengthPenalty:
@@ -59,6 +69,10 @@ class BeamSearch:
         v.integer("num_return_sequences", self.num_return_sequences, 1, self.num_beams, "at most num_beams")
         v.choice("early_stopping", self.early_stopping, (True, False, "never"))
         self.penalty.validate()
+        v.number("coverage_penalty", self.coverage_penalty, 0.0, 1e3)
+        v.integer("coverage_layer", self.coverage_layer, -1024, 1023, "a decoder layer index (negative counts from the last)")
+        if self.coverage_head is not None:
+            v.integer("coverage_head", self.coverage_head, -1024, 1023, "an attention head index, or None for the mean of the heads")
         if self.sampler is not None:
             if not isinstance(self.sampler, Sampling):
                 raise ConfigError("sampler", self.sampler, "a decodekit.Sampling config or None")
@@ -106,6 +120,25 @@ class BeamSearchRun:
         self.can_improve = torch.ones((B, 1), dtype=torch.bool, device=device)
         self.top_k_mask = torch.arange(self.candidates, device=device) < K
         self.row_offset = torch.arange(B, device=device)[:, None] * K
+        self.beta = float(getattr(config, "coverage_penalty", 0.0))
+        self.attention = "cross" if self.beta else None
+        """The engine hands :meth:`attend` the cross-attention of every forward."""
+        self.attention_field = "coverage_penalty"
+        self.coverage = self.step_attention = None  # (B, K, source): summed, this step's
+
+    def attend(self, weights: torch.Tensor) -> None:
+        """``(B*K, layers, heads, source)`` cross-attention of the forward that produced this
+        step's scores: the attention that chose this step's tokens."""
+        B, K = self.context.batch_size, self.width
+        config = self.config
+        for name, index, size, what in (("coverage_layer", config.coverage_layer, weights.shape[1], "decoder layers"), ("coverage_head", config.coverage_head, weights.shape[2], "heads")):
+            if index is not None and not -size <= index < size:
+                raise ConfigError(name, index, f"an index of the model's {size} {what}")
+        self.step_attention = source_attention(weights, config.coverage_layer, config.coverage_head).view(B, K, -1)
+        if self.coverage is None:
+            self.coverage = torch.zeros_like(self.step_attention)
+            lengths = torch.tensor(self.context.prompt_lengths, device=weights.device)
+            self.source = torch.arange(weights.shape[-1], device=weights.device) < lengths[:, None, None]
 
     def _select(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, K, V)`` step log-probs -> the C candidates' accumulated scores and flat
@@ -169,6 +202,8 @@ class BeamSearchRun:
         self.running_tokens[:, :, t] = tokens
         self.running_logprobs = _take(self.running_logprobs, parents)
         self.running_logprobs[:, :, t] = _take(cand_logprob, keep)
+        if self.beta:
+            self.coverage = _take(self.coverage + self.step_attention, parents)
         if self.running_top is not None:
             top = self.running_top
             top.values, top.ids = _take(top.values, parents), _take(top.ids, parents)
@@ -200,6 +235,9 @@ class BeamSearchRun:
         cand_logprobs = _take(self.running_logprobs, cand_beam)
         cand_logprobs[:, :, t] = cand_logprob
         finished_scores = cand_scores / self.penalty(t + 1)
+        if self.beta:  # eq. 14: lp-normalised log-prob plus the candidate's coverage penalty
+            coverage = _take(self.coverage + self.step_attention, cand_beam)
+            finished_scores = finished_scores + coverage_penalty(coverage, self.source, self.beta)
         if self.config.early_stopping is True:
             pool_full = self.pool_finished.all(-1, keepdim=True)
             finished_scores = finished_scores + pool_full.float() * _MASKED

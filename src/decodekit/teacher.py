@@ -41,6 +41,13 @@ def score(decoder, prompts, continuations):
 def forward_logprobs(lm: HFLanguageModel, prompts: list[list[int]], continuations: list[list[int]]) -> list[torch.Tensor]:
     """Each continuation's per-token log-probs given its prompt, in one forward over the
     batch (right-padded; the model's raw distribution)."""
+    dists = forward_distributions(lm, prompts, continuations)
+    return [d.gather(1, torch.tensor(c, device=d.device)[:, None]).squeeze(1) for d, c in zip(dists, continuations)]
+
+
+def forward_distributions(lm: HFLanguageModel, prompts: list[list[int]], continuations: list[list[int]]) -> list[torch.Tensor]:
+    """Each continuation's ``(len, vocab)`` next-token log-probs at its positions given its
+    prompt (teacher-forced), in one forward over the batch (on the CPU)."""
     device = lm.model.device
     rows = len(prompts)
     with torch.no_grad():
@@ -67,5 +74,5 @@ def forward_logprobs(lm: HFLanguageModel, prompts: list[list[int]], continuation
     out = []
     for r, c in enumerate(continuations):
         positions = torch.arange(offsets[r], offsets[r] + len(c), device=log_probs.device)
-        out.append(log_probs[r, positions].gather(1, torch.tensor(c, device=log_probs.device)[:, None]).squeeze(1).cpu())
+        out.append(log_probs[r, positions].cpu())
     return out

@@ -127,3 +127,43 @@ def test_cli_momentum_and_coverage_flags():
         capture_output=True, text=True, timeout=300,
     )
     assert refused.returncode != 0 and "coverage_penalty" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("build", [tm.llama, tm.gpt2])
+def test_adadec_without_lookahead_is_greedy_and_its_pauses_cost_forwards(build, one_thread):
+    from decodekit.testtime import AdaDec
+
+    decoder = decodekit.load(build(seed=2))
+    prompt = tm.prompts(3, 1)[0]
+    greedy = decoder.generate(prompt, max_new_tokens=10).sequences[0]
+    same = decoder.search(prompt, AdaDec(threshold=0.0, lookahead=0), max_new_tokens=10)
+    assert same.best.token_ids == greedy.token_ids
+    assert same.best.logprob == pytest.approx(greedy.logprob, abs=1e-3)
+    plain = decoder.search(prompt, AdaDec(threshold=1e3), max_new_tokens=10)
+    assert plain.best.token_ids == greedy.token_ids and plain.compute.forwards <= len(greedy.token_ids) + 1
+    searched = decoder.search(prompt, AdaDec(threshold=0.0, candidates=3, lookahead=3), max_new_tokens=10)
+    assert searched.compute.forwards > plain.compute.forwards
+    again = decoder.search(prompt, AdaDec(threshold=0.0, candidates=3, lookahead=3), max_new_tokens=10)
+    assert again.best.token_ids == searched.best.token_ids
+
+
+def test_learn_threshold_on_a_real_model_is_its_fits_crossing():
+    import math
+
+    from decodekit.testtime import learn_threshold
+
+    decoder = decodekit.load()
+    texts = ["def add(a, b):\n    return a + b\n", "import os\n\nprint(os.getcwd())\n", "class A:\n    def __init__(self):\n        self.x = 1\n"] * 3
+    calibration = learn_threshold(decoder, texts)
+    assert calibration.weight < 0
+    assert calibration.threshold == pytest.approx((math.log(calibration.cutoff / (1 - calibration.cutoff)) - calibration.bias) / calibration.weight)
+    assert calibration.positions == sum(len(decoder.encode(t)) - 1 for t in texts)
+
+
+def test_cli_search_adadec_needs_no_reward():
+    done = subprocess.run(
+        [sys.executable, "-m", "decodekit", "search", "def f(x):", "--strategy", "adadec", "--threshold", "1.5", "--max-new-tokens", "8", "--output-format", "json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["best"]["token_ids"]

@@ -16,12 +16,12 @@ from decodekit.search.momentum import MomentumDecoding, MomentumRun
 EOS = 0
 
 
-def run_with(prefixes, config=MomentumDecoding()) -> MomentumRun:
+def run_with(prefixes, config: MomentumDecoding | None = None) -> MomentumRun:
     context = SearchContext(
         batch_size=len(prefixes), max_new_tokens=4, eos_token_ids=torch.tensor([EOS]), pad_token_id=EOS,
         device=torch.device("cpu"), vocab_size=10, prefixes=tuple(map(tuple, prefixes)),
     )
-    return config.begin(context)
+    return (config or MomentumDecoding()).begin(context)
 
 
 def test_loop_depth_is_the_longest_repeated_ngram_the_candidate_completes():

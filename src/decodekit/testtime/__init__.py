@@ -4,6 +4,7 @@
 :class:`~decodekit.testtime.tree.Tree` (branches share their prefix's cache) and reports its
 compute in the same :class:`~decodekit.testtime.tree.Compute` fields."""
 
+from decodekit.testtime.adadec import AdaDec, Calibration, learn_threshold
 from decodekit.testtime.astar import AStarDecoding
 from decodekit.testtime.deal import DeAL
 from decodekit.testtime.executable import ExecutableReward
@@ -16,7 +17,7 @@ from decodekit.testtime.stepwise import DVTS, RewardBeamSearch
 from decodekit.testtime.tree import Compute, Node, Tree
 
 __all__ = [
-    "AStarDecoding", "BestOfN", "Candidate", "ClassifierPRM", "Compute", "DVTS", "DeAL", "ExecutableReward",
+    "AStarDecoding", "AdaDec", "BestOfN", "Calibration", "Candidate", "ClassifierPRM", "Compute", "DVTS", "DeAL", "ExecutableReward",
     "FirstFinishSearch", "MCTS", "Node", "OutcomeReward", "ProcessReward", "Reward", "RewardBeamSearch",
-    "SEARCHES", "SandboxLimits", "SandboxResult", "SearchResult", "Tree", "run_tests",
+    "SEARCHES", "SandboxLimits", "SandboxResult", "SearchResult", "Tree", "learn_threshold", "run_tests",
 ]

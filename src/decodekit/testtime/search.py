@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from decodekit import validation as v
 from decodekit.engine.limits import check_rows
 from decodekit.errors import ConfigError
+from decodekit.testtime.adadec import AdaDec
 from decodekit.testtime.astar import AStarDecoding
 from decodekit.testtime.deal import DeAL
 from decodekit.testtime.mcts import MCTS
@@ -16,7 +17,7 @@ from decodekit.testtime.sampled import BestOfN, FirstFinishSearch
 from decodekit.testtime.stepwise import DVTS, RewardBeamSearch
 from decodekit.testtime.tree import Compute, Node, Tree
 
-SEARCHES = {s.name: s for s in (BestOfN, FirstFinishSearch, RewardBeamSearch, DVTS, AStarDecoding, MCTS, DeAL)}
+SEARCHES = {s.name: s for s in (BestOfN, FirstFinishSearch, RewardBeamSearch, DVTS, AStarDecoding, MCTS, DeAL, AdaDec)}
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def _widest(strategy) -> tuple[str, int]:
         return ("k" if strategy.k >= strategy.parallel else "parallel"), strategy.k * strategy.parallel
     if isinstance(strategy, DeAL):
         return "k", strategy.k * strategy.beams
+    if isinstance(strategy, AdaDec):
+        return "candidates", strategy.candidates
     return "n", strategy.n
 
 
@@ -79,7 +82,7 @@ def make_search(strategy):
             raise ConfigError("strategy", strategy, f"one of {', '.join(sorted(SEARCHES))}")
         strategy = SEARCHES[strategy]()
     if not isinstance(strategy, tuple(SEARCHES.values())):
-        raise ConfigError("strategy", strategy, "a search config (BestOfN(...), RewardBeamSearch(...), DVTS(...), AStarDecoding(...), MCTS(...), FirstFinishSearch(...), DeAL(...)) or its name")
+        raise ConfigError("strategy", strategy, "a search config (BestOfN(...), RewardBeamSearch(...), DVTS(...), AStarDecoding(...), MCTS(...), FirstFinishSearch(...), DeAL(...), AdaDec(...)) or its name")
     strategy.validate()
     return strategy
 

@@ -68,8 +68,8 @@ class Node:
     """A partial or finished completion. ``tokens``: generated ids (prompt excluded);
     ``logprob``: their summed log-probability under the model (raw logits); ``text``: their
     text, cut before a stop string; ``finish``: None while it may grow, else a
-    :data:`TERMINAL` reason or ``"step"``/``"budget"`` (open again: a step boundary, or the
-    extension's token budget, ended it); ``depth``: extensions from the root. ``value`` and
+    :data:`TERMINAL` reason or ``"step"``/``"budget"``/``"pause"`` (open again: a step boundary, the
+    extension's token budget or a ``pause`` ended it); ``depth``: extensions from the root. ``value`` and
     ``data`` belong to the search that grows the tree."""
 
     tokens: tuple[int, ...]
@@ -164,6 +164,7 @@ class Tree:
         max_tokens: int | None = None,
         first: Sequence[int] | None = None,
         stop_after: int | None = None,
+        pause: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> list[Node]:
         """One child per entry of ``nodes`` (repeat a node for several children), in order.
 
@@ -172,7 +173,9 @@ class Tree:
         (its text since the parent gained ``boundary``), or drew ``max_tokens``. ``first``:
         the first token of each branch, given instead of drawn (expansion by top-k tokens).
         ``stop_after``: end the whole extension once that many branches finished; the rest
-        are ``"cut"`` (First Finish Search). Every node must be open."""
+        are ``"cut"`` (First Finish Search). ``pause``: ``(rows, vocab)`` next-token logits ->
+        ``(rows,)`` bool; a branch whose next distribution it flags ends open (``"pause"``)
+        before drawing from it (AdaDec's uncertainty trigger). Every node must be open."""
         for node in nodes:
             if not node.open:
                 raise InputError(f"node finished ({node.finish}) or released: it cannot be extended")
@@ -182,9 +185,13 @@ class Tree:
         out: list[Node | None] = [None] * len(nodes)
         warpers = sampler.warpers() if sampler is not None else None
         for state, members in self._batches(nodes):
-            self._grow(state, members, nodes, out, warpers, boundary, limit, first, stop_after)
+            self._grow(state, members, nodes, out, warpers, boundary, limit, first, stop_after, pause)
         self.compute.nodes_expanded += len({id(node) for node in nodes})
         return out  # type: ignore[return-value]
+
+    def logprobs(self, node: Node) -> torch.Tensor:
+        """``(vocab,)`` next-token log-probabilities of an open node."""
+        return node._state.logits[node._row].log_softmax(-1)
 
     def top_tokens(self, node: Node, k: int) -> list[tuple[int, float]]:
         """The ``k`` most likely next tokens of an open node, with their log-probabilities;
@@ -270,7 +277,7 @@ class Tree:
             text = text[: min(at for s in self.stop if (at := text.find(s)) >= 0)]
         return Node(tuple(tokens), logprob, parent, text, reason, parent.depth + 1)
 
-    def _grow(self, state, members, parents, out, warpers, boundary, limit, first, stop_after) -> None:
+    def _grow(self, state, members, parents, out, warpers, boundary, limit, first, stop_after, pause=None) -> None:
         """Extend the rows of ``state`` (row ``i`` is branch ``members[i]``) until every branch
         ended; fill ``out``. Steps: 1. draw a token per live row; 2. classify each branch;
         3. drop finished rows, one forward for the rest; 4. branches that ended a step fork
@@ -310,13 +317,22 @@ class Tree:
             if not keep:
                 return
             opened = [k for k, j in enumerate(keep) if j in reasons]  # "step" / "budget"
-            still = [k for k in range(len(keep)) if k not in set(opened)]
             with self._model("a search step"):
                 if len(keep) < len(live):
                     index = torch.tensor(keep, dtype=torch.long)
                     model.select(state, index)
                     chosen = chosen.index_select(0, index)
                 model.advance(state, None, chosen)
+            if pause is not None:  # branches whose next distribution calls for a pause
+                flagged = pause(state.logits).tolist()
+                for k, j in enumerate(keep):
+                    if flagged[k] and j not in reasons:
+                        i = live[j]
+                        out[i] = self._node(tokens[i], logprob[i], parents[i], "pause")
+                        opened.append(k)
+                opened.sort()
+            still = [k for k in range(len(keep)) if k not in set(opened)]
+            with self._model("forking branches"):
                 branch = state
                 if opened and still:
                     branch = model.fork(state, torch.tensor(opened, dtype=torch.long))

@@ -183,6 +183,8 @@ class Decoder:
         context = {}  # (a seed of None: the engine takes the strategy's, see request_seed)
         if hasattr(self.model, "input_embeddings"):
             context["input_embeddings"] = self.model.input_embeddings
+        if self.tokenizer is not None:
+            context["decode"] = self.decode_text
         requests = [
             Request(
                 self.encode(p), strategy, options, seed=seed, processors=factory, stop_check=stop, search_context=context, stream=stream,

@@ -167,3 +167,26 @@ def test_cli_search_adadec_needs_no_reward():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["best"]["token_ids"]
+
+
+def test_in_beam_rescoring_on_the_embedded_model_scores_finished_texts_by_the_mix():
+    from decodekit.scoring.rerank import Rescoring
+
+    decoder = decodekit.load()
+    prompt = "def parse(line):"
+    plain = BeamSearch(num_beams=4, num_return_sequences=4)
+    seen = []
+
+    def varied(prompt_text, text):  # a scorer on text: prefers varied characters
+        seen.append(prompt_text)
+        return len(set(text))
+
+    zero = decoder.generate(prompt, BeamSearch(num_beams=4, num_return_sequences=4, rescore=Rescoring(varied, every=2, weight=0.0)), max_new_tokens=12)
+    base = decoder.generate(prompt, plain, max_new_tokens=12)
+    assert [s.token_ids for s in zero.sequences] == [s.token_ids for s in base.sequences]
+    mixed = decoder.generate(prompt, BeamSearch(num_beams=4, num_return_sequences=4, rescore=Rescoring(varied, every=2, weight=0.5)), max_new_tokens=12)
+    assert set(seen) == {prompt}
+    for sequence in mixed.sequences:  # length_penalty 1: lp = length
+        expected = 0.5 * sequence.logprob / len(sequence.token_ids) + 0.5 * varied(prompt, decoder.decode_text(sequence.token_ids))
+        assert sequence.score == pytest.approx(expected, abs=1e-4)
+    assert [s.token_ids for s in mixed.sequences] != [s.token_ids for s in base.sequences]

@@ -94,6 +94,7 @@ class PlainGroup:
             top_logprobs=self.options.top_logprobs,
             stop_check=self.stop_check,
             prompt_lengths=tuple(len(p) for p in self.prompts),
+            prompts=tuple(tuple(p) for p in self.prompts),
             prefixes=tuple((int(model.decoder_start_token_id),) if model.is_encoder_decoder else tuple(p) for p in self.prompts),
             **extras,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -93,3 +94,22 @@ def rerank(results: GenerationResult | Sequence[GenerationResult], scorer, weigh
         sequences = [dataclasses.replace(result.sequences[i], score=mixed[i]) for i in order]
         out.append(dataclasses.replace(result, sequences=sequences))
     return out[0] if single else out
+
+
+@dataclass(frozen=True)
+class Rescoring:
+    """In-beam re-scoring (:class:`~decodekit.BeamSearch`'s ``rescore``): every ``every``
+    steps, the step's candidates are scored by ``scorer`` and the beams that keep running are
+    the best by ``(1 - weight) * logprob + weight * scorer``; between re-scorings a beam keeps
+    its prefix's last scorer value. A finished hypothesis is scored when it finishes:
+    ``(1 - weight) * logprob / lp + weight * scorer``. The scorer sees texts (the decoder's
+    tokenizer), or token-id lists when there is none."""
+
+    scorer: object
+    every: int = 4
+    weight: float = 0.5
+
+    def validate(self) -> None:
+        as_scorer(self.scorer)
+        v.integer("rescore.every", self.every, 1, 1 << 20, "steps between re-scorings")
+        v.number("rescore.weight", self.weight, 0.0, 1.0)

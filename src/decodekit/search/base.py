@@ -69,6 +69,10 @@ class SearchContext:
 
     prompt_lengths: tuple[int, ...] = ()
     """Each prompt's length in tokens (padding excluded)."""
+    prompts: tuple[tuple[int, ...], ...] = ()
+    """Each prompt's token ids (the encoder's input for an encoder-decoder model)."""
+    decode: object = None
+    """``ids -> text`` (the decoder's tokenizer), or None when there is no tokenizer."""
     prefixes: tuple[tuple[int, ...], ...] = ()
     """Each prompt's decoder-side prefix: the prompt (decoder-only) or the decoder start token
     (encoder-decoder), for searches that read the whole sequence (momentum decoding)."""

@@ -22,9 +22,10 @@ from typing import ClassVar
 import torch
 
 from decodekit import validation as v
-from decodekit.errors import ConfigError, check
+from decodekit.errors import ConfigError, InputError, check
 from decodekit.scoring.coverage import coverage_penalty, source_attention
 from decodekit.scoring.length import LengthPenalty
+from decodekit.scoring.rerank import Rescoring, as_scorer
 from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, per_prompt_rand
 from decodekit.search.sampling import Sampling
 
@@ -56,6 +57,9 @@ class BeamSearch:
     0: off). Pair it with ``length_penalty_form="gnmt"`` for GNMT's full scoring function."""
     coverage_layer: int = -1
     """Which decoder layer's cross-attention the coverage penalty reads."""
+    rescore: Rescoring | None = None
+    """Re-score the candidates with an external scorer every few steps
+    (:class:`~decodekit.scoring.rerank.Rescoring`; RankGen-style in-beam re-ranking)."""
     coverage_head: int | None = None
     """Which head of that layer (None: the mean of its heads; OpenNMT-py and CTranslate2 read
     head 0 of the last layer)."""
@@ -73,6 +77,11 @@ class BeamSearch:
         v.integer("coverage_layer", self.coverage_layer, -1024, 1023, "a decoder layer index (negative counts from the last)")
         if self.coverage_head is not None:
             v.integer("coverage_head", self.coverage_head, -1024, 1023, "an attention head index, or None for the mean of the heads")
+        if self.rescore is not None:
+            if not isinstance(self.rescore, Rescoring):
+                raise ConfigError("rescore", self.rescore, "a decodekit.scoring.Rescoring(scorer, every, weight) or None")
+            self.rescore.validate()
+            check(self.early_stopping != "never", "early_stopping", self.early_stopping, "True or False with rescore (a scorer's future values are unknown, so no exact bound exists)")
         if self.sampler is not None:
             if not isinstance(self.sampler, Sampling):
                 raise ConfigError("sampler", self.sampler, "a decodekit.Sampling config or None")
@@ -125,6 +134,12 @@ class BeamSearchRun:
         """The engine hands :meth:`attend` the cross-attention of every forward."""
         self.attention_field = "coverage_penalty"
         self.coverage = self.step_attention = None  # (B, K, source): summed, this step's
+        self.rescore = getattr(config, "rescore", None)
+        self.bonus = torch.zeros((B, K), device=device)  # each beam's last scorer value
+        if self.rescore is not None:
+            self.scorer = as_scorer(self.rescore.scorer)
+            decode = context.decode
+            self.prompt_texts = [decode(list(p)) if decode else list(p) for p in context.prompts]
 
     def attend(self, weights: torch.Tensor) -> None:
         """``(B*K, layers, heads, source)`` cross-attention of the forward that produced this
@@ -184,7 +199,10 @@ class BeamSearchRun:
 
         # 2. the K best unfinished candidates keep running
         running = cand_scores + hits.float() * _MASKED
-        keep = torch.topk(running, K, dim=-1).indices
+        rank, mixed = running, None
+        if self.rescore is not None:
+            rank, mixed = self._rescored(cand_scores, cand_beam, cand_token, hits, t)
+        keep = torch.topk(rank, K, dim=-1).indices
         parents = _take(cand_beam, keep)
         tokens = _take(cand_token, keep)
 
@@ -195,9 +213,11 @@ class BeamSearchRun:
         # Subtle: with nothing finished the merge keeps the pool as it is, so it is skipped;
         # reading the flag is free on the CPU, on an accelerator it would cost a sync.
         if self.context.device.type != "cpu" or bool(just_finished.any()):
-            self._merge_finished(cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t)
+            self._merge_finished(cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t, mixed)
 
         self.running_scores = _take(running, keep)
+        if mixed is not None:
+            self.bonus = _take(self.cand_bonus, keep)
         self.running_tokens = _take(self.running_tokens, parents)
         self.running_tokens[:, :, t] = tokens
         self.running_logprobs = _take(self.running_logprobs, parents)
@@ -213,6 +233,9 @@ class BeamSearchRun:
         never = self.config.early_stopping == "never" and self.penalty.favors_long
         best_length = M if never else t + 1
         best_possible = self.running_scores[:, :1] / self.penalty(best_length)
+        if self.rescore is not None:  # the best running beam by its mixed score, as it stands
+            w = self.rescore.weight
+            best_possible = ((1 - w) * self.running_scores / self.penalty(best_length) + w * self.bonus).amax(1, keepdim=True)
         worst = torch.where(self.pool_finished, self.pool_scores.min(1, keepdim=True).values, _MASKED)
         self.can_improve &= (best_possible > worst).any(-1, keepdim=True)
         done = ~self.can_improve.any() | hits.all()
@@ -227,14 +250,47 @@ class BeamSearchRun:
         generated = torch.cat([generated, cand_token[..., None]], -1).view(B * C, t + 1)
         return self.context.stop_check(generated).view(B, C)
 
-    def _merge_finished(self, cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t: int) -> None:
-        """Finished candidates compete, length-normalised, with the pool for its K slots."""
+    def _rescored(self, cand_scores, cand_beam, cand_token, hits, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """In-beam re-scoring: the candidates' ranks ``(1 - w) logprob + w bonus`` (``(B, C)``,
+        finished and placeholder candidates masked) and finished candidates' mixed scores."""
+        w = self.rescore.weight
+        bonus = _take(self.bonus, cand_beam)
+        real = cand_scores > _MASKED / 2
+        due = (t + 1) % self.rescore.every == 0
+        need = (torch.ones_like(hits) if due else hits & self.top_k_mask) & real
+        if bool(need.any()):
+            bonus = torch.where(need, self._score(cand_beam, cand_token, need, t), bonus)
+        self.cand_bonus = bonus
+        rank = (1 - w) * cand_scores + w * bonus + (hits | ~real).float() * _MASKED
+        return rank, (1 - w) * cand_scores / self.penalty(t + 1) + w * bonus
+
+    def _score(self, cand_beam, cand_token, need, t: int) -> torch.Tensor:
+        """``(B, C)`` scorer values of the candidates ``need`` marks (others 0)."""
+        out = torch.zeros(need.shape, device=need.device)
+        decode = self.context.decode
+        beams, tokens, marked = cand_beam.tolist(), cand_token.tolist(), need.tolist()
+        prefix = self.running_tokens[:, :, :t].tolist()
+        for b, row in enumerate(marked):
+            picks = [c for c, flag in enumerate(row) if flag]
+            seqs = [[*prefix[b][beams[b][c]], tokens[b][c]] for c in picks]
+            texts = [decode(s) for s in seqs] if decode else seqs
+            values = self.scorer.score(self.prompt_texts[b], texts)
+            if len(values) != len(picks):
+                raise InputError(f"rescore.scorer returned {len(values)} scores for {len(picks)} candidates")
+            out[b, picks] = torch.tensor([float(x) for x in values], device=out.device)
+        if not bool(torch.isfinite(out).all()):
+            raise InputError("rescore.scorer returned a score that is not a finite number")
+        return out
+
+    def _merge_finished(self, cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t: int, mixed=None) -> None:
+        """Finished candidates compete, length-normalised, with the pool for its K slots
+        (``mixed``: their scores under in-beam re-scoring instead)."""
         K = self.width
         cand_tokens = _take(self.running_tokens, cand_beam)
         cand_tokens[:, :, t] = cand_token
         cand_logprobs = _take(self.running_logprobs, cand_beam)
         cand_logprobs[:, :, t] = cand_logprob
-        finished_scores = cand_scores / self.penalty(t + 1)
+        finished_scores = cand_scores / self.penalty(t + 1) if mixed is None else mixed
         if self.beta:  # eq. 14: lp-normalised log-prob plus the candidate's coverage penalty
             coverage = _take(self.coverage + self.step_attention, cand_beam)
             finished_scores = finished_scores + coverage_penalty(coverage, self.source, self.beta)

@@ -109,7 +109,20 @@ def check_supported(strategy: Any, options: DecodeOptions) -> Speculative:
 def drafts_trees(speculative: Speculative) -> bool:
     """Whether the proposer drafts trees (several continuations per node), not chains."""
     config = speculative.resolved()
-    return speculative.proposer == "recycling" or (speculative.proposer == "suffix" and bool(config.tree))
+    return (
+        speculative.proposer == "recycling"
+        or (speculative.proposer == "suffix" and bool(config.tree))
+        or tried_siblings(speculative) > 1
+    )
+
+
+def tried_siblings(speculative: Speculative) -> int:
+    """The most children of one draft node that speculative sampling tries one after another:
+    a draft model's tree branching (recursive rejection sampling, Jeon et al., 2024), else 1
+    (chains, and deterministic trees, whose children one draw of the target decides among)."""
+    if speculative.proposer != "draft":
+        return 1
+    return max(speculative.resolved().branching, default=1)
 
 
 def make_proposer(speculative: Speculative, target) -> Proposer:
@@ -184,6 +197,7 @@ def speculative_run(
         warp=warp,
         generators=generators,
         stop_check=stop_check,
+        siblings=tried_siblings(strategy.speculative) if sampling else 1,
     )
 
 

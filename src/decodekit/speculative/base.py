@@ -36,7 +36,9 @@ class Draft:
     their children and siblings carry distinct tokens. ``valid``: ``(rows, n)`` bool, False for
     padding. ``probs``: ``(rows, n, vocab)`` float32, the distribution each node's token was
     drawn from (a stochastic draft model), or None for deterministic drafts (n-gram, suffix
-    tree, recycling), which the verifier treats as one-hot.
+    tree, recycling), which the verifier treats as one-hot. Stochastic siblings share their
+    parent's distribution, are drawn from it without replacement and come in draw order
+    (recursive rejection sampling tries them in that order).
     """
 
     tokens: torch.Tensor

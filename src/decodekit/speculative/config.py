@@ -83,17 +83,61 @@ class SuffixConfig:
         v.flag("tree", self.tree)
 
 
+def draft_tree_size(widths: tuple[int, ...]) -> int:
+    """Nodes of a draft tree whose nodes at depth ``d`` have ``widths[d]`` children each."""
+    total, level = 0, 1
+    for width in widths:
+        level *= width
+        total += level
+        if total > MAX_DRAFT:
+            break
+    return total
+
+
 @dataclass(frozen=True)
 class DraftModelConfig:
-    """A small causal LM with the target's vocabulary drafts ``num_tokens`` tokens (Leviathan et
-    al., 2023). ``model``: an embedded model name, a checkpoint directory, a transformers
-    module or a :class:`~decodekit.model.hf.HFLanguageModel`."""
+    """A small causal LM with the target's vocabulary drafts ``num_tokens`` tokens on every path
+    (Leviathan et al., 2023). ``model``: an embedded model name, a checkpoint directory, a
+    transformers module or a :class:`~decodekit.model.hf.HFLanguageModel`.
+
+    ``branching``: a draft *tree* instead of a chain, Recursive Speculative Decoding with
+    constant branching (RSD-C, Jeon et al., 2024): every node at depth ``d`` gets
+    ``branching[d]`` distinct children, drawn without replacement from the draft model (its
+    top ``branching[d]`` tokens for greedy), and one child below ``len(branching)``, down to
+    depth ``num_tokens``. Empty (the default): a chain."""
 
     model: Any = "stdlib-code-draft"
     num_tokens: int = 4
+    branching: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.branching, list):  # configs are hashed (the engine keys proposers)
+            object.__setattr__(self, "branching", tuple(self.branching))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Children per node at each depth ``0 .. num_tokens - 1`` (all 1: a chain)."""
+        return tuple(self.branching) + (1,) * (self.num_tokens - len(self.branching))
 
     def validate(self) -> None:
         _check_length("num_tokens", self.num_tokens)
+        check(
+            isinstance(self.branching, tuple)
+            and len(self.branching) <= self.num_tokens
+            and all(_positive(b) and b <= MAX_DRAFT for b in self.branching),
+            "branching",
+            self.branching,
+            f"a tuple of at most num_tokens={self.num_tokens} integers >= 1 (children per node "
+            "at each draft depth; empty: a chain)",
+        )
+        size = draft_tree_size(self.widths)
+        check(
+            size <= MAX_DRAFT,
+            "branching",
+            self.branching,
+            f"a tree of at most {MAX_DRAFT} draft nodes with num_tokens={self.num_tokens} "
+            f"(this one has {size if size <= MAX_DRAFT else 'more'})",
+        )
         check(
             self.model is not None and (not isinstance(self.model, str | Path) or str(self.model)),
             "model",

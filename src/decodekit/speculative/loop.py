@@ -74,6 +74,7 @@ class SpeculativeDecoding:
         max_draft: int = 64,
         processors=None,
         constraint=None,
+        siblings: int = 1,
     ):
         self.model, self.prompts, self.proposer = model, prompts, proposer
         # logits processors (stateless: penalties, bans, minimum length), applied to every
@@ -90,6 +91,9 @@ class SpeculativeDecoding:
         self.eos, self.warp = set(eos), warp
         self.generators = tuple(generators) or (None,) * len(prompts)
         self.stop_check, self.max_draft = stop_check, max_draft
+        # children of one stochastic draft node the verifier tries (recursive rejection
+        # sampling of a draft model's tree): each needs its own number per output position
+        self.siblings = siblings
 
     def _padded(self, tokens: list[int], prompt: list[int]) -> list[int]:
         """A history as plain decoding's processors see it: the prompt left-padded with -1 to
@@ -137,7 +141,8 @@ class SpeculativeDecoding:
         return inverse_cdf(self.warp(logits).softmax(-1), self.uniforms[:, 0, 0])
 
     def _block_uniforms(self, live: list[int], n: int) -> torch.Tensor:
-        """``(live, n, 2)``: the numbers of each live row's next ``n`` output positions."""
+        """``(live, n, 1 + siblings)``: the numbers of each live row's next ``n`` output
+        positions."""
         device = self.uniforms.device
         start = torch.tensor([len(self.out[r]) for r in live], device=device)
         positions = (start[:, None] + torch.arange(n, device=device)).clamp(max=self.max_new)
@@ -165,6 +170,10 @@ class SpeculativeDecoding:
             self.uniforms = torch.cat(
                 [torch.rand(shape, generator=g, device=device) for g in self.generators]
             )
+            if self.siblings > 1:  # after the first two, so those stay what they always were
+                shape = (width, self.max_new + 1, self.siblings - 1)
+                more = [torch.rand(shape, generator=g, device=device) for g in self.generators]
+                self.uniforms = torch.cat([self.uniforms, torch.cat(more)], -1)
         if width > 1:
             model.select(
                 state, torch.arange(len(self.prompts), device=device).repeat_interleave(width)

@@ -11,12 +11,15 @@ next-token distribution after block token ``j``'s path. Words as in
   tokens are the target's own greedy tokens.
 - Sampling (Leviathan et al., 2023, Alg. 1; Chen et al., 2023, Alg. 2): a node ``x`` drawn
   from ``q`` is accepted with probability ``min(1, p(x) / q(x))``; on rejection the recovered
-  token is drawn from ``norm(max(0, p - q))``. A deterministic node has ``q`` one-hot, so it
-  is accepted with probability ``p(x)`` and the residual is ``p`` without ``x``; trying the
-  distinct deterministic children of a node one after another in this way is the same as
-  drawing ``y ~ p`` once and following the child equal to ``y`` (the recovered token is ``y``
-  when there is none), which is what is implemented for them. Either way every emitted token
-  is distributed exactly as plain sampling from ``p`` would draw it.
+  token is drawn from ``norm(max(0, p - q))``. Siblings drawn without replacement from one
+  ``q`` (a draft model's tree) are tried one after another by recursive rejection sampling
+  (Jeon et al., 2024; :mod:`decodekit.speculative.rsd`). A deterministic node has ``q``
+  one-hot, so it is accepted with probability ``p(x)`` and the residual is ``p`` without
+  ``x``; trying the distinct deterministic children of a node one after another in this way
+  is the same as drawing ``y ~ p`` once and following the child equal to ``y`` (the
+  recovered token is ``y`` when there is none), which is what is implemented for them.
+  Either way every emitted token is distributed exactly as plain sampling from ``p`` would
+  draw it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from decodekit.model.base import tree_ancestors
 from decodekit.search.base import inverse_cdf
 from decodekit.speculative.base import Warp
+from decodekit.speculative.rsd import recursive_rejection
 
 
 @dataclass(frozen=True)
@@ -83,27 +87,34 @@ def accept_sampling(
     uniforms: torch.Tensor,
     draft_probs: torch.Tensor | None = None,
 ) -> Acceptance:
-    """Speculative sampling over a tree (deterministic nodes) or a chain (``draft_probs``:
-    ``(rows, n - 1, V)`` distributions the draft nodes were drawn from). One depth per loop
-    iteration, vectorised over rows.
+    """Speculative sampling over a tree of deterministic nodes, or a stochastic chain or tree
+    (``draft_probs``: ``(rows, n - 1, V)`` the distributions the draft nodes were drawn from;
+    siblings share theirs, were drawn without replacement and come in draw order: recursive
+    rejection sampling, :mod:`decodekit.speculative.rsd`). One depth per loop iteration,
+    vectorised over rows.
 
-    ``uniforms``: ``(rows, n, 2)`` independent U[0, 1) numbers, ``[:, d]`` for the output
-    position at depth ``d``. Subtle: tying the randomness to the output *position* (not to the
-    draft) makes a deterministic draft irrelevant to the result: the token at each position is
-    the inverse-CDF draw of ``p`` with that position's number, exactly what plain sampling
-    with the same numbers would emit. So a seed fixes the output even though proposers with
-    cross-call state (suffix trees, recycling) draft differently from call to call."""
+    ``uniforms``: ``(rows, n, 1 + s)`` independent U[0, 1) numbers, ``[:, d]`` for the output
+    position at depth ``d``: ``[..., 0]`` tests a stochastic node's first child (or draws the
+    token where there is no stochastic child), ``[..., 1]`` draws the recovered token,
+    ``[..., 2:]`` test its children 2 to ``s`` (later ones are not tried). Subtle: tying the
+    randomness to the output *position* (not to the draft) makes a deterministic draft
+    irrelevant to the result: the token at each position is the inverse-CDF draw of ``p`` with
+    that position's number, exactly what plain sampling with the same numbers would emit. So a
+    seed fixes the output even though proposers with cross-call state (suffix trees,
+    recycling) draft differently from call to call."""
     rows, n, vocab = logits.shape
     device = logits.device
     probs = warp(logits.reshape(rows * n, vocab)).softmax(-1).reshape(rows, n, vocab)
     ancestors = tree_ancestors(parents)
     arange = torch.arange(rows, device=device)
+    block = torch.arange(n, device=device)
+    siblings = uniforms.shape[-1] - 1  # children of one node tried one after another
     current = torch.zeros(rows, dtype=torch.long, device=device)
     live = torch.ones(rows, dtype=torch.bool, device=device)
     chosen = torch.zeros(rows, dtype=torch.long, device=device)  # the emitted token at `current`
     depth = 0
     while True:
-        u = uniforms[:, min(depth, uniforms.shape[1] - 1)]  # (rows, 2)
+        u = uniforms[:, min(depth, uniforms.shape[1] - 1)]  # (rows, 1 + s)
         depth += 1
         p = probs[arange, current]  # (rows, V)
         children = valid & (parents == current[:, None])  # (rows, n)
@@ -115,22 +126,21 @@ def accept_sampling(
             chosen = torch.where(live, y, chosen)
             current = torch.where(step, match.int().argmax(-1), current)
         else:
-            has_child = children.any(-1)
-            child = children.int().argmax(-1)  # a chain has one child per node
-            x = tokens[arange, child]
-            q = draft_probs[arange, (child - 1).clamp(min=0)]  # (rows, V)
-            ok = has_child & (u[:, 0] * q[arange, x] < p[arange, x])
-            residual = (p - q).clamp(min=0)
-            residual_sum = residual.sum(-1, keepdim=True)
-            # subtle: p == q leaves no residual, and then rejection has probability 0 anyway
-            residual = torch.where(residual_sum > 0, residual / residual_sum.clamp(min=1e-30), p)
+            # the node's children in block order, which is their draw order (rows, s)
+            order = torch.where(children, block, n).sort(-1).values[:, :siblings]
+            tried = order < n
+            child = order.clamp(max=n - 1)
+            q = draft_probs[arange, (child[:, 0] - 1).clamp(min=0)]  # siblings share q (rows, V)
+            tests = torch.cat([u[:, :1], u[:, 2:]], 1)[:, : child.shape[1]]
             # no child: a plain draw of p with the position's first number, as a tree node
             # without children and an empty draft do, so a row's tokens never depend on
             # whether other rows of the batch drafted
-            y = torch.where(has_child, inverse_cdf(residual, u[:, 1]), inverse_cdf(p, u[:, 0]))
-            step = ok
-            chosen = torch.where(live, torch.where(ok, x, y), chosen)
-            current = torch.where(step, child, current)
+            final = torch.where(tried[:, 0], u[:, 1], u[:, 0])
+            rank, y = recursive_rejection(p, q, tokens.gather(1, child), tried, tests, final)
+            step = rank >= 0
+            chosen = torch.where(live, y, chosen)
+            accepted = child.gather(1, rank.clamp(min=0)[:, None]).squeeze(1)
+            current = torch.where(step, accepted, current)
         live = live & step
         if not bool(live.any()):
             break

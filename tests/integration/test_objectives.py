@@ -4,6 +4,7 @@ teacher-forced attention, momentum decoding batch = single and greedy at alpha =
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -190,3 +191,76 @@ def test_in_beam_rescoring_on_the_embedded_model_scores_finished_texts_by_the_mi
         expected = 0.5 * sequence.logprob / len(sequence.token_ids) + 0.5 * varied(prompt, decoder.decode_text(sequence.token_ids))
         assert sequence.score == pytest.approx(expected, abs=1e-4)
     assert [s.token_ids for s in mixed.sequences] != [s.token_ids for s in base.sequences]
+
+
+def _opera_tree(decoder, prompt, max_new_tokens):
+    from decodekit.testtime.tree import Tree
+
+    return Tree(decoder.model, prompt, lambda ids: " ".join(map(str, ids)), max_new_tokens=max_new_tokens, eos=decoder.model.eos_token_ids, attention="self")
+
+
+@pytest.mark.parametrize("build", [tm.llama, tm.gpt2])
+def test_opera_without_penalty_or_retrospection_is_beam_search(build, one_thread):
+    from decodekit.testtime import OPERA
+
+    decoder = decodekit.load(build(seed=2))
+    for prompt in tm.prompts(3, 2):
+        opera = decoder.search(prompt, OPERA(num_beams=3, candidates=tm.VOCAB, alpha=0.0, rollback_threshold=10**6), max_new_tokens=8)
+        beam = decoder.generate(prompt, BeamSearch(num_beams=3, num_return_sequences=3), max_new_tokens=8)
+        assert [c.token_ids for c in opera.candidates] == [s.token_ids for s in beam.sequences]
+        assert [c.reward for c in opera.candidates] == pytest.approx([s.score for s in beam.sequences], abs=1e-4)
+
+
+@pytest.mark.parametrize("build", [tm.llama, tm.gpt2])
+def test_opera_penalties_are_the_models_own_attention_products(build, one_thread):
+    """Every response token's recorded phi equals the one computed from a single eager forward
+    over the whole sequence (last layer, max over heads, renormalised rows, scale 4)."""
+    from decodekit.testtime import OPERA
+
+    model = build(seed=4)
+    decoder = decodekit.load(model)
+    prompt = tm.prompts(9, 1)[0]
+    best, _ = OPERA(num_beams=2, candidates=3, scale=4.0, warmup=0, rollback_threshold=10**6).run(_opera_tree(decoder, prompt, 10), None, "")
+    sequence = prompt + list(best.tokens)
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attention = model(input_ids=torch.tensor([sequence]), output_attentions=True).attentions[-1][0]
+    finally:
+        model.set_attn_implementation("sdpa")
+    rows = attention.max(0).values.double()
+    rows = rows / rows.sum(-1, keepdim=True)
+    P = len(prompt)
+    penalties = best.data["penalties"]
+    assert len(penalties) >= 5
+    for t, recorded in enumerate(penalties):
+        window = rows[P : P + t + 1, P : P + t + 1]  # response rows 0..t over response columns
+        logs = [math.log(1e-7) + float((4.0 * window[j:, j]).log().sum()) for j in range(t + 1)]
+        assert recorded == pytest.approx(math.exp(min(max(logs), 80.0)), rel=1e-3)
+
+
+def test_opera_retrospection_rolls_back_boundedly_and_deterministically(one_thread):
+    from decodekit.testtime import OPERA
+
+    decoder = decodekit.load(tm.llama(seed=6))
+    prompt = tm.prompts(2, 1)[0]
+    config = OPERA(num_beams=2, candidates=3, rollback_threshold=1, warmup=0)
+    first, _ = config.run(_opera_tree(decoder, prompt, 12), None, "")
+    again, _ = config.run(_opera_tree(decoder, prompt, 12), None, "")
+    assert first.data["rollbacks"] > 0
+    assert first.tokens == again.tokens and first.data["rollbacks"] == again.data["rollbacks"]
+    assert first.data["rollbacks"] <= 12 * config.candidates
+    plain, _ = OPERA(num_beams=2, candidates=3, rollback_threshold=10**6, warmup=0).run(_opera_tree(decoder, prompt, 12), None, "")
+    assert plain.data["rollbacks"] == 0
+
+
+def test_opera_is_refused_on_encoder_decoder_models_and_scripted_ones():
+    from decodekit.api import Decoder
+    from decodekit.model.scripted import ScriptedModel
+    from decodekit.testtime import OPERA
+
+    with pytest.raises(ConfigError) as error:
+        decodekit.load(tm.bart()).search([5, 6, 7], OPERA(), max_new_tokens=4)
+    assert "decoder-only" in str(error.value)
+    with pytest.raises(ConfigError):
+        Decoder(ScriptedModel(4, lambda s: [0.0] * 4)).search([1], OPERA(), max_new_tokens=2)

@@ -9,6 +9,7 @@ from decodekit.testtime.astar import AStarDecoding
 from decodekit.testtime.deal import DeAL
 from decodekit.testtime.executable import ExecutableReward
 from decodekit.testtime.mcts import MCTS
+from decodekit.testtime.opera import OPERA
 from decodekit.testtime.reward import ClassifierPRM, OutcomeReward, ProcessReward, Reward
 from decodekit.testtime.sampled import BestOfN, FirstFinishSearch
 from decodekit.testtime.sandbox import SandboxLimits, SandboxResult, run_tests
@@ -18,6 +19,6 @@ from decodekit.testtime.tree import Compute, Node, Tree
 
 __all__ = [
     "AStarDecoding", "AdaDec", "BestOfN", "Calibration", "Candidate", "ClassifierPRM", "Compute", "DVTS", "DeAL", "ExecutableReward",
-    "FirstFinishSearch", "MCTS", "Node", "OutcomeReward", "ProcessReward", "Reward", "RewardBeamSearch",
+    "FirstFinishSearch", "MCTS", "Node", "OPERA", "OutcomeReward", "ProcessReward", "Reward", "RewardBeamSearch",
     "SEARCHES", "SandboxLimits", "SandboxResult", "SearchResult", "Tree", "learn_threshold", "run_tests",
 ]

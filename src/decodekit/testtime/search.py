@@ -12,12 +12,13 @@ from decodekit.testtime.adadec import AdaDec
 from decodekit.testtime.astar import AStarDecoding
 from decodekit.testtime.deal import DeAL
 from decodekit.testtime.mcts import MCTS
+from decodekit.testtime.opera import OPERA
 from decodekit.testtime.reward import as_reward
 from decodekit.testtime.sampled import BestOfN, FirstFinishSearch
 from decodekit.testtime.stepwise import DVTS, RewardBeamSearch
 from decodekit.testtime.tree import Compute, Node, Tree
 
-SEARCHES = {s.name: s for s in (BestOfN, FirstFinishSearch, RewardBeamSearch, DVTS, AStarDecoding, MCTS, DeAL, AdaDec)}
+SEARCHES = {s.name: s for s in (BestOfN, FirstFinishSearch, RewardBeamSearch, DVTS, AStarDecoding, MCTS, DeAL, AdaDec, OPERA)}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def _widest(strategy) -> tuple[str, int]:
         return "k", strategy.k * strategy.beams
     if isinstance(strategy, AdaDec):
         return "candidates", strategy.candidates
+    if isinstance(strategy, OPERA):
+        return "candidates", strategy.num_beams * max(strategy.candidates, 2 * strategy.num_beams + 1)
     return "n", strategy.n
 
 
@@ -82,7 +85,7 @@ def make_search(strategy):
             raise ConfigError("strategy", strategy, f"one of {', '.join(sorted(SEARCHES))}")
         strategy = SEARCHES[strategy]()
     if not isinstance(strategy, tuple(SEARCHES.values())):
-        raise ConfigError("strategy", strategy, "a search config (BestOfN(...), RewardBeamSearch(...), DVTS(...), AStarDecoding(...), MCTS(...), FirstFinishSearch(...), DeAL(...), AdaDec(...)) or its name")
+        raise ConfigError("strategy", strategy, "a search config (BestOfN(...), RewardBeamSearch(...), DVTS(...), AStarDecoding(...), MCTS(...), FirstFinishSearch(...), DeAL(...), AdaDec(...), OPERA(...)) or its name")
     strategy.validate()
     return strategy
 
@@ -108,13 +111,15 @@ def run_search(
     v.integer("max_new_tokens", max_new_tokens, 1, 1 << 20)
     stop = v.strings("stop", stop) if stop else ()
     seed = v.seed("seed", seed) or 0
+    if getattr(strategy, "attention", None) == "self" and decoder.model.is_encoder_decoder:
+        raise ConfigError("strategy", strategy.name, "a decoder-only model: its self-attention over the prompt and the response is what it reads")
     ids = decoder.encode(prompt)
     check_memory(decoder.model, strategy, len(ids), max_new_tokens)
     text = prompt if isinstance(prompt, str) else (decoder.decode_text(ids) or "")
     decode = decoder.decode_text if decoder.tokenizer is not None else (lambda tokens: " ".join(map(str, tokens)))
     tree = Tree(
         decoder.model, ids, decode, max_new_tokens=max_new_tokens, eos=decoder.model.eos_token_ids,
-        stop=stop, seed=seed, lock=decoder.engine.exclusive,
+        stop=stop, seed=seed, lock=decoder.engine.exclusive, attention=getattr(strategy, "attention", None),
     )
     best, scored = strategy.run(tree, reward, text)
     compute = tree.finish(best)

@@ -131,6 +131,7 @@ class Tree:
         stop: Sequence[str] = (),
         seed: int = 0,
         lock: Callable[[], contextlib.AbstractContextManager] | None = None,
+        attention: str | None = None,
     ):
         if not hasattr(model, "fork"):
             raise InputError(f"{type(model).__name__} cannot fork rows; test-time search needs LanguageModel.fork")
@@ -140,7 +141,13 @@ class Tree:
         limit = getattr(model, "max_length", None)
         if limit is not None and len(prompt) + max_new_tokens > limit:
             raise ConfigError("max_new_tokens", max_new_tokens, f"at most {limit - len(prompt)}: the model attends over {limit} positions and the prompt has {len(prompt)}")
+        if attention is not None:
+            refusal = model.attention_refusal(attention) if hasattr(model, "attention_refusal") else "a transformers model (decodekit's adapter records attention weights)"
+            if refusal is not None:
+                raise ConfigError("strategy", attention + "-attention", refusal)
+        self.attention = attention
         self.model, self.decode, self.max_new_tokens = model, decode, max_new_tokens
+        self.prompt = list(prompt)
         self.eos, self.stop = frozenset(int(e) for e in eos), tuple(stop)
         # a stop string of c characters spans at most c tokens, plus split multi-byte ones
         self.window = 4 * max((len(s) for s in self.stop), default=0) + 4
@@ -149,7 +156,7 @@ class Tree:
         self.compute = Compute(forwards=1, prefill_tokens=len(prompt))
         self._began = time.perf_counter()
         with self._model("prefill"):
-            state = model.start([list(prompt)], max_new_tokens)
+            state = model.start([list(prompt)], max_new_tokens, **self._record())
         self._check(state.logits, 0)
         self.root = Node((), 0.0, None, "", _state=state, _row=0)
 
@@ -189,6 +196,32 @@ class Tree:
         self.compute.nodes_expanded += len({id(node) for node in nodes})
         return out  # type: ignore[return-value]
 
+    def rebuild(self, paths: Sequence[tuple[Sequence[int], float]], parent: Node | None = None) -> list[Node]:
+        """Open nodes for given completions (``(tokens, logprob)`` pairs, all of one length),
+        prefilled together in one forward: a search that returns to a prefix it released
+        (OPERA's retrospection) encodes it again instead of keeping every row alive."""
+        lengths = {len(tokens) for tokens, _ in paths}
+        if len(lengths) != 1 or not paths:
+            raise InputError("paths: one or more completions, all of one length")
+        length = lengths.pop()
+        if length >= self.max_new_tokens:
+            raise InputError(f"paths: {length} tokens leave no room under max_new_tokens={self.max_new_tokens}")
+        with self._model("prefill"):
+            state = self.model.start([self.prompt + list(tokens) for tokens, _ in paths], self.max_new_tokens - length, **self._record())
+        self.compute.forwards += 1
+        self.compute.prefill_tokens += len(paths) * (len(self.prompt) + length)
+        self._check(state.logits, length)
+        parent = parent or self.root
+        return [Node(tuple(tokens), float(logprob), parent, self.decode(list(tokens)), None, parent.depth + 1, _state=state, _row=row) for row, (tokens, logprob) in enumerate(paths)]
+
+    def attention_of(self, node: Node) -> torch.Tensor:
+        """``(layers, heads, keys)`` attention of an open node's newest token (a tree built
+        with ``attention``); keys are the prompt's and the completion's positions in order."""
+        return node._state.extra["attention"][node._row]
+
+    def _record(self) -> dict:
+        return {"attention": self.attention} if self.attention is not None else {}
+
     def logprobs(self, node: Node) -> torch.Tensor:
         """``(vocab,)`` next-token log-probabilities of an open node."""
         return node._state.logits[node._row].log_softmax(-1)
@@ -223,7 +256,7 @@ class Tree:
             for state, members in groups.values():
                 rows = torch.tensor([nodes[i]._row for i in members], dtype=torch.long)
                 forks.append((self.model.fork(state, rows), members))
-            if len(forks) > 1 and getattr(self.model, "can_merge", False):
+            if len(forks) > 1 and getattr(self.model, "can_merge", False) and self.attention is None:
                 state, members = forks[0]
                 for other, more in forks[1:]:
                     state = self.model.merge(state, other)

@@ -23,7 +23,7 @@ EXTENSIONS = ("decodekit.compare", "decodekit.testtime.cli")
 _GENERAL = {"prompt", "model", "input", "output_format", "batch_size", "strategy", "command", "handler", "beam_sample", "device"}
 _GENERAL |= {"output", "on_error", "resume"}
 _GENERAL |= set(CONSTRAINT_FLAGS)
-_GENERAL |= {"speculative_proposer", "draft_model"}
+_GENERAL |= {"speculative_proposer", "draft_model", "draft_branching"}
 
 
 def _strategies() -> dict[str, type]:
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     spec = gen.add_argument_group("speculative decoding (greedy and sample; output unchanged)")
     spec.add_argument("--speculative", dest="speculative_proposer", choices=("suffix", "ngram", "draft", "recycling"), default=None, help="Greedy/Sampling.speculative: draft with this proposer, verify with the model")
     spec.add_argument("--draft-model", dest="draft_model", default=None, help="DraftModelConfig.model for --speculative draft (default: stdlib-code-draft)")
+    spec.add_argument("--draft-branching", dest="draft_branching", type=_branching, default=None, help="DraftModelConfig.branching for --speculative draft: children per depth, e.g. 3,2 (a Recursive Speculative Decoding tree)")
     seen: set[str] = set()
     add_config_flags(gen.add_argument_group("decoding options"), DecodeOptions, seen)
     for name, cls in _strategies().items():
@@ -109,18 +110,28 @@ def make_cli_strategy(args: argparse.Namespace):
     return with_speculative(config_from_flags(cls, args), args)
 
 
+def _branching(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers, e.g. 3,2") from None
+
+
 def with_speculative(strategy, args: argparse.Namespace):
     """``strategy`` with ``speculative`` set from ``--speculative`` / ``--draft-model``."""
     from decodekit.speculative import DraftModelConfig, Speculative
 
     name, draft = getattr(args, "speculative_proposer", None), getattr(args, "draft_model", None)
-    if draft is not None and name != "draft":
-        raise ConfigError("--draft-model", draft, "only together with --speculative draft")
+    branching = getattr(args, "draft_branching", None)
+    for flag, value in (("--draft-model", draft), ("--draft-branching", branching)):
+        if value is not None and name != "draft":
+            raise ConfigError(flag, value, "only together with --speculative draft")
     if name is None:
         return strategy
     if "speculative" not in {f.name for f in dataclasses.fields(strategy)}:
         raise ConfigError("--speculative", name, f"--strategy greedy or sample, not {args.strategy!r}")
-    config = DraftModelConfig(model=draft) if draft is not None else None
+    settings = {k: v for k, v in (("model", draft), ("branching", branching)) if v is not None}
+    config = DraftModelConfig(**settings) if settings else None
     return dataclasses.replace(strategy, speculative=Speculative(name, config))
 
 

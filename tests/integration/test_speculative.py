@@ -212,3 +212,24 @@ def test_embedded_models_greedy_is_lossless():
             assert [r.best.token_ids for r in got] == [r.best.token_ids for r in plain], (
                 speculative.proposer
             )
+
+
+def test_cli_draft_branching_is_reproducible_and_needs_the_draft_proposer():
+    """A seeded sample through a draft tree on the command line is the same twice, and the flag
+    is refused without ``--speculative draft``."""
+    import json
+    import subprocess
+    import sys
+
+    def run(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "decodekit", "generate", "def f(x):", "--strategy", "sample", "--seed", "3", "--max-new-tokens", "12", "--output-format", "jsonl", *extra],
+            capture_output=True, text=True, timeout=300,
+        )
+
+    first, second = run("--speculative", "draft", "--draft-branching", "3,2"), run("--speculative", "draft", "--draft-branching", "3,2")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert len(json.loads(first.stdout)["sequences"][0]["token_ids"]) == 12
+    refused = run("--draft-branching", "3,2")
+    assert refused.returncode != 0 and "--draft-branching" in refused.stderr and "Traceback" not in refused.stderr

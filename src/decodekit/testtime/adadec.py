@@ -155,7 +155,7 @@ def learn_threshold(decoder, samples: Sequence, *, seed: int = 0, batch_size: in
     pairs = []
     for i, sample in enumerate(samples):
         if isinstance(sample, str):
-            ids = decoder.encode(sample)
+            ids = decoder.encode(sample) if sample else []
             if len(ids) < 2:
                 raise InputError(f"samples: text {i} has fewer than 2 tokens")
             pairs.append((ids[:1], ids[1:]))

@@ -263,6 +263,14 @@ class Decoder:
         from many threads at once: every call's prompts join the decoder's one engine.
         """
         items, single = self._prompts(prompts)
+        from decodekit.testtime.decode import is_tree_strategy
+
+        if is_tree_strategy(strategy):  # contrastive search, AdaDec, OPERA: a search tree per prompt
+            from decodekit.testtime.decode import generate
+
+            hooks = {"constraint": constraint, "processors": processors, "stopping": stopping, "prefix_allowed_tokens_fn": prefix_allowed_tokens_fn}
+            results = generate(self, items, strategy, make_options(options, settings), seed, hooks)
+            return results[0] if single else results
         pending = self.submit(
             items, strategy, options=options, seed=seed, constraint=constraint, processors=processors, stopping=stopping,
             prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, **settings,

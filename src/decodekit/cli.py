@@ -27,9 +27,12 @@ _GENERAL |= {"speculative_proposer", "draft_model", "draft_branching"}
 
 
 def _strategies() -> dict[str, type]:
+    """Every strategy ``generate`` takes: the engine's, and those decoded on a search tree
+    (contrastive search, AdaDec, OPERA)."""
     from decodekit.api import STRATEGIES
+    from decodekit.testtime.decode import TREE_STRATEGIES
 
-    return STRATEGIES
+    return {**STRATEGIES, **TREE_STRATEGIES}
 
 
 def build_parser() -> argparse.ArgumentParser:

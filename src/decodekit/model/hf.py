@@ -18,7 +18,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from decodekit.errors import InputError
-from decodekit.model import attention, attention_maps, quiet, support
+from decodekit.model import attention, quiet, recording, support
 from decodekit.model import head as output_head
 from decodekit.model.base import DecodeState
 from decodekit.model.blocks import BlockSteps
@@ -115,9 +115,8 @@ class HFLanguageModel(BlockSteps):
         ids = inputs.get("input_ids", inputs.get("decoder_input_ids"))
         kind = extra.get("record") if extra is not None else None
         if kind is not None:
-            with attention_maps.eager(self.model), quiet.driven():
-                out = self.model(**inputs, use_cache=True, return_dict=True, output_attentions=True)
-            extra["attention"] = attention_maps.last_queries(out, kind, self.is_encoder_decoder)
+            with quiet.driven():
+                out = recording.forward(self.model, kind, {**inputs, "use_cache": True, "return_dict": True}, self.is_encoder_decoder, extra)
         elif not output_head.applies(self._head, ids.shape[0]):
             with quiet.driven():
                 out = self.model(**inputs, use_cache=True, return_dict=True)
@@ -148,7 +147,7 @@ class HFLanguageModel(BlockSteps):
     def start(self, prompts: list[list[int]], max_new_tokens: int, attention: str | None = None) -> DecodeState:
         """Prefill each prompt once (one forward for the whole batch). ``attention``:
         ``"cross"``/``"self"`` records those weights after every forward
-        (:mod:`decodekit.model.attention_maps`)."""
+        (:mod:`decodekit.model.recording`)."""
         record = {"record": attention} if attention is not None else None
         if self.is_encoder_decoder:
             return self._start_encoder_decoder(prompts, max_new_tokens, record)
@@ -218,8 +217,9 @@ class HFLanguageModel(BlockSteps):
             extra["group"] = extra["group"] * k if fan_out else 1
             extra["mask"] = extra["mask"].index_select(0, rows)
             extra["next_position"] = extra["next_position"].index_select(0, rows)
-        if "attention" in extra:
-            extra["attention"] = extra["attention"].index_select(0, rows)
+        for name in ("attention", "hidden", "prompt_hidden"):
+            if name in extra:
+                extra[name] = extra[name].index_select(0, rows)
         state.logits = state.logits.index_select(0, rows)
 
     def fork(self, state: DecodeState, rows: torch.Tensor) -> DecodeState:
@@ -234,7 +234,7 @@ class HFLanguageModel(BlockSteps):
 
     def attention_refusal(self, kind: str) -> str | None:
         """Why this model cannot record ``kind`` attention weights, or None if it can."""
-        return attention_maps.refusal(self.model, self.is_encoder_decoder, kind)
+        return recording.refusal(self.model, self.is_encoder_decoder, kind)
 
     def speculation_refusal(self) -> str | None:
         """Why speculative decoding cannot be exact on this model, or None if it can."""

@@ -133,7 +133,7 @@ class OPERA:
         retries: Counter = Counter()
         while beams and t < tree.max_new_tokens:
             del history[t:]
-            history.append(([(b.tokens, b.logprob, dict(b.data)) for b in beams], list(pool)))
+            history.append(([(b.tokens, b.logprob, b.token_logprobs, dict(b.data)) for b in beams], list(pool)))
             parents, tokens = self._expansions(tree, beams, banned.get(t, set()) if plain else None)
             children = tree.extend([beams[i] for i in parents], first=tokens, max_tokens=1)
             step = self._step_scores(tree, beams, parents, tokens, children, t, P, plain)
@@ -166,8 +166,8 @@ class OPERA:
                 retries[target] += 1
                 banned.setdefault(target, set()).update(chosen[target])
                 saved, pool = history[target]
-                beams = tree.rebuild([(tokens, logprob) for tokens, logprob, _ in saved])
-                for beam, (_, _, data) in zip(beams, saved):
+                beams = tree.rebuild([(tokens, logprob, steps) for tokens, logprob, steps, _ in saved])
+                for beam, (_, _, _, data) in zip(beams, saved):
                     beam.data.update(data)
                 t, plain = target, True
                 continue

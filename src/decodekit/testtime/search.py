@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from decodekit import validation as v
 from decodekit.engine.limits import check_rows
 from decodekit.errors import ConfigError
 from decodekit.testtime.adadec import AdaDec
 from decodekit.testtime.astar import AStarDecoding
+from decodekit.testtime.contrastive import ContrastiveSearch
 from decodekit.testtime.deal import DeAL
 from decodekit.testtime.mcts import MCTS
 from decodekit.testtime.opera import OPERA
@@ -18,7 +19,7 @@ from decodekit.testtime.sampled import BestOfN, FirstFinishSearch
 from decodekit.testtime.stepwise import DVTS, RewardBeamSearch
 from decodekit.testtime.tree import Compute, Node, Tree
 
-SEARCHES = {s.name: s for s in (BestOfN, FirstFinishSearch, RewardBeamSearch, DVTS, AStarDecoding, MCTS, DeAL, AdaDec, OPERA)}
+SEARCHES = {s.name: s for s in (BestOfN, FirstFinishSearch, RewardBeamSearch, DVTS, AStarDecoding, MCTS, DeAL, AdaDec, OPERA, ContrastiveSearch)}
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Candidate:
     logprob: float
     reward: float | None
     finish_reason: str
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class SearchResult:
 
 
 def _candidate(node: Node) -> Candidate:
-    return Candidate(node.text, list(node.tokens), node.logprob, node.value, node.finish or "length")
+    return Candidate(node.text, list(node.tokens), node.logprob, node.value, node.finish or "length", list(node.token_logprobs))
 
 
 def _widest(strategy) -> tuple[str, int]:
@@ -67,6 +69,8 @@ def _widest(strategy) -> tuple[str, int]:
         return "k", strategy.k * strategy.beams
     if isinstance(strategy, AdaDec):
         return "candidates", strategy.candidates
+    if isinstance(strategy, ContrastiveSearch):
+        return "top_k", strategy.top_k
     if isinstance(strategy, OPERA):
         return "candidates", strategy.num_beams * max(strategy.candidates, 2 * strategy.num_beams + 1)
     return "n", strategy.n
@@ -85,7 +89,7 @@ def make_search(strategy):
             raise ConfigError("strategy", strategy, f"one of {', '.join(sorted(SEARCHES))}")
         strategy = SEARCHES[strategy]()
     if not isinstance(strategy, tuple(SEARCHES.values())):
-        raise ConfigError("strategy", strategy, "a search config (BestOfN(...), RewardBeamSearch(...), DVTS(...), AStarDecoding(...), MCTS(...), FirstFinishSearch(...), DeAL(...), AdaDec(...), OPERA(...)) or its name")
+        raise ConfigError("strategy", strategy, "a search config (BestOfN(...), RewardBeamSearch(...), DVTS(...), AStarDecoding(...), MCTS(...), FirstFinishSearch(...), DeAL(...), AdaDec(...), OPERA(...), ContrastiveSearch(...)) or its name")
     strategy.validate()
     return strategy
 

@@ -18,7 +18,6 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -26,91 +25,7 @@ from decodekit.engine.limits import model_error
 from decodekit.errors import ConfigError, DecodeKitError, InputError, NumericalError
 from decodekit.search.base import inverse_cdf
 from decodekit.search.sampling import Sampling
-
-TERMINAL = ("eos", "stop", "length", "cut")
-"""Finish reasons of a node that cannot grow: end of sequence, a stop string, the tree's token
-limit, or cut short by its search (First Finish Search ends the samples still running)."""
-
-
-@dataclass
-class Compute:
-    """What a search spent, counted the same way for every strategy.
-
-    ``forwards``: model calls (the prefill and every batched step). ``row_forwards``: rows
-    times steps, i.e. the tokens the model computed after the prefill (the fair x-axis: a
-    batched forward of 16 rows costs 16). ``tokens_generated``: every token drawn, kept or
-    not; ``tokens_kept``: those of the returned completion. ``reward_calls``: completions or
-    prefixes scored; ``reward_batches``: calls into the reward. ``nodes_expanded``: distinct
-    nodes extended. ``wall_seconds``: the whole search."""
-
-    forwards: int = 0
-    row_forwards: int = 0
-    prefill_tokens: int = 0
-    tokens_generated: int = 0
-    tokens_kept: int = 0
-    reward_calls: int = 0
-    reward_batches: int = 0
-    nodes_expanded: int = 0
-    wall_seconds: float = 0.0
-
-    @property
-    def tokens_discarded(self) -> int:
-        return self.tokens_generated - self.tokens_kept
-
-    def as_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["tokens_discarded"] = self.tokens_discarded
-        return out
-
-
-@dataclass(eq=False)
-class Node:
-    """A partial or finished completion. ``tokens``: generated ids (prompt excluded);
-    ``logprob``: their summed log-probability under the model (raw logits); ``text``: their
-    text, cut before a stop string; ``finish``: None while it may grow, else a
-    :data:`TERMINAL` reason or ``"step"``/``"budget"``/``"pause"`` (open again: a step boundary, the
-    extension's token budget or a ``pause`` ended it); ``depth``: extensions from the root. ``value`` and
-    ``data`` belong to the search that grows the tree."""
-
-    tokens: tuple[int, ...]
-    logprob: float
-    parent: Node | None
-    text: str
-    finish: str | None = None
-    depth: int = 0
-    value: float | None = None
-    data: dict = field(default_factory=dict)
-    _state: object = field(default=None, repr=False)
-    _row: int = field(default=0, repr=False)
-
-    @property
-    def finished(self) -> bool:
-        """True when the node cannot grow (a :data:`TERMINAL` reason)."""
-        return self.finish in TERMINAL
-
-    @property
-    def open(self) -> bool:
-        """True when the node holds a cache row and can be extended."""
-        return self._state is not None and not self.finished
-
-
-def check_sampler(sampler: Sampling | None, field_name: str = "sampler") -> None:
-    """A tree samples with the warpers of a :class:`~decodekit.Sampling` config; its seed,
-    ``n`` and stateful samplers belong elsewhere, so they are refused rather than ignored."""
-    if sampler is None:
-        return
-    if not isinstance(sampler, Sampling):
-        raise ConfigError(field_name, sampler, "a decodekit.Sampling config, or None for greedy")
-    sampler.validate()
-    if sampler.seed is not None:
-        raise ConfigError(f"{field_name}.seed", sampler.seed, "None: the search's own seed seeds every draw")
-    if sampler.n != 1:
-        raise ConfigError(f"{field_name}.n", sampler.n, "1: the search decides how many branches to draw")
-    for name in ("xtc_probability", "mirostat_tau"):
-        if getattr(sampler, name):
-            raise ConfigError(f"{field_name}.{name}", getattr(sampler, name), "0 in test-time search")
-    if sampler.speculative is not None:
-        raise ConfigError(f"{field_name}.speculative", sampler.speculative, "None in test-time search")
+from decodekit.testtime.node import TERMINAL, Compute, Node, check_sampler  # noqa: F401  (the tree's public names)
 
 
 class Tree:
@@ -158,6 +73,7 @@ class Tree:
         with self._model("prefill"):
             state = model.start([list(prompt)], max_new_tokens, **self._record())
         self._check(state.logits, 0)
+        self._prompt_hidden = state.extra.get("prompt_hidden", torch.empty(0))[0] if attention == "hidden" else None
         self.root = Node((), 0.0, None, "", _state=state, _row=0)
 
     # -- growing ----------------------------------------------------------------------------
@@ -196,23 +112,65 @@ class Tree:
         self.compute.nodes_expanded += len({id(node) for node in nodes})
         return out  # type: ignore[return-value]
 
-    def rebuild(self, paths: Sequence[tuple[Sequence[int], float]], parent: Node | None = None) -> list[Node]:
-        """Open nodes for given completions (``(tokens, logprob)`` pairs, all of one length),
+    def rebuild(self, paths: Sequence[tuple], parent: Node | None = None) -> list[Node]:
+        """Open nodes for given completions (``(tokens, logprob[, token_logprobs])``, all of one length),
         prefilled together in one forward: a search that returns to a prefix it released
         (OPERA's retrospection) encodes it again instead of keeping every row alive."""
-        lengths = {len(tokens) for tokens, _ in paths}
+        lengths = {len(path[0]) for path in paths}
         if len(lengths) != 1 or not paths:
             raise InputError("paths: one or more completions, all of one length")
         length = lengths.pop()
         if length >= self.max_new_tokens:
             raise InputError(f"paths: {length} tokens leave no room under max_new_tokens={self.max_new_tokens}")
         with self._model("prefill"):
-            state = self.model.start([self.prompt + list(tokens) for tokens, _ in paths], self.max_new_tokens - length, **self._record())
+            state = self.model.start([self.prompt + list(path[0]) for path in paths], self.max_new_tokens - length, **self._record())
         self.compute.forwards += 1
         self.compute.prefill_tokens += len(paths) * (len(self.prompt) + length)
         self._check(state.logits, length)
         parent = parent or self.root
-        return [Node(tuple(tokens), float(logprob), parent, self.decode(list(tokens)), None, parent.depth + 1, _state=state, _row=row) for row, (tokens, logprob) in enumerate(paths)]
+        return [
+            Node(tuple(path[0]), float(path[1]), parent, self.decode(list(path[0])), None, parent.depth + 1, _state=state, _row=row, token_logprobs=tuple(path[2]) if len(path) > 2 else ())
+            for row, path in enumerate(paths)
+        ]
+
+    def children(self, node: Node, tokens: Sequence[int]) -> list[Node]:
+        """One child of an open node per token, all advanced by one forward, finished ones
+        too (EOS, a stop string, the length limit), so that what their forward recorded can be
+        read (contrastive search scores every candidate's hidden state). The children share
+        one state; a finished child is not open but keeps its row until released."""
+        if not node.open:
+            raise InputError(f"node finished ({node.finish}) or released: it cannot be extended")
+        ids = [int(t) for t in tokens]
+        logprobs = self.logprobs(node)[ids].tolist()
+        with self._model("a search step"):
+            state = self.model.fork(node._state, torch.full((len(ids),), node._row, dtype=torch.long))
+            self.model.advance(state, None, torch.tensor(ids, dtype=torch.long))
+        self.compute.forwards += 1
+        self.compute.row_forwards += len(ids)
+        self.compute.tokens_generated += len(ids)
+        self.compute.nodes_expanded += 1
+        self._check(state.logits, len(node.tokens) + 1)
+        out = []
+        for row, (token, logprob) in enumerate(zip(ids, logprobs)):
+            sequence = [*node.tokens, token]
+            reason = self._end(sequence, len(node.tokens), 1, None, math.inf)
+            steps = [*node.token_logprobs, logprob]
+            child = self._node(sequence, node.logprob + logprob, node, reason, steps) if reason else Node(tuple(sequence), node.logprob + logprob, node, "", None, node.depth + 1, token_logprobs=tuple(steps))
+            child._state, child._row = state, row
+            out.append(child)
+        return out
+
+    def hidden_of(self, node: Node) -> torch.Tensor:
+        """``(layers + 1, dim)`` hidden states of the node's newest token (a tree built with
+        ``attention="hidden"``; the node must hold its row: open, or a finished child of
+        :meth:`children` not yet released)."""
+        return node._state.extra["hidden"][node._row]
+
+    def prompt_hidden(self) -> torch.Tensor:
+        """``(positions, dim)`` last hidden states of the prompt (decoder-only) or of the
+        decoder start (encoder-decoder), from the prefill of a tree built with
+        ``attention="hidden"``."""
+        return self._prompt_hidden
 
     def attention_of(self, node: Node) -> torch.Tensor:
         """``(layers, heads, keys)`` attention of an open node's newest token (a tree built
@@ -304,11 +262,11 @@ class Tree:
             return "budget"
         return None
 
-    def _node(self, tokens: list[int], logprob: float, parent: Node, reason: str) -> Node:
+    def _node(self, tokens: list[int], logprob: float, parent: Node, reason: str, steps: list[float]) -> Node:
         text = self.decode(tokens)
         if reason == "stop":
             text = text[: min(at for s in self.stop if (at := text.find(s)) >= 0)]
-        return Node(tuple(tokens), logprob, parent, text, reason, parent.depth + 1)
+        return Node(tuple(tokens), logprob, parent, text, reason, parent.depth + 1, token_logprobs=tuple(steps))
 
     def _grow(self, state, members, parents, out, warpers, boundary, limit, first, stop_after, pause=None) -> None:
         """Extend the rows of ``state`` (row ``i`` is branch ``members[i]``) until every branch
@@ -319,6 +277,7 @@ class Tree:
         model, compute = self.model, self.compute
         tokens = {i: list(parents[i].tokens) for i in members}
         logprob = {i: parents[i].logprob for i in members}
+        steps = {i: list(parents[i].token_logprobs) for i in members}
         starts = {i: len(parents[i].tokens) for i in members}
         live, drawn, ended = list(members), 0, 0
         while live:
@@ -336,15 +295,16 @@ class Tree:
             for j, i in enumerate(live):
                 tokens[i].append(ids[j])
                 logprob[i] += lps[j]
+                steps[i].append(lps[j])
                 reason = self._end(tokens[i], starts[i], drawn, boundary, limit)
                 if reason is not None:
                     reasons[j] = reason
-                    out[i] = self._node(tokens[i], logprob[i], parents[i], reason)
+                    out[i] = self._node(tokens[i], logprob[i], parents[i], reason, steps[i])
                     ended += reason in TERMINAL
             if stop_after is not None and ended >= stop_after:
                 for j, i in enumerate(live):
                     if reasons.get(j) not in TERMINAL:
-                        out[i] = self._node(tokens[i], logprob[i], parents[i], "cut")
+                        out[i] = self._node(tokens[i], logprob[i], parents[i], "cut", steps[i])
                 return
             keep = [j for j in range(len(live)) if reasons.get(j) not in TERMINAL]
             if not keep:
@@ -361,7 +321,7 @@ class Tree:
                 for k, j in enumerate(keep):
                     if flagged[k] and j not in reasons:
                         i = live[j]
-                        out[i] = self._node(tokens[i], logprob[i], parents[i], "pause")
+                        out[i] = self._node(tokens[i], logprob[i], parents[i], "pause", steps[i])
                         opened.append(k)
                 opened.sort()
             still = [k for k in range(len(keep)) if k not in set(opened)]

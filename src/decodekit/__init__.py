@@ -15,6 +15,7 @@ from decodekit.scoring.length import LengthPenalty
 from decodekit.search.beam import BeamSearch
 from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
+from decodekit.search.dola import DoLa
 from decodekit.search.momentum import MomentumDecoding
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.search.stochastic_beam import StochasticBeamSearch
@@ -41,6 +42,7 @@ __all__ = [
     "LengthPenalty",
     "NumericalError",
     "Sampling",
+    "DoLa",
     "MomentumDecoding",
     "StochasticBeamSearch",
     "Speculative",

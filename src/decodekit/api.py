@@ -28,6 +28,7 @@ from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
 from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
+from decodekit.search.dola import DoLa
 from decodekit.search.momentum import MomentumDecoding
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.search.stochastic_beam import StochasticBeamSearch
@@ -42,6 +43,7 @@ STRATEGIES: dict[str, type] = {
     "stochastic_beam": StochasticBeamSearch,
     "context_aware": ContextAwareDecoding,
     "momentum": MomentumDecoding,
+    "dola": DoLa,
 }
 """Strategy name -> config class; other modules register theirs here."""
 

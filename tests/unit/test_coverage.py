@@ -41,11 +41,11 @@ def test_coverage_reorders_finished_hypotheses_by_hand():
     for beta in (0.0, 1.0):
         run = BeamSearch(num_beams=2, num_return_sequences=2, length_penalty=0.0, coverage_penalty=beta).begin(context)
         if beta:
-            run.attend(attention([1.0, 0.0, 0.0], [1.0, 0.0, 0.0]))
+            run.attend(attention([1.0, 0.0, 0.0], [1.0, 0.0, 0.0]), first)
         step = run.step(first, 0)
         assert step.tokens.tolist() == [0, 1] and step.parents.tolist() == [0, 0]
         if beta:
-            run.attend(attention([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]))
+            run.attend(attention([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]), second)
         run.step(second, 1)
         results[beta] = [(h.token_ids, h.score) for h in run.finish()[0]]
     a, b = math.log(0.6) + math.log(0.9), math.log(0.3) + math.log(0.9)

@@ -34,7 +34,10 @@ def check_attention(model, group) -> None:
     """A search that reads attention weights needs a model that records them."""
     if group.attention is None:
         return
-    refusal = model.attention_refusal(group.attention) if hasattr(model, "attention_refusal") else "a transformers model (decodekit's adapter records attention weights)"
+    own = getattr(group.search, "refusal", None)
+    refusal = own(model) if own is not None else None
+    if refusal is None:
+        refusal = model.attention_refusal(group.attention) if hasattr(model, "attention_refusal") else "a transformers model (decodekit's adapter records attention weights and hidden states)"
     if refusal is not None:
         name = getattr(group.search, "attention_field", "strategy")
         raise ConfigError(name, getattr(group.strategy, name, group.strategy), refusal)

@@ -95,6 +95,8 @@ class PlainGroup:
             stop_check=self.stop_check,
             prompt_lengths=tuple(len(p) for p in self.prompts),
             prompts=tuple(tuple(p) for p in self.prompts),
+            output_head=getattr(model, "output_head", None),
+            tied_embeddings=bool(getattr(model, "tied_embeddings", False)),
             prefixes=tuple((int(model.decoder_start_token_id),) if model.is_encoder_decoder else tuple(p) for p in self.prompts),
             **extras,
         )
@@ -159,11 +161,11 @@ class PlainGroup:
         # NaN, +inf, or a row with no possible token; -inf alone is a legitimate "never".
         # Subtle: a row's max is NaN if any entry is NaN, so one reduction covers all three.
         self.nonfinite = ~torch.isfinite(logits.amax(-1))
+        if attention is not None:  # a search that reads internals may contrast the logits first (DoLa)
+            logits = search.attend(attention, logits)
         scores = logits.log_softmax(-1) if search.scores_are_logprobs else logits.clone()
         if len(self.processors):
             scores = self.processors(self.history[:, : self.prompt_length + t], scores)
-        if attention is not None:
-            search.attend(attention)
         step = search.step(scores, t)
         if step.parents is not None:
             self.history = self.history.index_select(0, step.parents)

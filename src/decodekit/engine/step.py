@@ -41,7 +41,8 @@ def step_partitions(model, partitions: list[Partition], clock: Clock, step_count
         for group in partition.groups:
             sizes[id(group)] = group.rows
             logits = partition.state.logits[offset : offset + group.rows]
-            weights = partition.state.extra.get("attention") if getattr(group, "attention", None) else None
+            kind = getattr(group, "attention", None)  # what the group's search reads, if anything
+            weights = partition.state.extra.get("hidden" if kind == "hidden" else "attention") if kind else None
             offset += group.rows
             try:
                 decided.append((group, group.decide(logits) if weights is None else group.decide(logits, weights)))

@@ -141,6 +141,22 @@ class HFLanguageModel(BlockSteps):
             return output_head.weight_first_linear(head, hidden).float()
         return head(hidden).float()
 
+    @torch.inference_mode()
+    def output_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's output layer on hidden states ``(..., dim)`` (e.g. an earlier layer's,
+        for DoLa) -> float32 logits."""
+        return self._project(hidden.to(next(self.model.parameters()).dtype))
+
+    @property
+    def layer_count(self) -> int:
+        """The decoder's layers."""
+        return self._layers
+
+    @property
+    def tied_embeddings(self) -> bool:
+        """True when the output layer shares the input embeddings' weights."""
+        return bool(getattr(self.model.config.get_text_config(decoder=True), "tie_word_embeddings", False))
+
     # -- start ----------------------------------------------------------------------------------
 
     @torch.inference_mode()

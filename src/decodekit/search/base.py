@@ -73,6 +73,10 @@ class SearchContext:
     """Each prompt's token ids (the encoder's input for an encoder-decoder model)."""
     decode: object = None
     """``ids -> text`` (the decoder's tokenizer), or None when there is no tokenizer."""
+    output_head: object = None
+    """The model's output layer, ``(..., dim)`` hidden states -> logits (None: not exposed)."""
+    tied_embeddings: bool = False
+    """Whether that layer shares the input embeddings' weights."""
     prefixes: tuple[tuple[int, ...], ...] = ()
     """Each prompt's decoder-side prefix: the prompt (decoder-only) or the decoder start token
     (encoder-decoder), for searches that read the whole sequence (momentum decoding)."""

@@ -141,9 +141,9 @@ class BeamSearchRun:
             decode = context.decode
             self.prompt_texts = [decode(list(p)) if decode else list(p) for p in context.prompts]
 
-    def attend(self, weights: torch.Tensor) -> None:
+    def attend(self, weights: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``(B*K, layers, heads, source)`` cross-attention of the forward that produced this
-        step's scores: the attention that chose this step's tokens."""
+        step's ``logits`` (returned unchanged): the attention that chose this step's tokens."""
         B, K = self.context.batch_size, self.width
         config = self.config
         for name, index, size, what in (("coverage_layer", config.coverage_layer, weights.shape[1], "decoder layers"), ("coverage_head", config.coverage_head, weights.shape[2], "heads")):
@@ -154,6 +154,7 @@ class BeamSearchRun:
             self.coverage = torch.zeros_like(self.step_attention)
             lengths = torch.tensor(self.context.prompt_lengths, device=weights.device)
             self.source = torch.arange(weights.shape[-1], device=weights.device) < lengths[:, None, None]
+        return logits
 
     def _select(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, K, V)`` step log-probs -> the C candidates' accumulated scores and flat

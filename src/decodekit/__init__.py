@@ -13,6 +13,7 @@ from decodekit.options import DecodeOptions
 from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.beam import BeamSearch
+from decodekit.search.constrained_beam import ConstrainedBeamSearch
 from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.dola import DoLa
@@ -42,6 +43,7 @@ __all__ = [
     "LengthPenalty",
     "NumericalError",
     "Sampling",
+    "ConstrainedBeamSearch",
     "DoLa",
     "MomentumDecoding",
     "StochasticBeamSearch",

@@ -26,6 +26,7 @@ from decodekit.results import (
 )
 from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
+from decodekit.search.constrained_beam import ConstrainedBeamSearch
 from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.dola import DoLa
@@ -44,6 +45,7 @@ STRATEGIES: dict[str, type] = {
     "context_aware": ContextAwareDecoding,
     "momentum": MomentumDecoding,
     "dola": DoLa,
+    "constrained_beam": ConstrainedBeamSearch,
 }
 """Strategy name -> config class; other modules register theirs here."""
 

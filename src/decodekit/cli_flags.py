@@ -70,6 +70,8 @@ def _kind(hint: Any) -> tuple[Any, bool]:
         first = args[0]
         if typing.get_origin(first) in (typing.Union, types.UnionType) and str in typing.get_args(first):
             return str, True  # e.g. DRY's breakers: strings on the command line
+        if typing.get_origin(first) in (tuple, typing.Union, types.UnionType):
+            return _json_value, False  # nested token-id lists, e.g. bad words: one JSON flag
         return (first if first in (int, str, float) else None), True
     if hint in (int, float, str, bool):
         return hint, False

@@ -79,11 +79,20 @@ class DoLa:
     relative_top: float = 0.1
     sampler: Sampling | None = None
 
+    @property
+    def premature(self) -> str | tuple[int, ...]:
+        """``layers`` resolved: ``"low"``, ``"high"`` or layer indices (a string of
+        comma-separated indices, as the command line gives them, becomes a tuple)."""
+        if isinstance(self.layers, str) and self.layers not in LAYER_SETS and all(p.strip().isdigit() for p in self.layers.split(",")):
+            return tuple(int(p) for p in self.layers.split(","))
+        return self.layers
+
     def validate(self) -> None:
-        if isinstance(self.layers, str):
-            v.choice("layers", self.layers, LAYER_SETS)
-        elif not isinstance(self.layers, tuple | list) or not self.layers or not all(v.is_integer(i) and 0 <= i < 4096 for i in self.layers):
-            raise ConfigError("layers", self.layers, "'low', 'high' or a non-empty list of layer indices >= 0")
+        layers = self.premature
+        if isinstance(layers, str):
+            v.choice("layers", layers, LAYER_SETS)
+        elif not isinstance(layers, tuple | list) or not layers or not all(v.is_integer(i) and 0 <= i < 4096 for i in layers):
+            raise ConfigError("layers", self.layers, "'low', 'high' or a non-empty list of layer indices >= 0 (on the command line: 0,2,4)")
         v.number("relative_top", self.relative_top, 0.0, 1.0, low_open=True)
         if self.sampler is not None:
             if not isinstance(self.sampler, Sampling):
@@ -114,7 +123,7 @@ class DoLaRun(RowSearch):
         if self.context.output_head is None:
             return "a transformers model whose output layer decodekit can apply to earlier layers"
         final = getattr(model, "layer_count", None)
-        if final is not None and not candidate_layers(self.config.layers, final, self.context.tied_embeddings):
+        if final is not None and not candidate_layers(self.config.premature, final, self.context.tied_embeddings):
             raise ConfigError("layers", self.config.layers, f"premature layers below the model's {final} layers")
         return None
 
@@ -122,7 +131,7 @@ class DoLaRun(RowSearch):
         """``(rows, layers + 1, dim)`` hidden states of this step's forward -> DoLa scores."""
         if self.layers is None:
             final = hidden.shape[1] - 1
-            self.layers = candidate_layers(self.config.layers, final, self.context.tied_embeddings)
+            self.layers = candidate_layers(self.config.premature, final, self.context.tied_embeddings)
             if not self.layers:
                 raise ConfigError("layers", self.config.layers, f"premature layers below the model's {final} layers")
         premature = torch.stack([self.context.output_head(hidden[:, i]) for i in self.layers])

@@ -27,7 +27,7 @@ from decodekit.results import (
 from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
 from decodekit.search.constrained_beam import ConstrainedBeamSearch
-from decodekit.search.context_aware import ContextAwareDecoding
+from decodekit.search.context_aware import ClassifierFreeGuidance, ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.dola import DoLa
 from decodekit.search.momentum import MomentumDecoding
@@ -43,6 +43,7 @@ STRATEGIES: dict[str, type] = {
     "diverse_beam": DiverseBeamSearch,
     "stochastic_beam": StochasticBeamSearch,
     "context_aware": ContextAwareDecoding,
+    "cfg": ClassifierFreeGuidance,
     "momentum": MomentumDecoding,
     "dola": DoLa,
     "constrained_beam": ConstrainedBeamSearch,
@@ -301,12 +302,12 @@ class Decoder:
         checked here, before any model call."""
         items, _ = self._prompts(prompts)
         custom = (processors, stopping, prefix_allowed_tokens_fn)
-        paired = isinstance(strategy, ContextAwareDecoding)
-        if paired:  # each prompt decodes as two rows: with the context, and alone
+        paired = isinstance(strategy, ContextAwareDecoding | ClassifierFreeGuidance)
+        if paired:  # each prompt decodes as two rows: with the context / guided, and alone / unconditional
             strategy.validate()
             if stream:
-                raise ConfigError("stream", True, "not with context-aware decoding; use generate")
-            items_in = [x for item in items for x in (strategy.with_context(item), item)]
+                raise ConfigError("stream", True, f"not with {strategy.name!r} (two rows per prompt); use generate")
+            items_in = [x for item in items for x in strategy.pair(item, self.encode)]
         requests, stop = self._requests(items_in if paired else items, strategy, options, settings, seed, constraint, stream=stream, custom=custom)
         handles = self.engine.submit(requests)
         if paired:

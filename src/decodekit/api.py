@@ -309,6 +309,10 @@ class Decoder:
                 raise ConfigError("stream", True, f"not with {strategy.name!r} (two rows per prompt); use generate")
             items_in = [x for item in items for x in strategy.pair(item, self.encode)]
         requests, stop = self._requests(items_in if paired else items, strategy, options, settings, seed, constraint, stream=stream, custom=custom)
+        chosen = requests[0].options if requests else None
+        if chosen is not None and (chosen.output_scores or chosen.output_logits) and (paired or isinstance(requests[0].strategy, DoLa)):
+            name = "output_scores" if chosen.output_scores else "output_logits"
+            raise ConfigError(name, True, f"False with {requests[0].strategy.name!r}: its scores combine two rows or two layers, which a replay of the model's logits does not reproduce")
         handles = self.engine.submit(requests)
         if paired:
             requests, handles = requests[0::2], handles[0::2]
@@ -316,10 +320,19 @@ class Decoder:
 
     def _result(self, item, request: Request, output: RequestOutput, stop) -> GenerationResult:
         review = next((p.review for p in output.processors if hasattr(p, "review")), None)
+        sequences = [self._sequence(h, stop, review) for h in output.hypotheses]
+        if request.options.output_scores or request.options.output_logits:
+            from decodekit.teacher import path_scores
+
+            full = path_scores(self, request, output, [s.token_ids for s in sequences])
+            sequences = [
+                dataclasses.replace(s, logits=logits if request.options.output_logits else None, scores=scores if request.options.output_scores else None)
+                for s, (logits, scores) in zip(sequences, full)
+            ]
         return GenerationResult(
             prompt=item if isinstance(item, str) else None,
             prompt_token_ids=request.prompt,
-            sequences=[self._sequence(h, stop, review) for h in output.hypotheses],
+            sequences=sequences,
             strategy=request.strategy.name,
             stats=output.stats,
         )

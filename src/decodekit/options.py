@@ -69,6 +69,10 @@ class DecodeOptions:
       (ids forced at the last allowed step) or ``force_eos_at_max_length`` (the first EOS);
     - ``exponential_decay_length_penalty``: ``(start, factor)``, EOS odds growing after
       ``start`` generated tokens; ``renormalize_logits``: log-softmax after processing.
+    ``output_scores`` / ``output_logits``: every returned sequence also carries, per generated
+    token, the full processed log-probabilities (the options' processors and the constraint,
+    before sampling warpers) and the model's raw logits, as ``(tokens, vocab)`` tensors
+    (transformers' ``output_scores`` / ``output_logits``, along each sequence's own path).
     """
 
     max_new_tokens: int = 64
@@ -103,6 +107,8 @@ class DecodeOptions:
     begin_suppress_tokens: tuple[int, ...] = ()
     exponential_decay_length_penalty: tuple[int, float] | None = None
     renormalize_logits: bool = False
+    output_scores: bool = False
+    output_logits: bool = False
 
     def validate(self, vocab_size: int) -> None:
         v.integer("max_new_tokens", self.max_new_tokens, 1, 1 << 20)
@@ -164,6 +170,8 @@ class DecodeOptions:
             except ConfigError:
                 raise ConfigError("exponential_decay_length_penalty", decay, allowed) from None
         v.flag("renormalize_logits", self.renormalize_logits)
+        v.flag("output_scores", self.output_scores)
+        v.flag("output_logits", self.output_logits)
 
     def _check_bias(self, vocab_size: int) -> None:
         for name, keys_are_sequences in (("logit_bias", False), ("sequence_bias", True)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,9 +42,21 @@ class GeneratedSequence:
     constraint: dict | None = None
     top_logprobs: list[list[TokenLogprob]] | None = None
     inclusion: float | None = None
+    scores: Any = None
+    """With ``output_scores``: ``(tokens, vocab)`` float32, the processed log-probabilities each
+    token was scored under (processors and constraint applied; ``token_logprobs[t]`` is
+    ``scores[t, token_ids[t]]``): renormalised for greedy and sampling, transformers' beam
+    scores (log-softmax, then processors) for beam searches."""
+    logits: Any = None
+    """With ``output_logits``: ``(tokens, vocab)`` float32, the model's raw logits."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(dataclasses.replace(self, scores=None, logits=None))
+        for name in ("scores", "logits"):  # only when asked for (they are vocabulary-wide)
+            del out[name]
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).tolist()
+        return out
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,12 @@ def forward_logprobs(lm: HFLanguageModel, prompts: list[list[int]], continuation
 def forward_distributions(lm: HFLanguageModel, prompts: list[list[int]], continuations: list[list[int]]) -> list[torch.Tensor]:
     """Each continuation's ``(len, vocab)`` next-token log-probs at its positions given its
     prompt (teacher-forced), in one forward over the batch (on the CPU)."""
+    return [logits.log_softmax(-1) for logits in forward_logits(lm, prompts, continuations)]
+
+
+def forward_logits(lm: HFLanguageModel, prompts: list[list[int]], continuations: list[list[int]]) -> list[torch.Tensor]:
+    """Each continuation's ``(len, vocab)`` raw next-token logits at its positions given its
+    prompt (teacher-forced), in one forward over the batch (on the CPU, float32)."""
     device = lm.model.device
     rows = len(prompts)
     with torch.no_grad():
@@ -70,9 +76,49 @@ def forward_distributions(lm: HFLanguageModel, prompts: list[list[int]], continu
                 ids[r, : len(p) + len(c)], mask[r, : len(p) + len(c)] = torch.tensor(p + c), 1
             logits = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             offsets = [len(p) - 1 for p in prompts]
-        log_probs = logits.float().log_softmax(-1)
+        logits = logits.float()
     out = []
     for r, c in enumerate(continuations):
-        positions = torch.arange(offsets[r], offsets[r] + len(c), device=log_probs.device)
-        out.append(log_probs[r, positions].cpu())
+        positions = torch.arange(offsets[r], offsets[r] + len(c), device=logits.device)
+        out.append(logits[r, positions].cpu())
+    return out
+
+
+def path_scores(decoder, request, output, sequences: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each returned sequence of ``request``: ``(raw logits, processed log-probs)``, both
+    ``(tokens, vocab)``, along its own path: one teacher-forced forward for the model's logits,
+    then the request's processors (its options' and its constraint's, fresh) replayed token by
+    token as the engine applied them: to log-probs for the searches that score log-probs (beam
+    searches: transformers' beam scores, not renormalised), to logits for the others (then
+    log-softmaxed). ``token_logprobs[t]`` is entry ``[t, token]`` of the second."""
+    model, options = decoder.model, request.options
+    empty = (torch.empty(0, model.vocab_size), torch.empty(0, model.vocab_size))
+    out: list = [empty] * len(sequences)
+    todo = [i for i, s in enumerate(sequences) if s]
+    if not todo:
+        return out
+    with decoder.engine.exclusive():
+        raw = forward_logits(model, [list(request.prompt)] * len(todo), [sequences[i] for i in todo])
+    if model.is_encoder_decoder:
+        prefix, encoder_ids = [int(model.decoder_start_token_id)], torch.tensor([list(request.prompt)])
+    else:
+        prefix, encoder_ids = list(request.prompt), None
+    for i, logits in zip(todo, raw):
+        extra = list(request.processors()) if request.processors is not None else []
+        for processor in extra:
+            if hasattr(processor, "bind"):
+                processor.bind([request.index], 1)
+        chain = options.processors(len(prefix), options.eos(model.eos_token_ids), model.vocab_size, encoder_ids=encoder_ids, extra=extra)
+        for processor in chain.stateful:
+            processor.reset(1)
+        history = torch.tensor([prefix + sequences[i]])
+        processed = []
+        for t, token in enumerate(sequences[i]):
+            base = logits[t : t + 1].log_softmax(-1) if output.scores_logprobs else logits[t : t + 1].clone()
+            scores = chain(history[:, : len(prefix) + t], base) if len(chain) else base
+            # the distribution token_logprobs come from: as scored (beam searches), else renormalised
+            processed.append(scores[0] if output.scores_logprobs else scores.log_softmax(-1)[0])
+            for processor in chain.stateful:
+                processor.advance(None, torch.tensor([token]))
+        out[i] = (logits, torch.stack(processed))
     return out

@@ -262,7 +262,7 @@ class PlainGroup:
     def outputs(self) -> list[RequestOutput]:
         hypotheses = self.search.finish()
         processors = tuple(self.extra_processors)
-        return [RequestOutput(h, None, processors) for h in hypotheses]
+        return [RequestOutput(h, None, processors, self.search.scores_are_logprobs) for h in hypotheses]
 
 
 class SpeculativeGroup:

@@ -86,6 +86,8 @@ class RequestOutput:
     hypotheses: list[Hypothesis]
     stats: Any = None
     processors: tuple = ()
+    scores_logprobs: bool = False
+    """Whether the search's processors ran on log-probs (beam searches) rather than logits."""
 
 
 class RequestHandle:

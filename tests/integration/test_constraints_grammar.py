@@ -174,3 +174,20 @@ def test_cli_constraint_flags(tmp_path, capsys):
         assert all(valid(s["text"]) and s["finish_reason"] == "eos" for s in record["sequences"]), record
     assert main(base + ["--regex", "x", "--catalog", str(catalog)]) == 2
     assert "at most one" in capsys.readouterr().err
+
+
+def test_a_terminal_that_matches_nothing_is_refused_before_llguidance_and_any_model_call():
+    """llguidance never finishes the first mask of such a grammar (its lexer keeps growing)."""
+    import decodekit
+    from decodekit.constraints import Grammar, Regex
+    from decodekit.errors import ConfigError
+
+    decoder = decodekit.load()
+    before = decoder.model.forward_count
+    with pytest.raises(ConfigError) as error:
+        decoder.generate("x", constraint=Grammar("start: A B\nA: /a+/\nB: /[^\\s\\S]+/"), max_new_tokens=4)
+    assert error.value.field == "grammar" and "/[^\\s\\S]+/" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        decoder.generate("x", constraint=Regex("a[^\\d\\D]"), max_new_tokens=4)
+    assert error.value.field == "regex"
+    assert decoder.model.forward_count == before

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from decodekit.constraints.base import Cursor, Verdict
+from decodekit.constraints.lexemes import empty_terminals, matches_nothing
 from decodekit.errors import ConfigError, InputError
 
 _CACHE_SIZE = 64
@@ -166,6 +167,8 @@ class Regex:
 
         if not isinstance(self.pattern, str):
             raise ConfigError("regex", self.pattern, "a regular expression string")
+        if matches_nothing(self.pattern):
+            raise ConfigError("regex", self.pattern, "a regular expression that matches some text (this one matches none)")
         return _compile("regex", "regex", self.pattern, LLMatcher.grammar_from_regex, tokenizer, vocab_size)
 
 
@@ -182,6 +185,10 @@ class Grammar:
 
         if not isinstance(self.lark, str) or not self.lark.strip():
             raise ConfigError("grammar", self.lark, "a non-empty Lark grammar")
+        empty = empty_terminals(self.lark)
+        if empty:
+            shown = self.lark if len(self.lark) <= 80 else self.lark[:77] + "..."
+            raise ConfigError("grammar", shown, f"terminals that match some text: {empty[0]} matches none")
         return _compile("Lark grammar", "grammar", self.lark, LLMatcher.grammar_from_lark, tokenizer, vocab_size)
 
 

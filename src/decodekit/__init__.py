@@ -14,7 +14,7 @@ from decodekit.results import GeneratedSequence, GenerationResult, StreamEvent
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.beam import BeamSearch
 from decodekit.search.constrained_beam import ConstrainedBeamSearch
-from decodekit.search.context_aware import ClassifierFreeGuidance, ContextAwareDecoding
+from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.dola import DoLa
 from decodekit.search.momentum import MomentumDecoding
@@ -25,7 +25,6 @@ from decodekit.speculative import Speculative
 __all__ = [
     "BeamSearch",
     "Catalog",
-    "ClassifierFreeGuidance",
     "ContextAwareDecoding",
     "CorpusSubstring",
     "Grammar",

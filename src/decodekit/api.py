@@ -27,7 +27,7 @@ from decodekit.results import (
 from decodekit.search.base import Hypothesis, Strategy
 from decodekit.search.beam import BeamSearch
 from decodekit.search.constrained_beam import ConstrainedBeamSearch
-from decodekit.search.context_aware import ClassifierFreeGuidance, ContextAwareDecoding
+from decodekit.search.context_aware import ContextAwareDecoding
 from decodekit.search.diverse import DiverseBeamSearch
 from decodekit.search.dola import DoLa
 from decodekit.search.momentum import MomentumDecoding
@@ -43,7 +43,6 @@ STRATEGIES: dict[str, type] = {
     "diverse_beam": DiverseBeamSearch,
     "stochastic_beam": StochasticBeamSearch,
     "context_aware": ContextAwareDecoding,
-    "cfg": ClassifierFreeGuidance,
     "momentum": MomentumDecoding,
     "dola": DoLa,
     "constrained_beam": ConstrainedBeamSearch,
@@ -166,7 +165,7 @@ class Decoder:
         options = make_options(options, settings)
         strategy.validate()  # the engine checks again; here it precedes building stop strings
         options.validate(self.model.vocab_size)
-        options = self._with_breakers(options)
+        options = self._with_negative_ids(self._with_breakers(options))
         user, stopping = user_hooks(strategy, *(custom or (None, None, None)))
         factory = None
         if constraint is not None or user:
@@ -208,6 +207,12 @@ class Decoder:
         if key not in cache:
             cache[key] = options.with_breaker_ids(self.tokenizer).dry_sequence_breakers
         return dataclasses.replace(options, dry_sequence_breakers=cache[key])
+
+    def _with_negative_ids(self, options: DecodeOptions) -> DecodeOptions:
+        """A text negative prompt (classifier-free guidance) as token ids."""
+        if not isinstance(options.negative_prompt, str) or not options.negative_prompt:
+            return options
+        return dataclasses.replace(options, negative_prompt=tuple(self.encode(options.negative_prompt)))
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -302,8 +307,8 @@ class Decoder:
         checked here, before any model call."""
         items, _ = self._prompts(prompts)
         custom = (processors, stopping, prefix_allowed_tokens_fn)
-        paired = isinstance(strategy, ContextAwareDecoding | ClassifierFreeGuidance)
-        if paired:  # each prompt decodes as two rows: with the context / guided, and alone / unconditional
+        paired = isinstance(strategy, ContextAwareDecoding)
+        if paired:  # each prompt decodes as two rows: with the context, and alone
             strategy.validate()
             if stream:
                 raise ConfigError("stream", True, f"not with {strategy.name!r} (two rows per prompt); use generate")
@@ -313,6 +318,8 @@ class Decoder:
         if chosen is not None and (chosen.output_scores or chosen.output_logits) and (paired or isinstance(requests[0].strategy, DoLa)):
             name = "output_scores" if chosen.output_scores else "output_logits"
             raise ConfigError(name, True, f"False with {requests[0].strategy.name!r}: its scores combine two rows or two layers, which a replay of the model's logits does not reproduce")
+        if chosen is not None and (chosen.output_scores or chosen.output_logits) and chosen.guidance_scale != 1.0:
+            raise ConfigError("output_scores" if chosen.output_scores else "output_logits", True, "False with guidance_scale (the unconditional rows are not replayed)")
         handles = self.engine.submit(requests)
         if paired:
             requests, handles = requests[0::2], handles[0::2]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from decodekit import validation as v
-from decodekit.errors import ConfigError
+from decodekit.errors import ConfigError, check
 from decodekit.logits.base import ProcessorList
 from decodekit.logits.bias import DRY, LogitBias, PresenceFrequencyPenalty, SequenceBias
 from decodekit.logits.forcing import (
@@ -69,7 +69,9 @@ class DecodeOptions:
       (ids forced at the last allowed step) or ``force_eos_at_max_length`` (the first EOS);
     - ``exponential_decay_length_penalty``: ``(start, factor)``, EOS odds growing after
       ``start`` generated tokens; ``renormalize_logits``: log-softmax after processing.
-    ``output_scores`` / ``output_logits``: every returned sequence also carries, per generated
+    ``guidance_scale`` / ``negative_prompt``: classifier-free guidance
+    (:mod:`decodekit.logits.guidance`; 1 disables; no negative prompt: the prompt's last
+    token). ``output_scores`` / ``output_logits``: every returned sequence also carries, per generated
     token, the full processed log-probabilities (the options' processors and the constraint,
     before sampling warpers) and the model's raw logits, as ``(tokens, vocab)`` tensors
     (transformers' ``output_scores`` / ``output_logits``, along each sequence's own path).
@@ -109,6 +111,8 @@ class DecodeOptions:
     renormalize_logits: bool = False
     output_scores: bool = False
     output_logits: bool = False
+    guidance_scale: float = 1.0
+    negative_prompt: tuple[int, ...] | str | None = None
 
     def validate(self, vocab_size: int) -> None:
         v.integer("max_new_tokens", self.max_new_tokens, 1, 1 << 20)
@@ -171,6 +175,13 @@ class DecodeOptions:
                 raise ConfigError("exponential_decay_length_penalty", decay, allowed) from None
         v.flag("renormalize_logits", self.renormalize_logits)
         v.flag("output_scores", self.output_scores)
+        v.number("guidance_scale", self.guidance_scale, 0.0, 1e3, low_open=True, what="1 disables")
+        if isinstance(self.negative_prompt, str):
+            check(bool(self.negative_prompt), "negative_prompt", self.negative_prompt, "non-empty text or token ids, or None (the prompt's last token)")
+        elif self.negative_prompt is not None:
+            v.token_ids("negative_prompt", self.negative_prompt, vocab_size, empty=False)
+        if self.negative_prompt is not None and self.guidance_scale == 1.0:
+            raise ConfigError("negative_prompt", self.negative_prompt, "None unless guidance_scale is set (it is only read by classifier-free guidance)")
         v.flag("output_logits", self.output_logits)
 
     def _check_bias(self, vocab_size: int) -> None:

@@ -65,9 +65,9 @@ def test_a_constraints_mask_is_in_the_scores():
 
 def test_refusals_and_json():
     decoder = decodekit.load()
-    for strategy in (decodekit.DoLa(), decodekit.ClassifierFreeGuidance()):
+    for strategy, extra in ((decodekit.DoLa(), {}), (decodekit.ContextAwareDecoding(context="a"), {}), (None, {"guidance_scale": 2.0})):
         with pytest.raises(ConfigError) as error:
-            decoder.generate("x", strategy, max_new_tokens=2, output_scores=True)
+            decoder.generate("x", strategy, max_new_tokens=2, output_scores=True, **extra)
         assert error.value.field == "output_scores"
     plain = decoder.generate("x", max_new_tokens=2).sequences[0].to_dict()
     assert "scores" not in plain and "logits" not in plain

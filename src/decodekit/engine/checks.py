@@ -41,3 +41,13 @@ def check_attention(model, group) -> None:
     if refusal is not None:
         name = getattr(group.search, "attention_field", "strategy")
         raise ConfigError(name, getattr(group.strategy, name, group.strategy), refusal)
+
+
+def check_guidance(model, options) -> None:
+    """Classifier-free guidance needs a decoder-only model and token ids for the negative prompt."""
+    if options.guidance_scale == 1.0:
+        return
+    if model.is_encoder_decoder:
+        raise ConfigError("guidance_scale", options.guidance_scale, "1 with an encoder-decoder model (guidance runs a decoder-only model on the unconditional prompt, as transformers)")
+    if isinstance(options.negative_prompt, str):
+        raise ConfigError("negative_prompt", options.negative_prompt, "token ids here (Decoder.generate encodes text with its tokenizer)")

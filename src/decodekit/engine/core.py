@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from decodekit.engine.checks import check_attention, check_prompts
+from decodekit.engine.checks import check_attention, check_guidance, check_prompts
 from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.placement import place, pool_key, prefill
@@ -111,6 +111,8 @@ class Engine:
             from decodekit.speculative import check_supported
 
             check_supported(strategy, options)
+            if options.guidance_scale != 1.0:
+                raise ConfigError("guidance_scale", options.guidance_scale, "1 with speculative decoding (the unconditional rows cannot follow a draft)")
             strategy.validate()
             options.validate(model.vocab_size)
             check_prompts(model, prompts, options)
@@ -134,6 +136,7 @@ class Engine:
         options.validate(model.vocab_size)
         check_prompts(model, prompts, options)
         check_memory(model, strategy, prompts, options)
+        check_guidance(model, options)
         if options.dry_multiplier > 0 and any(isinstance(b, str) for b in options.dry_sequence_breakers):
             raise ConfigError("dry_sequence_breakers", options.dry_sequence_breakers, "token ids here (Decoder.generate resolves strings with its tokenizer)")
         group = PlainGroup(model, handles)

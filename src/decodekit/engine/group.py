@@ -20,6 +20,7 @@ import torch
 
 from decodekit.engine.request import EngineEvent, Request, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
+from decodekit.logits.guidance import Guidance
 from decodekit.logits.penalties import MinNewTokens
 from decodekit.search.base import SearchContext, Step
 from decodekit.search.sampling import REASONS, RowSearch
@@ -141,6 +142,10 @@ class PlainGroup:
         processors = self.options.processors(
             self.prompt_length, self.eos, model.vocab_size, encoder_ids=encoder_ids, extra=self.extra_processors
         )
+        if self.options.guidance_scale != 1.0:  # classifier-free guidance: first, as transformers
+            negative = self.options.negative_prompt
+            unconditional = [list(negative) if negative is not None else list(prompt[-1:]) for prompt in self.prompts for _ in range(self.width)]
+            processors.processors.insert(0, Guidance(model, self.options.guidance_scale, unconditional, self.options.max_new_tokens))
         self.processors = processors
         for processor in self.extra_processors:
             if hasattr(processor, "bind"):
@@ -253,6 +258,7 @@ class PlainGroup:
             type(self.search) is RowSearch  # not its variants (momentum): the pool decides as RowSearch
             and getattr(self.strategy, "row_warpers_only", True)
             and self.options.max_time is None
+            and self.options.guidance_scale == 1.0
             and all(isinstance(p, MinNewTokens) for p in processors)
             and not self.extra_processors
             and self.stopping is None

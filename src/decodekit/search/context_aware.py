@@ -67,43 +67,6 @@ class ContextAwareDecoding:
         return ContextAwareRun(self, context)
 
 
-@dataclass(frozen=True)
-class ClassifierFreeGuidance:
-    """Classifier-free guidance (Sanchez et al. 2023, "Stay on topic with Classifier-Free
-    Guidance"), as transformers' ``guidance_scale`` / ``negative_prompt_ids``: the next-token
-    log-probs are ``lp_u + guidance_scale * (lp_c - lp_u)``, ``lp_c`` given the prompt and
-    ``lp_u`` given ``negative_prompt`` (text or token ids; None: the prompt's last token, as
-    transformers), both rows continued with the chosen token. The same contrast as CAD with
-    ``alpha = guidance_scale - 1``, decoded the same way (one forward for both rows). Other
-    processors apply to each row before the guidance (transformers applies them after it)."""
-
-    name: ClassVar[str] = "cfg"
-    guidance_scale: float = 1.5
-    negative_prompt: str | tuple[int, ...] | None = None
-    sampler: Sampling | None = None
-
-    @property
-    def alpha(self) -> float:
-        return self.guidance_scale - 1.0
-
-    def validate(self) -> None:
-        v.number("guidance_scale", self.guidance_scale, 0.0, 1e3, low_open=True)
-        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            v.token_ids("negative_prompt", self.negative_prompt, empty=False)
-        if isinstance(self.negative_prompt, str):
-            check(bool(self.negative_prompt), "negative_prompt", self.negative_prompt, "non-empty text or token ids, or None (the prompt's last token)")
-        ContextAwareDecoding(context="x", alpha=0.0, sampler=self.sampler).validate()
-
-    def pair(self, prompt, encode) -> tuple:
-        """The two rows' prompts: the prompt, and the negative prompt (or its last token)."""
-        if self.negative_prompt is None:
-            return prompt, encode(prompt)[-1:]
-        return prompt, self.negative_prompt if isinstance(self.negative_prompt, str) else list(self.negative_prompt)
-
-    def begin(self, context: SearchContext) -> ContextAwareRun:
-        return ContextAwareRun(self, context)
-
-
 class ContextAwareRun:
     """Rows ``2i`` (with context) and ``2i + 1`` (without) decode sequence ``i`` together."""
 
@@ -111,7 +74,7 @@ class ContextAwareRun:
     supports_stop_strings = True
     width = 1
 
-    def __init__(self, config: ContextAwareDecoding | ClassifierFreeGuidance, context: SearchContext):
+    def __init__(self, config: ContextAwareDecoding, context: SearchContext):
         if context.batch_size % 2:
             raise ConfigError("strategy", config, "context-aware decoding through Decoder.generate (prompts come in pairs)")
         self.config, self.context = config, context

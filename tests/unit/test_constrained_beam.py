@@ -68,3 +68,15 @@ def test_every_returned_hypothesis_contains_the_phrase_or_is_labelled():
     assert got[: len(met)] == met
     for s in got:
         assert s.score == pytest.approx(sum(s.token_logprobs) / len(s.token_ids), abs=1e-6)
+
+
+def test_top_logprobs_are_refused_where_they_are_not_recorded():
+    from decodekit.errors import ConfigError
+    from decodekit.search.context_aware import ContextAwareDecoding
+
+    decoder = Decoder(model())
+    for strategy in (ConstrainedBeamSearch(force_words_ids=([5, 6],), num_beams=2), ContextAwareDecoding(context=(3,))):
+        with pytest.raises(ConfigError) as error:
+            decoder.generate([1], strategy, max_new_tokens=3, top_logprobs=2)
+        assert error.value.field == "top_logprobs"
+    assert decoder.model.forward_count == 0

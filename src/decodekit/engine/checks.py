@@ -51,3 +51,16 @@ def check_guidance(model, options) -> None:
         raise ConfigError("guidance_scale", options.guidance_scale, "1 with an encoder-decoder model (guidance runs a decoder-only model on the unconditional prompt, as transformers)")
     if isinstance(options.negative_prompt, str):
         raise ConfigError("negative_prompt", options.negative_prompt, "token ids here (Decoder.generate encodes text with its tokenizer)")
+
+
+def check_search_options(group) -> None:
+    """Options a search cannot honour are refused, not ignored."""
+    if group.options.top_logprobs and not getattr(group.search, "records_top_logprobs", True):
+        raise ConfigError("top_logprobs", group.options.top_logprobs, f"0 with {group.strategy.name!r} (it does not record them)")
+
+
+def check_group(model, group) -> None:
+    """What a plain group's search and options need of the model, before any model call."""
+    check_guidance(model, group.options)
+    check_attention(model, group)
+    check_search_options(group)

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from decodekit.engine.checks import check_attention, check_guidance, check_prompts
+from decodekit.engine.checks import check_group, check_prompts
 from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.placement import place, pool_key, prefill
@@ -136,11 +136,10 @@ class Engine:
         options.validate(model.vocab_size)
         check_prompts(model, prompts, options)
         check_memory(model, strategy, prompts, options)
-        check_guidance(model, options)
         if options.dry_multiplier > 0 and any(isinstance(b, str) for b in options.dry_sequence_breakers):
             raise ConfigError("dry_sequence_breakers", options.dry_sequence_breakers, "token ids here (Decoder.generate resolves strings with its tokenizer)")
         group = PlainGroup(model, handles)
-        check_attention(model, group)
+        check_group(model, group)
         if options.max_time is not None and not hasattr(group.search, "time_out"):
             raise ConfigError("max_time", options.max_time, f"None with {strategy.name!r}: a time limit ends per-row strategies (greedy, sample) only")
         if first.stopping is not None and not group.search.supports_stop_strings:

@@ -181,6 +181,7 @@ class ConstrainedBeamSearch:
 class ConstrainedBeamRun:
     scores_are_logprobs = True
     supports_stop_strings = False
+    records_top_logprobs = False
 
     def __init__(self, config: ConstrainedBeamSearch, context: SearchContext):
         self.config, self.context = config, context

@@ -72,6 +72,7 @@ class ContextAwareRun:
 
     scores_are_logprobs = True
     supports_stop_strings = True
+    records_top_logprobs = False
     width = 1
 
     def __init__(self, config: ContextAwareDecoding, context: SearchContext):

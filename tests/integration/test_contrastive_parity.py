@@ -48,7 +48,7 @@ def test_contrastive_search_matches_transformers_4_55(case, one_thread):
     assert rec.base.weights_sha256(hf) == case["weights_sha256"], "the seeded random model changed: re-record the fixture"
     decoder = decodekit.load(hf, use_generation_config=False)
     config = ContrastiveSearch(top_k=case["top_k"], penalty_alpha=case["penalty_alpha"])
-    results = decoder.generate(case["prompts"], config, max_new_tokens=case["max_new_tokens"])
+    results = decoder.generate(case["prompts"], config, max_new_tokens=case["max_new_tokens"], **case["extra"])
     for result, expected in zip(results, case["results"]):
         sequence = result.sequences[0]
         assert sequence.token_ids == expected["tokens"]
@@ -69,5 +69,5 @@ def test_alpha_zero_is_greedy_and_settings_are_checked():
             decoder.generate(prompt, bad, max_new_tokens=4)
         assert error.value.field == field
     with pytest.raises(ConfigError) as error:
-        decoder.generate(prompt, "contrastive", max_new_tokens=4, no_repeat_ngram_size=2)
-    assert error.value.field == "no_repeat_ngram_size"
+        decoder.generate(prompt, "contrastive", max_new_tokens=4, top_logprobs=2)
+    assert error.value.field == "top_logprobs"

@@ -45,6 +45,9 @@ class ContrastiveSearch:
 
     needs_reward: ClassVar[bool] = False
     attention: ClassVar[str] = "hidden"
+    takes_processors: ClassVar[bool] = True
+    """The options' processors shape each step's distribution before the top-k (as in
+    transformers); ``token_logprobs`` are then the processed distribution's."""
 
     def validate(self) -> None:
         v.integer("top_k", self.top_k, 1, 4096, "candidates per step")
@@ -52,9 +55,15 @@ class ContrastiveSearch:
 
     def run(self, tree, reward, prompt: str) -> tuple[Node, list[Node]]:
         context = tree.prompt_hidden()
+        chain = getattr(tree, "processors", None)
+        start = [int(tree.model.decoder_start_token_id)] if tree.model.is_encoder_decoder else list(tree.prompt)
         node = tree.root
         while node.open:
-            probs = tree.logprobs(node).exp()
+            logprobs = tree.logprobs(node)
+            if chain is not None:  # the options' processors, on the logits, as transformers
+                history = torch.tensor([start + list(node.tokens)])
+                logprobs = chain(history, node._state.logits[node._row : node._row + 1].clone())[0].log_softmax(-1)
+            probs = logprobs.exp()
             top, ids = torch.topk(probs, min(self.top_k, probs.shape[-1]))
             children = tree.children(node, ids.tolist())
             hidden = torch.stack([tree.hidden_of(child)[-1] for child in children])
@@ -64,7 +73,15 @@ class ContrastiveSearch:
                 if i != best:
                     tree.release(child)
             tree.release(node)
-            node = children[best]
+            chosen = children[best]
+            if chain is not None:
+                token = int(ids[best])
+                processed = float(logprobs[token])
+                chosen.token_logprobs = (*chosen.token_logprobs[:-1], processed)
+                chosen.logprob = node.logprob + processed
+                for processor in chain.stateful:
+                    processor.advance(None, torch.tensor([token]))
+            node = chosen
             context = torch.cat([context, hidden[best : best + 1]])
         if reward is not None:
             score(tree, reward, prompt, [node])

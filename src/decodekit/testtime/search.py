@@ -82,6 +82,21 @@ def check_memory(model, strategy, prompt_length: int, max_new_tokens: int) -> No
     check_rows(model, rows, prompt_length + max_new_tokens + 8, max_new_tokens, field, getattr(strategy, field), "branches")
 
 
+def processor_chain(model, prompt: list[int], options):
+    """The options' processors for one row decoding ``prompt`` (its history layout: the prompt,
+    or the decoder start token, then the generated tokens)."""
+    import torch
+
+    if model.is_encoder_decoder:
+        start, encoder_ids = 1, torch.tensor([list(prompt)])
+    else:
+        start, encoder_ids = len(prompt), None
+    chain = options.processors(start, options.eos(model.eos_token_ids), model.vocab_size, encoder_ids=encoder_ids)
+    for processor in chain.stateful:
+        processor.reset(1)
+    return chain if len(chain) else None
+
+
 def make_search(strategy):
     """A search config object from itself or its name."""
     if isinstance(strategy, str):
@@ -103,6 +118,7 @@ def run_search(
     max_new_tokens: int = 128,
     stop: Sequence[str] = (),
     seed: int = 0,
+    options=None,
 ) -> SearchResult:
     """Search for the best completion of ``prompt`` under ``reward`` (see
     :meth:`decodekit.Decoder.search`). Every setting is checked before any model call."""
@@ -125,6 +141,8 @@ def run_search(
         decoder.model, ids, decode, max_new_tokens=max_new_tokens, eos=decoder.model.eos_token_ids,
         stop=stop, seed=seed, lock=decoder.engine.exclusive, attention=getattr(strategy, "attention", None),
     )
+    if options is not None and getattr(strategy, "takes_processors", False):
+        tree.processors = processor_chain(decoder.model, ids, options)
     best, scored = strategy.run(tree, reward, text)
     compute = tree.finish(best)
     unique: dict[tuple[int, ...], Node] = {}

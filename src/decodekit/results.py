@@ -20,8 +20,9 @@ class TokenLogprob:
 @dataclass(frozen=True)
 class GeneratedSequence:
     """One output. ``token_ids`` are the generated tokens (the EOS that ended it included);
-    ``token_logprobs[i]`` is token i's log-probability under the processed distribution the
-    strategy scored (before sampling warpers); ``logprob`` is their sum; ``score`` is what the
+    ``token_logprobs[i]`` is token i's log-probability under the processed distribution it was
+    chosen from (processors and constraint applied, renormalised, before sampling warpers), for
+    every strategy; ``logprob`` is their sum; ``score`` is what the
     strategy ranked by (equal to ``logprob`` for greedy and sampling, length-normalised for beam
     search, diversity-penalised for Diverse Beam Search). ``finish_reason`` is one of
     ``eos``, ``length``, ``stop``, ``constraint``, ``time``, ``error``. ``constraint``: with a
@@ -44,9 +45,8 @@ class GeneratedSequence:
     inclusion: float | None = None
     scores: Any = None
     """With ``output_scores``: ``(tokens, vocab)`` float32, the processed log-probabilities each
-    token was scored under (processors and constraint applied; ``token_logprobs[t]`` is
-    ``scores[t, token_ids[t]]``): renormalised for greedy and sampling, transformers' beam
-    scores (log-softmax, then processors) for beam searches."""
+    token was chosen from (processors and constraint applied, renormalised;
+    ``token_logprobs[t]`` is ``scores[t, token_ids[t]]``)."""
     logits: Any = None
     """With ``output_logits``: ``(tokens, vocab)`` float32, the model's raw logits."""
 

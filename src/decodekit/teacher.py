@@ -88,9 +88,9 @@ def path_scores(decoder, request, output, sequences: list[list[int]]) -> list[tu
     """For each returned sequence of ``request``: ``(raw logits, processed log-probs)``, both
     ``(tokens, vocab)``, along its own path: one teacher-forced forward for the model's logits,
     then the request's processors (its options' and its constraint's, fresh) replayed token by
-    token as the engine applied them: to log-probs for the searches that score log-probs (beam
-    searches: transformers' beam scores, not renormalised), to logits for the others (then
-    log-softmaxed). ``token_logprobs[t]`` is entry ``[t, token]`` of the second."""
+    token as the engine applied them (to log-probs for the searches that score log-probs, to
+    logits for the others), renormalised: ``token_logprobs[t]`` is entry ``[t, token]`` of the
+    second."""
     model, options = decoder.model, request.options
     empty = (torch.empty(0, model.vocab_size), torch.empty(0, model.vocab_size))
     out: list = [empty] * len(sequences)
@@ -116,8 +116,7 @@ def path_scores(decoder, request, output, sequences: list[list[int]]) -> list[tu
         for t, token in enumerate(sequences[i]):
             base = logits[t : t + 1].log_softmax(-1) if output.scores_logprobs else logits[t : t + 1].clone()
             scores = chain(history[:, : len(prefix) + t], base) if len(chain) else base
-            # the distribution token_logprobs come from: as scored (beam searches), else renormalised
-            processed.append(scores[0] if output.scores_logprobs else scores.log_softmax(-1)[0])
+            processed.append(scores.log_softmax(-1)[0])  # the processed distribution token_logprobs come from
             for processor in chain.stateful:
                 processor.advance(None, torch.tensor([token]))
         out[i] = (logits, torch.stack(processed))

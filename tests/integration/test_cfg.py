@@ -40,12 +40,15 @@ def test_greedy_guidance_matches_transformers_generate(build, scale, negative, o
         assert decoder.generate(prompt, **settings).sequences[0].token_ids == sequence.token_ids  # batch = single
 
 
-def guided_logprobs(model, prompt, unconditional, tokens, scale):
-    """Teacher-forced: each token's guided log-prob, lp_u + scale (lp_c - lp_u), unnormalised."""
+def guided_logprobs(model, prompt, unconditional, tokens, scale, renormalise):
+    """Teacher-forced: each token's guided score, lp_u + scale (lp_c - lp_u), as it is or
+    renormalised."""
     with torch.no_grad():
         cond = model(input_ids=torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
         uncond = model(input_ids=torch.tensor([unconditional + tokens])).logits[0, len(unconditional) - 1 : -1].float().log_softmax(-1)
     guided = uncond + scale * (cond - uncond)
+    if renormalise:
+        guided = guided.log_softmax(-1)
     return [float(guided[t, token]) for t, token in enumerate(tokens)]
 
 
@@ -57,10 +60,10 @@ def test_beam_guidance_follows_each_beams_own_unconditional_twin(negative, one_t
     result = decoder.generate(prompt, BeamSearch(num_beams=3, num_return_sequences=3, length_penalty=0.0), max_new_tokens=7, guidance_scale=2.0, negative_prompt=negative)
     unconditional = list(negative) if negative is not None else prompt[-1:]
     for sequence in result.sequences:
-        # beam search scores log-softmax(raw) guided (no renormalisation after the guidance), as transformers' beam scores
-        expected = guided_logprobs(model, prompt, unconditional, sequence.token_ids, 2.0)
-        assert sequence.token_logprobs == pytest.approx(expected, abs=1e-4)
-        assert sequence.score == pytest.approx(sum(expected), abs=1e-3)
+        # beam search ranks by the guided log-softmax(raw) as it is (transformers' beam scores);
+        # token_logprobs are the guided distribution's own log-probs
+        assert sequence.score == pytest.approx(sum(guided_logprobs(model, prompt, unconditional, sequence.token_ids, 2.0, False)), abs=1e-3)
+        assert sequence.token_logprobs == pytest.approx(guided_logprobs(model, prompt, unconditional, sequence.token_ids, 2.0, True), abs=1e-4)
 
 
 def test_text_negative_prompt_sampling_and_refusals():

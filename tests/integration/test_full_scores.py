@@ -36,7 +36,7 @@ def test_greedy_scores_and_logits_equal_generates(build, one_thread):
 @pytest.mark.parametrize("build", [tm.gpt2, tm.bart])
 def test_beam_paths_carry_transformers_beam_scores(build, one_thread):
     """Along each hypothesis' own path: log-softmax of the raw logits, then transformers' own
-    repetition-penalty and no-repeat processors (the beam-search chain), not renormalised."""
+    repetition-penalty and no-repeat processors (the beam-search chain), renormalised."""
     model = build(seed=2)
     decoder = decodekit.load(model, use_generation_config=False)
     prompt = tm.prompts(6, 1)[0]
@@ -49,6 +49,7 @@ def test_beam_paths_carry_transformers_beam_scores(build, one_thread):
             expected = seq.logits[t : t + 1].log_softmax(-1)
             for processor in chain:
                 expected = processor(history[:, : len(start) + t], expected)
+            expected = expected.log_softmax(-1)
             finite = torch.isfinite(expected[0])
             assert torch.equal(finite, torch.isfinite(seq.scores[t]))
             assert seq.scores[t][finite] == pytest.approx(expected[0][finite], abs=1e-4)

@@ -100,6 +100,15 @@ class TopTokens:
         return [(ids[t], values[t]) for t in range(length)]
 
 
+def normaliser(scores: torch.Tensor) -> torch.Tensor:
+    """``(..., V)`` processed log-probs -> ``(...)`` their log-sum-exp (0 for a row with no
+    possible token): subtracting it gives the processed distribution's own log-probs, what
+    every strategy reports as ``token_logprobs`` (beam searches rank by transformers' beam
+    scores, which are not renormalised after the processors)."""
+    total = torch.logsumexp(scores, -1)
+    return torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+
+
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``(rows, V)`` probabilities (unnormalised is fine), ``(rows,)`` U[0, 1) -> ``(rows,)``
     tokens drawn by inverting each row's CDF; never a zero-probability token (the first index

@@ -26,7 +26,14 @@ from decodekit.errors import ConfigError, InputError, check
 from decodekit.scoring.coverage import coverage_penalty, source_attention
 from decodekit.scoring.length import LengthPenalty
 from decodekit.scoring.rerank import Rescoring, as_scorer
-from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, per_prompt_rand
+from decodekit.search.base import (
+    Hypothesis,
+    SearchContext,
+    Step,
+    TopTokens,
+    normaliser,
+    per_prompt_rand,
+)
 from decodekit.search.sampling import Sampling
 
 _MASKED = -1.0e9  # the additive mask transformers uses; kept identical for score parity
@@ -181,18 +188,20 @@ class BeamSearchRun:
     def step(self, scores: torch.Tensor, t: int) -> Step:
         """``scores``: ``(B*K, V)`` processed log-probs of the running beams."""
         B, K, M = self.context.batch_size, self.width, self.context.max_new_tokens
+        processed = scores
+        total = normaliser(processed)  # (B*K,): reported log-probs are the processed distribution's
         if self.warpers is not None:
             scores = self.warpers(None, scores)
         V = scores.shape[-1]
-        step_logprobs = scores.view(B, K * V)
 
         # 1. the C best (or sampled) continuations
         cand_scores, cand_index = self._select(scores.view(B, K, V))
         cand_beam, cand_token = cand_index // V, cand_index % V
-        cand_logprob = step_logprobs.gather(1, cand_index)
+        cand_logprob = processed.view(B, K * V).gather(1, cand_index) - total.view(B, K).gather(1, cand_beam)
         self.step_top = None
         if self.running_top is not None:  # each candidate's step top-N: its beam's
-            values, ids = torch.topk(scores, self.running_top.n, dim=-1)
+            values, ids = torch.topk(processed, self.running_top.n, dim=-1)
+            values = values - total[:, None]
             self.step_top = (_take(values.view(B, K, -1), cand_beam), _take(ids.view(B, K, -1), cand_beam))
         hits = torch.isin(cand_token, self.context.eos_token_ids) | (t + 1 >= M)
         if self.context.stop_check is not None:
@@ -324,7 +333,7 @@ class BeamSearchRun:
 
     def finish(self) -> list[list[Hypothesis]]:
         n = self.config.num_return_sequences
-        scores, logprob = self.pool_scores[:, :n].tolist(), self.pool_logprob[:, :n].tolist()
+        scores = self.pool_scores[:, :n].tolist()
         lengths, tokens = self.pool_lengths[:, :n].tolist(), self.pool_tokens[:, :n].tolist()
         logprobs = self.pool_logprobs[:, :n].tolist()
         filled = self.pool_finished[:, :n].tolist()
@@ -342,6 +351,7 @@ class BeamSearchRun:
                 if reason == "length" and stop is not None and ids and bool(stop(torch.tensor([ids]))[0]):
                     reason = "stop"
                 top = TopTokens.host(tops[0][b][k], tops[1][b][k], lengths[b][k]) if tops is not None else None
-                hyps.append(Hypothesis(ids, logprobs[b][k][: lengths[b][k]], logprob[b][k], scores[b][k], reason, top_logprobs=top))
+                steps = logprobs[b][k][: lengths[b][k]]
+                hyps.append(Hypothesis(ids, steps, float(sum(steps)), scores[b][k], reason, top_logprobs=top))
             out.append(hyps)
         return out

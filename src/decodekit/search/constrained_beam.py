@@ -39,7 +39,7 @@ import torch
 from decodekit import validation as v
 from decodekit.errors import ConfigError
 from decodekit.scoring.length import LengthPenalty
-from decodekit.search.base import Hypothesis, SearchContext, Step
+from decodekit.search.base import Hypothesis, SearchContext, Step, normaliser
 
 _MASKED = -1.0e9
 
@@ -227,6 +227,7 @@ class ConstrainedBeamRun:
         V = scores.shape[-1]
         step_scores = scores.float().cpu()
         accumulated = (step_scores + self.beam_scores.view(-1, 1)).view(B, K * V)
+        step_scores = step_scores - normaliser(step_scores)[:, None]  # reported: the processed distribution's
         C = max(2, 1 + len(self.eos)) * K
         top, flat = torch.topk(accumulated, C, dim=-1)
         top, flat = top.tolist(), flat.tolist()

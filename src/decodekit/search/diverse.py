@@ -58,7 +58,7 @@ from decodekit.scoring.diversity import (
     make_diversity,
 )
 from decodekit.scoring.length import LengthPenalty
-from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens
+from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, normaliser
 
 _MASKED = -1.0e9  # transformers' initial score of the beams that must not duplicate beam 0
 
@@ -256,7 +256,8 @@ class DiverseBeamSearchRun:
         scores = scores.view(batch, groups, K, V)
         cand_scores, cand_index, keep, tokens = self._rank_groups(scores, t)
         cand_beam, cand_token = cand_index // V, cand_index % V
-        cand_logprob = scores.view(batch, groups, K * V).gather(2, cand_index)  # unpenalised
+        total = normaliser(scores)  # (B, G, K): reported log-probs are the processed distribution's
+        cand_logprob = scores.view(batch, groups, K * V).gather(2, cand_index) - total.gather(2, cand_beam)  # unpenalised
         cand_sum = self.running_logprob.gather(2, cand_beam) + cand_logprob
         was_done = self.done[..., None]  # (B, G, 1)
 
@@ -271,6 +272,7 @@ class DiverseBeamSearchRun:
         finished_top = step_top = None
         if self.running_top is not None:  # a candidate's step top-N is its beam's
             values, ids = torch.topk(scores, self.running_top.n, dim=-1)  # (B, G, K, N)
+            values = values - total[..., None]
             step_top = (_take(values, cand_beam), _take(ids, cand_beam))
             finished_top = []
             for whole, step in zip((self.running_top.values, self.running_top.ids), step_top):

@@ -28,7 +28,14 @@ from typing import ClassVar
 import torch
 
 from decodekit import validation as v
-from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, per_prompt_rand
+from decodekit.search.base import (
+    Hypothesis,
+    SearchContext,
+    Step,
+    TopTokens,
+    normaliser,
+    per_prompt_rand,
+)
 
 NEG_INF = float("-inf")
 
@@ -96,7 +103,8 @@ class StochasticBeamRun:
         """``scores``: ``(B*K, V)`` processed log-probs of the beams."""
         B, K, M = self.context.batch_size, self.width, self.context.max_new_tokens
         V = scores.shape[-1]
-        scores = scores.view(B, K, V)
+        # the processed distribution itself: the processors may leave it unnormalised
+        scores = (scores - normaliser(scores)[:, None]).view(B, K, V)
         # 1. a finished beam's only child is itself (the pad token, log-prob 0)
         pad = self.context.pad_token_id
         alone = torch.full((V,), NEG_INF, device=scores.device)

@@ -31,7 +31,7 @@ from decodekit.engine.checks import check_group, check_prompts
 from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.placement import place, pool_key, prefill
-from decodekit.engine.request import AbortedError, Request, RequestHandle
+from decodekit.engine.request import AbortedError, Request, RequestHandle, same_group
 from decodekit.engine.step import Clock, Partition, drop_aborted, step_partitions
 from decodekit.errors import ConfigError
 
@@ -78,7 +78,7 @@ class Engine:
             if not isinstance(request, Request):
                 raise ConfigError("requests", request, "decodekit.engine.Request objects")
             request = self._resolved(request)
-            if batches and _same_group(batches[-1][0], request):
+            if batches and same_group(batches[-1][0], request):
                 batches[-1].append(request)
             else:
                 batches.append([request])
@@ -395,9 +395,3 @@ class Engine:
         for group in self._speculative:
             deliver_error(group.handles, error)
         self._partitions, self._speculative, self._busy = [], [], set()
-
-
-def _same_group(a: Request, b: Request) -> bool:
-    return (
-        a.strategy is b.strategy or a.strategy == b.strategy
-    ) and a.options == b.options and a.processors is b.processors and a.stop_check is b.stop_check and a.search_context is b.search_context and a.stopping is b.stopping

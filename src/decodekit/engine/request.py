@@ -174,3 +174,10 @@ class RequestHandle:
     def abort(self) -> None:
         """Stop decoding this request; its rows leave the batch at the next step."""
         self.engine.abort(self.id)
+
+
+def same_group(a: Request, b: Request) -> bool:
+    """Whether two requests can be decided together (one search over their rows)."""
+    return (
+        a.strategy is b.strategy or a.strategy == b.strategy
+    ) and a.options == b.options and a.processors is b.processors and a.stop_check is b.stop_check and a.search_context is b.search_context and a.stopping is b.stopping

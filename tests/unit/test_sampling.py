@@ -127,3 +127,34 @@ def test_nucleus_ranks_past_its_candidates_when_the_mass_needs_it():
     assert keep[1].nonzero().flatten().tolist() == [7]
     alone = nucleus(peaked, torch.tensor([[0.5]]))
     assert torch.equal(alone[0], keep[1])
+
+
+def test_nucleus_matches_a_full_sort_on_distributions_of_every_spread():
+    """The histogram path (rows the 64 ranked candidates do not cover) keeps exactly the set
+    the definition gives: tokens in descending order while the mass strictly before them is
+    below p, computed here by a full sort."""
+    from decodekit.logits.warpers import nucleus
+
+    generator = torch.Generator().manual_seed(3)
+    for scale in (0.1, 0.5, 1.0, 2.5, 6.0, 20.0):
+        scores = torch.randn((24, 3000), generator=generator) * scale
+        p = torch.rand((24, 1), generator=generator).clamp(min=0.02)
+        probs = scores.softmax(-1)
+        ordered, order = probs.sort(dim=-1, descending=True)
+        before = ordered.cumsum(-1) - ordered
+        expected = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, (before < p) | (torch.arange(3000) == 0))
+        assert torch.equal(nucleus(scores, p), expected), scale
+
+
+def test_nucleus_breaks_ties_the_same_way_alone_and_in_a_batch():
+    """Exactly tied probabilities across the p boundary: the kept tokens are the lowest ids of
+    the tie, whatever the other rows of the batch are."""
+    from decodekit.logits.warpers import nucleus
+
+    tied = torch.zeros(1, 2000)  # uniform: p = 0.25 keeps 500 tokens, ids 0..499
+    others = torch.randn(5, 2000, generator=torch.Generator().manual_seed(1))
+    p = torch.full((6, 1), 0.25)
+    alone = nucleus(tied, p[:1])
+    together = nucleus(torch.cat([others, tied]), p)
+    assert alone[0].nonzero().flatten().tolist() == list(range(500))
+    assert torch.equal(together[5], alone[0])

@@ -50,39 +50,64 @@ class TopP:
         return scores.masked_fill(~nucleus(scores, p, self.min_keep), NEG_INF)
 
 
-NUCLEUS_STAGES = (64, 1024)
-"""Candidates :func:`nucleus` ranks (a partial sort) before it sorts a row in full."""
+NUCLEUS_RANKED = 64
+"""Candidates :func:`nucleus` ranks first (a partial sort); rows whose mass they do not cover
+go on to :func:`_binned`."""
+NUCLEUS_BINS, NUCLEUS_SPAN = 1024, 32.0
+""":func:`_binned`'s histogram: bins of ``SPAN / BINS`` nats below each row's top score."""
 
 
 def nucleus(scores: torch.Tensor, p: torch.Tensor, min_keep: int = 1) -> torch.Tensor:
     """``(rows, vocab)`` bool: the tokens top-p keeps (``p``: ``(rows, 1)``): the most likely
     tokens while the probability mass strictly before them is below ``p``, the most likely
-    always (the ``min_keep`` most likely). Subtle: a full sort of the vocabulary is slow on the CPU, so only the top
-    ``m`` tokens are ranked (``m`` = 64, then 1024, then all) until their mass reaches ``p``:
-    every later token then has at least ``p`` before it. Each row stops at its own stage, so a
-    row's result never depends on the other rows."""
+    always (the ``min_keep`` most likely). Subtle: sorting the vocabulary is slow on the CPU,
+    so the top 64 tokens are ranked first; a row whose mass they do not cover is decided by a
+    histogram instead (:func:`_binned`). A row's result never depends on the other rows."""
     rows, vocab = scores.shape
     probs = scores.softmax(-1)
+    m = min(max(NUCLEUS_RANKED, min_keep), vocab)
+    top, index = probs.topk(m, dim=-1) if m < vocab else probs.sort(dim=-1, descending=True)
+    before = top.cumsum(-1) - top  # mass strictly before each token
+    kept = before < p
+    kept[:, :min_keep] = True
+    done = (before[:, -1] + top[:, -1] >= p[:, 0]) | (m == vocab)
     keep = torch.zeros_like(probs, dtype=torch.bool)
-    which = torch.arange(rows, device=scores.device)
-    for m in (*NUCLEUS_STAGES, vocab):
-        m = min(max(m, min_keep), vocab)
-        sub, bound = probs.index_select(0, which), p.index_select(0, which)
-        top, index = sub.topk(m, dim=-1) if m < vocab else sub.sort(dim=-1, descending=True)
-        before = top.cumsum(-1) - top  # mass strictly before each token
-        kept = before < bound
-        kept[:, :min_keep] = True
-        done = (before[:, -1] + top[:, -1] >= bound[:, 0]) | (m == vocab)
-        finished = done.nonzero().squeeze(1)
-        if len(finished):
-            rows_done = which.index_select(0, finished)
-            keep[rows_done] = torch.zeros_like(sub.index_select(0, finished), dtype=torch.bool).scatter_(
-                1, index.index_select(0, finished), kept.index_select(0, finished)
-            )
-        which = which[~done]
-        if not len(which):
-            break
+    if bool(done.all()):
+        return keep.scatter_(1, index, kept)
+    finished, which = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
+    if len(finished):
+        keep[finished] = keep[finished].scatter_(1, index[finished], kept[finished])
+    sub = _binned(scores.index_select(0, which), probs.index_select(0, which), p.index_select(0, which))
+    # the min_keep most likely are always kept (ties: as ranked); only NaN rows keep none here
+    short = ~sub.any(-1) if min_keep == 1 else torch.count_nonzero(sub, -1) < min_keep
+    if bool(short.any()):
+        sub[short] = sub[short].scatter_(1, index[which][short][:, :min_keep], True)
+    keep[which] = sub
     return keep
+
+
+def _binned(scores: torch.Tensor, probs: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Top-p without a sort: each token falls in a bin by how far its score is below the row's
+    top score (bins in probability order); the bins' cumulative mass gives the bin where the
+    mass reaches ``p``. Tokens of the bins before it are kept, of the bins after it dropped,
+    and only that bin's tokens are ranked (probability descending, then token id)."""
+    rows, last = scores.shape[0], NUCLEUS_BINS - 1.0
+    top = scores.max(-1, keepdim=True).values
+    distance = ((top - scores) * (NUCLEUS_BINS / NUCLEUS_SPAN)).nan_to_num_(nan=last).clamp_(max=last).floor_()
+    # Subtle: float -> int32 -> int64 is several times faster than float -> int64 on the CPU.
+    bins = distance.to(torch.int32).long()
+    cum = probs.new_zeros(rows, NUCLEUS_BINS).scatter_add_(1, bins, probs).cumsum(-1)
+    crossing = (cum < p).sum(-1, keepdim=True).clamp_(max=NUCLEUS_BINS - 1)
+    before_bin = cum.gather(1, (crossing - 1).clamp(min=0)).masked_fill(crossing == 0, 0.0)
+    keep = distance < crossing  # bins compared as floats: no more integer copies
+    in_bin = distance == crossing
+    values, index = probs.masked_fill(~in_bin, -1.0).topk(int(torch.count_nonzero(in_bin, -1).max()), dim=-1)
+    index, order = index.sort(-1)  # a canonical order: ties by token id, whatever topk returns
+    values, order = values.gather(1, order).sort(dim=-1, descending=True, stable=True)
+    index = index.gather(1, order)
+    before = before_bin + (values.cumsum(-1) - values)
+    kept = ((before < p) & (values >= 0)) | keep.gather(1, index)
+    return keep.scatter_(1, index, kept)
 
 
 class MinP:
@@ -226,9 +251,12 @@ def warp_rows(
         threshold = values.gather(1, (k - 1).clamp(min=0)[:, None])
         threshold = threshold.masked_fill((top_k <= 0)[:, None], NEG_INF)
         scores = scores.masked_fill(scores < threshold, NEG_INF)
-    if bool((top_p < 1.0).any()):
-        drop = ~nucleus(scores, top_p[:, None]) & (top_p < 1.0)[:, None]
-        scores = scores.masked_fill(drop, NEG_INF)
+    nucleus_rows = (top_p < 1.0).nonzero().squeeze(1)
+    if len(nucleus_rows) == len(top_p):
+        scores = scores.masked_fill(~nucleus(scores, top_p[:, None]), NEG_INF)
+    elif len(nucleus_rows):  # only the rows that use top-p pay for it
+        part = scores.index_select(0, nucleus_rows)
+        scores = scores.index_copy(0, nucleus_rows, part.masked_fill(~nucleus(part, top_p[nucleus_rows, None]), NEG_INF))
     if bool((min_p > 0.0).any()):
         probs = scores.softmax(-1)
         threshold = probs.max(-1, keepdim=True).values * min_p[:, None]

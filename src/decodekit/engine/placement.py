@@ -1,6 +1,7 @@
 """Admitting prefilled rows: one prefill for a batch of groups, then their rows join a running
-state: the pool of their kind (greedy or sampling rows, vectorised across requests) or the
-first partition, merged where the model allows, else a partition of their own."""
+state: the pool of their kind (greedy or sampling rows, vectorised across requests: into free
+slots of requests that left where there are enough, else appended) or the first partition,
+merged where the model allows, else a partition of their own."""
 
 from __future__ import annotations
 
@@ -69,12 +70,22 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -
     if partition is not None:
         for index, member in enumerate(partition.groups):
             if isinstance(member, RowPool) and member.key == key:
-                at = sum(g.rows for g in partition.groups[: index + 1])
-                partition.state = model.merge(partition.state, state, at)
+                offset = sum(g.rows for g in partition.groups[:index])
+                if len(member.free) >= state.rows and hasattr(model, "insert"):
+                    slots = sorted(member.free)[: state.rows]
+                    rows = torch.tensor(slots, dtype=torch.long, device=state.logits.device) + offset
+                    if model.insert(partition.state, state, rows):  # only the new rows are copied
+                        at = 0
+                        for group in groups:
+                            member.add(group, slots[at : at + group.rows])
+                            at += group.rows
+                        return
+                partition.state = model.merge(partition.state, state, offset + member.rows)
                 for group in groups:
                     member.add(group)
                 return
-    pool = RowPool(key, first.search.sampling, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs)
+    reuse = getattr(model, "can_merge", False) and hasattr(model, "insert")
+    pool = RowPool(key, first.search.sampling, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs, reuse)
     for group in groups:
         pool.add(group)
     if partition is not None:

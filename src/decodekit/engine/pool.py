@@ -8,11 +8,16 @@ count, length limit, sampler settings and random numbers (drawn at admission fro
 request's own generator), so one set of ``(rows, vocab)`` tensor ops decides for all of them and
 a request's output is exactly what it would be alone. A request leaves the pool the
 step its last row finishes; its result is delivered then.
+
+Rows are slots: a request that leaves frees its rows in place (nothing is copied), and a request
+admitted later takes free slots (:meth:`add` with ``slots``; the model copies only its prefilled
+rows in: ``insert``). Free slots decode padding until taken; the pool squeezes them out (one
+row selection) only once they outnumber the rows in use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,13 +38,23 @@ class Member:
     streaming: bool
     first_row: int  # the request's first row in the call it came with (errors name it)
     stop_check: object = None  # its stop strings: (rows, t) generated ids -> (rows,) bool
+    rows: list[int] = field(default_factory=list)  # its slots in the pool, in row order
+    index: torch.Tensor | None = None  # the same as a tensor
+
+
+COMPACT_FREE = 8
+"""Free slots a pool keeps before squeezing them out (it also squeezes once they outnumber the
+rows in use)."""
+
+ROW_FIELDS = ("tokens", "logprobs", "uniforms", "t", "limit", "min_new", "reason", "finished", "step_tokens")
 
 
 class RowPool:
     """Rows of greedy (``sampler`` None) or sampling requests, in member order."""
 
-    def __init__(self, key, sampling: bool, eos: torch.Tensor, pad: int, device, top_logprobs: int = 0):
+    def __init__(self, key, sampling: bool, eos: torch.Tensor, pad: int, device, top_logprobs: int = 0, reuse: bool = False):
         self.key, self.eos, self.pad, self.device = key, eos, pad, device
+        self.reuse = reuse  # keep free slots for later requests (the model can insert rows)
         self.top_n = top_logprobs  # every member's (the pool key includes it)
         self.top_values = torch.zeros((0, 1, top_logprobs), device=device)
         self.top_ids = torch.zeros((0, 1, top_logprobs), dtype=torch.long, device=device)
@@ -58,6 +73,8 @@ class RowPool:
         self.reason = torch.zeros(0, dtype=torch.int8, device=device)
         self.finished = torch.zeros(0, dtype=torch.bool, device=device)
         self.step_tokens = torch.zeros(0, dtype=torch.long, device=device)
+        self.free: list[int] = []  # slots no member holds
+        self.freed: list[int] = []  # slots freed since the model last released them
         self.error = None
 
     @property
@@ -66,53 +83,104 @@ class RowPool:
 
     # -- membership -------------------------------------------------------------------------
 
-    def add(self, group: PlainGroup) -> None:
-        """Take over ``group``'s requests (their rows are appended to this pool's rows)."""
-        search, rows = group.search, group.rows
+    def add(self, group: PlainGroup, slots: list[int] | None = None) -> None:
+        """Take over ``group``'s requests: their rows are appended to this pool's rows, or
+        written into the free ``slots`` given (one per row, in row order)."""
+        search, rows, device = group.search, group.rows, self.device
         m = group.options.max_new_tokens
         columns = max(self.columns, m + 1)  # +1: a spare column finished rows write padding to
 
         def widen(tensor: torch.Tensor, fill) -> torch.Tensor:
             if tensor.shape[1] == columns:
                 return tensor
-            wider = torch.full((tensor.shape[0], columns, *tensor.shape[2:]), fill, dtype=tensor.dtype, device=self.device)
+            wider = torch.full((tensor.shape[0], columns, *tensor.shape[2:]), fill, dtype=tensor.dtype, device=device)
             wider[:, : tensor.shape[1]] = tensor
             return wider
 
         self.columns = columns
-        new_tokens = torch.full((rows, m), self.pad, dtype=torch.long, device=self.device)
-        self.tokens = torch.cat([widen(self.tokens, self.pad), widen(new_tokens, self.pad)])
-        self.logprobs = torch.cat([widen(self.logprobs, 0.0), widen(torch.zeros((rows, m), device=self.device), 0.0)])
-        new_uniforms = search.uniforms if search.uniforms is not None else torch.zeros((rows, m), device=self.device)
-        self.uniforms = torch.cat([widen(self.uniforms, 0.0), widen(new_uniforms, 0.0)])
+        uniforms = search.uniforms if search.uniforms is not None else torch.zeros((rows, m), device=device)
+        minimum = group.options.min_new_tokens if len(group.processors) else 0
+        new = {
+            "tokens": torch.full((rows, m), self.pad, dtype=torch.long, device=device),
+            "logprobs": torch.zeros((rows, m), device=device),
+            "uniforms": uniforms,
+            "t": torch.zeros(rows, dtype=torch.long, device=device),
+            "limit": torch.full((rows,), m, dtype=torch.long, device=device),
+            "min_new": torch.full((rows,), minimum, dtype=torch.long, device=device),
+            "reason": torch.zeros(rows, dtype=torch.int8, device=device),
+            "finished": torch.zeros(rows, dtype=torch.bool, device=device),
+            "step_tokens": torch.full((rows,), self.pad, dtype=torch.long, device=device),
+        }
+        fills = {"tokens": self.pad, "logprobs": 0.0, "uniforms": 0.0}
         if self.top_n:
             n = self.top_n
-            self.top_values = torch.cat([widen(self.top_values, 0.0), widen(torch.zeros((rows, m, n), device=self.device), 0.0)])
-            self.top_ids = torch.cat([widen(self.top_ids, 0), widen(torch.zeros((rows, m, n), dtype=torch.long, device=self.device), 0)])
-        self.t = torch.cat([self.t, torch.zeros(rows, dtype=torch.long, device=self.device)])
-        self.limit = torch.cat([self.limit, torch.full((rows,), m, dtype=torch.long, device=self.device)])
-        minimum = group.options.min_new_tokens if len(group.processors) else 0
-        self.min_new = torch.cat([self.min_new, torch.full((rows,), minimum, dtype=torch.long, device=self.device)])
-        self.reason = torch.cat([self.reason, torch.zeros(rows, dtype=torch.int8, device=self.device)])
-        self.finished = torch.cat([self.finished, torch.zeros(rows, dtype=torch.bool, device=self.device)])
+            new["top_values"] = torch.zeros((rows, m, n), device=device)
+            new["top_ids"] = torch.zeros((rows, m, n), dtype=torch.long, device=device)
+            fills |= {"top_values": 0.0, "top_ids": 0}
         if self.sampling:
             config = group.strategy
             values = {"temperature": config.temperature, "top_k": config.top_k or 0, "top_p": config.top_p, "min_p": config.min_p, "typical_p": config.typical_p}
             for name in WARPER_FIELDS:
                 dtype = torch.long if name == "top_k" else torch.float32
-                self.settings[name] = torch.cat([self.settings[name].to(dtype), torch.full((rows,), values[name], dtype=dtype, device=self.device)])
+                self.settings[name] = self.settings[name].to(dtype)
+                new[name] = torch.full((rows,), values[name], dtype=dtype, device=device)
+        if slots is None:
+            slots = list(range(self.rows, self.rows + rows))
+            for name, value in new.items():
+                old = self.settings[name] if name in WARPER_FIELDS else getattr(self, name)
+                if name in fills:
+                    old, value = widen(old, fills[name]), widen(value, fills[name])
+                self._set(name, torch.cat([old, value]))
+            self.rows += rows
+        else:
+            taken = set(slots)
+            self.free = [r for r in self.free if r not in taken]
+            self.freed = [r for r in self.freed if r not in taken]
+            index = torch.tensor(slots, dtype=torch.long, device=device)
+            for name, value in new.items():
+                old = self.settings[name] if name in WARPER_FIELDS else getattr(self, name)
+                if name in fills:
+                    old, value = widen(old, fills[name]), widen(value, fills[name])
+                self._set(name, old.index_copy(0, index, value))
         for i, handle in enumerate(group.handles):
-            self.members.append(Member(handle, group.width, handle.request.stream, i * group.width, group.stop_check))
-        self.rows += rows
+            mine = slots[i * group.width : (i + 1) * group.width]
+            index = torch.tensor(mine, dtype=torch.long, device=device)
+            self.members.append(Member(handle, group.width, handle.request.stream, i * group.width, group.stop_check, mine, index))
         self.min_new_any = bool((self.min_new > 0).any())
+
+    def _set(self, name: str, value: torch.Tensor) -> None:
+        if name in WARPER_FIELDS:
+            self.settings[name] = value
+        else:
+            setattr(self, name, value)
+
+    def _release(self, member: Member) -> None:
+        """Free ``member``'s slots: they decode padding, finished, until a request takes them."""
+        index = member.index
+        self.finished.index_fill_(0, index, True)
+        for name in ("t", "limit", "min_new", "reason"):
+            getattr(self, name).index_fill_(0, index, 0)
+        self.free.extend(member.rows)
+        self.freed.extend(member.rows)
+
+    def take_freed(self) -> list[int]:
+        """The slots freed since the last call (the model masks their cache rows out)."""
+        freed, self.freed = self.freed, []
+        return freed
 
     def _keep(self, rows: list[int]) -> None:
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
-        names = ("tokens", "logprobs", "uniforms", "t", "limit", "min_new", "reason", "finished", "step_tokens")
-        for name in names + (("top_values", "top_ids") if self.top_n else ()):
+        for name in ROW_FIELDS + (("top_values", "top_ids") if self.top_n else ()):
             setattr(self, name, getattr(self, name).index_select(0, index))
         if self.sampling:
             self.settings = {name: value.index_select(0, index) for name, value in self.settings.items()}
+        where = {old: new for new, old in enumerate(rows)}
+        for member in self.members:
+            member.rows = [where[r] for r in member.rows]
+            member.index = torch.tensor(member.rows, dtype=torch.long, device=self.device)
+        free = set(self.free)
+        self.free = [where[r] for r in rows if r in free]
+        self.freed = []
         self.rows = len(rows)
 
     # -- one step ---------------------------------------------------------------------------
@@ -168,52 +236,50 @@ class RowPool:
         """``(rows,)``: rows whose generated text now holds one of their request's stop
         strings (one check per request that has them, on its rows' tokens so far)."""
         hits = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
-        row = 0
         for member in self.members:
             if member.stop_check is not None:
-                span = slice(row, row + member.width)
-                length = int(self.t[span].max())
+                length = int(self.t.index_select(0, member.index).max())
                 if length:
-                    hits[span] = member.stop_check(self.tokens[span, :length])
-            row += member.width
+                    hits[member.index] = member.stop_check(self.tokens.index_select(0, member.index)[:, :length])
         return hits
 
     def settle(self, values: list[bool]) -> list[int] | None:
         """Deliver the requests whose rows have all finished (or whose logits were not
-        finite: :class:`NumericalError` for that request alone); returns the rows that stay."""
+        finite: :class:`NumericalError` for that request alone) and free their slots. Returns
+        None (every row stays in the model state), or the rows that stay when the pool squeezes
+        out its free slots: once they outnumber the rows in use (``[]``: no member is left)."""
         bad, finished = values[: self.rows], values[self.rows :]
         if any(m.streaming for m in self.members):
             self._emit()
-        keep, members, row = [], [], 0
+        members = []
         for member in self.members:
-            span = range(row, row + member.width)
-            row += member.width
-            if any(bad[r] for r in span):
-                t = int(self.t[span.start]) - 1
-                bad_row = next(r for r in span if bad[r]) - span.start
+            rows = member.rows
+            if any(bad[r] for r in rows):
+                t = int(self.t[rows[0]]) - 1
+                bad_row = next(j for j, r in enumerate(rows) if bad[r])
                 member.handle._finish(None, NumericalError(step=max(t, 0), row=member.first_row + bad_row))
+            elif member.handle.done:  # aborted
+                pass
+            elif all(finished[r] for r in rows):
+                member.handle._finish(self._output(member))
+            else:
+                members.append(member)
                 continue
-            if member.handle.done:  # aborted
-                continue
-            if all(finished[r] for r in span):
-                member.handle._finish(self._output(span))
-                continue
-            keep.extend(span)
-            members.append(member)
-        if len(keep) == self.rows:
-            return None
+            self._release(member)
         self.members = members
+        if not self.free or self.reuse and len(self.free) <= max(COMPACT_FREE, self.rows - len(self.free)):
+            if len(members) or not self.rows:
+                self.min_new_any = bool((self.min_new > 0).any())
+                return None
+        keep = sorted(r for m in members for r in m.rows)
         self._keep(keep)
         self.min_new_any = bool((self.min_new > 0).any())
         return keep
 
     def live_rows(self) -> list[int] | None:
-        """The rows of members not done (None: all of them), for dropping aborted ones."""
-        rows, row = [], 0
-        for member in self.members:
-            if not member.handle.done:
-                rows.extend(range(row, row + member.width))
-            row += member.width
+        """The rows of members not done (None: all of them, and no free slot), for dropping
+        aborted ones; free slots go with them."""
+        rows = sorted(r for m in self.members if not m.handle.done for r in m.rows)
         return None if len(rows) == self.rows else rows
 
     def keep_rows(self, rows: list[int]) -> None:
@@ -227,11 +293,11 @@ class RowPool:
         running = self._running_before.tolist()
         steps = (self.t - 1).tolist()
         reasons = self.reason.tolist()
-        row = 0
         for member in self.members:
-            for j in range(member.width):
-                r = row + j
-                if member.streaming and running[r]:
+            if not member.streaming:
+                continue
+            for j, r in enumerate(member.rows):
+                if running[r]:
                     if logprobs is None:
                         logprobs = self.logprobs.gather(1, (self.t - 1).clamp(min=0)[:, None]).squeeze(1).tolist()
                     reason = REASONS.get(reasons[r])
@@ -243,15 +309,14 @@ class RowPool:
                             tops = (self.top_ids[rows, at].tolist(), self.top_values[rows, at].tolist())
                         top = ((tops[0][r], tops[1][r]),)
                     member.handle._emit(EngineEvent("tokens", j, steps[r], (tokens[r],), (logprobs[r],), reason, top=top))
-            row += member.width
 
-    def _output(self, span: range) -> RequestOutput:
-        rows = torch.tensor(list(span), dtype=torch.long, device=self.device)
+    def _output(self, member: Member) -> RequestOutput:
+        rows = member.index
         lengths = self.t.index_select(0, rows).tolist()
         tokens = self.tokens.index_select(0, rows).tolist()
         logprobs = self.logprobs.index_select(0, rows).tolist()
         reasons = self.reason.index_select(0, rows).tolist()
-        tops = [None] * len(span)
+        tops = [None] * len(lengths)
         if self.top_n:
             values, ids = self.top_values.index_select(0, rows).tolist(), self.top_ids.index_select(0, rows).tolist()
             tops = [TopTokens.host(values[i], ids[i], n) for i, n in enumerate(lengths)]

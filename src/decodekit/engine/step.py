@@ -97,6 +97,9 @@ def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | 
     parents, tokens, offset = [], [], 0
     any_parents = any(g.keep_parents() is not None for g in groups)
     for group in groups:
+        freed = group.take_freed() if hasattr(group, "take_freed") else None
+        if freed and hasattr(model, "release"):  # slots of requests that left a pool
+            model.release(state, torch.tensor(freed, dtype=torch.long, device=device) + offset)
         if any_parents:
             p = group.keep_parents()
             parents.append(p + offset if p is not None else torch.arange(offset, offset + group.rows, device=device))

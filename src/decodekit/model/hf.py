@@ -24,7 +24,7 @@ from decodekit.model.base import DecodeState
 from decodekit.model.blocks import BlockSteps
 from decodekit.model.cache import PreallocatedCache, twin
 from decodekit.model.fast_llama import LlamaStep
-from decodekit.model.merge import merge_states
+from decodekit.model.merge import insert_rows, merge_states, release_rows
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
 # the exact capacity it needs and the cache grows only if that estimate was short.
@@ -266,6 +266,15 @@ class HFLanguageModel(BlockSteps):
         """One state: ``first``'s rows with ``second``'s inserted before row ``at``
         (:func:`decodekit.model.merge.merge_states`)."""
         return merge_states(first, second, at)
+
+    def insert(self, state: DecodeState, new: DecodeState, rows: torch.Tensor) -> bool:
+        """Write ``new``'s rows over ``state``'s free rows ``rows`` in place; False if it
+        cannot (:func:`decodekit.model.merge.insert_rows`). Requires :attr:`can_merge`."""
+        return insert_rows(state, new, rows)
+
+    def release(self, state: DecodeState, rows: torch.Tensor) -> None:
+        """Rows no request holds any more (:func:`decodekit.model.merge.release_rows`)."""
+        release_rows(state, rows)
 
     @torch.inference_mode()
     def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:

@@ -77,3 +77,55 @@ def merge_states(first: DecodeState, second: DecodeState, at: int | None = None)
         "group": 1,
     }
     return DecodeState(rows(first.logits, second.logits), min(first.prompt_length, second.prompt_length), extra)
+
+
+@torch.inference_mode()
+def insert_rows(target: DecodeState, source: DecodeState, rows: torch.Tensor) -> bool:
+    """Write ``source``'s rows over ``target``'s rows ``rows`` (free slots of requests that
+    left), in place: only the new rows are copied, not the whole cache. Their slots past their
+    own length become masked, zeroed holes; a longer prompt than ``target``'s length lengthens
+    it (every other row gets masked holes there). False, changing nothing, when the caches do
+    not have the same layout or ``target`` has no room (then :func:`merge_states` instead)."""
+    a, b = target.extra, source.extra
+    cache_a, cache_b = a["cache"], b["cache"]
+    length, lb = max(a["length"], b["length"]), b["length"]
+    if (cache_a.storage is None) != (cache_b.storage is None) or length > cache_a.capacity:
+        return False
+    if any(la.shared != lb_.shared for la, lb_ in zip(cache_a.layers, cache_b.layers)) or len(cache_a.layers) != len(cache_b.layers):
+        return False
+    old = a["length"]
+    tensors = [(cache_a.storage, cache_b.storage, 2)] if cache_a.storage is not None else []
+    for layer_a, layer_b in zip(cache_a.layers, cache_b.layers):
+        if not layer_a.shared:
+            tensors += [(getattr(layer_a, n), getattr(layer_b, n), 0) for n in ("_key_buffer", "_value_buffer")]
+    for new, src, dim in tensors:
+        if length > old:  # every row's slots [old, length) become zeroed holes
+            new.narrow(-2, old, length - old).zero_()
+        new.narrow(-2, 0, lb).index_copy_(dim, rows, src.narrow(-2, 0, lb))
+        if length > lb:
+            new.narrow(-2, lb, length - lb).index_fill_(dim, rows, 0)
+    for layer in cache_a.layers:
+        layer.length = length
+        if layer.shared:
+            cache_a._point(layer)
+        else:
+            layer._refresh_views()
+    mask = a["mask"]
+    if mask.shape[1] < length:
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], length - mask.shape[1])], dim=1)
+    mask[:, old:length] = 0
+    mask.index_fill_(0, rows, 0)
+    mask[:, :lb].index_copy_(0, rows, b["mask"][:, :lb].to(mask.dtype))
+    a["mask"], a["length"], a["holes"], a["group"] = mask, length, True, 1
+    a["next_position"] = a["next_position"].index_copy(0, rows, b["next_position"])
+    target.logits = target.logits.index_copy(0, rows, source.logits)
+    target.prompt_length = min(target.prompt_length, source.prompt_length)
+    return True
+
+
+@torch.inference_mode()
+def release_rows(state: DecodeState, rows: torch.Tensor) -> None:
+    """Rows no request holds any more: mask their cache slots out (they decode padding until
+    :func:`insert_rows` reuses them), so they hold no real slot that stops compaction."""
+    state.extra["mask"].index_fill_(0, rows, 0)
+    state.extra["holes"] = True

@@ -83,6 +83,19 @@ class ScriptedModel:
         extra = {**first.extra, "sequences": a[:at] + b + a[at:]}
         return DecodeState(logits, min(first.prompt_length, second.prompt_length), extra)
 
+    def insert(self, state: DecodeState, new: DecodeState, rows: torch.Tensor) -> bool:
+        """``new``'s rows written over ``state``'s rows ``rows`` (free slots)."""
+        sequences = list(state.extra["sequences"])
+        for row, sequence in zip(rows.tolist(), new.extra["sequences"]):
+            sequences[row] = sequence
+        state.extra["sequences"] = sequences
+        state.logits = state.logits.index_copy(0, rows, new.logits)
+        state.prompt_length = min(state.prompt_length, new.prompt_length)
+        return True
+
+    def release(self, state: DecodeState, rows: torch.Tensor) -> None:
+        """Nothing to mask: rows are Python tuples."""
+
     def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
         old = state.extra["sequences"]
         order = parents.tolist() if parents is not None else range(len(old))

@@ -199,8 +199,8 @@ STEP_MODELS = {
 @pytest.mark.parametrize("name", sorted(STEP_MODELS))
 @pytest.mark.parametrize("long", [False, True])
 def test_llama_step_equals_model_forward(name, long, flash_calls):
-    """Decode the same padded, fanned-out, reordered rows through the lean step and through the
-    model's own forward (no decodekit attention): the logits agree at every step."""
+    """Prefill and decode the same padded, fanned-out, reordered rows through the lean step and
+    through the model's own forward (no decodekit attention): the logits agree at every step."""
     model = STEP_MODELS[name]()
     lean, plain = HFLanguageModel(model), HFLanguageModel(model)
     assert lean._step is not None

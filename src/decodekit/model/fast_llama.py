@@ -9,8 +9,8 @@ rows share a long prompt), the gated MLP.
 
 It covers exactly the configurations it checks for (see :func:`LlamaStep.build`): Llama, Qwen2,
 Qwen3 and Mistral causal LMs with float32 weights, SiLU, default RoPE, no sliding window; anything
-else goes through the model's own forward. It runs one-token steps and speculative blocks;
-prefill always runs the model's forward.
+else goes through the model's own forward. It runs prefill (decoder-only, no recorded
+attention), one-token steps and speculative blocks.
 Results equal the model's own forward up to float rounding; the parity tests compare both
 against ``generate``.
 """

@@ -193,6 +193,7 @@ STEP_MODELS = {
     "mistral": _mistral,
     "qwen3": _qwen3,
     "llama-bias": _biased_llama,
+    "gpt2": lambda: tm.gpt2(positions=512),
 }
 
 
@@ -251,7 +252,25 @@ def test_llama_step_declines_what_it_does_not_reproduce():
     assert LlamaStep.build(tm.llama()) is not None and LlamaStep.build(tm.qwen2()) is not None
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_gpt2_step_declines_what_it_does_not_reproduce():
+    from decodekit.model.fast_gpt2 import GPT2Step
+
+    assert GPT2Step.build(tm.llama()) is None
+    assert GPT2Step.build(tm.gpt2().double()) is None
+    for setting, value in (("activation_function", "relu"), ("scale_attn_by_inverse_layer_idx", True), ("reorder_and_upcast_attn", True)):
+        model = tm.gpt2()
+        setattr(model.config, setting, value)
+        assert GPT2Step.build(model) is None, setting
+    hooked = tm.gpt2()
+    hooked.transformer.h[1].attn.register_forward_hook(lambda *args: None)
+    assert GPT2Step.build(hooked) is None
+    training = GPT2Step.build(tm.gpt2())
+    training.model.train()
+    assert not training.usable()  # dropout would apply: the model's own forward then
+    assert GPT2Step.build(tm.gpt2()) is not None
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2"])
 def test_llama_step_verifies_tree_blocks_like_the_model(name):
     """Speculative verification (a tree block under a 4D mask), rollback and the next step
     give the same logits through the lean step and through the model's forward."""

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules import module as _module
 
-from decodekit.model import attention
 from decodekit.model.cache import PreallocatedCache
+from decodekit.model.lean import LeanStep
 
-_global_hooks = (_module._global_forward_hooks, _module._global_forward_pre_hooks)
 _ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
 # the submodules each part may have: a model with anything else (a variant) is not reproduced
 _PARTS = {
@@ -60,7 +58,7 @@ def _norms(base: torch.nn.Module) -> list[torch.nn.Module]:
     return norms
 
 
-class LlamaStep:
+class LlamaStep(LeanStep):
     """Decoding forward (a token, or a block of draft tokens) of a supported Llama-family model
     over a :class:`PreallocatedCache`."""
 
@@ -145,16 +143,6 @@ class LlamaStep:
             2 * base.rotary_emb.inv_freq.numel() == (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads),
         )
 
-    def usable(self) -> bool:
-        """Whether the step still reproduces the model: weights float32 on the CPU, and no
-        forward hook registered since :meth:`build` (hooks must see the model's own calls)."""
-        return (
-            self.embed.dtype == torch.float32
-            and self.embed.device.type == "cpu"
-            and not (_global_hooks[0] or _global_hooks[1])
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
-        )
-
     def _rotary(self, positions: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of ``positions`` (``(rows,)``), from a table grown to ``capacity`` positions."""
         if self._table is None or self._table[0].shape[0] < capacity:
@@ -206,21 +194,3 @@ class LlamaStep:
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.post_norm, self.eps)
             hidden = hidden + F.linear(F.silu(F.linear(x, layer.gate.weight)) * F.linear(x, layer.up.weight), layer.down.weight)
         return F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.eps)
-
-    def _attend(self, query, keys, values, mask, plan) -> torch.Tensor:
-        """``query``: ``(rows, H, n, d)`` -> ``(rows, n, H*d)``."""
-        rows, H, n, d = query.shape
-        Hkv = keys.shape[1]
-        if n == 1 and plan is not None and attention.can_share(keys.shape[2], rows, mask, plan):
-            return attention.attend_shared(query, keys, values, mask, self.scale, *plan).reshape(rows, 1, H * d)
-        if n == 1:  # one query position: the heads of a kv group become its query rows
-            packed = query.reshape(rows, Hkv, H // Hkv, d)
-            out = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=self.scale)
-            return out.reshape(rows, 1, H * d)
-        if mask is None:  # a block after the cache: causal within the block
-            length = keys.shape[2]
-            mask = torch.ones(n, length, dtype=torch.bool, device=query.device).tril(length - n)
-        out = F.scaled_dot_product_attention(
-            query, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=H != Hkv
-        )
-        return out.transpose(1, 2).reshape(rows, n, H * d)

@@ -23,7 +23,9 @@ from decodekit.model import head as output_head
 from decodekit.model.base import DecodeState
 from decodekit.model.blocks import BlockSteps
 from decodekit.model.cache import PreallocatedCache, twin
+from decodekit.model.fast_gpt2 import GPT2Step
 from decodekit.model.fast_llama import LlamaStep
+from decodekit.model.lean import LeanStep
 from decodekit.model.merge import insert_rows, merge_states, release_rows
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
@@ -79,7 +81,7 @@ class HFLanguageModel(BlockSteps):
         self._cache_kw = "cache" if "cache" in parameters else "past_key_values"
         self._head = output_head.large_cpu_head(model)
         self._shared_prefix = attention.available(model) and not self.is_encoder_decoder
-        self._step = None if self.is_encoder_decoder else LlamaStep.build(model)
+        self._step = None if self.is_encoder_decoder else LlamaStep.build(model) or GPT2Step.build(model)
         self.forward_count = 0
 
     def cache_bytes_per_token(self) -> int:
@@ -130,7 +132,7 @@ class HFLanguageModel(BlockSteps):
                 del head.forward
         return out.logits[:, -1, :].float()
 
-    def _lean_step(self) -> LlamaStep | None:
+    def _lean_step(self) -> LeanStep | None:
         """The lean step if this model has one and it still applies (no hooks, same dtype)."""
         return self._step if self._step is not None and self._step.usable() else None
 

@@ -53,6 +53,24 @@ def test_suffix_tree_counts_match_and_eviction():
     assert tree.walk([7]) is None and len(tree) == len(again)
 
 
+def test_suffix_drafts_from_the_match_length_that_scores_best():
+    """The longest match ("8 2", seen once, then 9) has a worse draft than the shorter "2"
+    (seen four times, three of them followed by the 3 4 5 cycle): SuffixDecoding scores every
+    match length and drafts from the best. By hand: "2" is followed by 3 three times in four,
+    "2 3" by 4 and "2 3 4" by 5 always, "2 3 4 5" by 2 twice in three, so the path 3 4 5 2
+    scores 0.75 + 0.75 + 0.75 + 0.5 = 2.75 against "9"'s 1.0."""
+    from decodekit.speculative.suffix import SuffixTreeProposer
+
+    sequence = [2, 3, 4, 5, 2, 3, 4, 5, 2, 3, 4, 5, 8, 2, 9, 8, 2]
+    proposer = SuffixTreeProposer(SuffixConfig(max_depth=12, max_spec_factor=4.0, max_tokens=4, min_token_prob=0.0))
+    tree = SuffixTree(max_depth=12)
+    tree.extend(0, sequence[:-2])  # the context's own last two tokens are the query
+    assert tree.match(sequence, longest=6)[1] == 2  # the longest match: "8 2"
+    tokens, parents, score = proposer._draft(tree, sequence, limit=4)
+    assert tokens == [3, 4, 5, 2] and parents == [-1, 0, 1, 2]
+    assert score == pytest.approx(2.75)
+
+
 def test_best_tree_is_best_first():
     tree = SuffixTree(max_depth=5)
     tree.extend(0, [1, 2, 1, 2, 1, 3, 1, 2])

@@ -4,9 +4,9 @@ Applications", NeurIPS 2025).
 Two suffix trees answer "what usually follows the current suffix?": a per-request tree over
 the row's prompt and output so far, and a global tree over the outputs of previous requests
 (at most ``max_cached_requests`` of them, evicted first in, first out). A match of ``m``
-tokens allows ``max_spec_factor * m + max_spec_offset`` draft tokens; the draft (one path, or
-a best-first tree) from each tree is scored by the sum of its estimated path probabilities
-and the better one is proposed. Both trees are updated incrementally as tokens are accepted.
+tokens allows ``max_spec_factor * m + max_spec_offset`` draft tokens; drafts (one path, or a
+best-first tree) from every match length of each tree are scored by the sum of their estimated
+path probabilities, and the best one is proposed. Both trees are updated incrementally as tokens are accepted.
 """
 
 from __future__ import annotations
@@ -49,16 +49,34 @@ class SuffixTreeProposer:
             self._fed[row] = len(sequence)
 
     def _draft(self, tree: SuffixTree, sequence: list[int], limit: int) -> tuple[list[int], list[int], float]:
+        """The best-scoring draft over every match length, as SuffixDecoding scores them: a
+        longer match is more specific, a shorter one has seen more continuations. Visited
+        longest first; a shorter match wins only with a strictly higher score. Skipped: a match
+        whose node counts as many occurrences as the next longer one (the same occurrences, so
+        the same continuations with less budget), and every match whose budget cannot beat the
+        best score so far (a draft scores at most its token count)."""
         config = self.config
         # Subtle: the longest match may sit at the bottom of the depth-limited tree, leaving no
         # room for a continuation; matching at most half the depth keeps room below.
         longest = max(1, config.max_depth // 2)
-        node, matched = tree.match(sequence, longest)
-        if matched == 0:
-            return [], [], 0.0
-        budget = min(config.max_tokens, limit, int(config.max_spec_factor * matched + config.max_spec_offset))
-        if budget <= 0:
-            return [], [], 0.0
+        best: tuple[list[int], list[int], float] = ([], [], 0.0)
+        previous = None
+        for matched, node in reversed(tree.matches(sequence, longest)):
+            budget = min(config.max_tokens, limit, int(config.max_spec_factor * matched + config.max_spec_offset))
+            if budget <= best[2]:
+                break  # budgets only shrink with shorter matches
+            count = tree.counts[node]
+            if count == previous:
+                continue
+            previous = count
+            draft = self._from(tree, node, sequence, budget, longest)
+            if draft[2] > best[2]:
+                best = draft
+        return best
+
+    def _from(self, tree: SuffixTree, node: int, sequence: list[int], budget: int, longest: int) -> tuple[list[int], list[int], float]:
+        """The draft below ``node``: a best-first tree, or the most frequent path."""
+        config = self.config
         if config.tree:
             return tree.best_tree(node, budget, config.min_token_prob)
         tokens, score, prob, end = tree.best_path(node, budget, config.min_token_prob)

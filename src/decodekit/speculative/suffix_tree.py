@@ -118,6 +118,19 @@ class SuffixTree:
                 high = middle - 1
         return best
 
+    def matches(self, context: list[int], longest: int) -> list[tuple[int, int]]:
+        """``[(m, node), ...]`` for every suffix ``context[-m:]`` (``1 <= m <= longest``) that
+        occurs in the tree followed by something, shortest first. A suffix that does not occur
+        ends the list: no longer one can occur either."""
+        out, children = [], self.children
+        for m in range(1, min(longest, len(context), self.max_depth - 1) + 1):
+            node = self.walk(context[-m:])
+            if node is None:
+                break
+            if children[node]:
+                out.append((m, node))
+        return out
+
     def best_path(
         self, node: int, budget: int, min_prob: float, prob: float = 1.0
     ) -> tuple[list[int], float, float, int]:

@@ -2,10 +2,10 @@
 (``AutoModelForSeq2SeqLM``) models, driving the model's own attention with decodekit's
 preallocated cache (:mod:`decodekit.model.cache`).
 
-Decoding steps take the fastest path that reproduces the model: the lean step for
-Llama-family models (:mod:`decodekit.model.fast_llama`), else the model's forward with
-shared-prefix attention for long prompts (:mod:`decodekit.model.attention`); large CPU output
-heads are computed weight-first. Prefill always runs the model's forward."""
+Prefill and decoding steps take the fastest path that reproduces the model: the lean step for
+Llama-family and GPT-2 models (:mod:`decodekit.model.fast_llama`, :mod:`decodekit.model.fast_gpt2`),
+else the model's forward with shared-prefix attention for long prompts
+(:mod:`decodekit.model.attention`); large CPU output heads are computed weight-first."""
 
 from __future__ import annotations
 

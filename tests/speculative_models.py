@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from decodekit.model.scripted import ScriptedModel
 from decodekit.speculative import DraftModelConfig, Speculative, make_proposer
@@ -68,3 +69,33 @@ def chisquare_pvalue(samples, exact: dict, n: int, reference: dict | None = None
     f_exp = [against[i] for i in big] + ([sum(against[i] for i in rest)] if rest else [])
     f_exp = [max(e, 1e-9) * n / sum(f_exp) for e in f_exp]
     return float(chisquare(f_obs, f_exp).pvalue)
+
+
+def tiny_llama(seed: int, vocab: int = 48, hidden: int = 32, layers: int = 2, std: float = 0.25):
+    """A random Llama whose large initialisation makes it repeat itself, so drafts get accepted."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=std,
+        bos_token_id=1,
+        eos_token_id=vocab - 1,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def motif_prompts(count: int, motif: tuple[int, int], length: tuple[int, int], vocab: int = 48) -> list[list[int]]:
+    """``count`` prompts that repeat a random motif (``motif``: its length range, ``length``:
+    the prompt's), so a suffix or a draft has something to match."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(count):
+        tokens = torch.randint(2, vocab - 1, (int(torch.randint(*motif, (1,), generator=g)),), generator=g).tolist()
+        out.append((tokens * 4)[: int(torch.randint(*length, (1,), generator=g))])
+    return out

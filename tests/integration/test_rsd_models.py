@@ -4,44 +4,19 @@ branching equals plain greedy, sampling is reproducible and batch = single."""
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from speculative_models import motif_prompts, tiny_llama
 
 import decodekit
 from decodekit.search.sampling import Greedy, Sampling
 from decodekit.speculative import DraftModelConfig, Speculative
 
 
-def _tiny_llama(seed: int, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=48,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.25,
-        bos_token_id=1,
-        eos_token_id=47,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
 def llamas():
     """A tiny random Llama target (2 layers, hidden 32), a smaller draft and some prompts."""
-    target = decodekit.load(_tiny_llama(0))
-    draft = _tiny_llama(1, hidden=16, layers=1)
-    g = torch.Generator().manual_seed(0)
-    prompts = []
-    for _ in range(4):
-        motif = torch.randint(
-            2, 47, (int(torch.randint(2, 5, (1,), generator=g)),), generator=g
-        ).tolist()
-        prompts.append((motif * 4)[: int(torch.randint(4, 14, (1,), generator=g))])
+    target = decodekit.load(tiny_llama(0))
+    draft = tiny_llama(1, hidden=16, layers=1)
+    prompts = motif_prompts(4, motif=(2, 5), length=(4, 14))
     return target, draft, prompts
 
 

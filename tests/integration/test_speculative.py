@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from speculative_models import motif_prompts, tiny_llama
 
 import decodekit
 from decodekit.errors import ConfigError
@@ -20,25 +20,6 @@ from decodekit.speculative import (
 )
 
 
-def tiny_llama(seed: int, vocab: int = 48, hidden: int = 32, layers: int = 2, std: float = 0.25):
-    """A random Llama whose large initialisation makes it repeat itself, so drafts get accepted."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=std,
-        bos_token_id=1,
-        eos_token_id=vocab - 1,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
 def target():
     return decodekit.load(tiny_llama(0))
@@ -46,14 +27,7 @@ def target():
 
 @pytest.fixture(scope="module")
 def prompts():
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(8):
-        motif = torch.randint(
-            2, 47, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g
-        ).tolist()
-        out.append((motif * 4)[: int(torch.randint(3, 20, (1,), generator=g))])
-    return out
+    return motif_prompts(8, motif=(2, 6), length=(3, 20))
 
 
 @pytest.fixture(scope="module")

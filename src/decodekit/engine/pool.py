@@ -267,10 +267,10 @@ class RowPool:
                 continue
             self._release(member)
         self.members = members
-        if not self.free or self.reuse and len(self.free) <= max(COMPACT_FREE, self.rows - len(self.free)):
-            if len(members) or not self.rows:
-                self.min_new_any = bool((self.min_new > 0).any())
-                return None
+        few_free = not self.free or self.reuse and len(self.free) <= max(COMPACT_FREE, self.rows - len(self.free))
+        if members and few_free:
+            self.min_new_any = bool((self.min_new > 0).any())
+            return None
         keep = sorted(r for m in members for r in m.rows)
         self._keep(keep)
         self.min_new_any = bool((self.min_new > 0).any())

@@ -1,0 +1,52 @@
+"""Rows as slots: a request that leaves the running batch frees its rows in place, and a later
+request is written into them instead of merging a new state in."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_models as tm
+
+import decodekit
+from decodekit.engine import Engine, Request
+from decodekit.model.hf import HFLanguageModel
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+def test_a_request_takes_the_free_slots_of_one_that_left_without_copying_the_state(builder):
+    """Rows of a finished request stay in the state as free slots; later requests are written
+    into them (one shorter prompt, one longer than the state's length, which lengthens it)
+    instead of merging a new state in, and every output equals the request decoded alone."""
+    model = HFLanguageModel(tm.BUILDERS[builder]())
+    calls = {"merge": 0, "insert": 0}
+    merge, insert = model.merge, model.insert
+
+    def counted(name, method):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return method(*args, **kwargs)
+        return call
+
+    model.merge, model.insert = counted("merge", merge), counted("insert", insert)
+    long = decodekit.DecodeOptions(max_new_tokens=30, min_new_tokens=30)  # no early EOS
+    short = decodekit.DecodeOptions(max_new_tokens=3, min_new_tokens=3)
+    sample = decodekit.Sampling(seed=11, top_p=0.9)
+    engine = Engine(model)
+    starts = [([5, 6, 7], decodekit.Greedy(), long), ([8, 9], decodekit.Greedy(), short), ([9, 8, 7, 6], decodekit.Greedy(), short), ([4, 4, 4], sample, long), ([3], sample, short)]
+    first = engine.submit([Request(*spec) for spec in starts])
+    for _ in range(5):
+        engine.step()
+    assert first[1].done and first[2].done and first[4].done
+    merged = calls["merge"]  # the sampling pool joined the greedy one's state
+    later = [
+        ([10, 11], decodekit.Greedy(), long),  # shorter than the state's length
+        ([12 + i % 7 for i in range(14)], decodekit.Greedy(), long),  # longer: the state lengthens
+        ([6, 5], sample, long),
+    ]
+    handles = first + [h for prompt, strategy, options in later for h in engine.submit([Request(prompt, strategy, options)])]
+    outputs = [h.result().hypotheses for h in handles]
+    assert calls["merge"] == merged and calls["insert"] >= 2  # greedy and sampling pools each took slots
+    for (prompt, strategy, options), together in zip(starts + later, outputs):
+        (alone,) = Engine(model).submit([Request(prompt, strategy, options)])
+        hyps = alone.result().hypotheses
+        assert [h.token_ids for h in hyps] == [h.token_ids for h in together]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in together], abs=1e-4)

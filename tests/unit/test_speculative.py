@@ -33,24 +33,24 @@ ALPHA = 0.001
 def test_suffix_tree_counts_match_and_eviction():
     tree = SuffixTree(max_depth=4)
     tree.extend(0, [1, 2, 3, 1, 2, 4])
-    assert tree.counts[tree.walk([1, 2])] == 2
-    assert tree.counts[tree.walk([1, 2, 3])] == 1
-    assert tree.walk([2, 4]) is not None and tree.walk([3, 4]) is None
-    node, m = tree.match([9, 3, 1, 2], longest=3)
-    assert m == 3 and node == tree.walk([3, 1, 2])
-    assert tree.best_path(node, budget=3, min_prob=0.0)[:2] == ([4], 1.0)
-    node, m = tree.match([1, 2, 4], longest=3)  # "2 4", "4" end the text: no continuation
+    assert tree.count_at(tree.locate([1, 2])) == 2
+    assert tree.count_at(tree.locate([1, 2, 3])) == 1
+    assert tree.locate([2, 4]) is not None and tree.locate([3, 4]) is None
+    position, m = tree.match([9, 3, 1, 2], longest=3)
+    assert m == 3 and position == tree.locate([3, 1, 2])
+    assert tree.best_path(position, budget=3, min_prob=0.0)[:2] == ([4], 1.0)
+    position, m = tree.match([1, 2, 4], longest=3)  # "2 4", "4" end the text: no continuation
     assert m == 0
-    node, m = tree.match([5, 1, 2], longest=3)
-    assert m == 2 and tree.best_path(node, budget=3, min_prob=0.0)[1] == pytest.approx(0.5 + 0.5)
-    # incremental = rebuilt
+    position, m = tree.match([5, 1, 2], longest=3)
+    assert m == 2 and tree.best_path(position, budget=3, min_prob=0.0)[1] == pytest.approx(0.5 + 0.5)
+    # incremental = built at once
     again = SuffixTree(max_depth=4)
     for t in [1, 2, 3, 1, 2, 4]:
         again.extend(0, [t])
-    assert again.counts == tree.counts
+    assert again.count.tolist() == tree.count.tolist()
     tree.extend(1, [7, 7])
-    tree.remove([7, 7])
-    assert tree.walk([7]) is None and len(tree) == len(again)
+    tree.remove(1)
+    assert tree.locate([7]) is None and len(tree) == len(again)
 
 
 def test_suffix_drafts_from_the_match_length_that_scores_best():

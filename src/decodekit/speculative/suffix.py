@@ -2,22 +2,23 @@
 Applications", NeurIPS 2025).
 
 Two suffix trees answer "what usually follows the current suffix?": a per-request tree over
-the row's prompt and output so far, and a global tree over the outputs of previous requests
-(at most ``max_cached_requests`` of them, evicted first in, first out). A match of ``m``
-tokens allows ``max_spec_factor * m + max_spec_offset`` draft tokens; drafts (one path, or a
-best-first tree) from every match length of each tree are scored by the sum of their estimated
-path probabilities, and the best one is proposed. Both trees are updated incrementally as tokens are accepted.
+the row's prompt and output so far, and a global tree over outputs (at most
+``max_cached_requests`` of them, evicted first in, first out). A row's output joins the global
+tree as it is generated, so rows decoding at the same time draft from each other too. A match
+of ``m`` tokens allows ``max_spec_factor * m + max_spec_offset`` draft tokens; drafts from
+every match length of each tree are scored by the sum of their estimated path probabilities
+(the expected number of accepted tokens), and the best one is proposed: the most frequent
+path, which re-matches to go on past the trees' depth limit, or with ``tree`` a best-first
+tree, or that path when it scores higher. Both trees are updated incrementally.
 """
 
 from __future__ import annotations
-
-from collections import deque
 
 import torch
 
 from decodekit.speculative.base import Draft, SpeculationContext, Verification, Warp, chain_parents
 from decodekit.speculative.config import SuffixConfig
-from decodekit.speculative.suffix_tree import SuffixTree
+from decodekit.speculative.suffix_tree import Position, SuffixTree
 
 
 class SuffixTreeProposer:
@@ -29,9 +30,13 @@ class SuffixTreeProposer:
     def __init__(self, config: SuffixConfig):
         self.config = config
         self.global_tree = SuffixTree(config.max_depth)
-        self._cached: deque[list[int]] = deque()
+        self._cached: dict[int, None] = {}  # ids of the outputs in the global tree, oldest first
+        self._added = 0
         self._local: dict[int, SuffixTree] = {}
         self._fed: dict[int, int] = {}  # row -> tokens already in its local tree
+        self._prompt_length: dict[int, int] = {}
+        self._shared: dict[int, int] = {}  # row -> its output's id in the global tree
+        self._sent: dict[int, int] = {}  # row -> output tokens already in the global tree
 
     def begin(
         self,
@@ -41,55 +46,74 @@ class SuffixTreeProposer:
     ) -> None:
         self._local = {row: SuffixTree(self.config.max_depth) for row in range(len(prompts))}
         self._fed = dict.fromkeys(range(len(prompts)), 0)
+        self._prompt_length = {row: len(prompt) for row, prompt in enumerate(prompts)}
+        self._shared, self._sent = {}, dict.fromkeys(range(len(prompts)), 0)
+        if self.config.max_cached_requests:
+            for row in range(len(prompts)):
+                self._added += 1
+                self._shared[row] = self._added
+                self._cached[self._added] = None
+            self._evict()
 
     def _update(self, row: int, sequence: list[int]) -> None:
         fed = self._fed[row]
         if fed < len(sequence):
             self._local[row].extend(0, sequence[fed:])
             self._fed[row] = len(sequence)
+            self._share(row, sequence[self._prompt_length[row] :])
+
+    def _share(self, row: int, output: list[int]) -> None:
+        """Append the row's output tokens not yet in the global tree (unless it was evicted)."""
+        sequence, sent = self._shared.get(row), self._sent[row]
+        if sequence in self._cached and len(output) > sent:
+            self.global_tree.extend(sequence, output[sent:])
+            self._sent[row] = len(output)
+
+    def _evict(self) -> None:
+        while len(self._cached) > self.config.max_cached_requests:
+            oldest = next(iter(self._cached))
+            del self._cached[oldest]
+            self.global_tree.discard(oldest)
 
     def _draft(self, tree: SuffixTree, sequence: list[int], limit: int) -> tuple[list[int], list[int], float]:
         """The best-scoring draft over every match length, as SuffixDecoding scores them: a
         longer match is more specific, a shorter one has seen more continuations. Visited
-        longest first; a shorter match wins only with a strictly higher score. Skipped: a match
-        whose node counts as many occurrences as the next longer one (the same occurrences, so
-        the same continuations with less budget), and every match whose budget cannot beat the
-        best score so far (a draft scores at most its token count)."""
+        longest first; a shorter match wins only with a strictly higher score. Skipped: every
+        match whose budget cannot beat the best score so far (a draft scores at most its token
+        count). A shorter match with the same occurrences as a longer one is still tried: it
+        has more room below the depth limit."""
         config = self.config
         # Subtle: the longest match may sit at the bottom of the depth-limited tree, leaving no
         # room for a continuation; matching at most half the depth keeps room below.
         longest = max(1, config.max_depth // 2)
         best: tuple[list[int], list[int], float] = ([], [], 0.0)
-        previous = None
-        for matched, node in reversed(tree.matches(sequence, longest)):
+        for matched, position in reversed(tree.matches(sequence, longest)):
             budget = min(config.max_tokens, limit, int(config.max_spec_factor * matched + config.max_spec_offset))
             if budget <= best[2]:
                 break  # budgets only shrink with shorter matches
-            count = tree.counts[node]
-            if count == previous:
-                continue
-            previous = count
-            draft = self._from(tree, node, sequence, budget, longest)
+            draft = self._from(tree, position, sequence, budget, longest)
             if draft[2] > best[2]:
                 best = draft
         return best
 
-    def _from(self, tree: SuffixTree, node: int, sequence: list[int], budget: int, longest: int) -> tuple[list[int], list[int], float]:
-        """The draft below ``node``: a best-first tree, or the most frequent path."""
+    def _from(self, tree: SuffixTree, position: Position, sequence: list[int], budget: int, longest: int) -> tuple[list[int], list[int], float]:
+        """The draft below ``position``: the most frequent path, or with ``tree`` a best-first
+        tree unless that path (which can go on past the depth limit) scores higher."""
         config = self.config
-        if config.tree:
-            return tree.best_tree(node, budget, config.min_token_prob)
-        tokens, score, prob, end = tree.best_path(node, budget, config.min_token_prob)
+        drafted = tree.best_tree(position, budget, config.min_token_prob) if config.tree else None
+        tokens, score, prob, end = tree.best_path(position, budget, config.min_token_prob)
         # A path that ends at max_depth may go on in the text: match again from the extended
         # context so a long repeated span is drafted in one go.
-        while tokens and len(tokens) < budget and tree.depth[end] == tree.max_depth:
-            node, again = tree.match(sequence + tokens, longest)
-            if again == 0:
+        while tokens and len(tokens) < budget and tree.depth_at(end) == tree.max_depth:
+            again, matched = tree.match(sequence + tokens, longest)
+            if matched == 0:
                 break
-            more, more_score, prob, end = tree.best_path(node, budget - len(tokens), config.min_token_prob, prob)
+            more, more_score, prob, end = tree.best_path(again, budget - len(tokens), config.min_token_prob, prob)
             if not more:
                 break
             tokens, score = tokens + more, score + more_score
+        if drafted is not None and drafted[2] >= score:
+            return drafted
         return tokens, chain_parents(len(tokens)), score
 
     def propose(self, context: SpeculationContext) -> Draft:
@@ -97,7 +121,7 @@ class SuffixTreeProposer:
         for row, sequence, limit in zip(context.rows, context.sequences, context.limits):
             self._update(row, sequence)
             best = self._draft(self._local[row], sequence, limit)
-            if len(self.global_tree.children[0]):
+            if not self.global_tree.empty:
                 shared = self._draft(self.global_tree, sequence, limit)
                 if shared[2] > best[2]:
                     best = shared
@@ -109,15 +133,10 @@ class SuffixTreeProposer:
         pass  # accepted tokens reach the local trees through the next context (incremental)
 
     def finish(self, outputs: list[list[int]]) -> None:
-        """Move this call's outputs into the global tree; evict the oldest beyond the bound."""
-        self._local, self._fed = {}, {}
-        if self.config.max_cached_requests == 0:
-            return
-        for output in outputs:
-            if not output:
-                continue
-            self.global_tree.extend(-1, output)
-            self.global_tree.close(-1)
-            self._cached.append(list(output))
-            while len(self._cached) > self.config.max_cached_requests:
-                self.global_tree.remove(self._cached.popleft())
+        """Complete the rows' outputs in the global tree (the last tokens, never proposed
+        from) and close them."""
+        for row, output in enumerate(outputs):
+            if row in self._shared:
+                self._share(row, output)
+                self.global_tree.close(self._shared[row])
+        self._local, self._fed, self._shared, self._sent = {}, {}, {}, {}

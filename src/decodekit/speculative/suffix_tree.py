@@ -1,21 +1,54 @@
-"""A depth-limited suffix tree with occurrence counts, updated one token at a time.
+"""A depth-limited, path-compressed suffix tree with occurrence counts, updated one token at a time.
 
-The tree holds every substring of length ``<= max_depth`` of the sequences added to it; a
-node's ``count`` is how many times its string occurs, so ``count(child) / count(node)``
-estimates the probability that the node's string is followed by the child's token, the
-estimate SuffixDecoding drafts from (Oliaro et al., NeurIPS 2025, Sec. 3).
+The tree holds every substring of length ``<= max_depth`` of the sequences added to it; the
+count of a string is how many times it occurs, so ``count(s + t) / count(s)`` estimates the
+probability that ``s`` is followed by ``t``, the estimate SuffixDecoding drafts from (Oliaro
+et al., NeurIPS 2025, Sec. 3).
 
-Updates are incremental: a sequence keeps its *open suffixes* (the nodes of its suffixes
-shorter than ``max_depth``); appending a token moves each open suffix one edge down, creating
-the edge if needed, so one token costs ``O(max_depth)`` dictionary operations whatever the
-sequence's length. Removing a sequence replays it and decrements (FIFO eviction of the global
-tree). Edges are not path-compressed: simple, and cheap enough at the depths used here.
+**Compression.** A node stands for the end of an edge whose label is a run of tokens in one
+of the stored sequences (``ref_seq``, ending at ``ref_end``), so a string's position in the
+tree is ``(node, offset)`` with ``1 <= offset <= length[node]``. Every position on an edge has
+the node's count: nodes exist only where the tree branches or where an occurrence ends (a
+suffix cut at ``max_depth``, or the end of a sequence). Nodes live in parallel ``array``
+columns (9 int32 per node); children are a linked list of siblings, or a dict once a node has
+more than ``WIDE`` of them. The tree has O(stored tokens) nodes, not O(tokens x depth).
+
+**Updates.** A sequence being extended keeps its *open suffixes*: the nodes where its last
+``max_depth`` suffixes end. Appending token ``t`` moves each one edge position down:
+
+- no edge starts with ``t``: a leaf that only this suffix reaches grows by one token;
+  otherwise a new one-token leaf hangs below;
+- only this suffix ends at the node, and its one child starts with ``t``: the boundary between
+  them slides one token down (or the two fuse when the child has one token left) -- a repeat
+  of earlier text therefore costs no new nodes;
+- otherwise the suffix moves into the child, splitting its edge after ``t`` when it is longer.
+
+**Removal** (FIFO eviction of the global tree) walks the sequence's suffixes and counts them
+out; empty nodes are unlinked and a node left with one child of its own count is fused into it.
+Edge labels may still point into a removed sequence, so removed sequences' tokens (4 bytes
+each) are kept until they outnumber the live ones, and then the tree is rebuilt from the live
+sequences (amortised O(1) per removed token).
+
+Ties between equally frequent continuations go to the smaller token id, so drafts depend only
+on the stored text, never on the order the tree was built in.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+import sys
+from array import array
+from collections.abc import Iterable, Iterator
+
+WIDE = 8
+"""A node with more children than this keeps them in a dict instead of a sibling list."""
+
+Position = tuple[int, int]
+"""``(node, offset)``: the string ending ``offset`` tokens into ``node``'s edge; ``(0, 0)`` is the
+empty string at the root."""
+
+_COLUMNS = ("parent", "count", "length", "depth", "ref_seq", "ref_end", "token", "first", "sibling")
+_WIDE_LIST = -2  # ``first[node]`` of a node whose children are in ``_wide``
 
 
 class SuffixTree:
@@ -23,158 +56,363 @@ class SuffixTree:
 
     def __init__(self, max_depth: int):
         self.max_depth = max_depth
-        self.children: list[dict[int, int]] = [{}]
-        self.counts: list[int] = [0]
-        self.depth: list[int] = [0]
+        self._reset()
+
+    def _reset(self) -> None:
+        for name in _COLUMNS:
+            setattr(self, name, array("i", [0]))
+        self.parent[0] = self.sibling[0] = -1
+        self.first[0] = _WIDE_LIST
+        self._wide: dict[int, dict[int, int]] = {0: {}}
         self._free: list[int] = []
-        self._open: dict[int, list[int]] = {}  # sequence id -> open suffix nodes (depth < max)
+        self._seqs: dict[int, array] = {}
+        self._open: dict[int, list[int]] = {}  # sequence id -> nodes of its open suffixes
+        self._removed: set[int] = set()
+        self._removed_tokens = 0
 
     def __len__(self) -> int:
-        return len(self.children) - len(self._free)
+        """Nodes in use, the root included."""
+        return len(self.count) - len(self._free)
 
-    def _new_node(self, depth: int) -> int:
+    @property
+    def empty(self) -> bool:
+        return self.count[0] == 0
+
+    @property
+    def stored_tokens(self) -> int:
+        """Tokens of the live (not removed) sequences."""
+        return sum(len(s) for i, s in self._seqs.items() if i not in self._removed)
+
+    # -- structure ------------------------------------------------------------------------------
+
+    def _new(self, parent: int, count: int, length: int, depth: int, seq: int, end: int, token: int) -> int:
+        values = (parent, count, length, depth, seq, end, token, -1, -1)
         if self._free:
             node = self._free.pop()
-            self.depth[node] = depth
+            for name, value in zip(_COLUMNS, values):
+                getattr(self, name)[node] = value
             return node
-        self.children.append({})
-        self.counts.append(0)
-        self.depth.append(depth)
-        return len(self.children) - 1
+        for name, value in zip(_COLUMNS, values):
+            getattr(self, name).append(value)
+        return len(self.count) - 1
+
+    def _child(self, node: int, token: int) -> int:
+        child = self.first[node]
+        if child == _WIDE_LIST:
+            return self._wide[node].get(token, -1)
+        tokens, sibling = self.token, self.sibling
+        while child >= 0 and tokens[child] != token:
+            child = sibling[child]
+        return child
+
+    def children(self, node: int) -> Iterator[int]:
+        child = self.first[node]
+        if child == _WIDE_LIST:
+            yield from self._wide[node].values()
+            return
+        while child >= 0:
+            yield child
+            child = self.sibling[child]
+
+    def _add_child(self, node: int, child: int) -> None:
+        first, sibling = self.first, self.sibling
+        if first[node] == _WIDE_LIST:
+            self._wide[node][self.token[child]] = child
+            return
+        listed = list(self.children(node))
+        if len(listed) >= WIDE:
+            self._wide[node] = {self.token[c]: c for c in listed + [child]}
+            first[node] = _WIDE_LIST
+        else:
+            sibling[child], first[node] = first[node], child
+
+    def _replace_child(self, node: int, old: int, new: int) -> None:
+        """Put ``new`` where ``old`` hangs below ``node`` (both start with ``token[old]``)."""
+        first, sibling = self.first, self.sibling
+        if first[node] == _WIDE_LIST:
+            self._wide[node][self.token[old]] = new
+            return
+        sibling[new] = sibling[old]
+        if first[node] == old:
+            first[node] = new
+            return
+        at = first[node]
+        while sibling[at] != old:
+            at = sibling[at]
+        sibling[at] = new
+
+    def _unlink(self, node: int, child: int) -> None:
+        first, sibling = self.first, self.sibling
+        if first[node] == _WIDE_LIST:
+            del self._wide[node][self.token[child]]
+        elif first[node] == child:
+            first[node] = sibling[child]
+        else:
+            at = first[node]
+            while sibling[at] != child:
+                at = sibling[at]
+            sibling[at] = sibling[child]
+
+    def _rekey(self, node: int, child: int, token: int) -> None:
+        """``child`` (below ``node``) lost its edge's first token; ``token`` is the new first one."""
+        if self.first[node] == _WIDE_LIST:
+            wide = self._wide[node]
+            del wide[self.token[child]]
+            wide[token] = child
+        self.token[child] = token
+
+    def _release(self, node: int) -> None:
+        self._wide.pop(node, None)
+        self.first[node] = self.sibling[node] = -1
+        self.count[node] = 0
+        self._free.append(node)
+
+    def _label(self, node: int, offset: int) -> int:
+        """The token ``offset`` (0-based) into ``node``'s edge."""
+        return self._seqs[self.ref_seq[node]][self.ref_end[node] - self.length[node] + offset]
 
     # -- updates --------------------------------------------------------------------------------
 
     def extend(self, sequence: int, tokens: Iterable[int]) -> None:
         """Append ``tokens`` to sequence ``sequence`` (created on first use). Mutates the tree."""
-        open_nodes = self._open.setdefault(sequence, [])
-        children, counts, depth, limit = self.children, self.counts, self.depth, self.max_depth
+        seq = self._seqs.get(sequence)
+        if seq is None:
+            seq = self._seqs[sequence] = array("i")
+            self._open[sequence] = []
+        elif sequence not in self._open:
+            raise ValueError(f"sequence {sequence} is closed or removed")
+        suffixes, limit = self._open[sequence], self.max_depth
+        count, length, depth = self.count, self.length, self.depth
+        ref_seq, ref_end, token_of = self.ref_seq, self.ref_end, self.token
         for token in tokens:
-            open_nodes.append(0)  # the empty suffix starts here
-            moved = []
-            for node in open_nodes:
-                edges = children[node]
-                child = edges.get(token)
-                if child is None:
-                    if self._free:
-                        child = self._new_node(depth[node] + 1)
-                    else:  # inlined _new_node: this loop is the proposer's hot path
-                        child = len(children)
-                        children.append({})
-                        counts.append(0)
-                        depth.append(depth[node] + 1)
-                    edges[token] = child
-                counts[child] += 1
-                if depth[child] < limit:
-                    moved.append(child)
-            counts[0] += 1
-            open_nodes[:] = moved
+            suffixes.append(0)  # the empty suffix, at the root
+            if len(suffixes) > limit:
+                del suffixes[0]  # reached max_depth at the previous token
+            seq.append(token)
+            end = len(seq)
+            count[0] += 1
+            for i, node in enumerate(suffixes):
+                child = self._child(node, token)
+                if child < 0:
+                    if node and count[node] == 1:  # a leaf only this suffix reaches: grow it
+                        length[node] += 1
+                        depth[node] += 1
+                        ref_seq[node], ref_end[node] = sequence, end
+                    else:
+                        leaf = self._new(node, 1, 1, depth[node] + 1, sequence, end, token)
+                        self._add_child(node, leaf)
+                        suffixes[i] = leaf
+                elif node and count[node] == count[child] + 1:
+                    # Only this suffix ends at ``node`` and its one child starts with ``token``.
+                    if length[child] == 1:  # the child's string is this suffix now: fuse
+                        count[child] += 1
+                        length[child] += length[node]
+                        token_of[child] = token_of[node]
+                        ref_seq[child], ref_end[child] = sequence, end
+                        self.parent[child] = self.parent[node]
+                        self._replace_child(self.parent[node], node, child)
+                        self._release(node)
+                        suffixes[i] = child
+                    else:  # slide the boundary one token down
+                        length[node] += 1
+                        depth[node] += 1
+                        ref_seq[node], ref_end[node] = sequence, end
+                        length[child] -= 1
+                        self._rekey(node, child, self._label(child, 0))
+                else:
+                    if length[child] == 1:
+                        count[child] += 1
+                        suffixes[i] = child
+                    else:  # split the child's edge after ``token``
+                        middle = self._new(node, count[child] + 1, 1, depth[node] + 1, sequence, end, token)
+                        self._replace_child(node, child, middle)
+                        self.parent[child] = middle
+                        length[child] -= 1
+                        token_of[child] = self._label(child, 0)
+                        self.first[middle] = child
+                        self.sibling[child] = -1
+                        suffixes[i] = middle
 
     def close(self, sequence: int) -> None:
-        """Stop tracking ``sequence``'s open suffixes (its substrings stay in the tree)."""
+        """Stop extending ``sequence`` (its substrings stay in the tree)."""
         self._open.pop(sequence, None)
 
-    def remove(self, tokens: list[int]) -> None:
-        """Take one earlier-added sequence ``tokens`` out again (counts down, empty nodes freed)."""
-        children, counts, limit = self.children, self.counts, self.max_depth
-        emptied: list[int] = []
-        for start in range(len(tokens)):
-            node = 0
-            for token in tokens[start : start + limit]:
-                child = children[node][token]
-                counts[child] -= 1
-                if counts[child] == 0:
-                    # No occurrence is left, so no later suffix of this replay passes here; the
-                    # child's own edges stay readable until the replay is over.
-                    del children[node][token]
+    def remove(self, sequence: int) -> None:
+        """Take sequence ``sequence`` out again (counts down; empty nodes freed)."""
+        if sequence not in self._seqs or sequence in self._removed:
+            raise KeyError(f"no sequence {sequence} in the tree")
+        self._open.pop(sequence, None)
+        seq, limit, count, length = self._seqs[sequence], self.max_depth, self.count, self.length
+        for start in range(len(seq)):
+            stop, at, node = min(len(seq), start + limit), start, 0
+            count[0] -= 1
+            path, emptied = [], []
+            while at < stop:
+                child = self._child(node, seq[at])
+                count[child] -= 1
+                if count[child] == 0:
+                    self._unlink(node, child)  # its edges stay readable for the rest of the walk
                     emptied.append(child)
-                node = child
-            counts[0] -= 1
-        for node in emptied:
-            children[node] = {}
-            self._free.append(node)
+                else:
+                    path.append(child)
+                node, at = child, at + length[child]
+            for node in emptied:
+                self._release(node)
+            for node in path:
+                only = self._only_child(node)
+                if only >= 0 and count[only] == count[node]:  # no occurrence ends at ``node``
+                    self._fuse(node, only)
+        self._removed.add(sequence)
+        self._removed_tokens += len(seq)
+        if self._removed_tokens > max(self.stored_tokens, 4096):
+            self._rebuild()
+
+    def discard(self, sequence: int) -> None:
+        """Remove ``sequence`` if the tree holds it."""
+        if sequence in self._seqs and sequence not in self._removed:
+            self.remove(sequence)
+
+    def _only_child(self, node: int) -> int:
+        first = self.first[node]
+        if first == _WIDE_LIST:
+            wide = self._wide[node]
+            return next(iter(wide.values())) if len(wide) == 1 else -1
+        return first if first >= 0 and self.sibling[first] < 0 else -1
+
+    def _fuse(self, node: int, child: int) -> None:
+        """``child`` takes ``node``'s place, its edge lengthened by ``node``'s."""
+        parent = self.parent[node]
+        self.length[child] += self.length[node]
+        self.token[child] = self.token[node]
+        self.parent[child] = parent
+        self._replace_child(parent, node, child)
+        self._release(node)
+
+    def _rebuild(self) -> None:
+        live = [(i, s, i in self._open) for i, s in self._seqs.items() if i not in self._removed]
+        self._reset()
+        for sequence, tokens, still_open in live:
+            self.extend(sequence, tokens)
+            if not still_open:
+                self.close(sequence)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the tree's columns, child dicts, stored sequences and open suffixes."""
+        total = sum(sys.getsizeof(getattr(self, name)) for name in _COLUMNS)
+        for wide in self._wide.values():
+            total += sys.getsizeof(wide) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in wide.items() if k > 256 or v > 256)
+        total += sys.getsizeof(self._seqs) + sum(sys.getsizeof(s) for s in self._seqs.values())
+        total += sys.getsizeof(self._open) + sum(sys.getsizeof(s) for s in self._open.values())
+        return total + sys.getsizeof(self._free) + 8 * len(self._free)
 
     # -- queries --------------------------------------------------------------------------------
 
-    def walk(self, tokens: list[int]) -> int | None:
-        """The node of string ``tokens``, or None if it does not occur."""
-        node, children = 0, self.children
+    def locate(self, tokens: Iterable[int]) -> Position | None:
+        """The position of string ``tokens``, or None if it does not occur."""
+        node = offset = 0
+        length = self.length
         for token in tokens:
-            node = children[node].get(token)
-            if node is None:
+            if offset == length[node]:
+                node = self._child(node, token)
+                if node < 0:
+                    return None
+                offset = 1
+            elif self._label(node, offset) == token:
+                offset += 1
+            else:
                 return None
-        return node
+        return node, offset
 
-    def match(self, context: list[int], longest: int) -> tuple[int, int]:
-        """``(node, m)``: the longest suffix ``context[-m:]`` (``m <= longest``) whose node has a
-        continuation; ``(0, 0)`` when none has. Binary search: a string that occurs followed by
-        something has every suffix occurring followed by something too."""
-        low, high, best = 1, min(longest, len(context), self.max_depth - 1), (0, 0)
+    def count_at(self, position: Position) -> int:
+        return self.count[position[0]]
+
+    def depth_at(self, position: Position) -> int:
+        node, offset = position
+        return self.depth[node] - self.length[node] + offset
+
+    def continues(self, position: Position) -> bool:
+        """Whether the string at ``position`` occurs followed by something."""
+        node, offset = position
+        return offset < self.length[node] or self.first[node] != -1 and any(True for _ in self.children(node))
+
+    def _next(self, position: Position) -> list[tuple[int, Position, int]]:
+        """``(token, position, count)`` of every one-token continuation."""
+        node, offset = position
+        if offset < self.length[node]:
+            return [(self._label(node, offset), (node, offset + 1), self.count[node])]
+        return [(self.token[c], (c, 1), self.count[c]) for c in self.children(node)]
+
+    def match(self, context: list[int], longest: int) -> tuple[Position, int]:
+        """``(position, m)``: the longest suffix ``context[-m:]`` (``m <= longest``) that occurs
+        followed by something; ``((0, 0), 0)`` when none does. Binary search: a string that
+        occurs followed by something has every suffix occurring followed by something too."""
+        low, high, best = 1, min(longest, len(context), self.max_depth - 1), ((0, 0), 0)
         while low <= high:
             middle = (low + high) // 2
-            node = self.walk(context[-middle:])
-            if node is not None and self.children[node]:
-                best, low = (node, middle), middle + 1
+            position = self.locate(context[-middle:])
+            if position is not None and self.continues(position):
+                best, low = (position, middle), middle + 1
             else:
                 high = middle - 1
         return best
 
-    def matches(self, context: list[int], longest: int) -> list[tuple[int, int]]:
-        """``[(m, node), ...]`` for every suffix ``context[-m:]`` (``1 <= m <= longest``) that
-        occurs in the tree followed by something, shortest first. A suffix that does not occur
-        ends the list: no longer one can occur either."""
-        out, children = [], self.children
+    def matches(self, context: list[int], longest: int) -> list[tuple[int, Position]]:
+        """``[(m, position), ...]`` for every suffix ``context[-m:]`` (``1 <= m <= longest``)
+        that occurs followed by something, shortest first. A suffix that does not occur ends
+        the list: no longer one can occur either."""
+        out = []
         for m in range(1, min(longest, len(context), self.max_depth - 1) + 1):
-            node = self.walk(context[-m:])
-            if node is None:
+            position = self.locate(context[-m:])
+            if position is None:
                 break
-            if children[node]:
-                out.append((m, node))
+            if self.continues(position):
+                out.append((m, position))
         return out
 
     def best_path(
-        self, node: int, budget: int, min_prob: float, prob: float = 1.0
-    ) -> tuple[list[int], float, float, int]:
-        """Greedy single path below ``node``: the most frequent child each time, while the
-        path's estimated probability (starting from ``prob``) stays ``>= min_prob``. Returns
-        ``(tokens, score, prob, end node)`` with score the sum of path probabilities (the
-        expected number of accepted tokens)."""
+        self, position: Position, budget: int, min_prob: float, prob: float = 1.0
+    ) -> tuple[list[int], float, float, Position]:
+        """Greedy single path below ``position``: the most frequent continuation each time
+        (ties: the smaller token), while the path's estimated probability (starting from
+        ``prob``) stays ``>= min_prob``. Returns ``(tokens, score, prob, end)`` with score the
+        sum of path probabilities (the expected number of accepted tokens)."""
         tokens: list[int] = []
         score = 0.0
-        children, counts = self.children, self.counts
-        while len(tokens) < budget and children[node]:
-            token, child = max(children[node].items(), key=lambda item: counts[item[1]])
-            next_prob = prob * counts[child] / counts[node]
+        while len(tokens) < budget:
+            options = self._next(position)
+            if not options:
+                break
+            token, after, count = max(options, key=lambda o: (o[2], -o[0]))
+            next_prob = prob * count / self.count[position[0]]
             if next_prob < min_prob:
                 break
-            prob = next_prob
+            prob, position = next_prob, after
             tokens.append(token)
             score += prob
-            node = child
-        return tokens, score, prob, node
+        return tokens, score, prob, position
 
     def best_tree(
-        self, node: int, budget: int, min_prob: float
+        self, position: Position, budget: int, min_prob: float
     ) -> tuple[list[int], list[int], float]:
-        """Best-first tree below ``node``: repeatedly add the most probable frontier node
-        (SuffixDecoding's tree speculation). Returns ``(tokens, parents, score)`` with parents as
-        in :class:`~decodekit.speculative.base.Draft` and score the sum of path probabilities."""
+        """Best-first tree below ``position``: repeatedly add the most probable frontier string
+        (SuffixDecoding's tree speculation; ties: the earlier parent, then the smaller token).
+        Returns ``(tokens, parents, score)`` with parents as in
+        :class:`~decodekit.speculative.base.Draft` and score the sum of path probabilities."""
         tokens: list[int] = []
         parents: list[int] = []
-        score, tie = 0.0, 0
-        children, counts = self.children, self.counts
-        frontier: list[tuple[float, int, int, int, int]] = []  # (-prob, tie, node, parent, token)
+        score = 0.0
+        frontier: list[tuple[float, int, int, Position]] = []  # (-prob, parent, token, position)
 
-        def push(at: int, prob: float, index: int) -> None:
-            nonlocal tie
-            for token, child in children[at].items():
-                p = prob * counts[child] / counts[at]
+        def push(at: Position, prob: float, index: int) -> None:
+            total = self.count[at[0]]
+            for token, after, count in self._next(at):
+                p = prob * count / total
                 if p >= min_prob:
-                    heapq.heappush(frontier, (-p, tie, child, index, token))
-                    tie += 1
+                    heapq.heappush(frontier, (-p, index, token, after))
 
-        push(node, 1.0, -1)
+        push(position, 1.0, -1)
         while frontier and len(tokens) < budget:
-            neg_prob, _, at, parent, token = heapq.heappop(frontier)
+            neg_prob, parent, token, at = heapq.heappop(frontier)
             tokens.append(token)
             parents.append(parent)
             score -= neg_prob

@@ -21,6 +21,14 @@ from decodekit.speculative.config import SuffixConfig
 from decodekit.speculative.suffix_tree import Position, SuffixTree
 
 
+def _chain(parents: list[int]) -> int:
+    """Tokens on the longest root-to-leaf path of a draft tree."""
+    depth: list[int] = []
+    for parent in parents:
+        depth.append(depth[parent] + 1 if parent >= 0 else 1)
+    return max(depth, default=0)
+
+
 class SuffixTreeProposer:
     """SuffixDecoding drafts (see module docstring). The global tree lives as long as the
     proposer (one per :class:`~decodekit.api.Decoder` and config)."""
@@ -75,25 +83,33 @@ class SuffixTreeProposer:
             del self._cached[oldest]
             self.global_tree.discard(oldest)
 
-    def _draft(self, tree: SuffixTree, sequence: list[int], limit: int) -> tuple[list[int], list[int], float]:
+    def _draft(self, tree: SuffixTree, sequence: list[int], limit: int, own: int | None = None) -> tuple[list[int], list[int], float]:
         """The best-scoring draft over every match length, as SuffixDecoding scores them: a
         longer match is more specific, a shorter one has seen more continuations. Visited
-        longest first; a shorter match wins only with a strictly higher score. Skipped: every
+        longest first; a shorter match wins only with a strictly higher score (``own``: the id
+        of ``sequence`` in ``tree``, when the tree holds the whole of it). Skipped: every
         match whose budget cannot beat the best score so far (a draft scores at most its token
-        count). A shorter match with the same occurrences as a longer one is still tried: it
-        has more room below the depth limit."""
+        count), and a match with the same occurrences as the next longer one whose draft did
+        not reach the depth limit (the same continuations, with less budget; one that did reach
+        it leaves the shorter match more room below, so that one is tried)."""
         config = self.config
         # Subtle: the longest match may sit at the bottom of the depth-limited tree, leaving no
         # room for a continuation; matching at most half the depth keeps room below.
         longest = max(1, config.max_depth // 2)
         best: tuple[list[int], list[int], float] = ([], [], 0.0)
-        for matched, position in reversed(tree.matches(sequence, longest)):
+        previous = None
+        found = tree.matches(sequence, longest) if own is None else tree.own_matches(own, longest)
+        for matched, position in found:
             budget = min(config.max_tokens, limit, int(config.max_spec_factor * matched + config.max_spec_offset))
             if budget <= best[2]:
                 break  # budgets only shrink with shorter matches
+            count = tree.count_at(position)
+            if count == previous:
+                continue
             draft = self._from(tree, position, sequence, budget, longest)
             if draft[2] > best[2]:
                 best = draft
+            previous = count if _chain(draft[1]) < tree.max_depth - matched else None
         return best
 
     def _from(self, tree: SuffixTree, position: Position, sequence: list[int], budget: int, longest: int) -> tuple[list[int], list[int], float]:
@@ -105,7 +121,7 @@ class SuffixTreeProposer:
         # A path that ends at max_depth may go on in the text: match again from the extended
         # context so a long repeated span is drafted in one go.
         while tokens and len(tokens) < budget and tree.depth_at(end) == tree.max_depth:
-            again, matched = tree.match(sequence + tokens, longest)
+            again, matched = tree.match(sequence[-longest:] + tokens, longest)  # the tail is enough
             if matched == 0:
                 break
             more, more_score, prob, end = tree.best_path(again, budget - len(tokens), config.min_token_prob, prob)
@@ -120,9 +136,14 @@ class SuffixTreeProposer:
         all_tokens, all_parents = [], []
         for row, sequence, limit in zip(context.rows, context.sequences, context.limits):
             self._update(row, sequence)
-            best = self._draft(self._local[row], sequence, limit)
+            best = self._draft(self._local[row], sequence, limit, own=0)
             if not self.global_tree.empty:
-                shared = self._draft(self.global_tree, sequence, limit)
+                # the row's output is open in the global tree: once it is as long as the longest
+                # match, the context's matches there are its open suffixes
+                own = self._shared.get(row)
+                if own not in self._cached or self._sent[row] < max(1, self.config.max_depth // 2):
+                    own = None
+                shared = self._draft(self.global_tree, sequence, limit, own)
                 if shared[2] > best[2]:
                     best = shared
             all_tokens.append(best[0])

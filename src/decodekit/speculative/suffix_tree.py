@@ -61,6 +61,7 @@ class SuffixTree:
     def _reset(self) -> None:
         for name in _COLUMNS:
             setattr(self, name, array("i", [0]))
+        self._columns = tuple(getattr(self, name) for name in _COLUMNS)
         self.parent[0] = self.sibling[0] = -1
         self.first[0] = _WIDE_LIST
         self._wide: dict[int, dict[int, int]] = {0: {}}
@@ -89,11 +90,11 @@ class SuffixTree:
         values = (parent, count, length, depth, seq, end, token, -1, -1)
         if self._free:
             node = self._free.pop()
-            for name, value in zip(_COLUMNS, values):
-                getattr(self, name)[node] = value
+            for column, value in zip(self._columns, values):
+                column[node] = value
             return node
-        for name, value in zip(_COLUMNS, values):
-            getattr(self, name).append(value)
+        for column, value in zip(self._columns, values):
+            column.append(value)
         return len(self.count) - 1
 
     def _child(self, node: int, token: int) -> int:
@@ -184,6 +185,7 @@ class SuffixTree:
         suffixes, limit = self._open[sequence], self.max_depth
         count, length, depth = self.count, self.length, self.depth
         ref_seq, ref_end, token_of = self.ref_seq, self.ref_end, self.token
+        first, sibling, wide = self.first, self.sibling, self._wide
         for token in tokens:
             suffixes.append(0)  # the empty suffix, at the root
             if len(suffixes) > limit:
@@ -192,7 +194,12 @@ class SuffixTree:
             end = len(seq)
             count[0] += 1
             for i, node in enumerate(suffixes):
-                child = self._child(node, token)
+                child = first[node]  # inlined _child: this loop is the proposer's hot path
+                if child == _WIDE_LIST:
+                    child = wide[node].get(token, -1)
+                else:
+                    while child >= 0 and token_of[child] != token:
+                        child = sibling[child]
                 if child < 0:
                     if node and count[node] == 1:  # a leaf only this suffix reaches: grow it
                         length[node] += 1
@@ -219,19 +226,18 @@ class SuffixTree:
                         ref_seq[node], ref_end[node] = sequence, end
                         length[child] -= 1
                         self._rekey(node, child, self._label(child, 0))
-                else:
-                    if length[child] == 1:
-                        count[child] += 1
-                        suffixes[i] = child
-                    else:  # split the child's edge after ``token``
-                        middle = self._new(node, count[child] + 1, 1, depth[node] + 1, sequence, end, token)
-                        self._replace_child(node, child, middle)
-                        self.parent[child] = middle
-                        length[child] -= 1
-                        token_of[child] = self._label(child, 0)
-                        self.first[middle] = child
-                        self.sibling[child] = -1
-                        suffixes[i] = middle
+                elif length[child] == 1:
+                    count[child] += 1
+                    suffixes[i] = child
+                else:  # split the child's edge after ``token``
+                    middle = self._new(node, count[child] + 1, 1, depth[node] + 1, sequence, end, token)
+                    self._replace_child(node, child, middle)
+                    self.parent[child] = middle
+                    length[child] -= 1
+                    token_of[child] = self._label(child, 0)
+                    first[middle] = child
+                    sibling[child] = -1
+                    suffixes[i] = middle
 
     def close(self, sequence: int) -> None:
         """Stop extending ``sequence`` (its substrings stay in the tree)."""
@@ -310,17 +316,25 @@ class SuffixTree:
     def locate(self, tokens: Iterable[int]) -> Position | None:
         """The position of string ``tokens``, or None if it does not occur."""
         node = offset = 0
-        length = self.length
+        length, first, sibling, token_of = self.length, self.first, self.sibling, self.token
+        edge, start = None, 0  # the stored tokens of the current node's edge, from ``start``
         for token in tokens:
             if offset == length[node]:
-                node = self._child(node, token)
-                if node < 0:
+                child = first[node]
+                if child == _WIDE_LIST:
+                    child = self._wide[node].get(token, -1)
+                else:
+                    while child >= 0 and token_of[child] != token:
+                        child = sibling[child]
+                if child < 0:
                     return None
-                offset = 1
-            elif self._label(node, offset) == token:
-                offset += 1
+                node, offset, edge = child, 1, None
             else:
-                return None
+                if edge is None:
+                    edge, start = self._seqs[self.ref_seq[node]], self.ref_end[node] - length[node]
+                if edge[start + offset] != token:
+                    return None
+                offset += 1
         return node, offset
 
     def count_at(self, position: Position) -> int:
@@ -356,18 +370,32 @@ class SuffixTree:
                 high = middle - 1
         return best
 
-    def matches(self, context: list[int], longest: int) -> list[tuple[int, Position]]:
-        """``[(m, position), ...]`` for every suffix ``context[-m:]`` (``1 <= m <= longest``)
-        that occurs followed by something, shortest first. A suffix that does not occur ends
-        the list: no longer one can occur either."""
-        out = []
-        for m in range(1, min(longest, len(context), self.max_depth - 1) + 1):
+    def matches(self, context: list[int], longest: int) -> Iterator[tuple[int, Position]]:
+        """``(m, position)`` for every suffix ``context[-m:]`` (``1 <= m <= longest``) that
+        occurs followed by something, longest first, found lazily (a caller that stops early
+        pays for what it took): a binary search for the longest suffix that occurs (every
+        shorter one occurs too), then one lookup per length."""
+        low, high, top = 1, min(longest, len(context), self.max_depth - 1), 0
+        while low <= high:
+            middle = (low + high) // 2
+            if self.locate(context[-middle:]) is not None:
+                top, low = middle, middle + 1
+            else:
+                high = middle - 1
+        for m in range(top, 0, -1):
             position = self.locate(context[-m:])
-            if position is None:
-                break
             if self.continues(position):
-                out.append((m, position))
-        return out
+                yield m, position
+
+    def own_matches(self, sequence: int, longest: int) -> Iterator[tuple[int, Position]]:
+        """:meth:`matches` for a context that is the open sequence ``sequence`` itself: its
+        open suffixes are where those matches end, so no lookup is needed."""
+        suffixes, length = self._open[sequence], self.length
+        for m in range(min(longest, len(suffixes), self.max_depth - 1), 0, -1):
+            node = suffixes[len(suffixes) - m]
+            position = (node, length[node])
+            if self.continues(position):
+                yield m, position
 
     def best_path(
         self, position: Position, budget: int, min_prob: float, prob: float = 1.0
@@ -378,18 +406,29 @@ class SuffixTree:
         sum of path probabilities (the expected number of accepted tokens)."""
         tokens: list[int] = []
         score = 0.0
+        node, offset = position
+        length, count, token_of = self.length, self.count, self.token
         while len(tokens) < budget:
-            options = self._next(position)
-            if not options:
+            if offset < length[node]:  # inside an edge: its tokens follow, at the same count
+                take = min(length[node] - offset, budget - len(tokens))
+                start = self.ref_end[node] - length[node] + offset
+                tokens.extend(self._seqs[self.ref_seq[node]][start : start + take])
+                offset += take
+                score += take * prob
+                continue
+            best = -1
+            for child in self.children(node):
+                if best < 0 or count[child] > count[best] or count[child] == count[best] and token_of[child] < token_of[best]:
+                    best = child
+            if best < 0:
                 break
-            token, after, count = max(options, key=lambda o: (o[2], -o[0]))
-            next_prob = prob * count / self.count[position[0]]
+            next_prob = prob * count[best] / count[node]
             if next_prob < min_prob:
                 break
-            prob, position = next_prob, after
-            tokens.append(token)
+            prob, node, offset = next_prob, best, 1
+            tokens.append(token_of[best])
             score += prob
-        return tokens, score, prob, position
+        return tokens, score, prob, (node, offset)
 
     def best_tree(
         self, position: Position, budget: int, min_prob: float

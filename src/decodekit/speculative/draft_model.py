@@ -144,15 +144,9 @@ class DraftModelProposer:
             token, dist = self._choose(last, context.rows, positions)
             tokens.append(token)
             probs.append(dist)
-            if j + 1 < k:
-                last = self.draft.verify(
-                    state, token[:, None], torch.full((rows, 1), -1, device=device)
-                )[:, 0]
-                self.draft.keep(
-                    state,
-                    torch.zeros((rows, 1), dtype=torch.long, device=device),
-                    torch.ones(rows, dtype=torch.long, device=device),
-                )
+            if j + 1 < k:  # one plain step (a one-token block, without the block machinery)
+                self.draft.advance(state, None, token)
+                last = state.logits
         self.forward_count += k
         self._fed_draft = k - 1
         for row, sequence in zip(context.rows, context.sequences):

@@ -217,8 +217,9 @@ class SpeculativeDecoding:
             )
             parents = torch.where(valid, parents, 0)  # padding hangs off the root, never accepted
             raw = model.verify(state, inputs, parents)
-            # NaN, +inf or all -inf logits at a node that could be emitted (see engine)
-            nonfinite = (~torch.isfinite(torch.logsumexp(raw, -1)) & valid).any(-1)
+            # NaN, +inf or all -inf logits at a node that could be emitted: the maximum is
+            # NaN, +inf or -inf exactly then (as the engine's log-normaliser, without the exp)
+            nonfinite = (~torch.isfinite(raw.amax(-1)) & valid).any(-1)
             logits = self._process_block(raw, live, sequences, row_prompts, inputs, parents, valid)
             if self.constraint is not None:
                 produced = [len(self.out[r]) for r in live]

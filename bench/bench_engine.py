@@ -33,14 +33,18 @@ clock = CLOCKS["wall"]
 
 
 def timed(fn):
+    """Seconds ``fn`` takes (on a GPU: until the device has finished its queued work)."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
+    synchronize()
     start = clock()
     out = fn()
+    synchronize()
     return clock() - start, out
 
 
 def run(model, prompt: list[int], strategy: str, beams: int, new_tokens: int, repeats: int) -> dict:
-    decoder = decodekit.load(model)
-    ids = torch.tensor([prompt])
+    decoder = decodekit.load(model, device=model.device)
+    ids = torch.tensor([prompt], device=model.device)
     hf_kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                      num_beams=beams, attention_mask=torch.ones_like(ids), pad_token_id=0)
     config = decodekit.Greedy() if strategy == "greedy" else decodekit.BeamSearch(num_beams=beams)
@@ -65,6 +69,8 @@ def main() -> None:
     parser.add_argument("--beams", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (wall clock, synchronised)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: elapsed time; cpu: process CPU time (steadier on a busy machine, use with --threads 1)")
     args = parser.parse_args()
@@ -76,6 +82,7 @@ def main() -> None:
         model = random_gpt2()
     else:
         model = decodekit.load(args.model).model.model
+    model = model.to(args.device, getattr(torch, args.dtype))
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(0)
     rows = []
@@ -85,7 +92,7 @@ def main() -> None:
         prompt = torch.randint(3, vocab, (length,), generator=generator).tolist()
         rows.append(run(model, prompt, "greedy", 1, args.new_tokens, args.repeats))
         rows.append(run(model, prompt, "beam", args.beams, args.new_tokens, args.repeats))
-    print(f"model: {args.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+    print(f"model: {args.model} on {args.device} in {args.dtype}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"{args.new_tokens} new tokens, torch threads {torch.get_num_threads()}, {args.clock} clock, median of {args.repeats}")
     print()
     print("| strategy | prompt | transformers (s) | decodekit (s) | ratio | same output |")

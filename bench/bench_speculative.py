@@ -104,9 +104,16 @@ def open_tasks(
     return tasks
 
 
+DEVICE = "cpu"
+
+
 def clock() -> float:
     """CPU seconds of this process: with one torch thread this is the compute a method needs,
-    and unlike wall time it hardly moves when other jobs load the shared machine."""
+    and unlike wall time it hardly moves when other jobs load the shared machine. On a GPU
+    (``--device cuda``): wall seconds after the device has finished its queued work."""
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
+        return time.perf_counter()
     return time.process_time()
 
 
@@ -162,7 +169,7 @@ def run_transformers(model, tasks, counter, eos: int | None, pad: int, **kwargs)
 def _generate_all(model, tasks, eos: int | None, pad: int, **kwargs) -> list[list[int]]:
     outputs = []
     for task in tasks:
-        ids = torch.tensor([task.prompt])
+        ids = torch.tensor([task.prompt], device=model.device)
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
@@ -255,7 +262,7 @@ def floors(rows: dict[str, Row], wanted: list[tuple[str, float]]) -> None:
         print(f"- {label}: {speedup:.2f}x plain greedy, floor {floor}x: {'met' if speedup >= floor else 'NOT met'}")
 
 
-def tiny_models():
+def tiny_models(device: str = "cpu"):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from decodekit.models import embedded_model_path
@@ -280,7 +287,7 @@ def tiny_models():
         )
         return LlamaForCausalLM(config).eval()
 
-    return decodekit.load(llama(0, 128, 4), tokenizer), llama(1, 64, 1)
+    return decodekit.load(llama(0, 128, 4), tokenizer, device=device), llama(1, 64, 1).to(device)
 
 
 def main() -> None:
@@ -297,19 +304,22 @@ def main() -> None:
     parser.add_argument("--open-context", type=int, default=384)
     parser.add_argument("--open-new", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to run every model on the GPU")
     parser.add_argument(
         "--repeats", type=int, default=3, help="timings are the best of this many rounds (methods take turns)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
     from decodekit.models import held_out_files, stdlib_root
 
     if args.tiny:
-        target, draft_hf = tiny_models()
+        target, draft_hf = tiny_models(args.device)
         draft_config = DraftModelConfig(model=draft_hf, num_tokens=4)
     else:
-        target = decodekit.load("stdlib-code")
-        draft = decodekit.load("stdlib-code-draft")
+        target = decodekit.load("stdlib-code", device=args.device)
+        draft = decodekit.load("stdlib-code-draft", device=args.device)
         draft_hf = draft.model.model
         draft_config = DraftModelConfig(model=draft.model, num_tokens=4)
     counter = ForwardCounter(target.model, target.model.model)
@@ -328,7 +338,7 @@ def main() -> None:
     ]
     tokenizer = target.tokenizer
     print(
-        f"threads={args.threads}; times are CPU seconds of this process (best of {args.repeats} rounds, methods taking turns); "
+        f"device={args.device}; threads={args.threads}; times are {'CPU' if args.device == 'cpu' else 'wall'} seconds of this process (best of {args.repeats} rounds, methods taking turns); "
         f"target={'tiny random Llama' if args.tiny else 'stdlib-code'}; target forwards counted by decodekit's adapter and, for transformers, by a hook on the module\n"
     )
     edit = edit_tasks(tokenizer, sources, args.prompts, args.edit_tokens)

@@ -109,6 +109,7 @@ def hf_generate(model, prompt_batch: list[list[int]], **kwargs):
             ids[row, : len(p)], mask[row, : len(p)] = torch.tensor(p), 1
         else:
             ids[row, width - len(p) :], mask[row, width - len(p) :] = torch.tensor(p), 1
+    ids, mask = ids.to(model.device), mask.to(model.device)
     with torch.no_grad():
         return model.generate(
             input_ids=ids, attention_mask=mask, pad_token_id=PAD, eos_token_id=EOS,

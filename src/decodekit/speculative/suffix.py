@@ -58,7 +58,7 @@ class SuffixTreeProposer:
         self._shared, self._sent = {}, dict.fromkeys(range(len(prompts)), 0)
         if self.config.max_cached_requests:
             for row in range(len(prompts)):
-                self._added += 1
+                self._added = (self._added + 1) % (1 << 31)  # ids fit the int32 columns; the live ones are far apart
                 self._shared[row] = self._added
                 self._cached[self._added] = None
             self._evict()

@@ -66,6 +66,9 @@ def tree_ancestors(parents: torch.Tensor) -> torch.Tensor:
     precede children) -> ``(rows, n, n)`` bool, ``[r, i, j]`` true when token ``j`` is token
     ``i`` or one of its ancestors. A token's depth in its tree is ``ancestors.sum(-1) - 1``."""
     rows, n = parents.shape
+    chain = torch.arange(-1, n - 1, device=parents.device)
+    if torch.equal(parents, chain.expand(rows, n)):  # chain drafts, the common case: no products
+        return torch.ones(n, n, dtype=torch.bool, device=parents.device).tril().expand(rows, n, n)
     eye = torch.eye(n, dtype=torch.bool, device=parents.device).expand(rows, n, n)
     parent_of = torch.zeros((rows, n, n + 1), dtype=torch.float32, device=parents.device)
     parent_of.scatter_(2, torch.where(parents >= 0, parents, n)[:, :, None], 1.0)

@@ -74,8 +74,10 @@ class BlockSteps:
         extra = state.extra
         start, _ = extra.pop("block")
         rows, m = index.shape
+        # a chain's accepted path is the block's first slots, already in place: nothing to move
+        moved = not torch.equal(index, torch.arange(m, device=index.device).expand(rows, m))
         for layer in extra["cache"].layers:
-            for name in ("_key_buffer", "_value_buffer"):
+            for name in ("_key_buffer", "_value_buffer") if moved else ():
                 buffer = getattr(layer, name)
                 gather = (start + index)[:, None, :, None].expand(rows, buffer.shape[1], m, buffer.shape[3])
                 buffer[:, :, start : start + m] = torch.gather(buffer, 2, gather)

@@ -66,8 +66,10 @@ def tree_ancestors(parents: torch.Tensor) -> torch.Tensor:
     precede children) -> ``(rows, n, n)`` bool, ``[r, i, j]`` true when token ``j`` is token
     ``i`` or one of its ancestors. A token's depth in its tree is ``ancestors.sum(-1) - 1``."""
     rows, n = parents.shape
+    # Chain drafts, the common case, need no products. The check reads the tensor, so only on
+    # the CPU, where that costs no device sync.
     chain = torch.arange(-1, n - 1, device=parents.device)
-    if torch.equal(parents, chain.expand(rows, n)):  # chain drafts, the common case: no products
+    if parents.device.type == "cpu" and torch.equal(parents, chain.expand(rows, n)):
         return torch.ones(n, n, dtype=torch.bool, device=parents.device).tril().expand(rows, n, n)
     eye = torch.eye(n, dtype=torch.bool, device=parents.device).expand(rows, n, n)
     parent_of = torch.zeros((rows, n, n + 1), dtype=torch.float32, device=parents.device)

@@ -75,7 +75,8 @@ class BlockSteps:
         start, _ = extra.pop("block")
         rows, m = index.shape
         # a chain's accepted path is the block's first slots, already in place: nothing to move
-        moved = not torch.equal(index, torch.arange(m, device=index.device).expand(rows, m))
+        # (checked on the CPU only, where reading the path costs no device sync)
+        moved = index.device.type != "cpu" or not torch.equal(index, torch.arange(m, device=index.device).expand(rows, m))
         for layer in extra["cache"].layers:
             for name in ("_key_buffer", "_value_buffer") if moved else ():
                 buffer = getattr(layer, name)

@@ -41,10 +41,8 @@ class SuffixTreeProposer:
         self._cached: dict[int, None] = {}  # ids of the outputs in the global tree, oldest first
         self._added = 0
         self._local: dict[int, SuffixTree] = {}
-        self._fed: dict[int, int] = {}  # row -> tokens already in its local tree
         self._prompt_length: dict[int, int] = {}
         self._shared: dict[int, int] = {}  # row -> its output's id in the global tree
-        self._sent: dict[int, int] = {}  # row -> output tokens already in the global tree
 
     def begin(
         self,
@@ -53,9 +51,8 @@ class SuffixTreeProposer:
         generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
         self._local = {row: SuffixTree(self.config.max_depth) for row in range(len(prompts))}
-        self._fed = dict.fromkeys(range(len(prompts)), 0)
         self._prompt_length = {row: len(prompt) for row, prompt in enumerate(prompts)}
-        self._shared, self._sent = {}, dict.fromkeys(range(len(prompts)), 0)
+        self._shared = {}
         if self.config.max_cached_requests:
             for row in range(len(prompts)):
                 self._added = (self._added + 1) % (1 << 31)  # ids fit the int32 columns; the live ones are far apart
@@ -64,18 +61,18 @@ class SuffixTreeProposer:
             self._evict()
 
     def _update(self, row: int, sequence: list[int]) -> None:
-        fed = self._fed[row]
-        if fed < len(sequence):
-            self._local[row].extend(0, sequence[fed:])
-            self._fed[row] = len(sequence)
+        local = self._local[row]
+        if local.stored_tokens < len(sequence):
+            local.extend(0, sequence[local.stored_tokens :])
             self._share(row, sequence[self._prompt_length[row] :])
 
     def _share(self, row: int, output: list[int]) -> None:
         """Append the row's output tokens not yet in the global tree (unless it was evicted)."""
-        sequence, sent = self._shared.get(row), self._sent[row]
-        if sequence in self._cached and len(output) > sent:
-            self.global_tree.extend(sequence, output[sent:])
-            self._sent[row] = len(output)
+        sequence = self._shared.get(row)
+        if sequence in self._cached:
+            sent = self.global_tree.length_of(sequence)
+            if len(output) > sent:
+                self.global_tree.extend(sequence, output[sent:])
 
     def _evict(self) -> None:
         while len(self._cached) > self.config.max_cached_requests:
@@ -141,7 +138,7 @@ class SuffixTreeProposer:
                 # the row's output is open in the global tree: once it is as long as the longest
                 # match, the context's matches there are its open suffixes
                 own = self._shared.get(row)
-                if own not in self._cached or self._sent[row] < max(1, self.config.max_depth // 2):
+                if own not in self._cached or self.global_tree.length_of(own) < max(1, self.config.max_depth // 2):
                     own = None
                 shared = self._draft(self.global_tree, sequence, limit, own)
                 if shared[2] > best[2]:
@@ -160,4 +157,4 @@ class SuffixTreeProposer:
             if row in self._shared:
                 self._share(row, output)
                 self.global_tree.close(self._shared[row])
-        self._local, self._fed, self._shared, self._sent = {}, {}, {}, {}
+        self._local, self._shared = {}, {}

@@ -81,6 +81,10 @@ class SuffixTree(TreeSearch):
         """Tokens of the live (not removed) sequences: one suffix starts at each of them."""
         return self.count[0]
 
+    def length_of(self, sequence: int) -> int:
+        """Tokens of sequence ``sequence`` (0 if the tree does not hold it)."""
+        return 0 if sequence in self._removed else len(self._seqs.get(sequence, ()))
+
     # -- structure ------------------------------------------------------------------------------
 
     def _new(self, parent: int, count: int, length: int, depth: int, seq: int, end: int, token: int) -> int:

@@ -28,10 +28,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from decodekit.engine.checks import check_group, check_prompts
-from decodekit.engine.group import PlainGroup, SpeculativeGroup, deliver, deliver_error
+from decodekit.engine.group import PlainGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.placement import place, pool_key, prefill
 from decodekit.engine.request import AbortedError, Request, RequestHandle, same_group
+from decodekit.engine.speculative import SpeculativeGroup
 from decodekit.engine.step import Clock, Partition, drop_aborted, step_partitions
 from decodekit.errors import ConfigError
 
@@ -40,8 +41,10 @@ class Engine:
     """Owns a :class:`~decodekit.model.base.LanguageModel` and decodes every request submitted
     to it. ``max_rows``: rows admitted at once (a larger group still runs, alone).
     ``proposers``: speculative proposers kept (least recently used dropped first); each is
-    keyed by its full config and used by one group at a time, so cross-request state (a global
-    suffix tree, a successor matrix) is never shared by two decodings at once."""
+    keyed by its full config and driven by one speculative run at a time, so cross-request
+    state (a global suffix tree, a successor matrix) is never shared by two decodings at once;
+    later requests with the same config join that run where it allows
+    (:mod:`decodekit.engine.speculative`), else wait for it."""
 
     def __init__(self, model, *, max_rows: int = 256, proposers: int = 4):
         self.model, self.max_rows, self.max_proposers = model, max_rows, proposers
@@ -174,7 +177,7 @@ class Engine:
         self._partitions = drop_aborted(self.model, self._partitions)
         still = []
         for group in self._speculative:
-            if all(h.done for h in group.handles):
+            if any(h.done for h in group.handles) and group.prune():
                 self._busy.discard(group.key)
             else:
                 still.append(group)
@@ -350,12 +353,20 @@ class Engine:
             place(self.model, self._partitions, groups, state)
 
     def _admit_speculative(self, handles: list[RequestHandle]) -> bool:
-        """Start a speculative group if its proposer is free (else it stays queued)."""
+        """Start a speculative group if its proposer is free, or join the running group that
+        holds it where it accepts these requests; else they stay queued."""
         from decodekit.speculative import make_proposer
 
         key = handles[0].request.strategy.speculative
         if key in self._busy:
-            return False
+            group = next((g for g in self._speculative if g.key == key), None)
+            if group is None or not group.accepts(handles):
+                return False
+            try:
+                group.join(handles)
+            except Exception as error:  # these requests fail alone; the run goes on
+                deliver_error(handles, model_error(self.model, "prefill", error))
+            return True
         try:
             if key not in self._proposers:
                 self._proposers[key] = make_proposer(key, self.model)

@@ -3,9 +3,8 @@
 A :class:`PlainGroup` is a contiguous block of rows in a shared model state: its requests share
 one strategy config, options and processors, so the strategy's ``step`` decides for all of them
 at once (vectorised, ``(rows, vocab)``). Each request keeps its own random generator, so its
-draws do not depend on its neighbours. A :class:`SpeculativeGroup` runs the speculative
-draft-and-verify step of :mod:`decodekit.speculative.loop` for its requests, one step per engine
-step, in a state of its own.
+draws do not depend on its neighbours. Speculative requests are decoded by
+:class:`~decodekit.engine.speculative.SpeculativeGroup`.
 
 Both follow one protocol, used by :mod:`decodekit.engine.step` and :class:`~decodekit.engine.core.Engine`:
 ``decide(logits)`` (plain) or ``advance()`` (speculative), then ``settle(flags)``, then
@@ -269,60 +268,3 @@ class PlainGroup:
         hypotheses = self.search.finish()
         processors = tuple(self.extra_processors)
         return [RequestOutput(h, None, processors, self.search.scores_are_logprobs) for h in hypotheses]
-
-
-class SpeculativeGroup:
-    """Requests decoded speculatively (greedy or sampling with ``strategy.speculative``): one
-    draft-and-verify step per engine step. ``proposer`` is the engine's, held exclusively
-    while this group runs (cross-request state such as a global suffix tree stays on it)."""
-
-    def __init__(self, model, handles: list[RequestHandle], proposer):
-        from decodekit.speculative import speculative_run
-
-        first = handles[0].request
-        self.handles = handles
-        self.options = first.options
-        device = getattr(model, "device", torch.device("cpu"))
-        generators = tuple(request_generator(h.request, device) for h in handles)
-        self.processors = tuple(first.processors()) if first.processors is not None else ()
-        self.run = speculative_run(
-            model,
-            [h.request.prompt for h in handles],
-            first.strategy,
-            self.options,
-            proposer,
-            generators=generators,
-            stop_check=first.stop_check if self.options.stop else None,
-            constraint=self.processors[0] if self.processors else None,
-        )
-        self.rows = len(handles) * self.run.width
-        self.streaming = any(h.request.stream for h in handles)
-        self._steps = self.run.steps()
-        self._shown = None
-        self.error: BaseException | None = None
-
-    def advance(self) -> bool:
-        """One speculative step (the first call prefills). True when the group has finished."""
-        try:
-            next(self._steps)
-        except StopIteration:
-            return True
-        if self.streaming:
-            self._emit()
-        return False
-
-    def _emit(self) -> None:
-        run, width = self.run, self.run.width
-        if self._shown is None:
-            self._shown, self._closed = [0] * len(run.out), [False] * len(run.out)
-        for r, out in enumerate(run.out):
-            shown, reason = self._shown[r], run.reason[r]
-            if self._closed[r] or (shown == len(out) and reason is None):
-                continue
-            event = EngineEvent("tokens", r % width, shown, tuple(out[shown:]), tuple(run.logprobs[r][shown:]), reason)
-            self.handles[r // width]._emit(event)
-            self._shown[r], self._closed[r] = len(out), reason is not None
-
-    def outputs(self) -> list[RequestOutput]:
-        hypotheses, stats = self.run._hypotheses(), self.run._stats()
-        return [RequestOutput(h, s, self.processors) for h, s in zip(hypotheses, stats)]

@@ -120,6 +120,12 @@ class Proposer(Protocol):
     Lifecycle of one decoding call: :meth:`begin` with every row's prompt, then per step
     :meth:`propose` and :meth:`observe`, then :meth:`finish` with every row's output. State
     that outlives a call (a global suffix tree, a successor matrix) stays on the proposer.
+
+    A proposer whose class sets ``joins = True`` also takes rows in and out of a running call
+    (continuous batching): ``join(rows, prompts, generators)`` starts rows with ids new to
+    the call, and ``leave(rows, outputs)`` (optional for any proposer) ends rows that
+    finished, before :meth:`finish`. Its drafts must not change what a row emits (they are
+    deterministic), so a joined row's tokens are those it would have alone.
     """
 
     name: str

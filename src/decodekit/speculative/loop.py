@@ -9,9 +9,15 @@ Per step, for all live rows at once:
 4. the target cache keeps the last token and the accepted path (:meth:`keep`); rows that
    kept fewer leave masked holes, squeezed out now and then (:meth:`compact`), so a row's
    output never depends on the other rows of the batch;
-5. rows that reached EOS, ``max_new_tokens`` or a stop string leave the batch.
+5. rows that reached EOS, their ``max_new_tokens`` or a stop string leave the batch.
 
 One host sync per step (the accepted tokens, which the proposers need as Python lists).
+
+Rows have ids that never repeat within a run. A run is *joinable* when nothing in it depends
+on the batch's composition (no processors, no constraint, a proposer that takes rows in and
+out, a model whose states merge): then later requests' rows :meth:`~SpeculativeDecoding.admit`
+into the running state between steps (continuous batching), each with its own length limit,
+stop check and generator, and a row's tokens are the same as alone.
 """
 
 from __future__ import annotations
@@ -56,8 +62,8 @@ class SpeculationStats:
 
 
 class SpeculativeDecoding:
-    """One speculative decoding call over ``rows`` independent rows (``prompts`` repeated
-    ``width`` times for ``n`` samples). ``warp`` None means greedy."""
+    """One speculative decoding run: ``prompts`` repeated ``width`` times (``n`` samples),
+    then any rows admitted later (:attr:`joinable` runs). ``warp`` None means greedy."""
 
     def __init__(
         self,
@@ -94,21 +100,48 @@ class SpeculativeDecoding:
         # children of one stochastic draft node the verifier tries (recursive rejection
         # sampling of a draft model's tree): each needs its own number per output position
         self.siblings = siblings
+        # per row id: tokens and log-probs so far, finish reason, counters, limits
+        self.out: dict[int, list[int]] = {}
+        self.logprobs: dict[int, list[float]] = {}
+        self.reason: dict[int, str | None] = {}
+        self.failed: dict[int, int] = {}  # row -> output position of its non-finite logits
+        self.forwards: dict[int, int] = {}
+        self.drafted: dict[int, int] = {}
+        self.accepted: dict[int, int] = {}
+        self.sequences: dict[int, list[int]] = {}  # prompt + output
+        self.row_prompts: dict[int, list[int]] = {}
+        self.limit: dict[int, int] = {}
+        self.stops: dict[int, object] = {}
+        self.state = None
+        self.live: list[int] = []  # row ids, in the state's row order
+        self.uniforms: torch.Tensor | None = None  # the live rows' numbers, in live order
+        self._next = 0
+        self._begun = self._ended = False
+
+    @property
+    def joinable(self) -> bool:
+        """Whether rows may :meth:`admit` into this run while it decodes."""
+        return (
+            self.processors is None
+            and self.constraint is None
+            and bool(getattr(self.proposer, "joins", False))
+            and bool(getattr(self.model, "can_merge", False))
+        )
 
     def _padded(self, tokens: list[int], prompt: list[int]) -> list[int]:
         """A history as plain decoding's processors see it: the prompt left-padded with -1 to
         the group's prompt length, then the generated tokens."""
         return [-1] * (self.prompt_pad - len(prompt)) + tokens
 
-    def _process_first(self, logits: torch.Tensor) -> torch.Tensor:
+    def _process_first(self, logits: torch.Tensor, prompts, width: int) -> torch.Tensor:
         if self.processors is None:
             return logits
         rows = logits.shape[0]
-        history = [self._padded(self.prompts[r // self.width], self.prompts[r // self.width]) for r in range(rows)]
+        history = [self._padded(prompts[r // width], prompts[r // width]) for r in range(rows)]
         ids = torch.tensor(history, dtype=torch.long, device=logits.device)
         return self.processors(ids, logits.clone())
 
-    def _process_block(self, logits, live, sequences, row_prompts, inputs, parents, valid) -> torch.Tensor:
+    def _process_block(self, logits, live, inputs, parents, valid) -> torch.Tensor:
         """``(rows, n, V)`` block logits -> processed, each valid node with the history of its
         path (row tokens, then the draft tokens from the root to the node). Nodes are grouped by
         history length, one processor call per length."""
@@ -119,7 +152,7 @@ class SpeculativeDecoding:
         tokens, valid = inputs.tolist(), valid.tolist()
         by_length: dict[int, list[tuple[int, int, list[int]]]] = {}
         for i, r in enumerate(live):
-            base = self._padded(sequences[r], row_prompts[r])
+            base = self._padded(self.sequences[r], self.row_prompts[r])
             for j in range(n):
                 if not valid[i][j]:
                     continue
@@ -135,144 +168,208 @@ class SpeculativeDecoding:
             out[index_i, index_j] = self.processors(ids, logits[index_i, index_j])
         return out
 
-    def _first_tokens(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.warp is None:
-            return logits.argmax(-1)
-        return inverse_cdf(self.warp(logits).softmax(-1), self.uniforms[:, 0, 0])
-
-    def _block_uniforms(self, live: list[int], n: int) -> torch.Tensor:
+    def _block_uniforms(self, n: int) -> torch.Tensor:
         """``(live, n, 1 + siblings)``: the numbers of each live row's next ``n`` output
         positions."""
         device = self.uniforms.device
-        start = torch.tensor([len(self.out[r]) for r in live], device=device)
-        positions = (start[:, None] + torch.arange(n, device=device)).clamp(max=self.max_new)
-        rows = torch.tensor(live, device=device)[:, None]
+        start = torch.tensor([len(self.out[r]) for r in self.live], device=device)
+        positions = (start[:, None] + torch.arange(n, device=device)).clamp(max=self.uniforms.shape[1] - 1)
+        rows = torch.arange(len(self.live), device=device)[:, None]
         return self.uniforms[rows, positions]
+
+    def _numbers(self, width: int, max_new: int, generators, device) -> torch.Tensor:
+        """Two U[0, 1) numbers per row and output position (see verify.accept_sampling), each
+        prompt's from its own generator, then one per extra sibling tried."""
+        shape = (width, max_new + 1, 2)
+        numbers = torch.cat([torch.rand(shape, generator=g, device=device) for g in generators])
+        if self.siblings > 1:  # after the first two, so those stay what they always were
+            shape = (width, max_new + 1, self.siblings - 1)
+            more = [torch.rand(shape, generator=g, device=device) for g in generators]
+            numbers = torch.cat([numbers, torch.cat(more)], -1)
+        return numbers
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def admit(self, prompts, width: int, max_new_tokens: int, generators=(), stop_check=None) -> list[int]:
+        """Prefill ``prompts`` (each ``width`` rows), choose their first tokens and let the rows
+        that go on join the running state. Returns the new row ids, prompt-major. Raises
+        :class:`NumericalError` (changing nothing) if a prompt's logits are not finite."""
+        if self._begun and not self.joinable:
+            raise RuntimeError("this speculative run takes no more rows")
+        model = self.model
+        generators = tuple(generators) or (None,) * len(prompts)
+        state = model.start(prompts, max_new_tokens + self.max_draft + 2)
+        device = state.logits.device
+        count = len(prompts) * width
+        numbers = self._numbers(width, max_new_tokens, generators, device) if self.warp is not None else None
+        if width > 1:
+            model.select(state, torch.arange(len(prompts), device=device).repeat_interleave(width))
+        bad = ~torch.isfinite(torch.logsumexp(state.logits, -1))  # NaN, +inf or all -inf
+        if bool(bad.any()):
+            raise NumericalError(step=0, row=int(bad.nonzero()[0]))
+        logits = self._process_first(state.logits, prompts, width)
+        if self.constraint is not None:
+            logits = self.constraint.first(logits)
+        first = logits.argmax(-1) if self.warp is None else inverse_cdf(self.warp(logits).softmax(-1), numbers[:, 0, 0])
+        first_logprob = logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
+        rows = list(range(self._next, self._next + count))
+        self._next += count
+        for i, (r, token, logprob) in enumerate(zip(rows, first.tolist(), first_logprob.tolist())):
+            prompt = list(prompts[i // width])
+            self.row_prompts[r], self.out[r], self.logprobs[r] = prompt, [token], [logprob]
+            self.sequences[r] = prompt + [token]
+            self.reason[r], self.limit[r], self.stops[r] = None, max_new_tokens, stop_check
+            self.forwards[r] = self.drafted[r] = self.accepted[r] = 0
+        if self.constraint is not None:
+            self.constraint.consume(rows, [self.out[r][0] for r in rows])
+        for r in rows:
+            self._check_finished(r, 1)
+        row_generators = tuple(g for g in generators for _ in range(width))
+        if self._begun:
+            self.proposer.join(rows, [self.row_prompts[r] for r in rows], row_generators)
+        else:
+            self.proposer.begin([self.row_prompts[r] for r in rows], self.warp, row_generators)
+            self._begun = True
+        going = [i for i, r in enumerate(rows) if self.reason[r] is None]
+        self._left([r for r in rows if self.reason[r] is not None])
+        if going:
+            if len(going) < count:
+                index = torch.tensor(going, dtype=torch.long, device=device)
+                model.select(state, index)
+                numbers = numbers.index_select(0, index) if numbers is not None else None
+            self.state = state if self.state is None else model.merge(self.state, state)
+            self.live += [rows[i] for i in going]
+            if numbers is not None:
+                self.uniforms = numbers if self.uniforms is None else _stack_padded(self.uniforms, numbers)
+        return rows
+
+    def drop(self, rows: list[int]) -> None:
+        """Rows whose request was aborted leave the batch now (their outputs are kept)."""
+        gone = set(rows) & set(self.live)
+        for r in gone:
+            self.reason[r] = "aborted"
+        if gone:
+            self._keep_live([i for i, r in enumerate(self.live) if r not in gone])
+            self._left(sorted(gone))
+
+    def forget(self, rows: list[int]) -> None:
+        """Delivered rows: drop everything the run kept about them."""
+        for r in rows:
+            for table in (self.out, self.logprobs, self.reason, self.failed, self.forwards, self.drafted,
+                          self.accepted, self.sequences, self.row_prompts, self.limit, self.stops):
+                table.pop(r, None)
+
+    def _keep_live(self, still: list[int]) -> None:
+        """Keep the live rows at positions ``still`` (in the state and the numbers)."""
+        if len(still) == len(self.live):
+            return
+        live = [self.live[i] for i in still]
+        if live:
+            index = torch.tensor(still, dtype=torch.long, device=self.state.logits.device)
+            self.model.select(self.state, index)
+            if self.uniforms is not None:
+                self.uniforms = self.uniforms.index_select(0, index)
+        else:
+            self.state, self.uniforms = None, None
+        self.live = live
+
+    def _left(self, rows: list[int]) -> None:
+        """Tell a proposer that takes rows out which rows have finished."""
+        if rows and hasattr(self.proposer, "leave"):
+            self.proposer.leave(rows, [self.out[r] for r in rows])
+
+    def end(self) -> None:
+        """End the run: the proposer's ``finish`` with every row's output still kept."""
+        if self._begun and not self._ended:
+            self._ended = True
+            self.proposer.finish([self.out.get(r, []) for r in range(self._next)])
+
+    # -- decoding -------------------------------------------------------------------------------
 
     def run(self) -> tuple[list[list[Hypothesis]], list[SpeculationStats]]:
         """Decode to the end; each prompt's hypotheses and statistics."""
         for _ in self.steps():
-            pass
+            if self.failed:
+                row, step = next(iter(self.failed.items()))
+                raise NumericalError(step=step, row=row)
         return self._hypotheses(), self._stats()
 
     def steps(self):
         """Decode step by step: yields after the prefill and after every verification step
         (the engine interleaves these steps with its other requests). ``self.out[r]`` holds
         row ``r``'s tokens so far; ``self.reason[r]`` is set once the row has finished."""
-        model, width = self.model, self.width
-        state = model.start(self.prompts, self.max_new + self.max_draft + 2)
-        device = state.logits.device
-        rows = len(self.prompts) * width
-        if self.warp is not None:
-            # two U[0, 1) numbers per row and output position (see verify.accept_sampling),
-            # each prompt's from its own generator
-            shape = (width, self.max_new + 1, 2)
-            self.uniforms = torch.cat(
-                [torch.rand(shape, generator=g, device=device) for g in self.generators]
-            )
-            if self.siblings > 1:  # after the first two, so those stay what they always were
-                shape = (width, self.max_new + 1, self.siblings - 1)
-                more = [torch.rand(shape, generator=g, device=device) for g in self.generators]
-                self.uniforms = torch.cat([self.uniforms, torch.cat(more)], -1)
-        if width > 1:
-            model.select(
-                state, torch.arange(len(self.prompts), device=device).repeat_interleave(width)
-            )
-        bad = ~torch.isfinite(torch.logsumexp(state.logits, -1))  # NaN, +inf or all -inf
-        if bool(bad.any()):
-            raise NumericalError(step=0, row=int(bad.nonzero()[0]))
-        first_logits = self._process_first(state.logits)
-        if self.constraint is not None:
-            first_logits = self.constraint.first(first_logits)
-        first = self._first_tokens(first_logits)
-        first_logprob = first_logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
-        row_prompts = [list(self.prompts[r // width]) for r in range(rows)]
-        self.out = [[t] for t in first.tolist()]
-        if self.constraint is not None:
-            self.constraint.consume(list(range(rows)), [o[0] for o in self.out])
-        self.logprobs = [[v] for v in first_logprob.tolist()]
-        self.reason = [None] * rows
-        self.forwards, self.drafted, self.accepted = [0] * rows, [0] * rows, [0] * rows
-        sequences = [p + o for p, o in zip(row_prompts, self.out)]
-        for r in range(rows):
-            self._check_finished(r, 1)
-        self.proposer.begin(row_prompts, self.warp, tuple(g for g in self.generators for _ in range(width)))
-        live = [r for r in range(rows) if self.reason[r] is None]
+        self.admit(self.prompts, self.width, self.max_new, self.generators, self.stop_check)
         yield
-        if len(live) < rows:
-            model.select(state, torch.tensor(live, dtype=torch.long, device=device))
-        while live:
-            limits = [min(self.max_draft, self.max_new - len(self.out[r]) - 1) for r in live]
-            context = SpeculationContext(live, [sequences[r] for r in live], limits)
-            draft = self.proposer.propose(context)
-            # Block: the last token (root), then the draft; padding and depth cuts are invalid.
-            count = len(live)
-            last = torch.tensor([sequences[r][-1] for r in live], dtype=torch.long, device=device)
-            inputs = torch.cat([last[:, None], draft.tokens.to(device)], 1)
-            parents = torch.cat(
-                [torch.full((count, 1), -1, device=device), draft.parents.to(device) + 1], 1
-            )
-            valid = torch.cat(
-                [torch.ones((count, 1), dtype=torch.bool, device=device), draft.valid.to(device)], 1
-            )
-            parents = torch.where(valid, parents, 0)  # padding hangs off the root, never accepted
-            raw = model.verify(state, inputs, parents)
-            # NaN, +inf or all -inf logits at a node that could be emitted: the maximum is
-            # NaN, +inf or -inf exactly then (as the engine's log-normaliser, without the exp)
-            nonfinite = (~torch.isfinite(raw.amax(-1)) & valid).any(-1)
-            logits = self._process_block(raw, live, sequences, row_prompts, inputs, parents, valid)
-            if self.constraint is not None:
-                produced = [len(self.out[r]) for r in live]
-                logits, valid = self.constraint.block(logits, live, produced, inputs, valid)
-            if self.warp is None:
-                acceptance = accept_greedy(logits, inputs, parents, valid)
-            else:
-                probs = draft.probs.to(device) if draft.probs is not None else None
-                uniforms = self._block_uniforms(live, inputs.shape[1])
-                acceptance = accept_sampling(
-                    logits, inputs, parents, valid, self.warp, uniforms, probs
-                )
-            model.keep(state, acceptance.path, acceptance.kept)
-            kept, bad = torch.stack([acceptance.kept, nonfinite.long()]).tolist()  # the one host sync
-            if any(bad):
-                i = bad.index(1)
-                raise NumericalError(step=len(self.out[live[i]]), row=live[i])
-            tokens, logprobs = acceptance.tokens.tolist(), acceptance.logprobs.tolist()
-            if self.constraint is not None:
-                self.constraint.keep(live, [k - 1 for k in kept], [tokens[i][kept[i] - 1] for i in range(len(live))])
-            drafted = draft.valid.sum(-1).tolist()
-            emitted: list[list[int]] = []
-            for i, r in enumerate(live):
-                new, new_logprobs = tokens[i][: kept[i]], logprobs[i][: kept[i]]
-                room = self.max_new - len(self.out[r])
-                new, new_logprobs = new[:room], new_logprobs[:room]
-                for j, token in enumerate(new):  # cut at the first EOS
-                    if token in self.eos:
-                        new, new_logprobs = new[: j + 1], new_logprobs[: j + 1]
-                        break
-                before = len(self.out[r])
-                self.out[r].extend(new)
-                self.logprobs[r].extend(new_logprobs)
-                sequences[r].extend(new)
-                self.forwards[r] += 1
-                self.drafted[r] += drafted[i]
-                self.accepted[r] += kept[i] - 1
-                self._check_finished(r, before + 1)
-                emitted.append(new)
-            self.proposer.observe(
-                Verification(live, inputs, parents, valid, logits, [k - 1 for k in kept], emitted)
-            )
-            still = [i for i, r in enumerate(live) if self.reason[r] is None]
-            if len(still) < len(live):
-                if still:
-                    model.select(state, torch.tensor(still, dtype=torch.long, device=device))
-                live = [live[i] for i in still]
-            elif live and state.extra.get("length", 0) > 2 * (
-                max(len(sequences[r]) for r in live) + 32
-            ):
-                model.compact(state)
+        while self.live:
+            self.step()
             yield
-        self.proposer.finish(self.out)
+        self.end()
+
+    def step(self) -> list[int]:
+        """One draft-and-verify step of every live row; returns the rows that finished."""
+        model, state, live = self.model, self.state, self.live
+        device = state.logits.device
+        limits = [min(self.max_draft, self.limit[r] - len(self.out[r]) - 1) for r in live]
+        context = SpeculationContext(live, [self.sequences[r] for r in live], limits)
+        draft = self.proposer.propose(context)
+        # Block: the last token (root), then the draft; padding and depth cuts are invalid.
+        count = len(live)
+        last = torch.tensor([self.sequences[r][-1] for r in live], dtype=torch.long, device=device)
+        inputs = torch.cat([last[:, None], draft.tokens.to(device)], 1)
+        parents = torch.cat([torch.full((count, 1), -1, device=device), draft.parents.to(device) + 1], 1)
+        valid = torch.cat([torch.ones((count, 1), dtype=torch.bool, device=device), draft.valid.to(device)], 1)
+        parents = torch.where(valid, parents, 0)  # padding hangs off the root, never accepted
+        raw = model.verify(state, inputs, parents)
+        # NaN, +inf or all -inf logits at a node that could be emitted: the maximum is
+        # NaN, +inf or -inf exactly then (as the engine's log-normaliser, without the exp)
+        nonfinite = (~torch.isfinite(raw.amax(-1)) & valid).any(-1)
+        logits = self._process_block(raw, live, inputs, parents, valid)
+        if self.constraint is not None:
+            produced = [len(self.out[r]) for r in live]
+            logits, valid = self.constraint.block(logits, live, produced, inputs, valid)
+        if self.warp is None:
+            acceptance = accept_greedy(logits, inputs, parents, valid)
+        else:
+            probs = draft.probs.to(device) if draft.probs is not None else None
+            uniforms = self._block_uniforms(inputs.shape[1])
+            acceptance = accept_sampling(logits, inputs, parents, valid, self.warp, uniforms, probs)
+        model.keep(state, acceptance.path, acceptance.kept)
+        kept, bad = torch.stack([acceptance.kept, nonfinite.long()]).tolist()  # the one host sync
+        tokens, logprobs = acceptance.tokens.tolist(), acceptance.logprobs.tolist()
+        if self.constraint is not None:
+            self.constraint.keep(live, [k - 1 for k in kept], [tokens[i][kept[i] - 1] for i in range(count)])
+        drafted = draft.valid.sum(-1).tolist()
+        emitted: list[list[int]] = []
+        for i, r in enumerate(live):
+            if bad[i]:  # this row fails alone; the others go on
+                self.failed[r], self.reason[r] = len(self.out[r]), "error"
+                emitted.append([])
+                continue
+            new, new_logprobs = tokens[i][: kept[i]], logprobs[i][: kept[i]]
+            room = self.limit[r] - len(self.out[r])
+            new, new_logprobs = new[:room], new_logprobs[:room]
+            for j, token in enumerate(new):  # cut at the first EOS
+                if token in self.eos:
+                    new, new_logprobs = new[: j + 1], new_logprobs[: j + 1]
+                    break
+            before = len(self.out[r])
+            self.out[r].extend(new)
+            self.logprobs[r].extend(new_logprobs)
+            self.sequences[r].extend(new)
+            self.forwards[r] += 1
+            self.drafted[r] += drafted[i]
+            self.accepted[r] += kept[i] - 1
+            self._check_finished(r, before + 1)
+            emitted.append(new)
+        self.proposer.observe(Verification(live, inputs, parents, valid, logits, [k - 1 for k in kept], emitted))
+        still = [i for i, r in enumerate(live) if self.reason[r] is None]
+        finished = [r for r in live if self.reason[r] is not None]
+        if finished:
+            self._keep_live(still)
+            self._left(finished)
+        elif state.extra.get("length", 0) > 2 * (max(len(self.sequences[r]) for r in live) + 32):
+            model.compact(state)
+        return finished
 
     def _check_finished(self, r: int, first_new: int) -> None:
         """Set row ``r``'s finish reason from its tokens ``out[r][first_new - 1:]``."""
@@ -280,41 +377,56 @@ class SpeculativeDecoding:
         if out[-1] in self.eos:
             self.reason[r] = "eos"
             return
-        if self.stop_check is not None:
+        stop_check = self.stops[r]
+        if stop_check is not None:
             for end in range(first_new, len(out) + 1):
-                if bool(self.stop_check(torch.tensor([out[:end]], dtype=torch.long))[0]):
+                if bool(stop_check(torch.tensor([out[:end]], dtype=torch.long))[0]):
                     del out[end:]
                     del self.logprobs[r][end:]
                     self.reason[r] = "stop"
                     return
-        if len(out) >= self.max_new:
+        if len(out) >= self.limit[r]:
             self.reason[r] = "length"
 
+    # -- results --------------------------------------------------------------------------------
+
+    def hypotheses(self, rows: list[int]) -> list[Hypothesis]:
+        """The hypotheses of ``rows`` (the rows of one prompt)."""
+        out = []
+        for r in rows:
+            total = float(sum(self.logprobs[r]))
+            out.append(Hypothesis(self.out[r], self.logprobs[r], total, total, self.reason[r] or "length"))
+        return out
+
+    def stats(self, rows: list[int]) -> SpeculationStats:
+        """Acceptance statistics of ``rows`` (the rows of one prompt), summed."""
+        return SpeculationStats(
+            self.proposer.name,
+            sum(self.forwards[r] for r in rows),
+            sum(self.drafted[r] for r in rows),
+            sum(self.accepted[r] for r in rows),
+            sum(len(self.out[r]) for r in rows),
+        )
+
+    def _prompt_rows(self) -> list[list[int]]:
+        w = self.width
+        return [list(range(p * w, (p + 1) * w)) for p in range(len(self.prompts))]
+
     def _hypotheses(self) -> list[list[Hypothesis]]:
-        groups = []
-        for prompt in range(len(self.prompts)):
-            group = []
-            for r in range(prompt * self.width, (prompt + 1) * self.width):
-                total = float(sum(self.logprobs[r]))
-                group.append(
-                    Hypothesis(
-                        self.out[r], self.logprobs[r], total, total, self.reason[r] or "length"
-                    )
-                )
-            groups.append(group)
-        return groups
+        return [self.hypotheses(rows) for rows in self._prompt_rows()]
 
     def _stats(self) -> list[SpeculationStats]:
-        stats = []
-        for prompt in range(len(self.prompts)):
-            rows = range(prompt * self.width, (prompt + 1) * self.width)
-            stats.append(
-                SpeculationStats(
-                    self.proposer.name,
-                    sum(self.forwards[r] for r in rows),
-                    sum(self.drafted[r] for r in rows),
-                    sum(self.accepted[r] for r in rows),
-                    sum(len(self.out[r]) for r in rows),
-                )
-            )
-        return stats
+        return [self.stats(rows) for rows in self._prompt_rows()]
+
+
+def _stack_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a`` then ``b`` along rows, the shorter one's positions padded with zeros (positions past
+    a row's own limit are never read for a token it keeps)."""
+    positions = max(a.shape[1], b.shape[1])
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == positions:
+            return x
+        return torch.cat([x, x.new_zeros(x.shape[0], positions - x.shape[1], x.shape[2])], 1)
+
+    return torch.cat([pad(a), pad(b)])

@@ -30,6 +30,7 @@ class PromptLookupProposer:
     """Chain drafts copied from the row's own context (see module docstring)."""
 
     name = "ngram"
+    joins = True  # rows may join and leave a running call (continuous batching)
 
     def __init__(self, config: PromptLookupConfig):
         self.config = config
@@ -42,9 +43,19 @@ class PromptLookupProposer:
         warp: Warp | None,
         generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
+        self._index, self._indexed = {}, {}
+        self.join(list(range(len(prompts))), prompts, generators)
+
+    def join(self, rows: list[int], prompts: list[list[int]], generators: tuple[torch.Generator | None, ...] = ()) -> None:
         sizes = range(self.config.min_ngram, self.config.max_ngram + 1)
-        self._index = {row: [{} for _ in sizes] for row in range(len(prompts))}
-        self._indexed = dict.fromkeys(range(len(prompts)), 0)
+        for row in rows:
+            self._index[row] = [{} for _ in sizes]
+            self._indexed[row] = 0
+
+    def leave(self, rows: list[int], outputs: list[list[int]]) -> None:
+        for row in rows:
+            self._index.pop(row, None)
+            self._indexed.pop(row, None)
 
     def _catch_up(self, row: int, sequence: list[int]) -> None:
         """Index every n-gram that now has a continuation (ends before the last token)."""

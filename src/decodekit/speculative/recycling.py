@@ -35,6 +35,7 @@ class TokenRecyclingProposer:
     """Tree drafts from the recycled successor matrix (see module docstring)."""
 
     name = "recycling"
+    joins = True  # no per-row state: rows may join and leave a running call
 
     def __init__(self, config: RecyclingConfig, vocab_size: int):
         self.config = config
@@ -57,6 +58,9 @@ class TokenRecyclingProposer:
         generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
         pass  # the successor matrix persists across calls by design
+
+    def join(self, rows: list[int], prompts: list[list[int]], generators: tuple[torch.Generator | None, ...] = ()) -> None:
+        pass
 
     def propose(self, context: SpeculationContext) -> Draft:
         rows, n = len(context.rows), len(self._parents)

@@ -44,21 +44,27 @@ class SuffixTreeProposer:
         self._prompt_length: dict[int, int] = {}
         self._shared: dict[int, int] = {}  # row -> its output's id in the global tree
 
+    joins = True  # rows may join and leave a running call (continuous batching)
+
     def begin(
         self,
         prompts: list[list[int]],
         warp: Warp | None,
         generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
-        self._local = {row: SuffixTree(self.config.max_depth) for row in range(len(prompts))}
-        self._prompt_length = {row: len(prompt) for row, prompt in enumerate(prompts)}
-        self._shared = {}
-        if self.config.max_cached_requests:
-            for row in range(len(prompts)):
+        self._local, self._prompt_length, self._shared = {}, {}, {}
+        self.join(list(range(len(prompts))), prompts, generators)
+
+    def join(self, rows: list[int], prompts: list[list[int]], generators: tuple[torch.Generator | None, ...] = ()) -> None:
+        """Rows ``rows`` (ids new to this call) begin with ``prompts``."""
+        for row, prompt in zip(rows, prompts):
+            self._local[row] = SuffixTree(self.config.max_depth)
+            self._prompt_length[row] = len(prompt)
+            if self.config.max_cached_requests:
                 self._added = (self._added + 1) % (1 << 31)  # ids fit the int32 columns; the live ones are far apart
                 self._shared[row] = self._added
                 self._cached[self._added] = None
-            self._evict()
+        self._evict()
 
     def _update(self, row: int, sequence: list[int]) -> None:
         local = self._local[row]
@@ -150,11 +156,18 @@ class SuffixTreeProposer:
     def observe(self, verification: Verification) -> None:
         pass  # accepted tokens reach the local trees through the next context (incremental)
 
-    def finish(self, outputs: list[list[int]]) -> None:
-        """Complete the rows' outputs in the global tree (the last tokens, never proposed
-        from) and close them."""
-        for row, output in enumerate(outputs):
+    def leave(self, rows: list[int], outputs: list[list[int]]) -> None:
+        """Rows that finished: complete their outputs in the global tree (the last tokens,
+        never proposed from) and close them."""
+        for row, output in zip(rows, outputs):
             if row in self._shared:
                 self._share(row, output)
-                self.global_tree.close(self._shared[row])
-        self._local, self._shared = {}, {}
+                self.global_tree.close(self._shared.pop(row))
+            self._local.pop(row, None)
+            self._prompt_length.pop(row, None)
+
+    def finish(self, outputs: list[list[int]]) -> None:
+        """End the call: every row still open leaves with its output."""
+        rows = [row for row in range(len(outputs)) if row in self._local]
+        self.leave(rows, [outputs[row] for row in rows])
+        self._local, self._shared, self._prompt_length = {}, {}, {}

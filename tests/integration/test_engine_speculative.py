@@ -1,0 +1,133 @@
+"""Speculative requests in the engine: later requests join the running speculative state
+(one verification forward for all of them), and each still gets what it gets alone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import decodekit
+from decodekit.engine import Engine, Request
+from decodekit.errors import NumericalError
+from decodekit.model.scripted import ScriptedModel
+from decodekit.speculative import Speculative
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return decodekit.load()
+
+
+class Counting:
+    """Wraps a model's ``verify`` to record the rows of every verification forward."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, []
+        self._verify = model.verify
+        model.verify = self
+
+    def __call__(self, state, tokens, parents):
+        self.rows.append(tokens.shape[0])
+        return self._verify(state, tokens, parents)
+
+    def close(self):
+        del self.model.verify
+
+
+def alone(model, prompt, strategy, options, seed=None):
+    (handle,) = Engine(model).submit([Request(prompt, strategy, options, seed=seed)])
+    return handle.result()
+
+
+def same(a, b) -> None:
+    assert [h.token_ids for h in a.hypotheses] == [h.token_ids for h in b.hypotheses]
+    assert [h.finish_reason for h in a.hypotheses] == [h.finish_reason for h in b.hypotheses]
+    assert [h.score for h in a.hypotheses] == pytest.approx([h.score for h in b.hypotheses], abs=1e-4)
+
+
+@pytest.mark.parametrize("proposer", ["suffix", "ngram", "recycling"])
+@pytest.mark.parametrize("kind", ["greedy", "sampling"])
+def test_later_speculative_requests_join_the_running_state_and_match_alone(embedded, proposer, kind):
+    model = embedded.model
+    speculative = Speculative(proposer)
+    if kind == "greedy":
+        strategies = [decodekit.Greedy(speculative=speculative)] * 3
+    else:  # the same sampler; seeds and n are each request's own
+        strategies = [decodekit.Sampling(seed=s, n=n, top_k=40, speculative=speculative) for s, n in ((1, 1), (2, 2), (3, 1))]
+    prompts = [embedded.encode(p) for p in ("x = 1\nx = 1\nx = 1\n", "def f(a, b):\n    return a", "import os\nimport sys\n")]
+    lengths = [40, 12, 24]
+    engine = Engine(model)
+    counter = Counting(model)
+    try:
+        handles = []
+        for prompt, strategy, length in zip(prompts, strategies, lengths):
+            handles += engine.submit([Request(prompt, strategy, decodekit.DecodeOptions(max_new_tokens=length))])
+            for _ in range(3):
+                engine.step()
+            assert len(engine._speculative) == 1 and not engine._pending  # joined, not queued
+        joined = max(counter.rows)
+        together = [h.result() for h in handles]
+    finally:
+        counter.close()
+    assert joined >= 3  # one verification forward served rows of several requests
+    for prompt, strategy, length, result in zip(prompts, strategies, lengths, together):
+        same(alone(model, prompt, strategy, decodekit.DecodeOptions(max_new_tokens=length)), result)
+        assert result.stats.generated == sum(len(h.token_ids) for h in result.hypotheses)
+    if kind == "greedy":
+        for prompt, length, result in zip(prompts, lengths, together):
+            same(alone(model, prompt, decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=length)), result)
+
+
+def test_a_request_with_other_options_waits_for_the_proposer_and_matches_alone(embedded):
+    model = embedded.model
+    strategy = decodekit.Greedy(speculative=Speculative("suffix"))
+    prompt = embedded.encode("x = 1\nx = 1\n")
+    first = decodekit.DecodeOptions(max_new_tokens=16)
+    penalised = decodekit.DecodeOptions(max_new_tokens=16, repetition_penalty=1.3)
+    engine = Engine(model)
+    (a,) = engine.submit([Request(prompt, strategy, first)])
+    engine.step()
+    (b,) = engine.submit([Request(prompt, strategy, penalised)])
+    engine.step()
+    assert len(engine._pending) == 1  # processors: not joinable, so it waits its turn
+    same(alone(model, prompt, strategy, first), a.result())
+    same(alone(model, prompt, decodekit.Greedy(), penalised), b.result())
+
+
+def test_aborting_a_joined_request_frees_its_rows_and_the_others_go_on(embedded):
+    model = embedded.model
+    strategy = decodekit.Greedy(speculative=Speculative("ngram"))
+    options = decodekit.DecodeOptions(max_new_tokens=30)
+    prompts = [embedded.encode("a = [1, 2, 3]\n"), embedded.encode("for i in range(3):\n")]
+    engine = Engine(model)
+    (a,) = engine.submit([Request(prompts[0], strategy, options)])
+    engine.step()
+    (b,) = engine.submit([Request(prompts[1], strategy, options, id="b")])
+    engine.step()
+    group = engine._speculative[0]
+    assert len(group.run.live) == 2
+    engine.abort("b")
+    assert len(group.run.live) == 1 and b.done
+    same(alone(model, prompts[0], strategy, options), a.result())
+    assert engine.running_rows == 0 and not group.run.out  # delivered rows are forgotten
+
+
+def test_non_finite_logits_fail_only_the_joined_request_they_belong_to():
+    def next_logprobs(seq):
+        values = [0.0, 0.0, 0.0, 2.0, 0.0, 0.0]
+        if seq[0] == 2 and len(seq) >= 6:
+            values[1] = math.nan
+        return values
+
+    model = ScriptedModel(6, next_logprobs, eos_token_ids=(0,), can_merge=True)
+    strategy = decodekit.Greedy(speculative=Speculative("ngram"))
+    engine = Engine(model)
+    (good,) = engine.submit([Request([1, 3, 3], strategy, decodekit.DecodeOptions(max_new_tokens=60))])
+    engine.step()
+    (bad,) = engine.submit([Request([2, 3, 3], strategy, decodekit.DecodeOptions(max_new_tokens=12))])
+    engine.step()
+    assert len(engine._speculative) == 1 and not engine._pending
+    with pytest.raises(NumericalError, match="row 0"):
+        bad.result()
+    assert good.result().hypotheses[0].token_ids == [3] * 60

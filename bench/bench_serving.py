@@ -4,9 +4,12 @@ decoded one after another.
     python bench/bench_serving.py                          # embedded model, greedy
     python bench/bench_serving.py --concurrency 1 8 32 64 --new-tokens 128
     python bench/bench_serving.py --strategy sample        # seeded sampling, one seed per request
+    python bench/bench_serving.py --strategy suffix        # speculative (SuffixDecoding) greedy
 
 For each concurrency C, C requests (distinct code prompts, ``--new-tokens`` new tokens each, EOS
-suppressed so that every request decodes the same number of tokens) arrive at random times
+suppressed so that every request decodes the same number of tokens, except with ``suffix``:
+a minimum length is a processor, and speculative requests join one running state only without
+processors) arrive at random times
 within the first ``--spread`` seconds (seeded). One loop submits each request when its
 arrival time has come and runs engine steps; a request's time to first token is from its
 arrival to its first streamed token. The serial baseline decodes the same requests one after
@@ -39,7 +42,8 @@ PROMPTS = [
 
 
 def make_requests(decoder, count: int, strategy, new_tokens: int) -> list[Request]:
-    options = decodekit.DecodeOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    speculative = getattr(strategy, "speculative", None) is not None
+    options = decodekit.DecodeOptions(max_new_tokens=new_tokens, min_new_tokens=0 if speculative else new_tokens)
     return [
         Request(decoder.encode(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))), strategy, options, seed=i, stream=True)
         for i in range(count)
@@ -100,7 +104,7 @@ def main() -> None:
     parser.add_argument("--model", default="stdlib-code")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--strategy", choices=["greedy", "sample"], default="greedy")
+    parser.add_argument("--strategy", choices=["greedy", "sample", "suffix"], default="greedy")
     parser.add_argument("--spread", type=float, default=0.5, help="arrivals within this many seconds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -108,7 +112,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     decoder = decodekit.load(args.model)
-    strategy = decodekit.Greedy() if args.strategy == "greedy" else decodekit.Sampling(temperature=0.8, top_p=0.95)
+    strategy = {
+        "greedy": decodekit.Greedy(),
+        "sample": decodekit.Sampling(temperature=0.8, top_p=0.95),
+        "suffix": decodekit.Greedy(speculative=decodekit.Speculative("suffix")),
+    }[args.strategy]
     print(f"model {args.model}, {args.strategy}, {args.new_tokens} new tokens per request, "
           f"arrivals within {args.spread} s, {torch.get_num_threads()} threads\n")
     print("| concurrent | serial tok/s | engine tok/s | ratio | TTFT p50 (ms) | TTFT p99 (ms) | overhead | at C rows | same |")
@@ -121,7 +129,7 @@ def main() -> None:
             serial_walls.append(serial_wall)
             runs.append(concurrent(decoder.model, requests, args.spread, args.seed))
         run = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
-        tokens = count * args.new_tokens
+        tokens = sum(len(o) for o in serial_out)
         ours, base = tokens / run["wall"], tokens / statistics.median(serial_walls)
         same = all(r["outputs"] == serial_out for r in runs)
         p50, p99 = percentile(run["ttft"], 0.5) * 1e3, percentile(run["ttft"], 0.99) * 1e3

@@ -388,10 +388,12 @@ class Engine:
     def _step_speculative(self) -> None:
         still = []
         for group in self._speculative:
+            before = group.run.model_seconds
             try:
                 finished = group.advance() or all(h.done for h in group.handles)
             except Exception as error:
                 group.error, finished = model_error(self.model, "a speculative step", error), True
+            self.clock.model_seconds += group.run.model_seconds - before
             if finished:
                 self._busy.discard(group.key)
                 deliver(group)

@@ -22,6 +22,7 @@ stop check and generator, and a row's tokens are the same as alone.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -117,6 +118,7 @@ class SpeculativeDecoding:
         self.uniforms: torch.Tensor | None = None  # the live rows' numbers, in live order
         self._next = 0
         self._begun = self._ended = False
+        self.model_seconds = 0.0  # time inside the target's forwards (prefills, verifications)
 
     @property
     def joinable(self) -> bool:
@@ -198,7 +200,9 @@ class SpeculativeDecoding:
             raise RuntimeError("this speculative run takes no more rows")
         model = self.model
         generators = tuple(generators) or (None,) * len(prompts)
+        began = time.perf_counter()
         state = model.start(prompts, max_new_tokens + self.max_draft + 2)
+        self.model_seconds += time.perf_counter() - began
         device = state.logits.device
         count = len(prompts) * width
         numbers = self._numbers(width, max_new_tokens, generators, device) if self.warp is not None else None
@@ -319,7 +323,9 @@ class SpeculativeDecoding:
         parents = torch.cat([torch.full((count, 1), -1, device=device), draft.parents.to(device) + 1], 1)
         valid = torch.cat([torch.ones((count, 1), dtype=torch.bool, device=device), draft.valid.to(device)], 1)
         parents = torch.where(valid, parents, 0)  # padding hangs off the root, never accepted
+        began = time.perf_counter()
         raw = model.verify(state, inputs, parents)
+        self.model_seconds += time.perf_counter() - began
         # NaN, +inf or all -inf logits at a node that could be emitted: the maximum is
         # NaN, +inf or -inf exactly then (as the engine's log-normaliser, without the exp)
         nonfinite = (~torch.isfinite(raw.amax(-1)) & valid).any(-1)

@@ -59,11 +59,11 @@ ARCHITECTURES = {
     "mamba": (lambda: T.MambaForCausalLM(T.MambaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, eos_token_id=2, pad_token_id=0)), REFUSED, REFUSED),
     "jamba": (lambda: T.JambaForCausalLM(_cfg(T.JambaConfig, num_experts=2, num_experts_per_tok=1, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1)), REFUSED, REFUSED),
     "recurrent_gemma": (lambda: T.RecurrentGemmaForCausalLM(T.RecurrentGemmaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, lru_width=32, attention_window_size=16, eos_token_id=2, pad_token_id=0)), REFUSED, REFUSED),
-    "marian": (lambda: _seq2seq(T.MarianMTModel, T.MarianConfig, decoder_start_token_id=0), EXACT, REFUSED),
-    "pegasus": (lambda: _seq2seq(T.PegasusForConditionalGeneration, T.PegasusConfig, decoder_start_token_id=0), EXACT, REFUSED),
-    "m2m100": (lambda: _seq2seq(T.M2M100ForConditionalGeneration, T.M2M100Config), EXACT, REFUSED),
-    "mbart": (lambda: _seq2seq(T.MBartForConditionalGeneration, T.MBartConfig), EXACT, REFUSED),
-    "mt5": (lambda: T.MT5ForConditionalGeneration(T.MT5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, eos_token_id=2, pad_token_id=0, decoder_start_token_id=0)), EXACT, REFUSED),
+    "marian": (lambda: _seq2seq(T.MarianMTModel, T.MarianConfig, decoder_start_token_id=0), EXACT, EXACT),
+    "pegasus": (lambda: _seq2seq(T.PegasusForConditionalGeneration, T.PegasusConfig, decoder_start_token_id=0), EXACT, EXACT),
+    "m2m100": (lambda: _seq2seq(T.M2M100ForConditionalGeneration, T.M2M100Config), EXACT, EXACT),
+    "mbart": (lambda: _seq2seq(T.MBartForConditionalGeneration, T.MBartConfig), EXACT, EXACT),
+    "mt5": (lambda: T.MT5ForConditionalGeneration(T.MT5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, eos_token_id=2, pad_token_id=0, decoder_start_token_id=0)), EXACT, EXACT),
 }
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [20, 21, 22]]
 NEW = 6

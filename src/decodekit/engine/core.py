@@ -120,12 +120,9 @@ class Engine:
             options.validate(model.vocab_size)
             check_prompts(model, prompts, options)
             check_memory(model, strategy, prompts, options)
-            refusal = model.speculation_refusal() if hasattr(model, "speculation_refusal") else None
-            if model.is_encoder_decoder:
-                raise ConfigError("speculative", strategy.speculative.proposer, "a decoder-only target model")
-            if refusal is not None:
-                raise ConfigError("speculative", strategy.speculative.proposer, refusal)
-            from decodekit.speculative import drafts_trees
+            from decodekit.speculative import check_target, drafts_trees
+
+            check_target(model, strategy, options)
 
             if first.stopping is not None:
                 raise ConfigError("stopping", first.stopping, "None with speculative decoding (custom stopping criteria run with plain decoding)")

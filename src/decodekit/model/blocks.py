@@ -27,6 +27,8 @@ class BlockSteps:
         after token ``j``'s path. Mutates the cache: the block occupies cache slots
         ``[length, length + n)`` until :meth:`keep` selects what stays.
         """
+        if self.is_encoder_decoder:
+            return self._verify_chain(state, tokens)
         extra = state.extra
         rows, n = tokens.shape
         length, mask = extra["length"], extra["mask"]
@@ -61,10 +63,35 @@ class BlockSteps:
         extra["group"] = 1  # keep/compact move rows' slots independently
         return logits
 
+    def _verify_chain(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
+        """An encoder-decoder model's block: a chain (every valid token continues the one
+        before it; padding comes last), scored causally by the decoder after its cache, as the
+        model's own forward does for several decoder tokens. Every row keeps the same number of
+        its tokens (:meth:`keep`), so positions stay shared and no row has holes."""
+        extra = state.extra
+        length, n = extra["length"], tokens.shape[1]
+        inputs = {"logits_to_keep": 0} if self._keeps_logits else {}
+        self.forward_count += 1
+        with quiet.driven():
+            logits = self.model(
+                encoder_outputs=extra["encoder"],
+                attention_mask=extra["encoder_mask"],
+                decoder_input_ids=tokens,
+                **{self._cache_kw: extra["cache"]},
+                use_cache=True,
+                return_dict=True,
+                **inputs,
+            ).logits.float()
+        extra["length"] = length + n
+        extra["block"] = (length, n)
+        return logits
+
     @torch.inference_mode()
     def keep(self, state: DecodeState, index: torch.Tensor, count: torch.Tensor) -> None:
         """Keep, for row ``r``, the block tokens ``index[r, :count[r]]`` (a root-to-node path of
         the last :meth:`verify` block) and forget the rest of the block (speculative rollback).
+        Encoder-decoder models keep the first ``m`` block tokens of every row (``count`` is
+        ``m`` everywhere: the loop keeps as many for all rows).
 
         ``index``: ``(rows, m)`` int64 block indices; ``count``: ``(rows,)`` int64, ``<= m``.
         The kept keys/values move to the slots right after the row's previous tokens; a row
@@ -74,6 +101,11 @@ class BlockSteps:
         extra = state.extra
         start, _ = extra.pop("block")
         rows, m = index.shape
+        if self.is_encoder_decoder:  # a chain's first m tokens, the same m for every row
+            for layer in extra["cache"].self_attention_cache.layers:
+                layer.truncate(start + m)
+            extra["length"] = start + m
+            return
         # a chain's accepted path is the block's first slots, already in place: nothing to move
         # (checked on the CPU only, where reading the path costs no device sync)
         moved = index.device.type != "cpu" or not torch.equal(index, torch.arange(m, device=index.device).expand(rows, m))

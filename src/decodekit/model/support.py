@@ -55,8 +55,6 @@ def speculation_refusal(model, is_encoder_decoder: bool) -> str | None:
     """Why speculative decoding cannot be exact on this model, or None if it can."""
     text = model.config.get_text_config(decoder=True)
     name = f"{type(model).__name__} ({text.model_type})"
-    if is_encoder_decoder:
-        return f"a decoder-only target model, not the encoder-decoder {name}"
     if text.model_type in ALIBI or getattr(text, "alibi", False):
         return f"a model with rotary or learned positions: {name} adds ALiBi biases, which draft blocks do not reproduce"
     kinds = set(getattr(text, "layer_types", None) or ())

@@ -106,6 +106,25 @@ def check_supported(strategy: Any, options: DecodeOptions) -> Speculative:
     return speculative
 
 
+def check_target(model, strategy: Any, options: DecodeOptions) -> None:
+    """``ConfigError`` for what speculation cannot do exactly on ``model``: a model the
+    verifier's blocks do not fit, and for encoder-decoder targets tree drafts and the
+    options that read the encoder's tokens. Touches no model."""
+    speculative = strategy.speculative
+    refusal = model.speculation_refusal() if hasattr(model, "speculation_refusal") else None
+    if refusal is not None:
+        raise ConfigError("speculative", speculative.proposer, refusal)
+    if not model.is_encoder_decoder:
+        return
+    if speculative.proposer == "draft":
+        raise ConfigError("speculative.proposer", "draft", "a decoder-only target model (a draft model needs one), or ngram / suffix")
+    if drafts_trees(speculative):
+        raise ConfigError("speculative", speculative.proposer, "chain drafts with an encoder-decoder target (ngram, suffix without tree): its decoder scores a block causally")
+    for name in ("encoder_repetition_penalty", "encoder_no_repeat_ngram_size"):
+        if getattr(options, name) != getattr(_DEFAULT_OPTIONS, name):
+            raise ConfigError(name, getattr(options, name), "its default with speculative decoding of an encoder-decoder target")
+
+
 def drafts_trees(speculative: Speculative) -> bool:
     """Whether the proposer drafts trees (several continuations per node), not chains."""
     config = speculative.resolved()
@@ -174,17 +193,14 @@ def speculative_run(
     strategy.validate()
     options.validate(model.vocab_size)
     check_prompts(model, prompts, options)
-    if model.is_encoder_decoder:
-        raise ConfigError(
-            "speculative", strategy.speculative.proposer, "a decoder-only target model"
-        )
+    check_target(model, strategy, options)
     eos = options.eos(model.eos_token_ids)
     sampling = getattr(strategy, "name", "") == "sample"
     warp = None
     if sampling:
         warpers = strategy.warpers()
         warp = (lambda logits: warpers(None, logits)) if len(warpers) else (lambda logits: logits)
-    prompt_pad = max(len(p) for p in prompts)
+    prompt_pad = 1 if model.is_encoder_decoder else max(len(p) for p in prompts)
     return SpeculativeDecoding(
         model,
         prompts,

@@ -84,10 +84,14 @@ class SpeculativeDecoding:
         siblings: int = 1,
     ):
         self.model, self.prompts, self.proposer = model, prompts, proposer
+        # an encoder-decoder target: its decoder history starts at the start token, its drafts
+        # are chains, and every row keeps as many tokens per step (shared positions, no holes)
+        self.encoder_decoder = bool(model.is_encoder_decoder)
+        self.start_token = int(model.decoder_start_token_id) if self.encoder_decoder else None
         # logits processors (stateless: penalties, bans, minimum length), applied to every
         # block position with that position's own history, as plain decoding applies them
         self.processors = processors if processors is not None and len(processors) else None
-        self.prompt_pad = max(len(p) for p in prompts)
+        self.prompt_pad = 1 if self.encoder_decoder else max(len(p) for p in prompts)
         # a constraint (ConstraintProcessor) followed through chain drafts
         self.constraint = None
         if constraint is not None:
@@ -130,16 +134,19 @@ class SpeculativeDecoding:
             and bool(getattr(self.model, "can_merge", False))
         )
 
-    def _padded(self, tokens: list[int], prompt: list[int]) -> list[int]:
-        """A history as plain decoding's processors see it: the prompt left-padded with -1 to
-        the group's prompt length, then the generated tokens."""
-        return [-1] * (self.prompt_pad - len(prompt)) + tokens
+    def _history(self, prompt: list[int], out: list[int]) -> list[int]:
+        """A row's history as plain decoding's processors see it: the prompt left-padded with
+        -1 to the group's prompt length, then the generated tokens (encoder-decoder: the
+        decoder start token, then the generated tokens)."""
+        if self.encoder_decoder:
+            return [self.start_token] + out
+        return [-1] * (self.prompt_pad - len(prompt)) + prompt + out
 
     def _process_first(self, logits: torch.Tensor, prompts, width: int) -> torch.Tensor:
         if self.processors is None:
             return logits
         rows = logits.shape[0]
-        history = [self._padded(prompts[r // width], prompts[r // width]) for r in range(rows)]
+        history = [self._history(prompts[r // width], []) for r in range(rows)]
         ids = torch.tensor(history, dtype=torch.long, device=logits.device)
         return self.processors(ids, logits.clone())
 
@@ -154,7 +161,7 @@ class SpeculativeDecoding:
         tokens, valid = inputs.tolist(), valid.tolist()
         by_length: dict[int, list[tuple[int, int, list[int]]]] = {}
         for i, r in enumerate(live):
-            base = self._padded(self.sequences[r], self.row_prompts[r])
+            base = self._history(self.row_prompts[r], self.out[r])
             for j in range(n):
                 if not valid[i][j]:
                     continue
@@ -339,8 +346,16 @@ class SpeculativeDecoding:
             probs = draft.probs.to(device) if draft.probs is not None else None
             uniforms = self._block_uniforms(inputs.shape[1])
             acceptance = accept_sampling(logits, inputs, parents, valid, self.warp, uniforms, probs)
-        model.keep(state, acceptance.path, acceptance.kept)
+        if not self.encoder_decoder:
+            model.keep(state, acceptance.path, acceptance.kept)
         kept, bad = torch.stack([acceptance.kept, nonfinite.long()]).tolist()  # the one host sync
+        if self.encoder_decoder:
+            # every row keeps as many block tokens as the row that kept the fewest: its first
+            # ones are still the target's own (an accepted draft token is the target's token
+            # at its position), so only speed is lost, and positions stay shared
+            least = min(kept)
+            kept = [least] * count
+            model.keep(state, acceptance.path[:, :least], torch.full((count,), least, device=device))
         tokens, logprobs = acceptance.tokens.tolist(), acceptance.logprobs.tolist()
         if self.constraint is not None:
             self.constraint.keep(live, [k - 1 for k in kept], [tokens[i][kept[i] - 1] for i in range(count)])

@@ -222,3 +222,34 @@ def test_a_chat_without_messages_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as error:
         client.chat.completions.create(model="stdlib-code", messages=[], max_tokens=2)
     assert "messages" in str(error.value)
+
+
+def test_concurrent_speculative_streams_equal_the_library(server, client):
+    """Speculative requests in flight together join one speculative run; each stream is still
+    what the library returns for that request alone."""
+    decoder, _ = server
+    prompts = ["x = 1\nx = 1\n", "def f(a):\n    return a", "import os\nimport sys\n", "class A:\n    pass\n"]
+
+    def settings(i):
+        return {"max_tokens": 10 + 4 * i, "temperature": 0 if i % 2 == 0 else 0.8, "seed": i}
+
+    texts, errors = {}, []
+
+    def worker(i):
+        try:
+            chunks = client.completions.create(model="stdlib-code", prompt=prompts[i], stream=True, extra_body={"decodekit": {"speculative": "suffix"}}, **settings(i))
+            texts[i] = "".join(c.choices[0].text for c in chunks if c.choices)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(texts) == len(prompts)
+    speculative = decodekit.Speculative("suffix")
+    for i, prompt in enumerate(prompts):
+        s = settings(i)
+        strategy = decodekit.Greedy(speculative=speculative) if s["temperature"] == 0 else decodekit.Sampling(temperature=s["temperature"], seed=s["seed"], speculative=speculative)
+        assert texts[i] == decoder.generate(prompt, strategy, max_new_tokens=s["max_tokens"]).best.text

@@ -16,7 +16,7 @@ arrival to its first streamed token. The serial baseline decodes the same reques
 another, each alone. Each is run ``--repeats`` times, alternating; printed are the medians: tokens/s of both and their ratio, time-to-first-token p50/p99,
 and the engine's overhead: the share of step time spent outside model calls, over the whole run
 ("overhead", admissions and retirements included) and over the steps where all C requests
-were running ("at C rows").
+were running ("at C rows"; "-" when they never all ran at once).
 Also checks that every concurrent output equals the request decoded alone.
 """
 
@@ -133,7 +133,7 @@ def main() -> None:
         ours, base = tokens / run["wall"], tokens / statistics.median(serial_walls)
         same = all(r["outputs"] == serial_out for r in runs)
         p50, p99 = percentile(run["ttft"], 0.5) * 1e3, percentile(run["ttft"], 0.99) * 1e3
-        print(f"| {count} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x | {p50:.0f} | {p99:.0f} | {run['overhead']:.0%} | {run['steady']:.0%} | {same} |")
+        print(f"| {count} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x | {p50:.0f} | {p99:.0f} | {run['overhead']:.0%} | {'-' if run['steady'] != run['steady'] else format(run['steady'], '.0%')} | {same} |")
 
 
 if __name__ == "__main__":

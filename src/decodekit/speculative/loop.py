@@ -30,7 +30,8 @@ import torch
 from decodekit.errors import NumericalError
 from decodekit.model.base import tree_ancestors
 from decodekit.search.base import Hypothesis, inverse_cdf
-from decodekit.speculative.base import Proposer, SpeculationContext, Verification, Warp
+from decodekit.speculative.base import Draft, Proposer, SpeculationContext, Verification, Warp
+from decodekit.speculative.budget import BlockWidth
 from decodekit.speculative.verify import accept_greedy, accept_sampling
 
 
@@ -123,6 +124,7 @@ class SpeculativeDecoding:
         self._next = 0
         self._begun = self._ended = False
         self.model_seconds = 0.0  # time inside the target's forwards (prefills, verifications)
+        self.block_width = BlockWidth()  # how much of a batch's drafts one forward verifies
 
     @property
     def joinable(self) -> bool:
@@ -323,8 +325,12 @@ class SpeculativeDecoding:
         limits = [min(self.max_draft, self.limit[r] - len(self.out[r]) - 1) for r in live]
         context = SpeculationContext(live, [self.sequences[r] for r in live], limits)
         draft = self.proposer.propose(context)
-        # Block: the last token (root), then the draft; padding and depth cuts are invalid.
         count = len(live)
+        if count > 1 and draft.size:
+            width = self.block_width.width(draft.valid.sum(-1).tolist())
+            if width < draft.size:  # nodes come after their parents: a cut keeps whole paths
+                draft = Draft(draft.tokens[:, :width], draft.parents[:, :width], draft.valid[:, :width], None if draft.probs is None else draft.probs[:, :width])
+        # Block: the last token (root), then the draft; padding and depth cuts are invalid.
         last = torch.tensor([self.sequences[r][-1] for r in live], dtype=torch.long, device=device)
         inputs = torch.cat([last[:, None], draft.tokens.to(device)], 1)
         parents = torch.cat([torch.full((count, 1), -1, device=device), draft.parents.to(device) + 1], 1)
@@ -332,7 +338,8 @@ class SpeculativeDecoding:
         parents = torch.where(valid, parents, 0)  # padding hangs off the root, never accepted
         began = time.perf_counter()
         raw = model.verify(state, inputs, parents)
-        self.model_seconds += time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        self.model_seconds += seconds
         # NaN, +inf or all -inf logits at a node that could be emitted: the maximum is
         # NaN, +inf or -inf exactly then (as the engine's log-normaliser, without the exp)
         nonfinite = (~torch.isfinite(raw.amax(-1)) & valid).any(-1)
@@ -360,6 +367,7 @@ class SpeculativeDecoding:
         if self.constraint is not None:
             self.constraint.keep(live, [k - 1 for k in kept], [tokens[i][kept[i] - 1] for i in range(count)])
         drafted = draft.valid.sum(-1).tolist()
+        self.block_width.record(inputs.numel(), seconds, sum(drafted), sum(kept) - count)
         emitted: list[list[int]] = []
         for i, r in enumerate(live):
             if bad[i]:  # this row fails alone; the others go on

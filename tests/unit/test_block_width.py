@@ -1,0 +1,37 @@
+"""The width a batched verification step scores (speculative/budget.py): from the fitted
+cost of block tokens and the run's acceptance rate."""
+
+from __future__ import annotations
+
+from decodekit.speculative.budget import BlockWidth
+
+
+def fed(fixed: float, per_token: float, p: float) -> BlockWidth:
+    width = BlockWidth()
+    for tokens in (20, 40, 80, 160, 320, 640, 100, 200, 60, 30):
+        width.record(tokens, fixed + per_token * tokens, drafted=100, accepted=int(100 * p))
+    return width
+
+
+def test_one_row_or_no_history_keeps_the_whole_draft():
+    assert BlockWidth().width([3, 20, 1]) == 20
+    assert fed(0.001, 0.0005, 0.5).width([20]) == 20
+
+
+def test_expensive_tokens_and_poor_acceptance_cut_the_long_draft():
+    # 32 rows, one with a long draft: each extra position costs every row
+    lengths = [20] + [2] * 31
+    assert fed(0.002, 0.0002, 0.4).width(lengths) == 2
+
+
+def test_cheap_tokens_or_good_acceptance_keep_it():
+    lengths = [20] + [2] * 31
+    assert fed(0.5, 1e-7, 0.4).width(lengths) == 20  # the forward's fixed cost dominates
+    assert fed(0.002, 0.00001, 0.99).width([20] * 16 + [2] * 16) == 20  # most rows draft far, and are right
+
+
+def test_a_cost_that_does_not_grow_with_tokens_keeps_the_whole_draft():
+    width = BlockWidth()
+    for tokens in (20, 40, 80, 160, 320, 640, 100, 200):
+        width.record(tokens, 0.01, drafted=100, accepted=10)  # asynchronous: launch time only
+    assert width.width([20] + [2] * 31) == 20

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import tiny_models as tm
+import torch
 
 import decodekit
 from decodekit.engine import Engine, Request
@@ -50,3 +51,43 @@ def test_a_request_takes_the_free_slots_of_one_that_left_without_copying_the_sta
         hyps = alone.result().hypotheses
         assert [h.token_ids for h in hyps] == [h.token_ids for h in together]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in together], abs=1e-4)
+
+
+def test_new_requests_are_prefilled_in_the_forward_of_the_running_rows():
+    """With the lean step, greedy and sampling requests that arrive while rows decode are
+    prefilled in the same forward as those rows' step (no forward of their own), and decode
+    what they decode alone."""
+    model = HFLanguageModel(tm.llama())
+    assert model.can_fuse_prefill
+    options = decodekit.DecodeOptions(max_new_tokens=12, min_new_tokens=12)
+    engine = Engine(model)
+    specs = [([5, 6, 7], decodekit.Greedy()), ([9, 8, 7, 6, 5, 4], decodekit.Sampling(seed=3, top_k=20)), ([4], decodekit.Greedy()), ([3, 3], decodekit.Sampling(seed=8))]
+    handles = engine.submit([Request(specs[0][0], specs[0][1], options)])
+    engine.step()
+    for prompt, strategy in specs[1:]:
+        handles += engine.submit([Request(prompt, strategy, options)])
+        before = model.forward_count
+        engine.step()
+        assert model.forward_count == before + 1  # the step's forward prefilled the newcomer too
+    for (prompt, strategy), handle in zip(specs, handles):
+        (alone,) = Engine(model).submit([Request(prompt, strategy, options)])
+        want, got = alone.result().hypotheses, handle.result().hypotheses
+        assert [h.token_ids for h in got] == [h.token_ids for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
+
+
+def test_a_fused_step_and_prefill_equal_the_two_apart():
+    model = HFLanguageModel(tm.llama())
+    prompts, newcomers = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [4], [7, 7, 7, 7, 7]]
+    apart, fused = model.start(prompts, 8), model.start(prompts, 8)
+    tokens = apart.logits.argmax(-1)
+    model.advance(apart, None, tokens)
+    new_apart = model.start(newcomers, 8)
+    new_fused = model.advance_and_start(fused, None, tokens, newcomers, 8)
+    assert torch.allclose(fused.logits, apart.logits, atol=1e-5)
+    assert torch.allclose(new_fused.logits, new_apart.logits, atol=1e-5)
+    for a, b in ((apart, fused), (new_apart, new_fused)):
+        assert a.extra["length"] == b.extra["length"] and torch.equal(a.extra["next_position"], b.extra["next_position"])
+        assert torch.equal(a.extra["mask"], b.extra["mask"])
+        for la, lb in zip(a.extra["cache"].layers, b.extra["cache"].layers):
+            assert torch.allclose(la.keys, lb.keys, atol=1e-5) and torch.allclose(la.values, lb.values, atol=1e-5)

@@ -35,3 +35,7 @@ def test_a_cost_that_does_not_grow_with_tokens_keeps_the_whole_draft():
     for tokens in (20, 40, 80, 160, 320, 640, 100, 200):
         width.record(tokens, 0.01, drafted=100, accepted=10)  # asynchronous: launch time only
     assert width.width([20] + [2] * 31) == 20
+
+
+def test_rows_without_a_draft_never_cut_the_block_to_nothing():
+    assert fed(0.002, 0.0002, 0.01).width([0, 0, 0, 7]) >= 1

@@ -27,13 +27,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+import torch
+
 from decodekit.engine.checks import check_group, check_prompts
 from decodekit.engine.group import PlainGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
-from decodekit.engine.placement import place, pool_key, prefill
+from decodekit.engine.placement import place, pool_key, prefill, started, target_partition
 from decodekit.engine.request import AbortedError, Request, RequestHandle, same_group
 from decodekit.engine.speculative import SpeculativeGroup
-from decodekit.engine.step import Clock, Partition, drop_aborted, step_partitions
+from decodekit.engine.step import Clock, FusedPrefill, Partition, drop_aborted, step_partitions
 from decodekit.errors import ConfigError
 
 
@@ -56,6 +58,7 @@ class Engine:
         self._speculative: list[SpeculativeGroup] = []
         self._proposers: OrderedDict = OrderedDict()
         self._busy: set = set()
+        self._fused: FusedPrefill | None = None  # this step's new groups, prefilled in its forward
         self.steps = 0
         self.clock = Clock()  # time inside model calls (prefill and steps)
         self.step_seconds = 0.0  # time inside step() in all
@@ -292,7 +295,10 @@ class Engine:
             self._admit()
             if not self._partitions and not self._speculative:
                 return False
-            self._partitions = step_partitions(self.model, self._partitions, self.clock, self.steps)
+            fused, self._fused = self._fused, None
+            self._partitions = step_partitions(self.model, self._partitions, self.clock, self.steps, fused)
+            if fused is not None:
+                self._place_fused(fused)
             self._step_speculative()
             self.steps += 1
             return True
@@ -334,8 +340,15 @@ class Engine:
                 admitted.append(entry)
             elif self._admit_speculative(handles):
                 admitted.append(entry)
-        for groups in pooled.values():
-            self._admit_groups(groups)
+        # Subtle: where the lean step can, greedy/sampling groups are prefilled in the forward of
+        # the partition they join (one set of kernel calls per step, not two); they decide their
+        # first token in the next step.
+        target = target_partition(self.model, self._partitions) if getattr(self.model, "can_fuse_prefill", False) else None
+        if target is not None and pooled:
+            self._fused = FusedPrefill(target, list(pooled.values()))
+        else:
+            for groups in pooled.values():
+                self._admit_groups(groups)
         for group in plain:
             self._admit_groups([group])
         if admitted:
@@ -348,6 +361,27 @@ class Engine:
         state = prefill(self.model, groups, self.clock)
         if state is not None:
             place(self.model, self._partitions, groups, state)
+
+    def _place_fused(self, fused: FusedPrefill) -> None:
+        """After a step whose forward prefilled ``fused``'s prompts: set their groups up and
+        place their rows, one pool kind at a time (prefilled apart if the forward did not run)."""
+        if fused.state is None:
+            for groups in fused.kinds:
+                self._admit_groups(groups)
+            return
+        at = 0
+        for groups in fused.kinds:
+            count = sum(len(g.prompts) for g in groups)
+            rows = torch.arange(at, at + count, device=fused.state.logits.device)
+            part = fused.state if len(fused.kinds) == 1 else self.model.fork(fused.state, rows)
+            at += count
+            try:
+                started(self.model, groups, part)
+            except Exception as error:
+                for group in groups:
+                    deliver_error(group.handles, model_error(self.model, "prefill", error))
+                continue
+            place(self.model, self._partitions, groups, part)
 
     def _admit_speculative(self, handles: list[RequestHandle]) -> bool:
         """Start a speculative group if its proposer is free, or join the running group that

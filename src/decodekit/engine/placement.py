@@ -29,18 +29,7 @@ def prefill(model, groups: list[PlainGroup], clock):
         kind = groups[0].attention  # a group that reads attention is prefilled alone
         record = {"attention": kind} if kind is not None else {}
         state = model.start(prompts, max(g.options.max_new_tokens for g in groups), **record)
-        if len(groups) == 1:
-            groups[0].start(state)
-            return state
-        if any(g.width > 1 for g in groups):
-            fan, at = [], 0
-            for g in groups:
-                for _ in g.prompts:
-                    fan += [at] * g.width
-                    at += 1
-            model.select(state, torch.tensor(fan, dtype=torch.long, device=state.logits.device))
-        for g in groups:
-            g.start(state, fanned=True)
+        started(model, groups, state)
         return state
     except Exception as error:
         for g in groups:
@@ -50,6 +39,29 @@ def prefill(model, groups: list[PlainGroup], clock):
         clock.model_seconds += time.perf_counter() - began
 
 
+def started(model, groups: list[PlainGroup], state) -> None:
+    """Set ``groups`` up on their prefilled ``state`` (their prompts' rows, in order): fan
+    out to each group's width, build each group's history and processors."""
+    if len(groups) == 1:
+        groups[0].start(state)
+        return
+    if any(g.width > 1 for g in groups):
+        fan, at = [], 0
+        for g in groups:
+            for _ in g.prompts:
+                fan += [at] * g.width
+                at += 1
+        model.select(state, torch.tensor(fan, dtype=torch.long, device=state.logits.device))
+    for g in groups:
+        g.start(state, fanned=True)
+
+
+def target_partition(model, partitions: list[Partition]) -> Partition | None:
+    """The running partition that new poolable rows join (:func:`place`), if any."""
+    mergeable = [p for p in partitions if "record" not in p.state.extra]
+    return mergeable[0] if getattr(model, "can_merge", False) and mergeable else None
+
+
 def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -> None:
     """The rows of ``groups`` (prefilled in ``state``, in order) join ``partitions``: poolable
     ones their kind's pool, others as groups of their own."""
@@ -57,8 +69,7 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -
     if first.attention is not None:  # its forwards record attention: a state of its own
         partitions.append(Partition(state, list(groups)))
         return
-    mergeable = [p for p in partitions if "record" not in p.state.extra]
-    partition = mergeable[0] if getattr(model, "can_merge", False) and mergeable else None
+    partition = target_partition(model, partitions)
     if not first.poolable:
         if partition is not None:
             partition.state = model.merge(partition.state, state)

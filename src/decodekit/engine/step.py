@@ -24,6 +24,19 @@ class Partition:
         self.state, self.groups = state, groups
 
 
+class FusedPrefill:
+    """New poolable groups whose prefill runs in the same forward as the step of the partition
+    they will join (``target``): ``kinds`` are their group lists, one per pool kind, in order;
+    after the step, ``state`` holds every prompt's prefilled rows (None: not run, prefill them
+    apart)."""
+
+    def __init__(self, target: Partition, kinds: list[list[PlainGroup]]):
+        self.target, self.kinds = target, kinds
+        self.prompts = [p for groups in kinds for g in groups for p in g.prompts]
+        self.max_new = max(g.options.max_new_tokens for groups in kinds for g in groups)
+        self.state = None
+
+
 @dataclass
 class Clock:
     """Seconds spent inside model calls (the engine's overhead is the rest of a step)."""
@@ -31,9 +44,10 @@ class Clock:
     model_seconds: float = 0.0
 
 
-def step_partitions(model, partitions: list[Partition], clock: Clock, step_count: int) -> list[Partition]:
+def step_partitions(model, partitions: list[Partition], clock: Clock, step_count: int, fused: FusedPrefill | None = None) -> list[Partition]:
     """One step of every plain row: decide, the one host sync, settle (deliver what finished),
-    then drop retired rows and one forward per partition. Returns the partitions that go on."""
+    then drop retired rows and one forward per partition (``fused``: with the prefill of new
+    groups in the forward of the partition they join). Returns the partitions that go on."""
     decided = []  # (group, flags or None)
     sizes: dict[int, int] = {}  # each group's rows this step (a pool's shrink in settle)
     for partition in partitions:
@@ -63,17 +77,22 @@ def step_partitions(model, partitions: list[Partition], clock: Clock, step_count
         at += count
     kept_partitions = []
     for partition in partitions:
+        joining = fused if fused is not None and fused.target is partition else None
         try:
-            if advance_partition(model, partition, keeps, sizes, clock, step_count):
+            if advance_partition(model, partition, keeps, sizes, clock, step_count, joining):
                 kept_partitions.append(partition)
         except Exception as error:
-            for group in partition.groups:
+            failed = list(partition.groups) + ([g for groups in joining.kinds for g in groups] if joining else [])
+            for group in failed:
                 deliver_error(group.handles, model_error(model, "a decoding step", error))
+            if joining is not None:
+                joining.kinds = []
     return kept_partitions
 
 
-def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | None], sizes: dict[int, int], clock: Clock, step_count: int) -> bool:
-    """Drop retired rows, then one forward for the rest; False if no row is left."""
+def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | None], sizes: dict[int, int], clock: Clock, step_count: int, fused: FusedPrefill | None = None) -> bool:
+    """Drop retired rows, then one forward for the rest (and ``fused``'s prompts, whose state
+    it sets); False if no row is left."""
     state = partition.state
     device = state.logits.device
     groups, rows, offset, changed = [], [], 0, False
@@ -106,7 +125,12 @@ def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | 
         tokens.append(group.next_tokens())
         offset += group.rows
     began = time.perf_counter()
-    model.advance(state, torch.cat(parents) if any_parents else None, torch.cat(tokens) if len(tokens) > 1 else tokens[0])
+    parents = torch.cat(parents) if any_parents else None
+    tokens = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
+    if fused is not None and fused.prompts:
+        fused.state = model.advance_and_start(state, parents, tokens, fused.prompts, fused.max_new)
+    else:
+        model.advance(state, parents, tokens)
     clock.model_seconds += time.perf_counter() - began
     maybe_compact(model, partition, step_count)
     return True

@@ -169,6 +169,17 @@ class HFLanguageModel(BlockSteps):
         record = {"record": attention} if attention is not None else None
         if self.is_encoder_decoder:
             return self._start_encoder_decoder(prompts, max_new_tokens, record)
+        ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
+        if self._lean_step() is not None and record is None:
+            logits = self._lean_prefill(ids, positions, prompt_mask, cache)
+        else:
+            logits = self._forward(
+                record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache}
+            )
+        return self._prefilled(prompts, logits, mask, prompt_mask, cache, record)
+
+    def _prefill_inputs(self, prompts: list[list[int]], max_new_tokens: int):
+        """A decoder-only prefill's left-padded ids, positions, prompt mask, whole mask and cache."""
         device, batch = self.device, len(prompts)
         width = max(len(p) for p in prompts)
         ids = torch.full((batch, width), self._pad_id(), dtype=torch.long)
@@ -180,31 +191,52 @@ class HFLanguageModel(BlockSteps):
         ids, mask = ids.to(device), mask.to(device)
         prompt_mask = mask[:, :width]
         positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)
-        cache = PreallocatedCache(self._layers, capacity)
-        if self._lean_step() is not None and record is None:
-            logits = self._lean_prefill(ids, positions, prompt_mask, cache)
-        else:
-            logits = self._forward(
-                record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache}
-            )
+        return ids, positions, prompt_mask, mask, PreallocatedCache(self._layers, capacity)
+
+    def _prefilled(self, prompts, logits, mask, prompt_mask, cache, record=None) -> DecodeState:
+        width = prompt_mask.shape[1]
         # ``holes``: some slot before ``length`` is masked (padding, speculative rollback); without
         # holes the model is called with no attention mask, which skips building one every step
         holes = min(len(p) for p in prompts) < width
         extra = {"cache": cache, "mask": mask, "length": width, "next_position": prompt_mask.sum(-1), "holes": holes, "group": 1}
         return DecodeState(logits, width, {**extra, **(record or {})})
 
-    def _lean_prefill(self, ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor, cache: PreallocatedCache) -> torch.Tensor:
-        """Prefill through the lean step: every position sees the real positions up to it
-        (and itself, so that a padding position's states stay finite). Same logits as the
-        model's forward (tested), without its per-call overhead."""
-        self.forward_count += 1
+    def _prefill_part(self, ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor, cache: PreallocatedCache) -> tuple:
+        """The lean step's part for a prefill: every position sees the real positions up to it
+        (and itself, so that a padding position's states stay finite)."""
         while len(cache.layers) < self._layers:
             cache.layers.append(cache.layer_class_to_replicate())
         width = ids.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
         visible = (causal[None] & prompt_mask.bool()[:, None, :]) | torch.eye(width, dtype=torch.bool, device=ids.device)
-        hidden = self._step(ids, positions, cache, visible[:, None])
+        return ids, positions, cache, visible[:, None], None
+
+    def _lean_prefill(self, ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor, cache: PreallocatedCache) -> torch.Tensor:
+        """Prefill through the lean step. Same logits as the model's forward (tested), without
+        its per-call overhead."""
+        self.forward_count += 1
+        hidden = self._step(*self._prefill_part(ids, positions, prompt_mask, cache))
         return self._project(hidden[:, -1])
+
+    @property
+    def can_fuse_prefill(self) -> bool:
+        """Whether :meth:`advance_and_start` runs one forward for both (the lean Llama step)."""
+        return self._lean_step() is not None and hasattr(self._step, "parts")
+
+    @torch.inference_mode()
+    def advance_and_start(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
+        """:meth:`advance` of ``state`` and :meth:`start` of ``prompts`` (a new state) in one
+        pass of the lean step: the projections and MLP run once over the running rows' tokens
+        and the prompts', attention over each one's own cache. Requires :attr:`can_fuse_prefill`
+        and a state that records no attention."""
+        ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
+        step = self._step_part(state, parents, tokens)
+        self.forward_count += 1
+        running, new = self._step.parts([step, self._prefill_part(ids, positions, prompt_mask, cache)])
+        logits = self._project(torch.cat([running[:, -1], new[:, -1]]))
+        state.logits = logits[: state.rows]
+        self._stepped(state)
+        return self._prefilled(prompts, logits[state.rows :], mask, prompt_mask, cache)
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int, record: dict | None) -> DecodeState:
         device, batch = self.device, len(prompts)
@@ -310,6 +342,12 @@ class HFLanguageModel(BlockSteps):
                 decoder_input_ids=tokens[:, None],
                 **{self._cache_kw: extra["cache"]},
             )
+        elif self._lean_step() is not None and "record" not in extra:
+            self.forward_count += 1
+            hidden = self._step(*self._step_part(state, None, tokens))
+            state.logits = self._project(hidden[:, -1])
+            self._stepped(state)
+            return
         else:
             mask = extra["mask"]
             if length >= mask.shape[1]:
@@ -319,20 +357,35 @@ class HFLanguageModel(BlockSteps):
             step_mask = mask[:, : length + 1] if extra["holes"] else None
             group, prefix = extra["group"], state.prompt_length
             plan = (group, prefix) if group > 1 and prefix >= attention.MIN_PREFIX else None
-            if self._lean_step() is not None and "record" not in extra:
-                self.forward_count += 1
-                step_mask = step_mask[:, None, None, :].bool() if step_mask is not None else None
-                hidden = self._step(tokens[:, None], position[:, None], extra["cache"], step_mask, plan)
-                state.logits = self._project(hidden[:, -1])
-            else:
-                share = plan and self._shared_prefix and "record" not in extra
-                with attention.shared_prefix(self.model, *plan) if share else contextlib.nullcontext():
-                    state.logits = self._forward(
-                        extra,
-                        input_ids=tokens[:, None],
-                        attention_mask=step_mask,
-                        position_ids=position[:, None],
-                        **{self._cache_kw: extra["cache"]},
-                    )
+            share = plan and self._shared_prefix and "record" not in extra
+            with attention.shared_prefix(self.model, *plan) if share else contextlib.nullcontext():
+                state.logits = self._forward(
+                    extra,
+                    input_ids=tokens[:, None],
+                    attention_mask=step_mask,
+                    position_ids=position[:, None],
+                    **{self._cache_kw: extra["cache"]},
+                )
             extra["next_position"] = position + 1
         extra["length"] = length + 1
+
+    def _step_part(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> tuple:
+        """The lean step's part for a one-token step of every row of a decoder-only state
+        (after reordering by ``parents``); :meth:`_stepped` completes it."""
+        extra = state.extra
+        if parents is not None:
+            self._self_cache(state).reorder_from(parents, state.prompt_length)
+        length, mask = extra["length"], extra["mask"]
+        if length >= mask.shape[1]:
+            extra["mask"] = mask = torch.cat([mask, torch.ones_like(mask)], dim=1)
+        mask[:, length] = 1
+        step_mask = mask[:, None, None, : length + 1].bool() if extra["holes"] else None
+        group, prefix = extra["group"], state.prompt_length
+        plan = (group, prefix) if group > 1 and prefix >= attention.MIN_PREFIX else None
+        return tokens[:, None], extra["next_position"][:, None], extra["cache"], step_mask, plan
+
+    @staticmethod
+    def _stepped(state: DecodeState) -> None:
+        extra = state.extra
+        extra["next_position"] = extra["next_position"] + 1
+        extra["length"] += 1

@@ -65,4 +65,4 @@ class BlockWidth:
             expected = sum(p * (1 - p ** min(k, width)) / (1 - p) for k in lengths)
             return (rows + expected) / (fixed + per_token * rows * (width + 1))
 
-        return max(sorted(set(lengths)), key=lambda w: (rate(w), w))
+        return max(sorted(set(lengths) - {0}), key=lambda w: (rate(w), w))  # a draft keeps a node

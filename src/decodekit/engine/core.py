@@ -2,17 +2,20 @@
 
 Requests are submitted in groups (the requests of one call share a strategy, options and
 processors); between steps the scheduler admits pending groups (prefill once, fan out to beams or
-samples, then their rows join a running state) and retires finished ones (their rows leave, the
-cache slots are reused). Per step:
+samples, then their rows join a running state: :mod:`decodekit.engine.admission`) and retires
+finished ones (their rows leave, the cache slots are reused). Per step:
 
-1. admit pending groups (prefill; merge their rows into the shared state where the model allows);
+1. admit pending groups (prefill, or mark greedy/sampling groups for the step's own forward;
+   speculative requests start or join their proposer's run);
 2. every group decides its rows from its slice of the state's logits (vectorised per group:
    one ``search.step`` for all its requests);
 3. one host sync for every group's ``[non-finite, done]`` flags;
 4. finished and aborted groups are retired and their outputs delivered; a group whose logits
    were not finite fails with :class:`~decodekit.errors.NumericalError`, alone;
-5. one forward per state advances every remaining row (``advance(parents, tokens)``);
-6. speculative groups take one draft-and-verify step each.
+5. one forward per state advances every remaining row (``advance(parents, tokens)``), and
+   prefills the marked groups where the lean step can (``advance_and_start``), whose rows
+   then join the state;
+6. each speculative run takes one draft-and-verify step for all its rows.
 
 Threads: callers only ``submit`` and wait on handles; waiting drives the engine, and a lock
 makes sure one thread at a time runs steps. Nothing is patched per call.
@@ -27,19 +30,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-import torch
-
+from decodekit.engine.admission import Admission
 from decodekit.engine.checks import check_group, check_prompts
 from decodekit.engine.group import PlainGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
-from decodekit.engine.placement import place, pool_key, prefill, started, target_partition
 from decodekit.engine.request import AbortedError, Request, RequestHandle, same_group
 from decodekit.engine.speculative import SpeculativeGroup
 from decodekit.engine.step import Clock, FusedPrefill, Partition, drop_aborted, step_partitions
 from decodekit.errors import ConfigError
 
 
-class Engine:
+class Engine(Admission):
     """Owns a :class:`~decodekit.model.base.LanguageModel` and decodes every request submitted
     to it. ``max_rows``: rows admitted at once (a larger group still runs, alone).
     ``proposers``: speculative proposers kept (least recently used dropped first); each is
@@ -312,107 +313,6 @@ class Engine:
                 self.trace.append((self.running_rows, elapsed, self.forward_seconds - model_before))
             with self._changed:
                 self._changed.notify_all()
-
-    # -- admission --------------------------------------------------------------------------
-
-    def _admit(self) -> None:
-        """Admit pending entries in arrival order while rows are free. Greedy/sampling groups
-        of one kind are prefilled together (one forward per kind), whatever their order."""
-        with self._lock:
-            pending = list(self._pending)
-        admitted = []
-        pooled: dict[tuple, list[PlainGroup]] = {}
-        plain: list[PlainGroup] = []
-        for entry in pending:
-            handles = entry if isinstance(entry, list) else entry.handles
-            if all(h.done for h in handles):  # aborted while queued
-                admitted.append(entry)
-                continue
-            rows = self.running_rows + sum(g.rows for group in pooled.values() for g in group) + sum(g.rows for g in plain)
-            need = entry.rows if isinstance(entry, PlainGroup) else len(handles) * getattr(handles[0].request.strategy, "n", 1)
-            if rows and rows + need > self.max_rows:
-                break
-            if isinstance(entry, PlainGroup):
-                if entry.poolable:
-                    pooled.setdefault(pool_key(entry), []).append(entry)
-                else:
-                    plain.append(entry)
-                admitted.append(entry)
-            elif self._admit_speculative(handles):
-                admitted.append(entry)
-        # Subtle: where the lean step can, greedy/sampling groups are prefilled in the forward of
-        # the partition they join (one set of kernel calls per step, not two); they decide their
-        # first token in the next step.
-        target = target_partition(self.model, self._partitions) if getattr(self.model, "can_fuse_prefill", False) else None
-        if target is not None and pooled:
-            self._fused = FusedPrefill(target, list(pooled.values()))
-        else:
-            for groups in pooled.values():
-                self._admit_groups(groups)
-        for group in plain:
-            self._admit_groups([group])
-        if admitted:
-            with self._lock:
-                self._pending = [e for e in self._pending if not any(e is a for a in admitted)]
-
-    def _admit_groups(self, groups: list[PlainGroup]) -> None:
-        """Prefill groups in one forward (greedy/sampling groups of one kind, or one group),
-        then their rows join the running state (:mod:`decodekit.engine.placement`)."""
-        state = prefill(self.model, groups, self.clock)
-        if state is not None:
-            place(self.model, self._partitions, groups, state)
-
-    def _place_fused(self, fused: FusedPrefill) -> None:
-        """After a step whose forward prefilled ``fused``'s prompts: set their groups up and
-        place their rows, one pool kind at a time (prefilled apart if the forward did not run)."""
-        if fused.state is None:
-            for groups in fused.kinds:
-                self._admit_groups(groups)
-            return
-        at = 0
-        for groups in fused.kinds:
-            count = sum(len(g.prompts) for g in groups)
-            rows = torch.arange(at, at + count, device=fused.state.logits.device)
-            part = fused.state if len(fused.kinds) == 1 else self.model.fork(fused.state, rows)
-            at += count
-            try:
-                started(self.model, groups, part)
-            except Exception as error:
-                for group in groups:
-                    deliver_error(group.handles, model_error(self.model, "prefill", error))
-                continue
-            place(self.model, self._partitions, groups, part)
-
-    def _admit_speculative(self, handles: list[RequestHandle]) -> bool:
-        """Start a speculative group if its proposer is free, or join the running group that
-        holds it where it accepts these requests; else they stay queued."""
-        from decodekit.speculative import make_proposer
-
-        key = handles[0].request.strategy.speculative
-        if key in self._busy:
-            group = next((g for g in self._speculative if g.key == key), None)
-            if group is None or not group.accepts(handles):
-                return False
-            try:
-                group.join(handles)
-            except Exception as error:  # these requests fail alone; the run goes on
-                deliver_error(handles, model_error(self.model, "prefill", error))
-            return True
-        try:
-            if key not in self._proposers:
-                self._proposers[key] = make_proposer(key, self.model)
-                while len(self._proposers) > self.max_proposers:
-                    oldest = next(k for k in self._proposers if k not in self._busy and k != key)
-                    del self._proposers[oldest]
-            self._proposers.move_to_end(key)
-            group = SpeculativeGroup(self.model, handles, self._proposers[key])
-        except Exception as error:
-            deliver_error(handles, model_error(self.model, "speculative set-up", error))
-            return True
-        group.key = key
-        self._busy.add(key)
-        self._speculative.append(group)
-        return True
 
     # -- speculative groups -----------------------------------------------------------------
 

@@ -23,47 +23,19 @@ stop check and generator, and a row's tokens are the same as alone.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
 from decodekit.errors import NumericalError
-from decodekit.model.base import tree_ancestors
 from decodekit.search.base import Hypothesis, inverse_cdf
 from decodekit.speculative.base import Draft, Proposer, SpeculationContext, Verification, Warp
 from decodekit.speculative.budget import BlockWidth
+from decodekit.speculative.processing import ProcessedBlocks
+from decodekit.speculative.stats import SpeculationStats
 from decodekit.speculative.verify import accept_greedy, accept_sampling
 
 
-@dataclass(frozen=True)
-class SpeculationStats:
-    """Acceptance statistics of one prompt (summed over its rows when ``n > 1``).
-
-    ``target_forwards``: verification forwards the prompt's rows took part in (the prefill is
-    not counted). ``drafted``: draft tokens proposed; ``accepted``: draft tokens accepted;
-    ``generated``: tokens emitted (accepted + recovered/bonus, + the first token, which comes
-    from the prefill)."""
-
-    proposer: str
-    target_forwards: int
-    drafted: int
-    accepted: int
-    generated: int
-
-    @property
-    def accepted_per_forward(self) -> float:
-        return self.accepted / max(1, self.target_forwards)
-
-    @property
-    def forwards_per_token(self) -> float:
-        return self.target_forwards / max(1, self.generated)
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / max(1, self.drafted)
-
-
-class SpeculativeDecoding:
+class SpeculativeDecoding(ProcessedBlocks):
     """One speculative decoding run: ``prompts`` repeated ``width`` times (``n`` samples),
     then any rows admitted later (:attr:`joinable` runs). ``warp`` None means greedy."""
 
@@ -135,49 +107,6 @@ class SpeculativeDecoding:
             and bool(getattr(self.proposer, "joins", False))
             and bool(getattr(self.model, "can_merge", False))
         )
-
-    def _history(self, prompt: list[int], out: list[int]) -> list[int]:
-        """A row's history as plain decoding's processors see it: the prompt left-padded with
-        -1 to the group's prompt length, then the generated tokens (encoder-decoder: the
-        decoder start token, then the generated tokens)."""
-        if self.encoder_decoder:
-            return [self.start_token] + out
-        return [-1] * (self.prompt_pad - len(prompt)) + prompt + out
-
-    def _process_first(self, logits: torch.Tensor, prompts, width: int) -> torch.Tensor:
-        if self.processors is None:
-            return logits
-        rows = logits.shape[0]
-        history = [self._history(prompts[r // width], []) for r in range(rows)]
-        ids = torch.tensor(history, dtype=torch.long, device=logits.device)
-        return self.processors(ids, logits.clone())
-
-    def _process_block(self, logits, live, inputs, parents, valid) -> torch.Tensor:
-        """``(rows, n, V)`` block logits -> processed, each valid node with the history of its
-        path (row tokens, then the draft tokens from the root to the node). Nodes are grouped by
-        history length, one processor call per length."""
-        if self.processors is None:
-            return logits
-        rows, n, _ = logits.shape
-        ancestors = tree_ancestors(parents).tolist()
-        tokens, valid = inputs.tolist(), valid.tolist()
-        by_length: dict[int, list[tuple[int, int, list[int]]]] = {}
-        for i, r in enumerate(live):
-            base = self._history(self.row_prompts[r], self.out[r])
-            for j in range(n):
-                if not valid[i][j]:
-                    continue
-                # parents precede children, so block order along a path is depth order
-                path = [tokens[i][k] for k in range(1, j + 1) if ancestors[i][j][k]]
-                history = base + path
-                by_length.setdefault(len(history), []).append((i, j, history))
-        out = logits.clone()
-        for items in by_length.values():
-            index_i = torch.tensor([i for i, _, _ in items], device=logits.device)
-            index_j = torch.tensor([j for _, j, _ in items], device=logits.device)
-            ids = torch.tensor([h for _, _, h in items], dtype=torch.long, device=logits.device)
-            out[index_i, index_j] = self.processors(ids, logits[index_i, index_j])
-        return out
 
     def _block_uniforms(self, n: int) -> torch.Tensor:
         """``(live, n, 1 + siblings)``: the numbers of each live row's next ``n`` output

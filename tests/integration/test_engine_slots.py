@@ -53,11 +53,12 @@ def test_a_request_takes_the_free_slots_of_one_that_left_without_copying_the_sta
         assert [h.score for h in hyps] == pytest.approx([h.score for h in together], abs=1e-4)
 
 
-def test_new_requests_are_prefilled_in_the_forward_of_the_running_rows():
+@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+def test_new_requests_are_prefilled_in_the_forward_of_the_running_rows(builder):
     """With the lean step, greedy and sampling requests that arrive while rows decode are
     prefilled in the same forward as those rows' step (no forward of their own), and decode
     what they decode alone."""
-    model = HFLanguageModel(tm.llama())
+    model = HFLanguageModel(tm.BUILDERS[builder]())
     assert model.can_fuse_prefill
     options = decodekit.DecodeOptions(max_new_tokens=12, min_new_tokens=12)
     engine = Engine(model)
@@ -76,8 +77,9 @@ def test_new_requests_are_prefilled_in_the_forward_of_the_running_rows():
         assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
 
 
-def test_a_fused_step_and_prefill_equal_the_two_apart():
-    model = HFLanguageModel(tm.llama())
+@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+def test_a_fused_step_and_prefill_equal_the_two_apart(builder):
+    model = HFLanguageModel(tm.BUILDERS[builder]())
     prompts, newcomers = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [4], [7, 7, 7, 7, 7]]
     apart, fused = model.start(prompts, 8), model.start(prompts, 8)
     tokens = apart.logits.argmax(-1)

@@ -113,18 +113,34 @@ class GPT2Step(LeanStep):
         """Feed ``tokens`` at ``positions`` (both ``(rows, n)``) after each row's cache; as
         :meth:`LlamaStep.__call__ <decodekit.model.fast_llama.LlamaStep.__call__>`. Returns the
         final normed hidden states ``(rows, n, dim)``."""
-        rows, n = tokens.shape
+        return self.parts([(tokens, positions, cache, mask, plan)])[0]
+
+    @torch.inference_mode()
+    def parts(self, parts: list[tuple]) -> list[torch.Tensor]:
+        """Several batches with caches of their own in one pass; as :meth:`LlamaStep.parts
+        <decodekit.model.fast_llama.LlamaStep.parts>`."""
         D, H, d = self.dim, self.heads, self.head_dim
-        hidden = F.embedding(tokens, self.embed) + F.embedding(positions, self.position_table)
+        shapes = [tuple(p[0].shape) for p in parts]
+        sizes = [rows * n for rows, n in shapes]
+
+        def flat(index: int) -> torch.Tensor:
+            return parts[0][index].reshape(-1) if len(parts) == 1 else torch.cat([p[index].reshape(-1) for p in parts])
+
+        hidden = F.embedding(flat(0), self.embed) + F.embedding(flat(1), self.position_table)  # (tokens, D)
         for index, block in enumerate(self.blocks):
             x = F.layer_norm(hidden, (D,), block.ln1.weight, block.ln1.bias, block.ln1.eps)
-            qkv = torch.addmm(block.qkv.bias, x.view(-1, D), block.qkv.weight).view(rows, n, 3 * D)
-            q, k, v = qkv.split(D, dim=2)
-            q, k, v = (t.view(rows, n, H, d).transpose(1, 2) for t in (q, k, v))
-            keys, values = cache.layers[index].update(k, v)
-            out = self._attend(q, keys, values, mask, plan)  # (rows, n, D)
-            hidden = torch.addmm(block.proj.bias, out.reshape(-1, D), block.proj.weight).view(rows, n, D) + hidden
+            qkv = torch.addmm(block.qkv.bias, x, block.qkv.weight)
+            outs, at = [], 0
+            for (_, _, cache, mask, plan), (rows, n), size in zip(parts, shapes, sizes):
+                q, k, v = qkv[at : at + size].view(rows, n, 3 * D).split(D, dim=2)
+                at += size
+                q, k, v = (t.view(rows, n, H, d).transpose(1, 2) for t in (q, k, v))
+                keys, values = cache.layers[index].update(k, v)
+                outs.append(self._attend(q, keys, values, mask, plan).reshape(size, D))
+            out = outs[0] if len(outs) == 1 else torch.cat(outs)
+            hidden = torch.addmm(block.proj.bias, out, block.proj.weight) + hidden
             x = F.layer_norm(hidden, (D,), block.ln2.weight, block.ln2.bias, block.ln2.eps)
-            inner = _gelu_new(torch.addmm(block.fc.bias, x.view(-1, D), block.fc.weight))
-            hidden = hidden + torch.addmm(block.out.bias, inner, block.out.weight).view(rows, n, D)
-        return F.layer_norm(hidden, (D,), self.final.weight, self.final.bias, self.final.eps)
+            inner = _gelu_new(torch.addmm(block.fc.bias, x, block.fc.weight))
+            hidden = hidden + torch.addmm(block.out.bias, inner, block.out.weight)
+        hidden = F.layer_norm(hidden, (D,), self.final.weight, self.final.bias, self.final.eps)
+        return [h.view(rows, n, -1) for h, (rows, n) in zip(hidden.split(sizes), shapes)]

@@ -220,7 +220,7 @@ class HFLanguageModel(BlockSteps):
 
     @property
     def can_fuse_prefill(self) -> bool:
-        """Whether :meth:`advance_and_start` runs one forward for both (the lean Llama step)."""
+        """Whether :meth:`advance_and_start` runs one forward for both (the lean steps)."""
         return self._lean_step() is not None and hasattr(self._step, "parts")
 
     @torch.inference_mode()

@@ -79,6 +79,31 @@ def test_later_speculative_requests_join_the_running_state_and_match_alone(embed
             same(alone(model, prompt, decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=length)), result)
 
 
+def test_requests_with_processors_join_with_their_own_and_equal_plain_decoding(embedded):
+    """Penalties and a minimum length apply per row, with the row's own prompt length, so
+    requests with processors join the running run too and get plain decoding's tokens."""
+    model = embedded.model
+    strategy = decodekit.Greedy(speculative=Speculative("suffix"))
+    prompts = [embedded.encode(p) for p in ("x = 1\nx = 1\nx = 1\n", "def f(a, b):\n    return a", "import os\n")]
+    settings = dict(repetition_penalty=1.2, no_repeat_ngram_size=4, min_new_tokens=8)
+    options = [decodekit.DecodeOptions(max_new_tokens=n, **settings) for n in (30, 12, 20)]
+    engine = Engine(model)
+    counter = Counting(model)
+    try:
+        handles = []
+        for prompt, option in zip(prompts, options):
+            handles += engine.submit([Request(prompt, strategy, option)])
+            for _ in range(2):
+                engine.step()
+            assert len(engine._speculative) == 1 and not engine._pending  # joined, not queued
+        results = [h.result() for h in handles]
+    finally:
+        counter.close()
+    assert max(counter.rows) >= 2  # rows of several requests in one verification forward
+    for prompt, option, result in zip(prompts, options, results):
+        same(alone(model, prompt, decodekit.Greedy(), option), result)
+
+
 def test_a_request_with_other_options_waits_for_the_proposer_and_matches_alone(embedded):
     model = embedded.model
     strategy = decodekit.Greedy(speculative=Speculative("suffix"))

@@ -5,7 +5,8 @@ A :class:`SpeculativeGroup` drives a :class:`~decodekit.speculative.loop.Specula
 its first requests start it (the prefill is the group's first step), then one
 draft-and-verify step per engine step for every live row. A request submitted later with the
 same proposer config, the same strategy and options (its seed, ``n``, ``max_new_tokens`` and
-stop strings may differ) joins the running state at admission, if the run is joinable (see
+stop strings may differ; its processors are its own) joins the running state at admission, if
+the run is joinable (see
 :attr:`~decodekit.speculative.loop.SpeculativeDecoding.joinable`); otherwise it waits for the
 proposer. Each request is delivered as soon as its rows finish, and fails alone if its logits
 are not finite.
@@ -98,11 +99,15 @@ class SpeculativeGroup:
 
     def join(self, handles: list[RequestHandle]) -> None:
         """Prefill ``handles``' prompts and add their rows to the running state."""
+        from decodekit.speculative import row_processors
+
         first = handles[0].request
         width = getattr(first.strategy, "n", 1) if self.run.warp is not None else 1
         generators = tuple(request_generator(h.request, self.device) for h in handles)
         stop = first.stop_check if first.options.stop else None
-        rows = self.run.admit([h.request.prompt for h in handles], width, first.options.max_new_tokens, generators, stop)
+        prompts = [h.request.prompt for h in handles]
+        processors = row_processors(self.model, prompts, first.options)
+        rows = self.run.admit(prompts, width, first.options.max_new_tokens, generators, stop, processors)
         self._add(handles, rows, width)
         self._settle()
 

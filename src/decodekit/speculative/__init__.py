@@ -200,12 +200,11 @@ def speculative_run(
     if sampling:
         warpers = strategy.warpers()
         warp = (lambda logits: warpers(None, logits)) if len(warpers) else (lambda logits: logits)
-    prompt_pad = 1 if model.is_encoder_decoder else max(len(p) for p in prompts)
     return SpeculativeDecoding(
         model,
         prompts,
         proposer,
-        processors=options.processors(prompt_pad, eos, model.vocab_size),
+        processors=row_processors(model, prompts, options),
         constraint=constraint,
         width=strategy.n if sampling else 1,
         max_new_tokens=options.max_new_tokens,
@@ -215,6 +214,13 @@ def speculative_run(
         stop_check=stop_check,
         siblings=tried_siblings(strategy.speculative) if sampling else 1,
     )
+
+
+def row_processors(model, prompts: list[list[int]], options: DecodeOptions):
+    """The logits processors ``options`` ask for, for rows of ``prompts`` decoded together
+    (their histories padded to the longest prompt; encoder-decoder: the decoder's)."""
+    prompt_pad = 1 if model.is_encoder_decoder else max(len(p) for p in prompts)
+    return options.processors(prompt_pad, options.eos(model.eos_token_ids), model.vocab_size)
 
 
 def speculative_decode(

@@ -14,10 +14,10 @@ Per step, for all live rows at once:
 One host sync per step (the accepted tokens, which the proposers need as Python lists).
 
 Rows have ids that never repeat within a run. A run is *joinable* when nothing in it depends
-on the batch's composition (no processors, no constraint, a proposer that takes rows in and
-out, a model whose states merge): then later requests' rows :meth:`~SpeculativeDecoding.admit`
-into the running state between steps (continuous batching), each with its own length limit,
-stop check and generator, and a row's tokens are the same as alone.
+on the batch's composition (no constraint, a proposer that takes rows in and out, a model
+whose states merge): then later requests' rows :meth:`~SpeculativeDecoding.admit` into the
+running state between steps (continuous batching), each with its own length limit, stop check,
+generator and processors, and a row's tokens are the same as alone.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class SpeculativeDecoding(ProcessedBlocks):
         self.row_prompts: dict[int, list[int]] = {}
         self.limit: dict[int, int] = {}
         self.stops: dict[int, object] = {}
+        self.processing: dict[int, tuple] = {}  # row -> (its group's processors or None, prompt length)
         self.state = None
         self.live: list[int] = []  # row ids, in the state's row order
         self.uniforms: torch.Tensor | None = None  # the live rows' numbers, in live order
@@ -102,8 +103,7 @@ class SpeculativeDecoding(ProcessedBlocks):
     def joinable(self) -> bool:
         """Whether rows may :meth:`admit` into this run while it decodes."""
         return (
-            self.processors is None
-            and self.constraint is None
+            self.constraint is None
             and bool(getattr(self.proposer, "joins", False))
             and bool(getattr(self.model, "can_merge", False))
         )
@@ -130,10 +130,12 @@ class SpeculativeDecoding(ProcessedBlocks):
 
     # -- admission ------------------------------------------------------------------------------
 
-    def admit(self, prompts, width: int, max_new_tokens: int, generators=(), stop_check=None) -> list[int]:
+    def admit(self, prompts, width: int, max_new_tokens: int, generators=(), stop_check=None, processors=None) -> list[int]:
         """Prefill ``prompts`` (each ``width`` rows), choose their first tokens and let the rows
-        that go on join the running state. Returns the new row ids, prompt-major. Raises
-        :class:`NumericalError` (changing nothing) if a prompt's logits are not finite."""
+        that go on join the running state. ``processors``: theirs, built for a prompt length of
+        the longest of ``prompts`` (the run's own for its first prompts). Returns the new row
+        ids, prompt-major. Raises :class:`NumericalError` (changing nothing) if a prompt's
+        logits are not finite."""
         if self._begun and not self.joinable:
             raise RuntimeError("this speculative run takes no more rows")
         model = self.model
@@ -149,7 +151,11 @@ class SpeculativeDecoding(ProcessedBlocks):
         bad = ~torch.isfinite(torch.logsumexp(state.logits, -1))  # NaN, +inf or all -inf
         if bool(bad.any()):
             raise NumericalError(step=0, row=int(bad.nonzero()[0]))
-        logits = self._process_first(state.logits, prompts, width)
+        if not self._begun:
+            processing = (self.processors, self.prompt_pad)
+        else:
+            processing = (processors if processors is not None and len(processors) else None, max(len(p) for p in prompts))
+        logits = self._process_first(state.logits, prompts, width, processing)
         if self.constraint is not None:
             logits = self.constraint.first(logits)
         first = logits.argmax(-1) if self.warp is None else inverse_cdf(self.warp(logits).softmax(-1), numbers[:, 0, 0])
@@ -161,6 +167,7 @@ class SpeculativeDecoding(ProcessedBlocks):
             self.row_prompts[r], self.out[r], self.logprobs[r] = prompt, [token], [logprob]
             self.sequences[r] = prompt + [token]
             self.reason[r], self.limit[r], self.stops[r] = None, max_new_tokens, stop_check
+            self.processing[r] = processing
             self.forwards[r] = self.drafted[r] = self.accepted[r] = 0
         if self.constraint is not None:
             self.constraint.consume(rows, [self.out[r][0] for r in rows])
@@ -198,7 +205,7 @@ class SpeculativeDecoding(ProcessedBlocks):
         """Delivered rows: drop everything the run kept about them."""
         for r in rows:
             for table in (self.out, self.logprobs, self.reason, self.failed, self.forwards, self.drafted,
-                          self.accepted, self.sequences, self.row_prompts, self.limit, self.stops):
+                          self.accepted, self.sequences, self.row_prompts, self.limit, self.stops, self.processing):
                 table.pop(r, None)
 
     def _keep_live(self, still: list[int]) -> None:

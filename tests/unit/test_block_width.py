@@ -3,6 +3,8 @@ cost of block tokens and the run's acceptance rate."""
 
 from __future__ import annotations
 
+import pytest
+
 from decodekit.speculative.budget import BlockWidth
 
 
@@ -39,3 +41,20 @@ def test_a_cost_that_does_not_grow_with_tokens_keeps_the_whole_draft():
 
 def test_rows_without_a_draft_never_cut_the_block_to_nothing():
     assert fed(0.002, 0.0002, 0.01).width([0, 0, 0, 7]) >= 1
+
+
+@pytest.mark.parametrize("proposer", ["suffix", "draft"])
+def test_cutting_every_draft_to_one_token_changes_no_seeded_sample(monkeypatch, proposer):
+    """The cut at its most aggressive (one draft position per step whenever rows decode
+    together): a seeded sample in a batch is still what it is alone, for deterministic drafts
+    (cut) and a draft model's (never cut: its tokens take part in the draws)."""
+    import decodekit
+    from decodekit.speculative import Speculative
+
+    decoder = decodekit.load()
+    strategy = decodekit.Sampling(seed=5, top_k=30, speculative=Speculative(proposer))
+    prompts = ["x = 1\nx = 1\nx = 1\n", "def f(a, b):\n    return a + b\n"]
+    alone = [decoder.generate(p, strategy, max_new_tokens=24).best.token_ids for p in prompts]
+    monkeypatch.setattr(BlockWidth, "width", lambda self, lengths: min(max(lengths), 1))
+    together = decoder.generate(prompts, strategy, max_new_tokens=24)
+    assert [r.best.token_ids for r in together] == alone

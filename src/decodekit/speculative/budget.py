@@ -11,9 +11,10 @@ step, from two running estimates:
   acceptance rate ``p`` given its parent was (geometric), so a row whose draft is cut at ``k``
   tokens expects ``p (1 - p^k) / (1 - p)`` of them, plus its recovered or bonus token.
 
-A draft cut to a width is still a draft: the verifier's output does not depend on it (greedy:
-the target's tokens; sampling: the draws of each output position), so cutting changes speed
-only. A single row, too little history, or a cost that does not grow with tokens (an
+A deterministic draft cut to a width is still a draft: the verifier's output does not depend
+on it (greedy: the target's tokens; sampling: the draws of each output position), so cutting
+changes speed only. Stochastic drafts (a draft model sampling) take part in the draws and are
+never cut. A single row, too little history, or a cost that does not grow with tokens (an
 asynchronous GPU, where a forward's wall time is not known without a sync) keep the whole
 draft.
 """

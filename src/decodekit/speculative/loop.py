@@ -262,10 +262,13 @@ class SpeculativeDecoding(ProcessedBlocks):
         context = SpeculationContext(live, [self.sequences[r] for r in live], limits)
         draft = self.proposer.propose(context)
         count = len(live)
-        if count > 1 and draft.size:
+        # Subtle: only deterministic drafts are cut; a stochastic draft's tokens take part in
+        # the draws, so cutting one row's because of the others would make its sample depend
+        # on the batch (a deterministic draft never changes what a row emits)
+        if count > 1 and draft.size and draft.probs is None:
             width = self.block_width.width(draft.valid.sum(-1).tolist())
             if width < draft.size:  # nodes come after their parents: a cut keeps whole paths
-                draft = Draft(draft.tokens[:, :width], draft.parents[:, :width], draft.valid[:, :width], None if draft.probs is None else draft.probs[:, :width])
+                draft = Draft(draft.tokens[:, :width], draft.parents[:, :width], draft.valid[:, :width])
         # Block: the last token (root), then the draft; padding and depth cuts are invalid.
         last = torch.tensor([self.sequences[r][-1] for r in live], dtype=torch.long, device=device)
         inputs = torch.cat([last[:, None], draft.tokens.to(device)], 1)

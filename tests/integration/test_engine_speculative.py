@@ -46,7 +46,7 @@ def same(a, b) -> None:
     assert [h.score for h in a.hypotheses] == pytest.approx([h.score for h in b.hypotheses], abs=1e-4)
 
 
-@pytest.mark.parametrize("proposer", ["suffix", "ngram", "recycling"])
+@pytest.mark.parametrize("proposer", ["suffix", "ngram", "recycling", "draft"])
 @pytest.mark.parametrize("kind", ["greedy", "sampling"])
 def test_later_speculative_requests_join_the_running_state_and_match_alone(embedded, proposer, kind):
     model = embedded.model

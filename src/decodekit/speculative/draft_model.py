@@ -66,6 +66,8 @@ class DraftModelProposer:
         self.state = None
         self.forward_count = 0
         self._fed_draft = self._steps = 0
+        # rows join and leave a running call where the draft model's states merge
+        self.joins = bool(getattr(draft_model, "can_merge", False))
 
     def begin(
         self,
@@ -74,15 +76,32 @@ class DraftModelProposer:
         generators: tuple[torch.Generator | None, ...] = (),
     ) -> None:
         self.warp = warp
-        self.generators = tuple(generators) or (None,) * len(prompts)
+        self.generators: dict[int, torch.Generator | None] = {}
         # the draft's U[0, 1) numbers by row and absolute position, drawn in chunks from the
         # row's own generator: what a row drafts never depends on the other rows
-        self._uniforms = [torch.empty(0) for _ in prompts]
+        self._uniforms: dict[int, torch.Tensor] = {}
+        self._seen: dict[int, int] = {}  # tokens of each row in the draft cache
+        self.state, self._rows = None, []
+        self.join(list(range(len(prompts))), prompts, generators)
+
+    def join(self, rows: list[int], prompts: list[list[int]], generators: tuple[torch.Generator | None, ...] = ()) -> None:
+        """Rows ``rows`` (ids new to this call) begin with ``prompts``: prefilled by the draft
+        model and merged into its running state."""
+        generators = tuple(generators) or (None,) * len(prompts)
         # Capacity is only a first guess: the cache and mask grow on demand.
-        self.state = self.draft.start(prompts, 256)
+        new = self.draft.start(prompts, 256)
         self.forward_count += 1
-        self._rows = list(range(len(prompts)))
-        self._seen = [len(p) for p in prompts]  # tokens of each row in the draft cache
+        self.state = new if self.state is None else self.draft.merge(self.state, new)
+        for row, prompt, generator in zip(rows, prompts, generators):
+            self.generators[row], self._uniforms[row], self._seen[row] = generator, torch.empty(0), len(prompt)
+        self._rows += list(rows)
+
+    def leave(self, rows: list[int], outputs: list[list[int]]) -> None:
+        """Rows that finished (their draft cache rows go at the next draft)."""
+        for row in rows:
+            self.generators.pop(row, None)
+            self._uniforms.pop(row, None)
+            self._seen.pop(row, None)
 
     def _sync_rows(self, rows: list[int]) -> None:
         if rows != self._rows:

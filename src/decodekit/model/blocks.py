@@ -47,17 +47,7 @@ class BlockSteps:
         if self._lean_step() is not None:
             logits = self._project(self._step(tokens, positions, extra["cache"], block_mask[:, None]))
         else:
-            inputs = {"logits_to_keep": 0} if self._keeps_logits else {}
-            with quiet.driven():
-                logits = self.model(
-                    input_ids=tokens,
-                    attention_mask=block_mask[:, None],
-                    position_ids=positions,
-                    **{self._cache_kw: extra["cache"]},
-                    use_cache=True,
-                    return_dict=True,
-                    **inputs,
-                ).logits.float()
+            logits = self._block_forward(extra, input_ids=tokens, attention_mask=block_mask[:, None], position_ids=positions)
         extra["length"] = length + n
         extra["block"] = (length, n)
         extra["group"] = 1  # keep/compact move rows' slots independently
@@ -70,21 +60,20 @@ class BlockSteps:
         its tokens (:meth:`keep`), so positions stay shared and no row has holes."""
         extra = state.extra
         length, n = extra["length"], tokens.shape[1]
-        inputs = {"logits_to_keep": 0} if self._keeps_logits else {}
         self.forward_count += 1
-        with quiet.driven():
-            logits = self.model(
-                encoder_outputs=extra["encoder"],
-                attention_mask=extra["encoder_mask"],
-                decoder_input_ids=tokens,
-                **{self._cache_kw: extra["cache"]},
-                use_cache=True,
-                return_dict=True,
-                **inputs,
-            ).logits.float()
+        logits = self._block_forward(extra, encoder_outputs=extra["encoder"], attention_mask=extra["encoder_mask"], decoder_input_ids=tokens)
         extra["length"] = length + n
         extra["block"] = (length, n)
         return logits
+
+    def _block_forward(self, extra: dict, **inputs) -> torch.Tensor:
+        """The model's own forward over a block after the state's cache: float32 logits at
+        every block position."""
+        if self._keeps_logits:
+            inputs["logits_to_keep"] = 0
+        with quiet.driven():
+            out = self.model(**inputs, **{self._cache_kw: extra["cache"]}, use_cache=True, return_dict=True)
+        return out.logits.float()
 
     @torch.inference_mode()
     def keep(self, state: DecodeState, index: torch.Tensor, count: torch.Tensor) -> None:

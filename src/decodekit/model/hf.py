@@ -333,7 +333,6 @@ class HFLanguageModel(BlockSteps):
         if parents is not None:
             # Rows of one prompt share the prompt region, so only generated positions move.
             self._self_cache(state).reorder_from(parents, state.prompt_length)
-        length = extra["length"]
         if self.is_encoder_decoder:
             state.logits = self._forward(
                 extra,
@@ -342,32 +341,24 @@ class HFLanguageModel(BlockSteps):
                 decoder_input_ids=tokens[:, None],
                 **{self._cache_kw: extra["cache"]},
             )
-        elif self._lean_step() is not None and "record" not in extra:
+            extra["length"] += 1
+            return
+        if self._lean_step() is not None and "record" not in extra:
             self.forward_count += 1
             hidden = self._step(*self._step_part(state, None, tokens))
             state.logits = self._project(hidden[:, -1])
-            self._stepped(state)
-            return
         else:
-            mask = extra["mask"]
-            if length >= mask.shape[1]:
-                extra["mask"] = mask = torch.cat([mask, torch.ones_like(mask)], dim=1)
-            mask[:, length] = 1
-            position = extra["next_position"]
-            step_mask = mask[:, : length + 1] if extra["holes"] else None
-            group, prefix = extra["group"], state.prompt_length
-            plan = (group, prefix) if group > 1 and prefix >= attention.MIN_PREFIX else None
+            step_mask, plan = self._open_slot(state)
             share = plan and self._shared_prefix and "record" not in extra
             with attention.shared_prefix(self.model, *plan) if share else contextlib.nullcontext():
                 state.logits = self._forward(
                     extra,
                     input_ids=tokens[:, None],
                     attention_mask=step_mask,
-                    position_ids=position[:, None],
+                    position_ids=extra["next_position"][:, None],
                     **{self._cache_kw: extra["cache"]},
                 )
-            extra["next_position"] = position + 1
-        extra["length"] = length + 1
+        self._stepped(state)
 
     def _step_part(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> tuple:
         """The lean step's part for a one-token step of every row of a decoder-only state
@@ -375,14 +366,24 @@ class HFLanguageModel(BlockSteps):
         extra = state.extra
         if parents is not None:
             self._self_cache(state).reorder_from(parents, state.prompt_length)
+        step_mask, plan = self._open_slot(state)
+        step_mask = step_mask[:, None, None, :].bool() if step_mask is not None else None
+        return tokens[:, None], extra["next_position"][:, None], extra["cache"], step_mask, plan
+
+    @staticmethod
+    def _open_slot(state: DecodeState) -> tuple[torch.Tensor | None, tuple[int, int] | None]:
+        """Mark every row's next cache slot real (growing the mask as needed). Returns the
+        ``(rows, length + 1)`` mask up to it (None when no slot before it is masked) and the
+        shared-prefix plan ``(group, prefix)`` of the step (None when it does not apply)."""
+        extra = state.extra
         length, mask = extra["length"], extra["mask"]
         if length >= mask.shape[1]:
             extra["mask"] = mask = torch.cat([mask, torch.ones_like(mask)], dim=1)
         mask[:, length] = 1
-        step_mask = mask[:, None, None, : length + 1].bool() if extra["holes"] else None
+        step_mask = mask[:, : length + 1] if extra["holes"] else None
         group, prefix = extra["group"], state.prompt_length
         plan = (group, prefix) if group > 1 and prefix >= attention.MIN_PREFIX else None
-        return tokens[:, None], extra["next_position"][:, None], extra["cache"], step_mask, plan
+        return step_mask, plan
 
     @staticmethod
     def _stepped(state: DecodeState) -> None:

@@ -156,3 +156,22 @@ def test_non_finite_logits_fail_only_the_joined_request_they_belong_to():
     with pytest.raises(NumericalError, match="row 0"):
         bad.result()
     assert good.result().hypotheses[0].token_ids == [3] * 60
+
+
+def test_a_joining_request_whose_prompt_gives_non_finite_logits_fails_alone():
+    def next_logprobs(seq):
+        values = [0.0, 0.0, 0.0, 2.0, 0.0, 0.0]
+        if seq[0] == 2:
+            values[3] = math.inf
+        return values
+
+    model = ScriptedModel(6, next_logprobs, eos_token_ids=(0,), can_merge=True)
+    strategy = decodekit.Greedy(speculative=Speculative("ngram"))
+    engine = Engine(model)
+    (good,) = engine.submit([Request([1, 3, 3], strategy, decodekit.DecodeOptions(max_new_tokens=60))])
+    engine.step()
+    (bad,) = engine.submit([Request([2, 3, 3], strategy, decodekit.DecodeOptions(max_new_tokens=12))])
+    engine.step()
+    with pytest.raises(NumericalError, match="step 0"):
+        bad.result()
+    assert good.result().hypotheses[0].token_ids == [3] * 60

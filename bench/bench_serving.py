@@ -17,7 +17,9 @@ another, each alone. Each is run ``--repeats`` times, alternating; printed are t
 and the engine's overhead: the share of step time spent outside model calls, over the whole run
 ("overhead", admissions and retirements included) and over the steps where all C requests
 were running ("at C rows"; "-" when they never all ran at once).
-Also checks that every concurrent output equals the request decoded alone.
+"same": how many of the C concurrent outputs equal the request decoded alone, in every run.
+Greedy outputs are equal; seeded sampled ones can differ after many tokens, because a row's
+logits are not bit-identical alone and in a batch (see the README's "Determinism").
 """
 
 from __future__ import annotations
@@ -131,9 +133,9 @@ def main() -> None:
         run = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
         tokens = sum(len(o) for o in serial_out)
         ours, base = tokens / run["wall"], tokens / statistics.median(serial_walls)
-        same = all(r["outputs"] == serial_out for r in runs)
+        same = min(sum(a == b for a, b in zip(r["outputs"], serial_out)) for r in runs)  # in every run
         p50, p99 = percentile(run["ttft"], 0.5) * 1e3, percentile(run["ttft"], 0.99) * 1e3
-        print(f"| {count} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x | {p50:.0f} | {p99:.0f} | {run['overhead']:.0%} | {'-' if run['steady'] != run['steady'] else format(run['steady'], '.0%')} | {same} |")
+        print(f"| {count} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x | {p50:.0f} | {p99:.0f} | {run['overhead']:.0%} | {'-' if run['steady'] != run['steady'] else format(run['steady'], '.0%')} | {same}/{count} |")
 
 
 if __name__ == "__main__":

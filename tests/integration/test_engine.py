@@ -5,6 +5,7 @@ other threads, in other positions of a batch) with the same request decoded alon
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import threading
@@ -62,8 +63,6 @@ def test_seeded_request_is_the_same_alone_in_a_batch_and_at_any_position(embedde
 
 
 def dataclass_replace_seed(strategy, seed):
-    import dataclasses
-
     if getattr(strategy, "sampler", None) is not None:
         return dataclasses.replace(strategy, sampler=dataclasses.replace(strategy.sampler, seed=seed))
     return dataclasses.replace(strategy, seed=seed)
@@ -217,10 +216,12 @@ def test_non_finite_logits_fail_only_their_own_request():
 
     decoder = decodekit.load(ScriptedModel(6, next_logprobs, eos_token_ids=(0,)))
     engine = decoder.engine
-    bad, good = engine.submit([Request([2, 3], decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=5)), Request([1, 3], decodekit.Sampling(seed=1), decodekit.DecodeOptions(max_new_tokens=5))])
+    sampled = Request([1, 3], decodekit.Sampling(seed=1), decodekit.DecodeOptions(max_new_tokens=5))
+    bad, good = engine.submit([Request([2, 3], decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=5)), sampled])
     with pytest.raises(NumericalError, match="step 2"):
         bad.result()
-    assert len(good.result().hypotheses[0].token_ids) == 5
+    (alone,) = engine.submit([dataclasses.replace(sampled)])
+    assert good.result().hypotheses[0].token_ids == alone.result().hypotheses[0].token_ids
 
 
 def test_speculative_calls_from_threads_are_lossless(embedded):

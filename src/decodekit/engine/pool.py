@@ -25,7 +25,7 @@ from decodekit.engine.group import PlainGroup
 from decodekit.engine.request import EngineEvent, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
 from decodekit.logits.warpers import warp_rows
-from decodekit.search.base import Hypothesis, TopTokens, inverse_cdf
+from decodekit.search.base import Hypothesis, TopTokens, race
 from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS, STOP
 
 WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
@@ -188,21 +188,22 @@ class RowPool:
     def decide(self, logits: torch.Tensor) -> torch.Tensor:
         """Decide every row from ``(rows, vocab)`` logits. Returns ``(2 * rows,)`` bool flags:
         each row's non-finite logits, then whether it has finished."""
-        # Subtle: the log-normaliser is NaN if any logit is NaN, +inf if one is +inf and -inf if
-        # all are -inf, so it is both the log-prob denominator and the finiteness check.
-        normaliser = torch.logsumexp(logits, -1)
-        nonfinite = ~torch.isfinite(normaliser)
+        # Subtle: a row's log-softmax is NaN everywhere if any logit is NaN or +inf, or if all
+        # are -inf (its max is then NaN or infinite), and never NaN otherwise, so its first entry
+        # is the finiteness check; one log_softmax is also cheaper than a logsumexp on the CPU.
+        logprobs = logits.log_softmax(-1)
+        nonfinite = logprobs[:, 0].isnan()
         stuck = None
         if self.min_new_any:  # as MinNewTokens: no EOS before a row's minimum length
             early = self.t < self.min_new
             logits = logits.clone()
             logits[:, self.eos] = logits[:, self.eos].masked_fill(early[:, None], -float("inf"))
-            normaliser = torch.logsumexp(logits, -1)
-            stuck = (normaliser == -float("inf")) & ~nonfinite  # only EOS was possible
+            logprobs = logits.log_softmax(-1)
+            stuck = logprobs[:, 0].isnan() & ~nonfinite  # only EOS was possible
         rows = torch.arange(self.rows, device=self.device)
         if self.sampling:
             warped = warp_rows(logits, *(self.settings[name] for name in WARPER_FIELDS))
-            tokens = inverse_cdf(warped.softmax(-1), self.uniforms[rows, self.t.clamp(max=self.columns - 1)])
+            tokens = race(warped, self.uniforms[rows, self.t.clamp(max=self.columns - 1)])
         else:
             tokens = logits.max(-1).indices  # the first maximum, as argmax; faster on the CPU
         if stuck is not None:  # ends with nothing appended: finish reason "constraint"
@@ -212,11 +213,11 @@ class RowPool:
         running = ~self.finished
         tokens = tokens.masked_fill(self.finished, self.pad)
         self.tokens[rows, self.t] = tokens
-        chosen = logits.gather(1, tokens[:, None]).squeeze(1) - normaliser
+        chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
         self.logprobs[rows, self.t] = chosen.masked_fill(self.finished, 0.0)
         if self.top_n:
-            values, ids = torch.topk(logits, self.top_n, dim=-1)
-            self.top_values[rows, self.t], self.top_ids[rows, self.t] = values - normaliser[:, None], ids
+            values, ids = torch.topk(logprobs, self.top_n, dim=-1)
+            self.top_values[rows, self.t], self.top_ids[rows, self.t] = values, ids
         self.t += running
         hit_eos = torch.isin(tokens, self.eos) & running
         self.reason.masked_fill_(hit_eos, EOS)

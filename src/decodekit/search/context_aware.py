@@ -18,7 +18,7 @@ import torch
 
 from decodekit import validation as v
 from decodekit.errors import ConfigError, check
-from decodekit.search.base import Hypothesis, SearchContext, Step, inverse_cdf, per_prompt_rand
+from decodekit.search.base import Hypothesis, SearchContext, Step, per_prompt_rand, race
 from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS, STOP, Sampling
 
 _FLOOR = -1.0e4
@@ -99,7 +99,7 @@ class ContextAwareRun:
             chosen = contrast.argmax(-1)
         else:
             warped = self.warpers(None, contrast) if len(self.warpers) else contrast
-            chosen = inverse_cdf(warped.softmax(-1), self.uniforms[:, t])
+            chosen = race(warped, self.uniforms[:, t])
         stuck = ~torch.isfinite(contrast.amax(-1)) & ~self.finished
         logprob = contrast.log_softmax(-1).gather(1, chosen[:, None]).squeeze(1)
         chosen = chosen.masked_fill(self.finished | stuck, self.context.pad_token_id)

@@ -28,8 +28,8 @@ from decodekit.search.base import (
     SearchContext,
     Step,
     TopTokens,
-    inverse_cdf,
     per_prompt_rand,
+    race,
 )
 from decodekit.speculative.config import Speculative
 
@@ -181,9 +181,9 @@ class RowSearch:
             apply = self.xtc_uniforms[:, t] < self.sampler.xtc_probability
             warped = exclude_top_choices(warped, self.sampler.xtc_threshold, apply)
         if self.mu is None:
-            return inverse_cdf(warped.softmax(-1), self.uniforms[:, t])
+            return race(warped, self.uniforms[:, t])
         truncated = mirostat_truncate(warped, self.mu).log_softmax(-1)
-        tokens = inverse_cdf(truncated.exp(), self.uniforms[:, t])
+        tokens = race(truncated, self.uniforms[:, t])
         surprisal = -truncated.gather(1, tokens[:, None]).squeeze(1) / math.log(2.0)
         self.mu = torch.where(self.finished, self.mu, self.mu - self.sampler.mirostat_eta * (surprisal - self.sampler.mirostat_tau))
         return tokens

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from decodekit.errors import ConfigError
-from decodekit.search.base import inverse_cdf
+from decodekit.search.base import race
 from decodekit.speculative.base import Draft, SpeculationContext, Verification, Warp
 from decodekit.speculative.config import DraftModelConfig
 from decodekit.speculative.rsd import TreeLayout, gumbel_noise, without_replacement
@@ -122,9 +122,9 @@ class DraftModelProposer:
     def _choose(self, logits: torch.Tensor, rows: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.warp is None:
             return logits.argmax(-1), None
-        probs = self.warp(logits).softmax(-1)
-        u = torch.cat([self._uniform(row, p) for row, p in zip(rows, positions)]).to(probs.device)
-        return inverse_cdf(probs, u), probs
+        warped = self.warp(logits)
+        u = torch.cat([self._uniform(row, p) for row, p in zip(rows, positions)]).to(warped.device)
+        return race(warped, u), warped.softmax(-1)
 
     def _catch_up(self, context: SpeculationContext) -> torch.Tensor:
         """Feed the tokens the draft model has not seen (one forward, a chain block); the
@@ -224,7 +224,7 @@ class DraftModelProposer:
                     picked, ok = without_replacement(dist, gumbel[:, above], width)
                 else:
                     u = single[:, above].reshape(-1)
-                    picked = inverse_cdf(dist.reshape(-1, vocab), u).view(rows, -1, 1)
+                    picked = race(dist.reshape(-1, vocab).log(), u).view(rows, -1, 1)
                     ok = torch.ones_like(picked, dtype=torch.bool)
                 probs[:, nodes] = dist.repeat_interleave(width, dim=1)
             else:

@@ -27,7 +27,7 @@ import time
 import torch
 
 from decodekit.errors import NumericalError
-from decodekit.search.base import Hypothesis, inverse_cdf
+from decodekit.search.base import Hypothesis, race
 from decodekit.speculative.base import Draft, Proposer, SpeculationContext, Verification, Warp
 from decodekit.speculative.budget import BlockWidth
 from decodekit.speculative.processing import ProcessedBlocks
@@ -158,7 +158,7 @@ class SpeculativeDecoding(ProcessedBlocks):
         logits = self._process_first(state.logits, prompts, width, processing)
         if self.constraint is not None:
             logits = self.constraint.first(logits)
-        first = logits.argmax(-1) if self.warp is None else inverse_cdf(self.warp(logits).softmax(-1), numbers[:, 0, 0])
+        first = logits.argmax(-1) if self.warp is None else race(self.warp(logits), numbers[:, 0, 0])
         first_logprob = logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
         rows = list(range(self._next, self._next + count))
         self._next += count

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from decodekit.search.base import inverse_cdf
+from decodekit.search.base import race
 
 
 @dataclass(frozen=True)
@@ -149,5 +149,5 @@ def recursive_rejection(
     rank = torch.where(passed, torch.arange(s, device=tokens.device), s).amin(-1)
     accepted = rank < s
     chosen = tokens.gather(1, rank.clamp(max=s - 1)[:, None]).squeeze(1)
-    token = torch.where(accepted, chosen, inverse_cdf(residual, final))
+    token = torch.where(accepted, chosen, race(residual.log(), final))
     return torch.where(accepted, rank, -1), token

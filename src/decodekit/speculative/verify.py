@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from decodekit.model.base import tree_ancestors
-from decodekit.search.base import inverse_cdf
+from decodekit.search.base import race
 from decodekit.speculative.base import Warp
 from decodekit.speculative.rsd import recursive_rejection
 
@@ -98,13 +98,14 @@ def accept_sampling(
     token where there is no stochastic child), ``[..., 1]`` draws the recovered token,
     ``[..., 2:]`` test its children 2 to ``s`` (later ones are not tried). Subtle: tying the
     randomness to the output *position* (not to the draft) makes a deterministic draft
-    irrelevant to the result: the token at each position is the inverse-CDF draw of ``p`` with
-    that position's number, exactly what plain sampling with the same numbers would emit. So a
+    irrelevant to the result: the token at each position is the draw of ``p`` with that
+    position's number (:func:`~decodekit.search.base.race`), exactly what plain sampling with the same numbers would emit. So a
     seed fixes the output even though proposers with cross-call state (suffix trees,
     recycling) draft differently from call to call."""
     rows, n, vocab = logits.shape
     device = logits.device
-    probs = warp(logits.reshape(rows * n, vocab)).softmax(-1).reshape(rows, n, vocab)
+    warped = warp(logits.reshape(rows * n, vocab)).reshape(rows, n, vocab)
+    probs = warped.softmax(-1)
     ancestors = tree_ancestors(parents)
     arange = torch.arange(rows, device=device)
     block = torch.arange(n, device=device)
@@ -120,7 +121,7 @@ def accept_sampling(
         children = valid & (parents == current[:, None])  # (rows, n)
         children &= live[:, None]
         if draft_probs is None:
-            y = inverse_cdf(p, u[:, 0])
+            y = race(warped[arange, current], u[:, 0])
             match = children & (tokens == y[:, None])
             step = match.any(-1)
             chosen = torch.where(live, y, chosen)

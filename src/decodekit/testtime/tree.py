@@ -23,7 +23,7 @@ import torch
 
 from decodekit.engine.limits import model_error
 from decodekit.errors import ConfigError, DecodeKitError, InputError, NumericalError
-from decodekit.search.base import inverse_cdf
+from decodekit.search.base import race
 from decodekit.search.sampling import Sampling
 from decodekit.testtime.node import TERMINAL, Compute, Node, check_sampler  # noqa: F401  (the tree's public names)
 
@@ -244,7 +244,7 @@ class Tree:
             return logits.argmax(-1)
         warped = warpers(None, logits) if len(warpers) else logits
         u = torch.rand(logits.shape[0], generator=self.generator)
-        return inverse_cdf(warped.softmax(-1), u)
+        return race(warped, u)
 
     def _end(self, tokens: list[int], start: int, drawn: int, boundary, limit) -> str | None:
         """Why a branch ends after its newest token (None: it goes on). ``start``: its token

@@ -49,9 +49,20 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many steps")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument("--device", default="cpu", help="where target and draft train: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--bf16", action="store_true", help="forward under bfloat16 autocast (weights stay float32)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--resume", action="store_true", help="continue from --work's checkpoints")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch build sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device}: cpu or cuda")
+    return args
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -102,6 +113,8 @@ def train_role(args: argparse.Namespace, role: str) -> None:
         budget_seconds=60.0 * getattr(args, f"{role}_minutes"),
         max_steps=args.max_steps,
         seed=args.seed,
+        device=args.device,
+        bf16=args.bf16,
     )
     role_dir = work / role
     role_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +131,7 @@ def train_role(args: argparse.Namespace, role: str) -> None:
         "settings": asdict(settings),
         "state": asdict(state),
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu",
         "process_seconds": time.time() - started,
         "wall_seconds": time.time() - run_started,
     }
@@ -160,7 +174,9 @@ def export_all(args: argparse.Namespace) -> None:
 
 def reproduce_command(args: argparse.Namespace, budgets: dict[str, float]) -> str:
     return (f"python -m decodekit.train --stage all --target-minutes {budgets['target']:g} "
-            f"--draft-minutes {budgets['draft']:g} --seed {args.seed} --card MODEL.md")
+            f"--draft-minutes {budgets['draft']:g} --seed {args.seed}"
+            + (f" --device {args.device}" if args.device != "cpu" else "") + (" --bf16" if args.bf16 else "")
+            + " --card MODEL.md")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ as JSON) is written every ``checkpoint_seconds`` and at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -81,6 +82,8 @@ class TrainSettings:
     max_steps: int | None = None
     checkpoint_seconds: float = 180.0
     seed: int = 0
+    device: str = "cpu"
+    bf16: bool = False  # the forward under bfloat16 autocast (weights and optimizer stay float32)
 
 
 @dataclass
@@ -146,8 +149,9 @@ def save_checkpoint(directory: Path, model, optimizer, state: LoopState) -> None
 
 def load_checkpoint(directory: Path, model, optimizer) -> LoopState:
     """Restore a checkpoint written by ``save_checkpoint`` (no pickle: weights_only)."""
-    load_model(model, str(directory / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    device = next(model.parameters()).device
+    load_model(model, str(directory / "model.safetensors"), device=str(device))
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True, map_location=device))
     return LoopState(**json.loads((directory / "state.json").read_text()))
 
 
@@ -160,7 +164,11 @@ def train(
     resume: bool,
     description: str = "train",
 ) -> LoopState:
-    """Train ``model`` in place on ``stream`` (1-D int tensor) until the budget ends."""
+    """Train ``model`` in place on ``stream`` (1-D int tensor, on the CPU) until the budget
+    ends, on ``settings.device`` (the model is moved there)."""
+    device = torch.device(settings.device)
+    model.to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if settings.bf16 else contextlib.nullcontext()
     optimizer = _optimizer(model, settings)
     state = LoopState()
     if resume and (checkpoint_dir / "state.json").exists():
@@ -178,11 +186,12 @@ def train(
             lr = learning_rate(settings, state)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = batch_at(stream, state.step, settings)
+            batch = batch_at(stream, state.step, settings).to(device, non_blocking=True)
             # 1. forward/backward on (B, L) inputs against (B, L) shifted labels
-            logits = model(input_ids=batch[:, :-1]).logits
+            with autocast:
+                logits = model(input_ids=batch[:, :-1]).logits
             loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
+                logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

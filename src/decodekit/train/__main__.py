@@ -20,12 +20,30 @@ from safetensors.torch import load_file, load_model, save_file
 from transformers import AutoTokenizer
 
 from decodekit.train.corpus import collect_corpus, write_manifest
+from decodekit.train.evaluate import held_out_loss
 from decodekit.train.export import evaluate_model, export_model, greedy_samples
 from decodekit.train.loop import MODEL_SIZES, TrainSettings, build_model, parameter_count, train
+from decodekit.train.packages import collect_code_corpus
 from decodekit.train.tokenizer import check_round_trip, encode_file, save_tokenizer, train_tokenizer
 
 PACKAGE_MODELS = Path(__file__).resolve().parent.parent / "models"
 MODEL_NAMES = {"target": "stdlib-code", "draft": "stdlib-code-draft"}
+CODE_PACKAGES = (
+    "torch", "transformers", "numpy", "tokenizers", "safetensors", "huggingface_hub", "fastapi", "pydantic",
+    "starlette", "uvicorn", "anyio", "httpx", "prometheus_client", "tqdm", "sacrebleu", "matplotlib", "jinja2",
+    "hypothesis", "packaging", "filelock", "fsspec", "requests", "urllib3",
+)
+"""The code corpus's packages: decodekit's dependencies and theirs, as installed."""
+HELD_OUT_PACKAGES = ("networkx", "click")
+"""Held out whole: the loss on code from projects the model never saw."""
+HELD_OUT_MAX_TOKENS = 2048  # per held-out file, to bound the evaluation
+
+
+def load_corpus(args: argparse.Namespace, kind: str):
+    """The corpus ``--stage prepare`` split (``kind``: "stdlib" or "code")."""
+    if kind == "code":
+        return collect_code_corpus(args.packages, args.held_out)
+    return collect_corpus()
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +53,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("runs/train"), help="scratch: checkpoints, logs")
     parser.add_argument("--card", type=Path, default=None, help="write the model card here (export)")
     parser.add_argument("--vocab-size", type=int, default=6144)
+    parser.add_argument("--corpus", choices=("stdlib", "code"), default="stdlib",
+                        help="stdlib: the standard library; code: it plus installed packages' sources (prepare)")
+    parser.add_argument("--packages", nargs="+", default=list(CODE_PACKAGES), help="code corpus: packages trained on")
+    parser.add_argument("--held-out", nargs="+", default=list(HELD_OUT_PACKAGES), help="code corpus: packages only evaluated")
     parser.add_argument("--target-minutes", type=float, default=35.0)
     parser.add_argument("--draft-minutes", type=float, default=25.0)
     parser.add_argument("--target-size", choices=sorted(MODEL_SIZES), default="target")
@@ -71,7 +93,7 @@ def prepare(args: argparse.Namespace) -> None:
     if args.resume and (work / "train_tokens.safetensors").exists():
         return
     work.mkdir(parents=True, exist_ok=True)
-    corpus = collect_corpus()
+    corpus = load_corpus(args, args.corpus)
     write_manifest(corpus, work / "corpus.json")
     tokenizer = train_tokenizer((corpus.texts[p] for p in corpus.train), args.vocab_size)
     check_round_trip(tokenizer, [corpus.texts[p] for p in corpus.validation])
@@ -143,9 +165,12 @@ def export_all(args: argparse.Namespace) -> None:
     work = args.work
     tokenizer = AutoTokenizer.from_pretrained(str(work / "tokenizer"), local_files_only=True)
     manifest = json.loads((work / "corpus.json").read_text())
-    corpus = collect_corpus()
+    code = "held_out_packages" in manifest
+    corpus = load_corpus(args, "code" if code else "stdlib")
     if corpus.validation != manifest["validation"]:
-        raise RuntimeError("the standard library changed since --stage prepare")
+        raise RuntimeError("the corpus's sources changed since --stage prepare")
+    # the standard library's own split: the same files whichever corpus trained the model
+    validation = corpus.stdlib_validation if code else corpus.validation
     counts = {}
     budgets = {}
     for role, name in MODEL_NAMES.items():
@@ -156,9 +181,16 @@ def export_all(args: argparse.Namespace) -> None:
             "name": name,
             "role": role,
             "training": json.loads((work / role / "done.json").read_text()),
-            **evaluate_model(model, tokenizer, corpus.texts, corpus.validation),
+            **evaluate_model(model, tokenizer, corpus.texts, validation),
             "samples": greedy_samples(model, tokenizer),
         }
+        if code:
+            texts = [corpus.texts[p] for p in corpus.held_out]
+            metrics["held_out_packages"] = {
+                "packages": manifest["held_out_packages"],
+                **asdict(held_out_loss(model, tokenizer, texts, max_tokens=HELD_OUT_MAX_TOKENS)),
+                "max_tokens_per_file": HELD_OUT_MAX_TOKENS,
+            }
         written = export_model(model, tokenizer, args.out / name, manifest, metrics)
         counts[role] = written["parameters"]
         budgets[role] = metrics["training"]["settings"]["budget_seconds"] / 60.0

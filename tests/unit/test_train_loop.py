@@ -55,3 +55,18 @@ def test_device_must_be_one_torch_can_use(capsys):
         assert "no CUDA device" in capsys.readouterr().err
     args = parse_arguments(["--device", "cpu", "--bf16"])
     assert args.device == "cpu" and args.bf16
+
+
+def test_a_literal_special_token_in_a_file_is_text():
+    from transformers import AutoTokenizer
+
+    from decodekit.models import DEFAULT_MODEL, embedded_model_path
+    from decodekit.train.tokenizer import check_round_trip, encode_file
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_path(DEFAULT_MODEL)), local_files_only=True)
+    text = 'PAD, EOS = "<pad>", "<eos>"\nprint(EOS)\n'
+    ids = encode_file(tokenizer, text)
+    special = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert not special & set(ids[1:-1])  # the literals are ordinary tokens
+    check_round_trip(tokenizer, [text])

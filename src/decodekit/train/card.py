@@ -31,6 +31,26 @@ def _hardware() -> str:
     return f"{model_name or processor}, {os.cpu_count()} logical CPUs, no GPU, torch {torch.__version__}"
 
 
+def _packages(corpus: dict) -> list[str]:
+    """The code corpus's packages (none for the standard-library corpus)."""
+    if "packages" not in corpus:
+        return []
+    lines = [
+        "Also the Python sources of these installed packages (`decodekit.train.packages`), test",
+        "directories excluded; named `site-packages/<path>`, split by the same rule. The",
+        "validation loss below is the standard library's split alone, as for a standard-library",
+        f"model. Deduplication over everything: {corpus['dedup']}; {corpus['near_duplicates']}",
+        "near-duplicates dropped. Held-out packages are evaluation only.",
+        "",
+        "| package | version | licence | files | bytes | exact copies dropped | near-duplicates dropped | held out |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for p in corpus["packages"]:
+        lines.append(f"| {p['name']} | {p['version']} | {p['licence']} | {p['files']:,} | {p['bytes']:,} "
+                     f"| {p['exact_duplicates']} | {p['near_duplicates']} | {'yes' if p['held_out'] else ''} |")
+    return [*lines, ""]
+
+
 def _fence(text: str) -> str:
     return "```python\n" + text.rstrip("\n") + "\n```"
 
@@ -68,6 +88,7 @@ def render(models_dir: Path, command: str) -> str:
         "Validation files: " + ", ".join(f"`{p}`" for p in corpus["validation"]) + ".",
         "The full file lists are in `corpus.json` next to each model.",
         "",
+        *_packages(corpus),
         "## Tokenizer",
         "",
         f"Byte-level BPE (`tokenizers`), {config[NAMES[0]]['vocab_size']:,} entries including",
@@ -144,6 +165,19 @@ def render(models_dir: Path, command: str) -> str:
             f"| {name} | {full['nats_per_token']:.4f} | {full['perplexity']:.2f} | {full['tokens']:,} "
             f"| {subset['nats_per_token']:.4f} | {subset['perplexity']:.2f} | {subset['tokens']:,} |"
         )
+    if all("held_out_packages" in metrics[name] for name in NAMES):
+        held = metrics[NAMES[0]]["held_out_packages"]
+        lines += [
+            "",
+            "Held-out packages (" + ", ".join(f"`{p}`" for p in held["packages"]) + "; never trained on), each file",
+            f"cut to its first {held['max_tokens_per_file']} tokens:",
+            "",
+            "| model | nats/token | perplexity | tokens | files |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name in NAMES:
+            h = metrics[name]["held_out_packages"]
+            lines.append(f"| {name} | {h['nats_per_token']:.4f} | {h['perplexity']:.2f} | {h['tokens']:,} | {h['files']} |")
     lines += [
         "",
         "## Samples",

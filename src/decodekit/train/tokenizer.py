@@ -50,15 +50,16 @@ def wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def encode_file(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
-    """Token ids of one file as the model is trained on it: ``<bos> text <eos>``."""
-    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    """Token ids of one file as the model is trained on it: ``<bos> text <eos>``. Subtle: a
+    file's literal ``"<eos>"`` (tokenizer code has them) is text, not the special token."""
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
     return [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
 
 
 def check_round_trip(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str]) -> None:
     """Raise ``AssertionError`` unless every text decodes back to itself exactly."""
     for text in texts:
-        ids = tokenizer(text)["input_ids"]
+        ids = encode_file(tokenizer, text)
         decoded = tokenizer.decode(ids, skip_special_tokens=True)
         if decoded != text:
             raise AssertionError("tokenizer round trip changed the text")

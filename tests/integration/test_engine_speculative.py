@@ -138,13 +138,9 @@ def test_aborting_a_joined_request_frees_its_rows_and_the_others_go_on(embedded)
     assert engine.running_rows == 0 and not group.run.out  # delivered rows are forgotten
 
 
-def test_non_finite_logits_fail_only_the_joined_request_they_belong_to():
-    def next_logprobs(seq):
-        values = [0.0, 0.0, 0.0, 2.0, 0.0, 0.0]
-        if seq[0] == 2 and len(seq) >= 6:
-            values[1] = math.nan
-        return values
-
+def _good_then_bad(next_logprobs):
+    """A 60-token speculative request runs a step, then one whose prompt starts with 2 joins
+    it and a step runs: the engine and both handles."""
     model = ScriptedModel(6, next_logprobs, eos_token_ids=(0,), can_merge=True)
     strategy = decodekit.Greedy(speculative=Speculative("ngram"))
     engine = Engine(model)
@@ -152,6 +148,17 @@ def test_non_finite_logits_fail_only_the_joined_request_they_belong_to():
     engine.step()
     (bad,) = engine.submit([Request([2, 3, 3], strategy, decodekit.DecodeOptions(max_new_tokens=12))])
     engine.step()
+    return engine, good, bad
+
+
+def test_non_finite_logits_fail_only_the_joined_request_they_belong_to():
+    def next_logprobs(seq):
+        values = [0.0, 0.0, 0.0, 2.0, 0.0, 0.0]
+        if seq[0] == 2 and len(seq) >= 6:
+            values[1] = math.nan
+        return values
+
+    engine, good, bad = _good_then_bad(next_logprobs)
     assert len(engine._speculative) == 1 and not engine._pending
     with pytest.raises(NumericalError, match="row 0"):
         bad.result()
@@ -165,13 +172,7 @@ def test_a_joining_request_whose_prompt_gives_non_finite_logits_fails_alone():
             values[3] = math.inf
         return values
 
-    model = ScriptedModel(6, next_logprobs, eos_token_ids=(0,), can_merge=True)
-    strategy = decodekit.Greedy(speculative=Speculative("ngram"))
-    engine = Engine(model)
-    (good,) = engine.submit([Request([1, 3, 3], strategy, decodekit.DecodeOptions(max_new_tokens=60))])
-    engine.step()
-    (bad,) = engine.submit([Request([2, 3, 3], strategy, decodekit.DecodeOptions(max_new_tokens=12))])
-    engine.step()
+    _, good, bad = _good_then_bad(next_logprobs)
     with pytest.raises(NumericalError, match="step 0"):
         bad.result()
     assert good.result().hypotheses[0].token_ids == [3] * 60

@@ -82,3 +82,10 @@ def test_a_package_that_is_not_installed_is_named(site):
     with pytest.raises(LookupError, match="not-a-package-xyz"):
         collect_code_corpus(["not-a-package-xyz"], [], stdlib=site)
     assert "alpha" not in sys.modules
+
+
+def test_a_package_both_trained_on_and_held_out_is_refused(site):
+    with pytest.raises(ValueError, match="alpha"):
+        collect_code_corpus(["alpha"], ["alpha"], stdlib=site)
+    with pytest.raises(ValueError, match="beta"):
+        collect_code_corpus(["beta", "alpha", "beta"], [], stdlib=site)

@@ -82,6 +82,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--device: {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this torch build sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {args.device}: cpu or cuda")
     return args

@@ -19,7 +19,15 @@ from decodekit.train.evaluate import EVALUATION_WINDOW, SUBSET_MAX_TOKENS
 NAMES = ("stdlib-code", "stdlib-code-draft")
 
 
-def _hardware() -> str:
+def _hardware(devices: set[str]) -> str:
+    """The CPU (and the accelerators the models trained on, from their ``done.json``)."""
+    accelerators = sorted(d for d in devices if d != "cpu")
+    if accelerators:
+        return f"{', '.join(accelerators)} (training), torch {torch.__version__}"
+    return _cpu()
+
+
+def _cpu() -> str:
     processor = platform.processor() or platform.machine()
     model_name = ""
     cpuinfo = Path("/proc/cpuinfo")
@@ -121,12 +129,14 @@ def render(models_dir: Path, command: str) -> str:
         "",
         "## Training",
         "",
-        f"Hardware: {_hardware()}. The two models trained at the same time, each in its",
-        "own process with `torch.set_num_threads(1)`, while other work shared the machine.",
+        f"Hardware: {_hardware({metrics[n]['training'].get('device', 'cpu') for n in NAMES})}. The two models trained at the",
+        f"same time, each in its own process with `torch.set_num_threads({metrics[NAMES[0]]['training']['threads']})`, while other work shared the machine.",
         "",
         "Recipe (both): AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear",
         "warm-up then cosine decay to 10% of the peak learning rate over the wall-clock",
-        "budget, gradient clipping at 1.0, float32, random chunks of the packed training",
+        "budget, gradient clipping at 1.0, "
+        + ("float32 weights with the forward under bfloat16 autocast" if metrics[NAMES[0]]["training"]["settings"].get("bf16") else "float32")
+        + ", random chunks of the packed training",
         "stream (a seeded permutation per epoch).",
         "",
         "| | stdlib-code | stdlib-code-draft |",

@@ -45,6 +45,24 @@ class Corpus:
     skipped_duplicates: int = 0
     skipped_undecodable: int = 0
 
+    def read_new(self, path: Path, hashes: set[str]) -> str | None:
+        """``path``'s text if it is strict UTF-8, not empty and no copy of a text whose hash
+        is in ``hashes`` (its hash is then added); else None, counted as undecodable or as a
+        duplicate."""
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            self.skipped_undecodable += 1
+            return None
+        if not text.strip():
+            return None
+        digest = sha1_text(text)
+        if digest in hashes:
+            self.skipped_duplicates += 1
+            return None
+        hashes.add(digest)
+        return text
+
     def bytes_of(self, paths: list[str]) -> int:
         return sum(len(self.texts[path].encode("utf-8")) for path in paths)
 
@@ -80,18 +98,9 @@ def collect_corpus(root: Path | None = None) -> Corpus:
         relative = path.relative_to(root)
         if _is_excluded(relative) or not path.is_file():
             continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            corpus.skipped_undecodable += 1
+        text = corpus.read_new(path, seen_hashes)
+        if text is None:
             continue
-        if not text.strip():
-            continue
-        digest = sha1_text(text)
-        if digest in seen_hashes:
-            corpus.skipped_duplicates += 1
-            continue
-        seen_hashes.add(digest)
         name = relative.as_posix()
         corpus.texts[name] = text
         (corpus.validation if is_validation(name) else corpus.train).append(name)

@@ -147,7 +147,12 @@ def package_files(dist: metadata.Distribution) -> list[tuple[str, Path]]:
 def collect_code_corpus(packages: list[str], held_out: list[str], stdlib: Path | None = None) -> CodeCorpus:
     """The standard library under ``stdlib`` (default: the running interpreter's) and the
     installed distributions named in ``packages`` (trained on, 2% validation) and ``held_out``
-    (evaluation only). A name that is not installed raises ``LookupError``."""
+    (evaluation only). A name that is not installed raises ``LookupError``; one named twice
+    (or in both lists) ``ValueError``."""
+    names = [*packages, *held_out]
+    if len(set(names)) != len(names):
+        both = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"packages named twice, or both trained on and held out: {both}")
     base = collect_corpus(stdlib)
     corpus = CodeCorpus(root=base.root, train=list(base.train), validation=list(base.validation), texts=dict(base.texts),
                         skipped_duplicates=base.skipped_duplicates, skipped_undecodable=base.skipped_undecodable)
@@ -156,26 +161,18 @@ def collect_code_corpus(packages: list[str], held_out: list[str], stdlib: Path |
     near = NearDuplicates()
     for name in sorted(base.texts):
         near.seen(base.texts[name])
-    for name in [*packages, *held_out]:
+    for name in names:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             raise LookupError(f"package {name!r} is not installed; the code corpus reads installed sources") from None
         package = Package(dist.metadata["Name"], dist.version, licence_of(dist), name in held_out)
         for relative, path in package_files(dist):
-            try:
-                text = path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                corpus.skipped_undecodable += 1
+            copies = corpus.skipped_duplicates
+            text = corpus.read_new(path, hashes)
+            package.exact_duplicates += corpus.skipped_duplicates - copies
+            if text is None:
                 continue
-            if not text.strip():
-                continue
-            digest = sha1_text(text)
-            if digest in hashes:
-                package.exact_duplicates += 1
-                corpus.skipped_duplicates += 1
-                continue
-            hashes.add(digest)
             if near.seen(text):
                 package.near_duplicates += 1
                 corpus.near_duplicates += 1

@@ -1,10 +1,13 @@
 """``python -m decodekit.train``: corpus, tokenizer, target + draft, evaluation, export.
 
 Stages (``--stage``): ``prepare`` (corpus split, tokenizer, packed token
-stream), ``target`` and ``draft`` (time-budgeted training, resumable; the two
-may run at the same time in separate processes), ``export`` (held-out
-evaluation, samples, HF directories, model card) and ``all`` (the four in
-order). Scratch files live under ``--work``; nothing there is shipped.
+stream), ``sweep`` (which target shape the budget buys: :mod:`decodekit.train.sweep`),
+``target`` and ``draft`` (time-budgeted training, resumable; the two may run at
+the same time in separate processes), ``export`` (held-out evaluation, samples,
+parse rates, the draft's agreement and acceptance, HF directories, model card),
+``quality`` (the parse rates, agreement and acceptance of the models already
+exported) and ``all`` (prepare, target, draft, export). Scratch files live under
+``--work``; nothing there is shipped.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import torch
 from safetensors.torch import load_file, load_model, save_file
 from transformers import AutoTokenizer
 
+from decodekit.train.card import cpu_name
 from decodekit.train.corpus import collect_corpus, write_manifest
 from decodekit.train.evaluate import held_out_loss
 from decodekit.train.export import evaluate_model, export_model, greedy_samples
 from decodekit.train.loop import MODEL_SIZES, TrainSettings, build_model, parameter_count, train
 from decodekit.train.packages import collect_code_corpus
+from decodekit.train.quality import draft_acceptance, greedy_agreement, parse_samples
 from decodekit.train.tokenizer import check_round_trip, encode_file, save_tokenizer, train_tokenizer
 
 PACKAGE_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -48,7 +53,7 @@ def load_corpus(args: argparse.Namespace, kind: str):
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m decodekit.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=("all", "prepare", "target", "draft", "export"), default="all")
+    parser.add_argument("--stage", choices=("all", "prepare", "sweep", "target", "draft", "export", "quality"), default="all")
     parser.add_argument("--out", type=Path, default=PACKAGE_MODELS, help="where the exported models go")
     parser.add_argument("--work", type=Path, default=Path("runs/train"), help="scratch: checkpoints, logs")
     parser.add_argument("--card", type=Path, default=None, help="write the model card here (export)")
@@ -65,6 +70,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target-layers", type=int, help="override the preset's layer count")
     parser.add_argument("--draft-hidden", type=int)
     parser.add_argument("--draft-layers", type=int)
+    parser.add_argument("--sweep-shapes", nargs="+", default=["192x4", "256x6", "384x6", "512x8"],
+                        help="sweep: target shapes HIDDENxLAYERS, each trained --sweep-minutes")
+    parser.add_argument("--sweep-minutes", type=float, default=10.0, help="sweep: training minutes per shape")
     parser.add_argument("--target-lr", type=float, default=2e-3)
     parser.add_argument("--draft-lr", type=float, default=3e-3)
     parser.add_argument("--sequence-length", type=int, default=1024)
@@ -156,6 +164,7 @@ def train_role(args: argparse.Namespace, role: str) -> None:
         "state": asdict(state),
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu",
+        "cpu": cpu_name(),
         "process_seconds": time.time() - started,
         "wall_seconds": time.time() - run_started,
     }
@@ -175,6 +184,7 @@ def export_all(args: argparse.Namespace) -> None:
     validation = corpus.stdlib_validation if code else corpus.validation
     counts = {}
     budgets = {}
+    models = {}
     for role, name in MODEL_NAMES.items():
         model = fresh_model(args, role, tokenizer)
         load_model(model, str(work / role / "checkpoint" / "model.safetensors"))
@@ -185,6 +195,7 @@ def export_all(args: argparse.Namespace) -> None:
             "training": json.loads((work / role / "done.json").read_text()),
             **evaluate_model(model, tokenizer, corpus.texts, validation),
             "samples": greedy_samples(model, tokenizer),
+            "parse": parse_samples(model, tokenizer),
         }
         if code:
             texts = [corpus.texts[p] for p in corpus.held_out]
@@ -194,16 +205,57 @@ def export_all(args: argparse.Namespace) -> None:
                 "max_tokens_per_file": HELD_OUT_MAX_TOKENS,
             }
         written = export_model(model, tokenizer, args.out / name, manifest, metrics)
+        models[role] = model
         counts[role] = written["parameters"]
         budgets[role] = metrics["training"]["settings"]["budget_seconds"] / 60.0
         print(f"{name}: {written['parameters']:,} parameters, held-out "
               f"{written['validation_full']['nats_per_token']:.4f} nats/token")
+    pair_metrics(args, models, tokenizer, [corpus.texts[p] for p in sorted(validation)])
     if counts["draft"] * 4 > counts["target"]:
         print("warning: the draft has more than a quarter of the target's parameters")
     if args.card is not None:
         from decodekit.train.card import write_card
 
         write_card(args.out, args.card, command=reproduce_command(args, budgets))
+
+
+def pair_metrics(args: argparse.Namespace, models: dict, tokenizer, texts: list[str]) -> None:
+    """The draft's agreement with the target and the acceptance it gets, into the target's
+    metrics.json (the exported directories are what the draft proposer loads)."""
+    path = args.out / MODEL_NAMES["target"] / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["draft_agreement"] = greedy_agreement(models["target"], models["draft"], tokenizer, texts)
+    metrics["draft_acceptance"] = draft_acceptance(args.out / MODEL_NAMES["target"], args.out / MODEL_NAMES["draft"], texts)
+    path.write_text(json.dumps(metrics, indent=1) + "\n")
+    parsed = sum(s["parses"] for s in metrics["parse"])
+    print(f"draft agreement {metrics['draft_agreement']['agreement']:.3f}, acceptance "
+          f"{metrics['draft_acceptance']['acceptance_rate']:.3f}; target blocks parsing: {parsed}/{len(metrics['parse'])}")
+
+
+def quality(args: argparse.Namespace) -> None:
+    """Parse rates, the draft's agreement and acceptance of the models already in ``--out``
+    (into their metrics.json; with ``--card``, into that card's sections of the same name)."""
+    from transformers import AutoModelForCausalLM
+
+    directories = {role: args.out / name for role, name in MODEL_NAMES.items()}
+    tokenizer = AutoTokenizer.from_pretrained(str(directories["target"]), local_files_only=True)
+    manifest = json.loads((directories["target"] / "corpus.json").read_text())
+    code = "held_out_packages" in manifest
+    corpus = load_corpus(args, "code" if code else "stdlib")
+    validation = corpus.stdlib_validation if code else corpus.validation
+    models = {}
+    for role, directory in directories.items():
+        model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True).to(args.device).eval()
+        path = directory / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["parse"] = parse_samples(model, tokenizer)
+        path.write_text(json.dumps(metrics, indent=1) + "\n")
+        models[role] = model
+    pair_metrics(args, models, tokenizer, [corpus.texts[p] for p in sorted(validation)])
+    if args.card is not None:
+        from decodekit.train.card import update_quality
+
+        update_quality(args.out, args.card)
 
 
 def reproduce_command(args: argparse.Namespace, budgets: dict[str, float]) -> str:
@@ -222,6 +274,12 @@ def main(argv: list[str] | None = None) -> None:
             prepare(args)
         elif stage == "export":
             export_all(args)
+        elif stage == "quality":
+            quality(args)
+        elif stage == "sweep":
+            from decodekit.train.sweep import sweep
+
+            sweep(args)
         else:
             train_role(args, stage)
 

@@ -15,19 +15,23 @@ from pathlib import Path
 import torch
 
 from decodekit.train.evaluate import EVALUATION_WINDOW, SUBSET_MAX_TOKENS
+from decodekit.train.quality import PARSE_NEW_TOKENS
 
 NAMES = ("stdlib-code", "stdlib-code-draft")
 
 
-def _hardware(devices: set[str]) -> str:
-    """The CPU (and the accelerators the models trained on, from their ``done.json``)."""
-    accelerators = sorted(d for d in devices if d != "cpu")
+def _hardware(training: list[dict]) -> str:
+    """The accelerators the models trained on, else the CPU they trained on (from their
+    ``done.json``; models trained before it was recorded: this machine's)."""
+    accelerators = sorted({t.get("device", "cpu") for t in training} - {"cpu"})
     if accelerators:
         return f"{', '.join(accelerators)} (training), torch {torch.__version__}"
-    return _cpu()
+    cpus = sorted({t["cpu"] for t in training if "cpu" in t})
+    return f"{', '.join(cpus)}, no GPU, torch {torch.__version__}" if cpus else cpu_name() + f", no GPU, torch {torch.__version__}"
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
+    """This machine's CPU model and logical CPU count."""
     processor = platform.processor() or platform.machine()
     model_name = ""
     cpuinfo = Path("/proc/cpuinfo")
@@ -36,7 +40,7 @@ def _cpu() -> str:
             if line.startswith("model name"):
                 model_name = line.split(":", 1)[1].strip()
                 break
-    return f"{model_name or processor}, {os.cpu_count()} logical CPUs, no GPU, torch {torch.__version__}"
+    return f"{model_name or processor}, {os.cpu_count()} logical CPUs"
 
 
 def _packages(corpus: dict) -> list[str]:
@@ -57,6 +61,41 @@ def _packages(corpus: dict) -> list[str]:
         lines.append(f"| {p['name']} | {p['version']} | {p['licence']} | {p['files']:,} | {p['bytes']:,} "
                      f"| {p['exact_duplicates']} | {p['near_duplicates']} | {'yes' if p['held_out'] else ''} |")
     return [*lines, ""]
+
+
+def _quality(metrics: dict) -> list[str]:
+    """Parse rate of the fixed prompts' greedy blocks; the draft's agreement and acceptance."""
+    target = metrics[NAMES[0]]
+    if "parse" not in target:
+        return []
+    lines = [
+        "",
+        "## Does the code parse",
+        "",
+        f"Greedy continuations ({PARSE_NEW_TOKENS} new tokens, `generate`) of {len(target['parse'])} fixed prompts that each open a",
+        "block; the block they complete (up to the next top-level line, or the last whole line at the",
+        "token limit: `decodekit.train.quality.completed_block`) goes through `ast.parse`.",
+        "",
+        "| prompt | " + " | ".join(NAMES) + " |",
+        "|---|" + "---|" * len(NAMES),
+    ]
+    for index, sample in enumerate(target["parse"]):
+        marks = ["parses" if metrics[n]["parse"][index]["parses"] else "no" for n in NAMES]
+        lines.append(f"| `{sample['prompt']!r}` | " + " | ".join(marks) + " |")
+    lines.append("| **parsing** | " + " | ".join(f"**{sum(s['parses'] for s in metrics[n]['parse'])} / {len(metrics[n]['parse'])}**" for n in NAMES) + " |")
+    agreement, acceptance = target.get("draft_agreement"), target.get("draft_acceptance")
+    if agreement and acceptance:
+        lines += [
+            "",
+            "## The draft against the target",
+            "",
+            f"Greedy agreement (`greedy_agreement`): the draft's most likely next token is the target's at {100 * agreement['agreement']:.1f}% of",
+            f"{agreement['positions']:,} positions of the validation files (each cut to its first {agreement['max_tokens_per_file']} tokens, read",
+            f"teacher-forced). Speculative greedy decoding with the `draft` proposer ({acceptance['num_tokens']} tokens per step) from each",
+            f"validation file's first {acceptance['prompt_tokens']} tokens, {acceptance['new_tokens']} new tokens: {100 * acceptance['acceptance_rate']:.1f}% of drafted tokens",
+            f"accepted, {acceptance['accepted_per_forward']:.2f} per verification forward, {acceptance['forwards_per_token']:.3f} target forwards per token.",
+        ]
+    return lines
 
 
 def _fence(text: str) -> str:
@@ -129,7 +168,7 @@ def render(models_dir: Path, command: str) -> str:
         "",
         "## Training",
         "",
-        f"Hardware: {_hardware({metrics[n]['training'].get('device', 'cpu') for n in NAMES})}. The two models trained at the",
+        f"Hardware: {_hardware([metrics[n]['training'] for n in NAMES])}. The two models trained at the",
         f"same time, each in its own process with `torch.set_num_threads({metrics[NAMES[0]]['training']['threads']})`, while other work shared the machine.",
         "",
         "Recipe (both): AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear",
@@ -188,6 +227,7 @@ def render(models_dir: Path, command: str) -> str:
         for name in NAMES:
             h = metrics[name]["held_out_packages"]
             lines.append(f"| {name} | {h['nats_per_token']:.4f} | {h['perplexity']:.2f} | {h['tokens']:,} | {h['files']} |")
+    lines += _quality(metrics)
     lines += [
         "",
         "## Samples",
@@ -230,3 +270,16 @@ def render(models_dir: Path, command: str) -> str:
 
 def write_card(models_dir: Path, card_path: Path, command: str) -> None:
     card_path.write_text(render(models_dir, command), encoding="utf-8")
+
+
+def update_quality(models_dir: Path, card_path: Path) -> None:
+    """Put the quality sections (:func:`_quality`) of ``models_dir``'s metrics into an existing
+    card, in place of the old ones or before its samples; the rest of the card is kept."""
+    metrics = {name: json.loads((models_dir / name / "metrics.json").read_text()) for name in NAMES}
+    text = card_path.read_text(encoding="utf-8")
+    start = text.find("\n## Does the code parse")
+    end = text.find("\n## Samples")
+    if end < 0:
+        raise ValueError(f"{card_path}: no '## Samples' section to put the quality sections before")
+    head = text[:start] if 0 <= start < end else text[:end]
+    card_path.write_text(head.rstrip("\n") + "\n" + "\n".join(_quality(metrics)) + "\n" + text[end:], encoding="utf-8")

@@ -74,7 +74,6 @@ class RowPool:
         self.finished = torch.zeros(0, dtype=torch.bool, device=device)
         self.step_tokens = torch.zeros(0, dtype=torch.long, device=device)
         self.free: list[int] = []  # slots no member holds
-        self.freed: list[int] = []  # slots freed since the model last released them
         self.error = None
 
     @property
@@ -135,7 +134,6 @@ class RowPool:
         else:
             taken = set(slots)
             self.free = [r for r in self.free if r not in taken]
-            self.freed = [r for r in self.freed if r not in taken]
             index = torch.tensor(slots, dtype=torch.long, device=device)
             for name, value in new.items():
                 old = self.settings[name] if name in WARPER_FIELDS else getattr(self, name)
@@ -161,12 +159,6 @@ class RowPool:
         for name in ("t", "limit", "min_new", "reason"):
             getattr(self, name).index_fill_(0, index, 0)
         self.free.extend(member.rows)
-        self.freed.extend(member.rows)
-
-    def take_freed(self) -> list[int]:
-        """The slots freed since the last call (the model masks their cache rows out)."""
-        freed, self.freed = self.freed, []
-        return freed
 
     def _keep(self, rows: list[int]) -> None:
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -180,7 +172,6 @@ class RowPool:
             member.index = torch.tensor(member.rows, dtype=torch.long, device=self.device)
         free = set(self.free)
         self.free = [where[r] for r in rows if r in free]
-        self.freed = []
         self.rows = len(rows)
 
     # -- one step ---------------------------------------------------------------------------

@@ -113,12 +113,11 @@ def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | 
     if changed:
         model.select(state, torch.cat(rows))
         partition.groups = groups
-    parents, tokens, offset = [], [], 0
+    parents, tokens, idle, offset = [], [], [], 0
     any_parents = any(g.keep_parents() is not None for g in groups)
     for group in groups:
-        freed = group.take_freed() if hasattr(group, "take_freed") else None
-        if freed and hasattr(model, "release"):  # slots of requests that left a pool
-            model.release(state, torch.tensor(freed, dtype=torch.long, device=device) + offset)
+        if getattr(group, "free", None):  # a pool's slots that no request holds
+            idle.append(torch.tensor(group.free, dtype=torch.long, device=device) + offset)
         if any_parents:
             p = group.keep_parents()
             parents.append(p + offset if p is not None else torch.arange(offset, offset + group.rows, device=device))
@@ -132,6 +131,11 @@ def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | 
     else:
         model.advance(state, parents, tokens)
     clock.model_seconds += time.perf_counter() - began
+    if idle and hasattr(model, "release"):
+        # Subtle: the forward made every row's new slot real, free ones too; a free slot left
+        # real would grow by one a step for as long as it stays free, and compaction, which
+        # keeps the longest row's slots, could then never shorten the cache.
+        model.release(state, torch.cat(idle) if len(idle) > 1 else idle[0])
     maybe_compact(model, partition, step_count)
     return True
 

@@ -5,6 +5,7 @@ decoded one after another.
     python bench/bench_serving.py --concurrency 1 8 32 64 --new-tokens 128
     python bench/bench_serving.py --strategy sample        # seeded sampling, one seed per request
     python bench/bench_serving.py --strategy suffix        # speculative (SuffixDecoding) greedy
+    python bench/bench_serving.py --strategy mixed         # half plain greedy, half suffix greedy
 
 For each concurrency C, C requests (distinct code prompts, ``--new-tokens`` new tokens each, EOS
 suppressed so that every request decodes the same number of tokens, except with ``suffix``:
@@ -18,6 +19,9 @@ and the engine's overhead: the share of step time spent outside model calls, ove
 ("overhead", admissions and retirements included) and over the steps where all C requests
 were running ("at C rows"; "-" when they never all ran at once).
 "same": how many of the C concurrent outputs equal the request decoded alone, in every run.
+``mixed`` (every other request speculative) also runs the engine with each speculative run's
+verification in a forward of its own ("apart": ``Engine.fuse_verification = False``) instead of
+as a part of the plain rows' forward, alternating with the default, and prints its tokens/s.
 Greedy outputs are equal; seeded sampled ones can differ after many tokens, because a row's
 logits are not bit-identical alone and in a batch (see the README's "Determinism").
 """
@@ -43,13 +47,14 @@ PROMPTS = [
 ]
 
 
-def make_requests(decoder, count: int, strategy, new_tokens: int) -> list[Request]:
-    speculative = getattr(strategy, "speculative", None) is not None
-    options = decodekit.DecodeOptions(max_new_tokens=new_tokens, min_new_tokens=0 if speculative else new_tokens)
-    return [
-        Request(decoder.encode(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))), strategy, options, seed=i, stream=True)
-        for i in range(count)
-    ]
+def make_requests(decoder, count: int, strategies: list, new_tokens: int) -> list[Request]:
+    requests = []
+    for i in range(count):
+        strategy = strategies[i % len(strategies)]
+        speculative = getattr(strategy, "speculative", None) is not None
+        options = decodekit.DecodeOptions(max_new_tokens=new_tokens, min_new_tokens=0 if speculative else new_tokens)
+        requests.append(Request(decoder.encode(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))), strategy, options, seed=i, stream=True))
+    return requests
 
 
 def serial(model, requests: list[Request]) -> tuple[float, list[list[int]]]:
@@ -65,9 +70,10 @@ def _copy(request: Request) -> Request:
     return Request(request.prompt, request.strategy, request.options, seed=request.seed, stream=request.stream)
 
 
-def concurrent(model, requests: list[Request], spread: float, seed: int) -> dict:
+def concurrent(model, requests: list[Request], spread: float, seed: int, fuse: bool = True) -> dict:
     engine = Engine(model, max_rows=1024)
     engine.trace = []
+    engine.fuse_verification = fuse
     rng = random.Random(seed)
     arrivals = sorted(rng.uniform(0, spread) for _ in requests)
     handles, first_token, submitted = [], {}, {}
@@ -106,7 +112,7 @@ def main() -> None:
     parser.add_argument("--model", default="stdlib-code")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--strategy", choices=["greedy", "sample", "suffix"], default="greedy")
+    parser.add_argument("--strategy", choices=["greedy", "sample", "suffix", "mixed"], default="greedy")
     parser.add_argument("--spread", type=float, default=0.5, help="arrivals within this many seconds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -114,28 +120,34 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     decoder = decodekit.load(args.model)
-    strategy = {
-        "greedy": decodekit.Greedy(),
-        "sample": decodekit.Sampling(temperature=0.8, top_p=0.95),
-        "suffix": decodekit.Greedy(speculative=decodekit.Speculative("suffix")),
+    suffix = decodekit.Greedy(speculative=decodekit.Speculative("suffix"))
+    strategies = {
+        "greedy": [decodekit.Greedy()],
+        "sample": [decodekit.Sampling(temperature=0.8, top_p=0.95)],
+        "suffix": [suffix],
+        "mixed": [decodekit.Greedy(), suffix],
     }[args.strategy]
+    mixed = args.strategy == "mixed"
     print(f"model {args.model}, {args.strategy}, {args.new_tokens} new tokens per request, "
           f"arrivals within {args.spread} s, {torch.get_num_threads()} threads\n")
-    print("| concurrent | serial tok/s | engine tok/s | ratio | TTFT p50 (ms) | TTFT p99 (ms) | overhead | at C rows | same |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| concurrent | serial tok/s | engine tok/s | ratio | TTFT p50 (ms) | TTFT p99 (ms) | overhead | at C rows | same |" + (" apart tok/s |" if mixed else ""))
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if mixed else ""))
     for count in args.concurrency:
-        requests = make_requests(decoder, count, strategy, args.new_tokens)
-        serial_walls, runs = [], []
+        requests = make_requests(decoder, count, strategies, args.new_tokens)
+        serial_walls, runs, apart = [], [], []
         for _ in range(args.repeats):  # alternating, so slow phases of a shared machine hit both
             serial_wall, serial_out = serial(decoder.model, requests)
             serial_walls.append(serial_wall)
             runs.append(concurrent(decoder.model, requests, args.spread, args.seed))
+            if mixed:
+                apart.append(concurrent(decoder.model, requests, args.spread, args.seed, fuse=False))
         run = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
         tokens = sum(len(o) for o in serial_out)
         ours, base = tokens / run["wall"], tokens / statistics.median(serial_walls)
         same = min(sum(a == b for a, b in zip(r["outputs"], serial_out)) for r in runs)  # in every run
         p50, p99 = percentile(run["ttft"], 0.5) * 1e3, percentile(run["ttft"], 0.99) * 1e3
-        print(f"| {count} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x | {p50:.0f} | {p99:.0f} | {run['overhead']:.0%} | {'-' if run['steady'] != run['steady'] else format(run['steady'], '.0%')} | {same}/{count} |")
+        print(f"| {count} | {base:.0f} | {ours:.0f} | {ours / base:.2f}x | {p50:.0f} | {p99:.0f} | {run['overhead']:.0%} | {'-' if run['steady'] != run['steady'] else format(run['steady'], '.0%')} | {same}/{count} |"
+              + (f" {tokens / statistics.median(r['wall'] for r in apart):.0f} |" if mixed else ""))
 
 
 if __name__ == "__main__":

@@ -176,3 +176,40 @@ def test_a_joining_request_whose_prompt_gives_non_finite_logits_fails_alone():
     with pytest.raises(NumericalError, match="step 0"):
         bad.result()
     assert good.result().hypotheses[0].token_ids == [3] * 60
+
+
+@pytest.mark.parametrize("proposer", ["suffix", "draft"])
+def test_speculative_and_plain_requests_share_one_forward_per_step(embedded, proposer):
+    """With the lean step, a speculative run's verification is a part of the forward that steps
+    the plain rows (one target forward per engine step for every request in flight), and
+    every request still decodes what it decodes alone."""
+    model = embedded.model
+    prompts = [embedded.encode(p) for p in ("x = 1\nx = 1\nx = 1\n", "def f(a, b):\n    return a", "import os\nimport sys\n", "class A:\n")]
+    short, long = decodekit.DecodeOptions(max_new_tokens=24), decodekit.DecodeOptions(max_new_tokens=64, min_new_tokens=64)
+    specs = [
+        (prompts[0], decodekit.Greedy(speculative=Speculative(proposer)), short),
+        (prompts[1], decodekit.Greedy(), long),
+        (prompts[2], decodekit.Sampling(seed=4, top_p=0.9, speculative=Speculative(proposer)), short),
+        (prompts[3], decodekit.Sampling(seed=5, top_k=20), long),
+        (prompts[1], decodekit.BeamSearch(num_beams=3), short),
+    ]
+    engine = Engine(model)
+    counter = Counting(model)
+    handles = [h for prompt, strategy, options in specs for h in engine.submit([Request(prompt, strategy, options)])]
+    fused = 0
+    try:
+        while not all(h.done for h in handles):
+            before, verified = model.forward_count, len(counter.rows)
+            # every request admitted and prefilled (a speculative run's prefill is its own forward)
+            settled = not engine._pending and all(not g._waiting for g in engine._speculative)
+            both = settled and engine._partitions and engine._speculative
+            engine.step()
+            if both and engine._partitions:  # (plain rows that all finish this step need no forward)
+                assert len(counter.rows) == verified  # no verification forward of its own
+                assert model.forward_count - before == 1
+                fused += 1
+    finally:
+        counter.close()
+    assert fused >= 8
+    for (prompt, strategy, options), handle in zip(specs, handles):
+        same(alone(model, prompt, strategy, options), handle.result())

@@ -36,7 +36,14 @@ from decodekit.engine.group import PlainGroup, deliver, deliver_error
 from decodekit.engine.limits import check_memory, model_error
 from decodekit.engine.request import AbortedError, Request, RequestHandle, same_group
 from decodekit.engine.speculative import SpeculativeGroup
-from decodekit.engine.step import Clock, FusedPrefill, Partition, drop_aborted, step_partitions
+from decodekit.engine.step import (
+    Clock,
+    FusedBlocks,
+    FusedPrefill,
+    Partition,
+    drop_aborted,
+    step_partitions,
+)
 from decodekit.errors import ConfigError
 
 
@@ -65,6 +72,9 @@ class Engine(Admission):
         self.step_seconds = 0.0  # time inside step() in all
         self.trace: list[tuple[int, float, float]] | None = None
         """Set to a list to record ``(rows, step seconds, model seconds)`` per step (benches)."""
+        self.fuse_verification = True
+        """Speculative runs verify their blocks as parts of the plain rows' forward where the
+        model's lean step allows (False: in forwards of their own; for comparison)."""
         self._background: threading.Thread | None = None
         self._closing = False
         self._listeners: list[Callable[[], None]] = []
@@ -297,10 +307,11 @@ class Engine(Admission):
             if not self._partitions and not self._speculative:
                 return False
             fused, self._fused = self._fused, None
-            self._partitions = step_partitions(self.model, self._partitions, self.clock, self.steps, fused)
+            blocks = self._prepare_speculative(fused)
+            self._partitions = step_partitions(self.model, self._partitions, self.clock, self.steps, fused, blocks)
             if fused is not None:
                 self._place_fused(fused)
-            self._step_speculative()
+            self._step_speculative(blocks)
             self.steps += 1
             return True
         except BaseException as error:  # a bug or an interrupt: nothing in flight can continue
@@ -316,14 +327,47 @@ class Engine(Admission):
 
     # -- speculative groups -----------------------------------------------------------------
 
-    def _step_speculative(self) -> None:
+    def _prepare_speculative(self, fused) -> FusedBlocks | None:
+        """The blocks of the speculative runs that verify in the forward of the plain rows'
+        step (the partition a fused prefill joins, else the first that can take them)."""
+        if not self._speculative or not self.fuse_verification or not getattr(self.model, "can_fuse_prefill", False):
+            return None
+        targets = [p for p in self._partitions if "mask" in p.state.extra and "record" not in p.state.extra]
+        target = fused.target if fused is not None else (targets[0] if targets else None)
+        if target is None or target not in targets:
+            return None
+        entries = []
+        for group in self._speculative:
+            try:
+                block = group.prepare()
+            except Exception as error:
+                group.error = model_error(self.model, "a speculative step", error)
+                continue
+            if block is not None:
+                entries.append((group, block))
+        return FusedBlocks(target, entries) if entries else None
+
+    def _step_speculative(self, blocks: FusedBlocks | None = None) -> None:
+        prepared = {id(group): (i, block) for i, (group, block) in enumerate(blocks.entries)} if blocks is not None else {}
         still = []
         for group in self._speculative:
             before = group.run.model_seconds
             try:
-                finished = group.advance() or all(h.done for h in group.handles)
+                if group.error is not None:
+                    raise group.error
+                if id(group) not in prepared:
+                    finished = group.advance()
+                elif blocks.error is not None:
+                    raise blocks.error
+                elif blocks.logits is None:  # the plain rows' forward did not run
+                    finished = group.verify_alone(prepared[id(group)][1])
+                else:
+                    i, block = prepared[id(group)]
+                    finished = group.complete(block, blocks.logits[i], blocks.seconds)
+                    before = group.run.model_seconds  # the forward is the plain rows' (counted)
+                finished = finished or all(h.done for h in group.handles)
             except Exception as error:
-                group.error, finished = model_error(self.model, "a speculative step", error), True
+                group.error, finished = error if error is group.error else model_error(self.model, "a speculative step", error), True
             self.clock.model_seconds += group.run.model_seconds - before
             if finished:
                 self._busy.discard(group.key)

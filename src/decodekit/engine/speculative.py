@@ -15,6 +15,7 @@ are not finite.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import torch
 
@@ -127,6 +128,26 @@ class SpeculativeGroup:
         elif self.run.live:
             self.run.step()
         return self._settle()
+
+    def prepare(self):
+        """This step's block, for verification in the forward of the engine's plain rows
+        (:meth:`complete` then takes its logits); None when the step is the prefill or the run
+        cannot fuse (:attr:`~decodekit.speculative.loop.SpeculativeDecoding.fusable`)."""
+        if self._waiting or not self.run.fusable:
+            return None
+        return self.run.prepare()
+
+    def complete(self, block, logits, seconds: float) -> bool:
+        """The rest of the step of :meth:`prepare`'s ``block``, given its logits. True when the
+        group has finished."""
+        self.run.complete(block, logits, seconds)
+        return self._settle()
+
+    def verify_alone(self, block) -> bool:
+        """:meth:`complete` with a verification forward of the run's own."""
+        began = time.perf_counter()
+        logits = self.model.verify(self.run.state, block.inputs, block.parents)
+        return self.complete(block, logits, time.perf_counter() - began)
 
     def prune(self) -> bool:
         """Rows of aborted requests leave now. True when no request is left."""

@@ -37,6 +37,19 @@ class FusedPrefill:
         self.state = None
 
 
+class FusedBlocks:
+    """Speculative runs' blocks verified in the forward of ``target``'s step: ``entries`` are
+    ``(group, block)`` pairs; after the step, ``logits`` holds each block's logits (None: the
+    forward did not run, verify them apart), ``seconds`` the forward's time, ``error`` what it
+    raised."""
+
+    def __init__(self, target: Partition, entries: list[tuple]):
+        self.target, self.entries = target, entries
+        self.logits: list | None = None
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+
+
 @dataclass
 class Clock:
     """Seconds spent inside model calls (the engine's overhead is the rest of a step)."""
@@ -44,10 +57,12 @@ class Clock:
     model_seconds: float = 0.0
 
 
-def step_partitions(model, partitions: list[Partition], clock: Clock, step_count: int, fused: FusedPrefill | None = None) -> list[Partition]:
+def step_partitions(model, partitions: list[Partition], clock: Clock, step_count: int, fused: FusedPrefill | None = None,
+                    blocks: FusedBlocks | None = None) -> list[Partition]:
     """One step of every plain row: decide, the one host sync, settle (deliver what finished),
     then drop retired rows and one forward per partition (``fused``: with the prefill of new
-    groups in the forward of the partition they join). Returns the partitions that go on."""
+    groups in the forward of the partition they join; ``blocks``: with speculative runs'
+    verification). Returns the partitions that go on."""
     decided = []  # (group, flags or None)
     sizes: dict[int, int] = {}  # each group's rows this step (a pool's shrink in settle)
     for partition in partitions:
@@ -78,10 +93,13 @@ def step_partitions(model, partitions: list[Partition], clock: Clock, step_count
     kept_partitions = []
     for partition in partitions:
         joining = fused if fused is not None and fused.target is partition else None
+        verifying = blocks if blocks is not None and blocks.target is partition else None
         try:
-            if advance_partition(model, partition, keeps, sizes, clock, step_count, joining):
+            if advance_partition(model, partition, keeps, sizes, clock, step_count, joining, verifying):
                 kept_partitions.append(partition)
         except Exception as error:
+            if verifying is not None:
+                verifying.error = error
             failed = list(partition.groups) + ([g for groups in joining.kinds for g in groups] if joining else [])
             for group in failed:
                 deliver_error(group.handles, model_error(model, "a decoding step", error))
@@ -90,9 +108,10 @@ def step_partitions(model, partitions: list[Partition], clock: Clock, step_count
     return kept_partitions
 
 
-def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | None], sizes: dict[int, int], clock: Clock, step_count: int, fused: FusedPrefill | None = None) -> bool:
+def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | None], sizes: dict[int, int], clock: Clock, step_count: int,
+                      fused: FusedPrefill | None = None, blocks: FusedBlocks | None = None) -> bool:
     """Drop retired rows, then one forward for the rest (and ``fused``'s prompts, whose state
-    it sets); False if no row is left."""
+    it sets, and ``blocks``, whose logits it sets); False if no row is left."""
     state = partition.state
     device = state.logits.device
     groups, rows, offset, changed = [], [], 0, False
@@ -126,11 +145,20 @@ def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | 
     began = time.perf_counter()
     parents = torch.cat(parents) if any_parents else None
     tokens = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
-    if fused is not None and fused.prompts:
-        fused.state = model.advance_and_start(state, parents, tokens, fused.prompts, fused.max_new)
+    prompts = fused.prompts if fused is not None and fused.prompts else None
+    if blocks is not None:
+        verified = [(group.run.state, block.inputs, block.parents) for group, block in blocks.entries]
+        new, blocks.logits = model.advance_fused(state, parents, tokens, prompts, fused.max_new if prompts else 0, verified)
+        if prompts:
+            fused.state = new
+    elif prompts:
+        fused.state = model.advance_and_start(state, parents, tokens, prompts, fused.max_new)
     else:
         model.advance(state, parents, tokens)
-    clock.model_seconds += time.perf_counter() - began
+    seconds = time.perf_counter() - began
+    clock.model_seconds += seconds
+    if blocks is not None:
+        blocks.seconds = seconds
     if idle and hasattr(model, "release"):
         # Subtle: the forward made every row's new slot real, free ones too; a free slot left
         # real would grow by one a step for as long as it stays free, and compaction, which

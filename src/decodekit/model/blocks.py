@@ -29,6 +29,19 @@ class BlockSteps:
         """
         if self.is_encoder_decoder:
             return self._verify_chain(state, tokens)
+        part = self._verify_part(state, tokens, parents)
+        self.forward_count += 1
+        if self._lean_step() is not None:
+            logits = self._project(self._step(*part))
+        else:
+            _, positions, _, block_mask, _ = part
+            logits = self._block_forward(state.extra, input_ids=tokens, attention_mask=block_mask, position_ids=positions)
+        self._verified(state, tokens.shape[1])
+        return logits
+
+    def _verify_part(self, state: DecodeState, tokens: torch.Tensor, parents: torch.Tensor) -> tuple:
+        """The block's ``(tokens, positions, cache, mask, plan)`` (a part of the lean step's
+        :meth:`parts`); :meth:`_verified` completes it after the forward."""
         extra = state.extra
         rows, n = tokens.shape
         length, mask = extra["length"], extra["mask"]
@@ -43,15 +56,14 @@ class BlockSteps:
         dtype = next(self.model.parameters()).dtype
         block_mask = torch.zeros(visible.shape, dtype=dtype, device=tokens.device)
         block_mask.masked_fill_(~visible, torch.finfo(dtype).min)
-        self.forward_count += 1
-        if self._lean_step() is not None:
-            logits = self._project(self._step(tokens, positions, extra["cache"], block_mask[:, None]))
-        else:
-            logits = self._block_forward(extra, input_ids=tokens, attention_mask=block_mask[:, None], position_ids=positions)
-        extra["length"] = length + n
-        extra["block"] = (length, n)
+        return tokens, positions, extra["cache"], block_mask[:, None], None
+
+    @staticmethod
+    def _verified(state: DecodeState, n: int) -> None:
+        extra = state.extra
+        extra["block"] = (extra["length"], n)
+        extra["length"] += n
         extra["group"] = 1  # keep/compact move rows' slots independently
-        return logits
 
     def _verify_chain(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
         """An encoder-decoder model's block: a chain (every valid token continues the one

@@ -229,14 +229,40 @@ class HFLanguageModel(BlockSteps):
         pass of the lean step: the projections and MLP run once over the running rows' tokens
         and the prompts', attention over each one's own cache. Requires :attr:`can_fuse_prefill`
         and a state that records no attention."""
-        ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
-        step = self._step_part(state, parents, tokens)
+        new, _ = self.advance_fused(state, parents, tokens, prompts, max_new_tokens)
+        return new
+
+    @torch.inference_mode()
+    def advance_fused(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, prompts: list[list[int]] | None = None,
+                      max_new_tokens: int = 0, blocks: list[tuple] = ()) -> tuple[DecodeState | None, list[torch.Tensor]]:
+        """:meth:`advance` of ``state``, with in the same pass of the lean step the prefill of
+        ``prompts`` (a new state, returned; None without prompts) and the verification of
+        ``blocks``: ``(state, tokens, parents)`` of other decoder-only states, as their own
+        :meth:`verify` (their ``(rows, n, vocab)`` logits are returned, in order). The
+        projections and MLP run once over every part's tokens, attention over each part's own
+        cache. Requires :attr:`can_fuse_prefill` and states that record no attention."""
+        parts = [self._step_part(state, parents, tokens)]
+        if prompts:
+            ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
+            parts.append(self._prefill_part(ids, positions, prompt_mask, cache))
+        parts += [self._verify_part(*block) for block in blocks]
         self.forward_count += 1
-        running, new = self._step.parts([step, self._prefill_part(ids, positions, prompt_mask, cache)])
-        logits = self._project(torch.cat([running[:, -1], new[:, -1]]))
-        state.logits = logits[: state.rows]
+        hidden = self._step.parts(parts)
+        ends = [h[:, -1] for h in hidden[: 1 + bool(prompts)]]
+        verified = [h.reshape(-1, h.shape[-1]) for h in hidden[1 + bool(prompts) :]]
+        logits = self._project(torch.cat(ends + verified))
+        state.logits, at = logits[: state.rows], state.rows
         self._stepped(state)
-        return self._prefilled(prompts, logits[state.rows :], mask, prompt_mask, cache)
+        new = None
+        if prompts:
+            new = self._prefilled(prompts, logits[at : at + len(prompts)], mask, prompt_mask, cache)
+            at += len(prompts)
+        out = []
+        for (block_state, block_tokens, _), h in zip(blocks, verified):
+            out.append(logits[at : at + h.shape[0]].view(*block_tokens.shape, -1))
+            at += h.shape[0]
+            self._verified(block_state, block_tokens.shape[1])
+        return new, out
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int, record: dict | None) -> DecodeState:
         device, batch = self.device, len(prompts)

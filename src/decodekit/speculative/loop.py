@@ -23,6 +23,7 @@ generator and processors, and a row's tokens are the same as alone.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +34,18 @@ from decodekit.speculative.budget import BlockWidth
 from decodekit.speculative.processing import ProcessedBlocks
 from decodekit.speculative.stats import SpeculationStats
 from decodekit.speculative.verify import accept_greedy, accept_sampling
+
+
+@dataclass
+class Block:
+    """A step's block (:meth:`SpeculativeDecoding.prepare`): the rows, their draft, and the
+    target's input: ``(rows, n)`` tokens (the last token, then the draft), parents, validity."""
+
+    live: list[int]
+    draft: Draft
+    inputs: torch.Tensor
+    parents: torch.Tensor
+    valid: torch.Tensor
 
 
 class SpeculativeDecoding(ProcessedBlocks):
@@ -256,7 +269,20 @@ class SpeculativeDecoding(ProcessedBlocks):
 
     def step(self) -> list[int]:
         """One draft-and-verify step of every live row; returns the rows that finished."""
-        model, state, live = self.model, self.state, self.live
+        block = self.prepare()
+        began = time.perf_counter()
+        raw = self.model.verify(self.state, block.inputs, block.parents)
+        return self.complete(block, raw, time.perf_counter() - began)
+
+    @property
+    def fusable(self) -> bool:
+        """Whether this run's verification forward can be one part of another forward (the
+        engine's step of its plain rows: :meth:`~decodekit.model.hf.HFLanguageModel.advance_fused`)."""
+        return bool(self.live) and not self.encoder_decoder and getattr(self.model, "can_fuse_prefill", False) and "mask" in self.state.extra
+
+    def prepare(self) -> Block:
+        """The first half of :meth:`step`: every live row's draft and the block to verify."""
+        state, live = self.state, self.live
         device = state.logits.device
         limits = [min(self.max_draft, self.limit[r] - len(self.out[r]) - 1) for r in live]
         context = SpeculationContext(live, [self.sequences[r] for r in live], limits)
@@ -275,9 +301,15 @@ class SpeculativeDecoding(ProcessedBlocks):
         parents = torch.cat([torch.full((count, 1), -1, device=device), draft.parents.to(device) + 1], 1)
         valid = torch.cat([torch.ones((count, 1), dtype=torch.bool, device=device), draft.valid.to(device)], 1)
         parents = torch.where(valid, parents, 0)  # padding hangs off the root, never accepted
-        began = time.perf_counter()
-        raw = model.verify(state, inputs, parents)
-        seconds = time.perf_counter() - began
+        return Block(list(live), draft, inputs, parents, valid)
+
+    def complete(self, block: Block, raw: torch.Tensor, seconds: float) -> list[int]:
+        """The second half of :meth:`step`, given the target's ``(rows, n, vocab)`` logits of
+        ``block`` (:meth:`~decodekit.model.blocks.BlockSteps.verify`) and the seconds they took."""
+        model, state, live = self.model, self.state, block.live
+        device = state.logits.device
+        draft, inputs, parents, valid = block.draft, block.inputs, block.parents, block.valid
+        count = len(live)
         self.model_seconds += seconds
         # NaN, +inf or all -inf logits at a node that could be emitted: the maximum is
         # NaN, +inf or -inf exactly then (as the engine's log-normaliser, without the exp)

@@ -1,5 +1,5 @@
 """Admitting prefilled rows: one prefill for a batch of groups, then their rows join a running
-state: the pool of their kind (greedy or sampling rows, vectorised across requests: into free
+state: the pool of their kind (greedy and sampling rows, vectorised across requests: into free
 slots of requests that left where there are enough, else appended) or the first partition,
 merged where the model allows, else a partition of their own."""
 
@@ -16,8 +16,8 @@ from decodekit.engine.step import Partition
 
 
 def pool_key(group: PlainGroup) -> tuple:
-    """Greedy and sampling rows go to separate pools; so do different EOS sets."""
-    return (group.search.sampling, group.eos, group.options.top_logprobs)
+    """Greedy and sampling rows share a pool; different EOS sets or top-logprob counts do not."""
+    return (group.eos, group.options.top_logprobs)
 
 
 def prefill(model, groups: list[PlainGroup], clock):
@@ -96,7 +96,7 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -
                     member.add(group)
                 return
     reuse = getattr(model, "can_merge", False) and hasattr(model, "insert")
-    pool = RowPool(key, first.search.sampling, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs, reuse)
+    pool = RowPool(key, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs, reuse)
     for group in groups:
         pool.add(group)
     if partition is not None:

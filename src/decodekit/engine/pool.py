@@ -2,11 +2,12 @@
 
 Requests that decode greedily, or that sample (with any temperature, top-k, top-p, min-p,
 typical-p), and need no processors but a minimum length (stop strings are checked per request)
-share one :class:`RowPool` of their kind,
+share one :class:`RowPool`, greedy and sampled alike,
 whatever their arrival time, prompt, settings or length limit: every row carries its own step
 count, length limit, sampler settings and random numbers (drawn at admission from its
-request's own generator), so one set of ``(rows, vocab)`` tensor ops decides for all of them and
-a request's output is exactly what it would be alone. A request leaves the pool the
+request's own generator), so one set of ``(rows, vocab)`` tensor ops decides for all of them
+(the sampled rows' warpers and draws over those rows only) and a request's output is exactly
+what it would be alone. A request leaves the pool the
 step its last row finishes; its result is delivered then.
 
 Rows are slots: a request that leaves frees its rows in place (nothing is copied), and a request
@@ -46,21 +47,22 @@ COMPACT_FREE = 8
 """Free slots a pool keeps before squeezing them out (it also squeezes once they outnumber the
 rows in use)."""
 
-ROW_FIELDS = ("tokens", "logprobs", "uniforms", "t", "limit", "min_new", "reason", "finished", "step_tokens")
+ROW_FIELDS = ("tokens", "logprobs", "uniforms", "t", "limit", "min_new", "reason", "finished", "step_tokens", "sampled")
 
 
 class RowPool:
-    """Rows of greedy (``sampler`` None) or sampling requests, in member order."""
+    """Rows of greedy and sampling requests, in member order."""
 
-    def __init__(self, key, sampling: bool, eos: torch.Tensor, pad: int, device, top_logprobs: int = 0, reuse: bool = False):
+    def __init__(self, key, eos: torch.Tensor, pad: int, device, top_logprobs: int = 0, reuse: bool = False):
         self.key, self.eos, self.pad, self.device = key, eos, pad, device
         self.reuse = reuse  # keep free slots for later requests (the model can insert rows)
         self.top_n = top_logprobs  # every member's (the pool key includes it)
         self.top_values = torch.zeros((0, 1, top_logprobs), device=device)
         self.top_ids = torch.zeros((0, 1, top_logprobs), dtype=torch.long, device=device)
-        self.sampling = sampling
-        # per-row sampler settings (neutral values where a request does not use a warper)
-        self.settings = {name: torch.zeros(0, device=device) for name in WARPER_FIELDS}
+        # per-row sampler settings (neutral values where a request does not use a warper, and
+        # on greedy rows, which ``sampled`` tells apart)
+        self.settings = {name: torch.zeros(0, dtype=torch.long if name == "top_k" else torch.float32, device=device) for name in WARPER_FIELDS}
+        self.sampled = torch.zeros(0, dtype=torch.bool, device=device)
         self.members: list[Member] = []
         self.rows = 0
         self.columns = 1
@@ -109,6 +111,7 @@ class RowPool:
             "reason": torch.zeros(rows, dtype=torch.int8, device=device),
             "finished": torch.zeros(rows, dtype=torch.bool, device=device),
             "step_tokens": torch.full((rows,), self.pad, dtype=torch.long, device=device),
+            "sampled": torch.full((rows,), bool(group.search.sampling), dtype=torch.bool, device=device),
         }
         fills = {"tokens": self.pad, "logprobs": 0.0, "uniforms": 0.0}
         if self.top_n:
@@ -116,13 +119,12 @@ class RowPool:
             new["top_values"] = torch.zeros((rows, m, n), device=device)
             new["top_ids"] = torch.zeros((rows, m, n), dtype=torch.long, device=device)
             fills |= {"top_values": 0.0, "top_ids": 0}
-        if self.sampling:
-            config = group.strategy
+        config = group.strategy
+        values = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
+        if group.search.sampling:
             values = {"temperature": config.temperature, "top_k": config.top_k or 0, "top_p": config.top_p, "min_p": config.min_p, "typical_p": config.typical_p}
-            for name in WARPER_FIELDS:
-                dtype = torch.long if name == "top_k" else torch.float32
-                self.settings[name] = self.settings[name].to(dtype)
-                new[name] = torch.full((rows,), values[name], dtype=dtype, device=device)
+        for name in WARPER_FIELDS:
+            new[name] = torch.full((rows,), values[name], dtype=self.settings[name].dtype, device=device)
         if slots is None:
             slots = list(range(self.rows, self.rows + rows))
             for name, value in new.items():
@@ -158,14 +160,14 @@ class RowPool:
         self.finished.index_fill_(0, index, True)
         for name in ("t", "limit", "min_new", "reason"):
             getattr(self, name).index_fill_(0, index, 0)
+        self.sampled.index_fill_(0, index, False)  # a free slot decodes padding: no draws
         self.free.extend(member.rows)
 
     def _keep(self, rows: list[int]) -> None:
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         for name in ROW_FIELDS + (("top_values", "top_ids") if self.top_n else ()):
             setattr(self, name, getattr(self, name).index_select(0, index))
-        if self.sampling:
-            self.settings = {name: value.index_select(0, index) for name, value in self.settings.items()}
+        self.settings = {name: value.index_select(0, index) for name, value in self.settings.items()}
         where = {old: new for new, old in enumerate(rows)}
         for member in self.members:
             member.rows = [where[r] for r in member.rows]
@@ -192,11 +194,19 @@ class RowPool:
             logprobs = logits.log_softmax(-1)
             stuck = logprobs[:, 0].isnan() & ~nonfinite  # only EOS was possible
         rows = torch.arange(self.rows, device=self.device)
-        if self.sampling:
-            warped = warp_rows(logits, *(self.settings[name] for name in WARPER_FIELDS))
-            tokens = race(warped, self.uniforms[rows, self.t.clamp(max=self.columns - 1)])
-        else:
+        sampled = int(self.sampled.sum())
+        if sampled == 0:
             tokens = logits.max(-1).indices  # the first maximum, as argmax; faster on the CPU
+        else:
+            # each sampled row's warpers and draw depend on that row alone, so deciding them
+            # apart from the greedy rows changes nothing
+            uniforms = self.uniforms[rows, self.t.clamp(max=self.columns - 1)]
+            if sampled == self.rows:
+                tokens = race(warp_rows(logits, *(self.settings[name] for name in WARPER_FIELDS)), uniforms)
+            else:
+                which = self.sampled.nonzero().squeeze(1)
+                part = warp_rows(logits.index_select(0, which), *(self.settings[name].index_select(0, which) for name in WARPER_FIELDS))
+                tokens = logits.max(-1).indices.index_copy(0, which, race(part, uniforms.index_select(0, which)))
         if stuck is not None:  # ends with nothing appended: finish reason "constraint"
             stuck &= ~self.finished
             self.reason.masked_fill_(stuck, NO_TOKEN)

@@ -69,6 +69,10 @@ def deliver_error(handles: list[RequestHandle], error: BaseException) -> None:
 class PlainGroup:
     """Requests decided by one search over their rows (``width`` rows per request)."""
 
+    free: tuple[int, ...] = ()
+    """Rows no request holds (a :class:`~decodekit.engine.pool.RowPool`'s free slots; a
+    group's rows leave together, so it has none)."""
+
     def __init__(self, model, handles: list[RequestHandle]):
         first = handles[0].request
         self.model, self.handles = model, handles

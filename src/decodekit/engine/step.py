@@ -135,7 +135,7 @@ def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | 
     parents, tokens, idle, offset = [], [], [], 0
     any_parents = any(g.keep_parents() is not None for g in groups)
     for group in groups:
-        if getattr(group, "free", None):  # a pool's slots that no request holds
+        if group.free:  # a pool's slots that no request holds
             idle.append(torch.tensor(group.free, dtype=torch.long, device=device) + offset)
         if any_parents:
             p = group.keep_parents()

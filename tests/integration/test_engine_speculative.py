@@ -213,3 +213,27 @@ def test_speculative_and_plain_requests_share_one_forward_per_step(embedded, pro
     assert fused >= 8
     for (prompt, strategy, options), handle in zip(specs, handles):
         same(alone(model, prompt, strategy, options), handle.result())
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+def test_both_lean_steps_verify_in_the_plain_rows_forward(builder):
+    """GPT-2's lean step and Llama's: a speculative request decoding beside plain ones needs no
+    verification forward of its own, and every request equals itself decoded alone."""
+    import tiny_models as tm
+
+    from decodekit.model.hf import HFLanguageModel
+
+    model = HFLanguageModel(tm.BUILDERS[builder]())
+    options = decodekit.DecodeOptions(max_new_tokens=20, min_new_tokens=20)
+    specs = [([5, 6, 5, 6, 5, 6, 5, 6], decodekit.Greedy(speculative=Speculative("suffix")), decodekit.DecodeOptions(max_new_tokens=20)),
+             ([3, 4], decodekit.Greedy(), options), ([9, 9, 8], decodekit.Sampling(seed=2, top_k=5), options)]
+    engine = Engine(model)
+    handles = [h for prompt, strategy, o in specs for h in engine.submit([Request(prompt, strategy, o)])]
+    counter = Counting(model)
+    try:
+        results = [h.result() for h in handles]
+    finally:
+        counter.close()
+    assert counter.rows == []
+    for (prompt, strategy, o), result in zip(specs, results):
+        same(alone(model, prompt, strategy, o), result)

@@ -237,3 +237,46 @@ def test_both_lean_steps_verify_in_the_plain_rows_forward(builder):
     assert counter.rows == []
     for (prompt, strategy, o), result in zip(specs, results):
         same(alone(model, prompt, strategy, o), result)
+
+
+@pytest.mark.parametrize("proposer", ["suffix", "ngram", "recycling"])
+def test_greedy_and_sampled_requests_with_their_own_settings_join_one_run(embedded, proposer):
+    """With deterministic drafts, requests of one proposer join one run whatever their sampler
+    (greedy, or sampling with its own temperature, top-k, top-p, seed and n): each row is
+    verified with its own request's sampler, and each request decodes what it does alone."""
+    model = embedded.model
+    speculative = Speculative(proposer)
+    specs = [
+        ("x = 1\nx = 1\nx = 1\n", decodekit.Greedy(speculative=speculative)),
+        ("def f(a, b):\n    return a", decodekit.Sampling(seed=1, top_k=40, speculative=speculative)),
+        ("import os\nimport sys\n", decodekit.Sampling(seed=2, n=2, temperature=0.7, top_p=0.9, speculative=speculative)),
+        ("class A:\n    pass\n", decodekit.Greedy(speculative=speculative)),
+        ("for i in range(3):\n", decodekit.Sampling(seed=3, top_k=40, speculative=speculative)),
+    ]
+    options = decodekit.DecodeOptions(max_new_tokens=30)
+    engine = Engine(model)
+    handles = []
+    for text, strategy in specs:
+        handles += engine.submit([Request(embedded.encode(text), strategy, options)])
+        engine.step()
+        assert len(engine._speculative) == 1 and not engine._pending  # joined, not queued
+    results = [h.result() for h in handles]
+    for (text, strategy), result in zip(specs, results):
+        same(alone(model, embedded.encode(text), strategy, options), result)
+
+
+def test_a_draft_model_run_takes_only_requests_of_its_own_sampler(embedded):
+    """A draft model draws its drafts with the run's sampler, so a request with another one
+    waits for the proposer."""
+    model = embedded.model
+    speculative = Speculative("draft")
+    prompt = embedded.encode("x = 1\nx = 1\n")
+    options = decodekit.DecodeOptions(max_new_tokens=16)
+    engine = Engine(model)
+    (a,) = engine.submit([Request(prompt, decodekit.Greedy(speculative=speculative), options)])
+    engine.step()
+    (b,) = engine.submit([Request(prompt, decodekit.Sampling(seed=1, speculative=speculative), options)])
+    engine.step()
+    assert len(engine._pending) == 1
+    same(alone(model, prompt, decodekit.Sampling(seed=1, speculative=speculative), options), b.result())
+    assert a.result().hypotheses

@@ -4,9 +4,10 @@ join between steps when nothing in it depends on the batch (continuous batching)
 A :class:`SpeculativeGroup` drives a :class:`~decodekit.speculative.loop.SpeculativeDecoding`:
 its first requests start it (the prefill is the group's first step), then one
 draft-and-verify step per engine step for every live row. A request submitted later with the
-same proposer config, the same strategy and options (its seed, ``n``, ``max_new_tokens`` and
-stop strings may differ; its processors are its own) joins the running state at admission, if
-the run is joinable (see
+same proposer config and options (its seed, ``n``, ``max_new_tokens`` and stop strings may
+differ; its processors are its own) and, where drafts are deterministic, any sampler (greedy,
+or sampling with its own settings; a draft model's run takes only its own sampler) joins the
+running state at admission, if the run is joinable (see
 :attr:`~decodekit.speculative.loop.SpeculativeDecoding.joinable`); otherwise it waits for the
 proposer. Each request is delivered as soon as its rows finish, and fails alone if its logits
 are not finite.
@@ -28,13 +29,17 @@ _PER_REQUEST = {"seed", "n", "max_new_tokens", "stop"}
 
 
 def join_key(request: Request) -> tuple:
-    """What requests of one speculative run must share: the strategy and options, less the
-    settings each row keeps for itself."""
+    """What requests of one speculative run must share: the options, less the settings each
+    row keeps for itself, and the strategy: only its proposer where drafts are deterministic
+    (each row is verified with its own request's sampler, greedy or sampling with any
+    settings), all of it for a draft model (whose drafts are drawn with the run's sampler)."""
 
     def settings(config) -> tuple:
         return (type(config), tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name not in _PER_REQUEST))
 
-    return settings(request.strategy), settings(request.options)
+    speculative = request.strategy.speculative
+    strategy = ("own sampler", speculative) if speculative.proposer != "draft" else settings(request.strategy)
+    return strategy, settings(request.options)
 
 
 class _Member:
@@ -72,6 +77,8 @@ class SpeculativeGroup:
             constraint=self.processors[0] if self.processors else None,
         )
         self.join_key = join_key(first)
+        self._warps = {}  # a joining strategy's settings -> its sampler (the run's own included)
+        self._warps[self._sampler_key(first.strategy)] = self.run.warp
         self._waiting = handles  # until the first step prefills them
         self.members: list[_Member] = []
         self.error: BaseException | None = None
@@ -103,14 +110,30 @@ class SpeculativeGroup:
         from decodekit.speculative import row_processors
 
         first = handles[0].request
-        width = getattr(first.strategy, "n", 1) if self.run.warp is not None else 1
+        warp = self._warp(first.strategy)
+        width = getattr(first.strategy, "n", 1) if warp is not None else 1
         generators = tuple(request_generator(h.request, self.device) for h in handles)
         stop = first.stop_check if first.options.stop else None
         prompts = [h.request.prompt for h in handles]
         processors = row_processors(self.model, prompts, first.options)
-        rows = self.run.admit(prompts, width, first.options.max_new_tokens, generators, stop, processors)
+        rows = self.run.admit(prompts, width, first.options.max_new_tokens, generators, stop, processors, warp)
         self._add(handles, rows, width)
         self._settle()
+
+    @staticmethod
+    def _sampler_key(strategy) -> tuple:
+        return type(strategy), tuple((f.name, getattr(strategy, f.name)) for f in dataclasses.fields(strategy) if f.name not in ("seed", "n"))
+
+    def _warp(self, strategy):
+        """The sampler of a joining request's ``strategy``: the run's own when its settings are
+        the run's (so rows of equal settings are verified together), else one built for it
+        and kept for later requests with the same settings."""
+        from decodekit.speculative import strategy_warp
+
+        key = self._sampler_key(strategy)
+        if key not in self._warps:
+            self._warps[key] = strategy_warp(strategy)
+        return self._warps[key]
 
     def _add(self, handles: list[RequestHandle], rows: list[int], width: int) -> None:
         for i, handle in enumerate(handles):

@@ -17,7 +17,7 @@ import torch
 from decodekit.errors import ConfigError
 from decodekit.options import DecodeOptions
 from decodekit.search.base import Hypothesis
-from decodekit.speculative.base import Draft, Proposer, SpeculationContext, Verification
+from decodekit.speculative.base import Draft, Proposer, SpeculationContext, Verification, Warp
 from decodekit.speculative.config import (
     CONFIGS,
     DraftModelConfig,
@@ -196,10 +196,7 @@ def speculative_run(
     check_target(model, strategy, options)
     eos = options.eos(model.eos_token_ids)
     sampling = getattr(strategy, "name", "") == "sample"
-    warp = None
-    if sampling:
-        warpers = strategy.warpers()
-        warp = (lambda logits: warpers(None, logits)) if len(warpers) else (lambda logits: logits)
+    warp = strategy_warp(strategy)
     return SpeculativeDecoding(
         model,
         prompts,
@@ -214,6 +211,15 @@ def speculative_run(
         stop_check=stop_check,
         siblings=tried_siblings(strategy.speculative) if sampling else 1,
     )
+
+
+def strategy_warp(strategy: Any) -> Warp | None:
+    """The sampler speculative sampling verifies with: ``strategy``'s warpers as one callable
+    ``(rows, vocab) -> (rows, vocab)``; None for greedy."""
+    if getattr(strategy, "name", "") != "sample":
+        return None
+    warpers = strategy.warpers()
+    return (lambda logits: warpers(None, logits)) if len(warpers) else (lambda logits: logits)
 
 
 def row_processors(model, prompts: list[list[int]], options: DecodeOptions):

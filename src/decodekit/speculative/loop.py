@@ -33,7 +33,7 @@ from decodekit.speculative.base import Draft, Proposer, SpeculationContext, Veri
 from decodekit.speculative.budget import BlockWidth
 from decodekit.speculative.processing import ProcessedBlocks
 from decodekit.speculative.stats import SpeculationStats
-from decodekit.speculative.verify import accept_greedy, accept_sampling
+from decodekit.speculative.verify import accept_rows
 
 
 @dataclass
@@ -86,6 +86,7 @@ class SpeculativeDecoding(ProcessedBlocks):
             self.constraint = ChainConstraint(constraint, len(prompts) * width, max_new_tokens)
         self.width, self.max_new = width, max_new_tokens
         self.eos, self.warp = set(eos), warp
+        self.warps: dict[int, Warp | None] = {}  # row -> its sampler (None: greedy); the run's or its request's
         self.generators = tuple(generators) or (None,) * len(prompts)
         self.stop_check, self.max_draft = stop_check, max_draft
         # children of one stochastic draft node the verifier tries (recursive rejection
@@ -143,12 +144,13 @@ class SpeculativeDecoding(ProcessedBlocks):
 
     # -- admission ------------------------------------------------------------------------------
 
-    def admit(self, prompts, width: int, max_new_tokens: int, generators=(), stop_check=None, processors=None) -> list[int]:
+    def admit(self, prompts, width: int, max_new_tokens: int, generators=(), stop_check=None, processors=None, warp=...) -> list[int]:
         """Prefill ``prompts`` (each ``width`` rows), choose their first tokens and let the rows
         that go on join the running state. ``processors``: theirs, built for a prompt length of
-        the longest of ``prompts`` (the run's own for its first prompts). Returns the new row
-        ids, prompt-major. Raises :class:`NumericalError` (changing nothing) if a prompt's
-        logits are not finite."""
+        the longest of ``prompts`` (the run's own for its first prompts). ``warp``: their
+        sampler (None: greedy; default: the run's), which may differ from the other rows' where
+        the proposer's drafts are deterministic. Returns the new row ids, prompt-major. Raises
+        :class:`NumericalError` (changing nothing) if a prompt's logits are not finite."""
         if self._begun and not self.joinable:
             raise RuntimeError("this speculative run takes no more rows")
         model = self.model
@@ -158,7 +160,9 @@ class SpeculativeDecoding(ProcessedBlocks):
         self.model_seconds += time.perf_counter() - began
         device = state.logits.device
         count = len(prompts) * width
-        numbers = self._numbers(width, max_new_tokens, generators, device) if self.warp is not None else None
+        warp = self.warp if warp is ... else warp
+        # numbers for every row once any row samples (a greedy row never reads its own)
+        numbers = self._numbers(width, max_new_tokens, generators, device) if warp is not None or self.uniforms is not None else None
         if width > 1:
             model.select(state, torch.arange(len(prompts), device=device).repeat_interleave(width))
         bad = ~torch.isfinite(torch.logsumexp(state.logits, -1))  # NaN, +inf or all -inf
@@ -171,7 +175,7 @@ class SpeculativeDecoding(ProcessedBlocks):
         logits = self._process_first(state.logits, prompts, width, processing)
         if self.constraint is not None:
             logits = self.constraint.first(logits)
-        first = logits.argmax(-1) if self.warp is None else race(self.warp(logits), numbers[:, 0, 0])
+        first = logits.argmax(-1) if warp is None else race(warp(logits), numbers[:, 0, 0])
         first_logprob = logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
         rows = list(range(self._next, self._next + count))
         self._next += count
@@ -180,7 +184,7 @@ class SpeculativeDecoding(ProcessedBlocks):
             self.row_prompts[r], self.out[r], self.logprobs[r] = prompt, [token], [logprob]
             self.sequences[r] = prompt + [token]
             self.reason[r], self.limit[r], self.stops[r] = None, max_new_tokens, stop_check
-            self.processing[r] = processing
+            self.processing[r], self.warps[r] = processing, warp
             self.forwards[r] = self.drafted[r] = self.accepted[r] = 0
         if self.constraint is not None:
             self.constraint.consume(rows, [self.out[r][0] for r in rows])
@@ -200,9 +204,11 @@ class SpeculativeDecoding(ProcessedBlocks):
                 model.select(state, index)
                 numbers = numbers.index_select(0, index) if numbers is not None else None
             self.state = state if self.state is None else model.merge(self.state, state)
-            self.live += [rows[i] for i in going]
             if numbers is not None:
+                if self.uniforms is None and self.live:  # the first sampled rows of a greedy run
+                    self.uniforms = numbers.new_zeros(len(self.live), *numbers.shape[1:])
                 self.uniforms = numbers if self.uniforms is None else _stack_padded(self.uniforms, numbers)
+            self.live += [rows[i] for i in going]
         return rows
 
     def drop(self, rows: list[int]) -> None:
@@ -218,7 +224,7 @@ class SpeculativeDecoding(ProcessedBlocks):
         """Delivered rows: drop everything the run kept about them."""
         for r in rows:
             for table in (self.out, self.logprobs, self.reason, self.failed, self.forwards, self.drafted,
-                          self.accepted, self.sequences, self.row_prompts, self.limit, self.stops, self.processing):
+                          self.accepted, self.sequences, self.row_prompts, self.limit, self.stops, self.processing, self.warps):
                 table.pop(r, None)
 
     def _keep_live(self, still: list[int]) -> None:
@@ -318,12 +324,9 @@ class SpeculativeDecoding(ProcessedBlocks):
         if self.constraint is not None:
             produced = [len(self.out[r]) for r in live]
             logits, valid = self.constraint.block(logits, live, produced, inputs, valid)
-        if self.warp is None:
-            acceptance = accept_greedy(logits, inputs, parents, valid)
-        else:
-            probs = draft.probs.to(device) if draft.probs is not None else None
-            uniforms = self._block_uniforms(inputs.shape[1])
-            acceptance = accept_sampling(logits, inputs, parents, valid, self.warp, uniforms, probs)
+        probs = draft.probs.to(device) if draft.probs is not None else None
+        uniforms = self._block_uniforms(inputs.shape[1]) if self.uniforms is not None else None
+        acceptance = accept_rows(logits, inputs, parents, valid, [self.warps[r] for r in live], uniforms, probs)
         if not self.encoder_decoder:
             model.keep(state, acceptance.path, acceptance.kept)
         kept, bad = torch.stack([acceptance.kept, nonfinite.long()]).tolist()  # the one host sync

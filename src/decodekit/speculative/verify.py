@@ -157,3 +157,50 @@ def _logprobs(logits: torch.Tensor, path: torch.Tensor, emitted: torch.Tensor) -
     rows, m = path.shape
     steps = logits.gather(1, path[:, :, None].expand(rows, m, logits.shape[-1]))  # (rows, m, V)
     return steps.log_softmax(-1).gather(2, emitted[:, :, None]).squeeze(-1)
+
+
+def accept_rows(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    valid: torch.Tensor,
+    warps: list,
+    uniforms: torch.Tensor | None,
+    draft_probs: torch.Tensor | None = None,
+) -> Acceptance:
+    """Each row's accepted path by its own sampler (``warps[r]``; None: greedy, by
+    :func:`accept_greedy`; else :func:`accept_sampling`). Rows of several samplers (requests
+    that joined one run with their own) are verified one sampler at a time; a row's result
+    depends on its own rows alone, so splitting them changes nothing."""
+    device = logits.device
+
+    def verify(warp, index=None) -> Acceptance:
+        def pick(x):
+            return x if index is None or x is None else x.index_select(0, index)
+
+        if warp is None:
+            return accept_greedy(pick(logits), pick(tokens), pick(parents), pick(valid))
+        return accept_sampling(pick(logits), pick(tokens), pick(parents), pick(valid), warp, pick(uniforms), pick(draft_probs))
+
+    if all(w is warps[0] for w in warps):
+        return verify(warps[0])
+    groups: dict[int, tuple] = {}
+    for row, warp in enumerate(warps):
+        groups.setdefault(id(warp), (warp, []))[1].append(row)
+    parts = []
+    for warp, rows in groups.values():
+        index = torch.tensor(rows, device=device)
+        parts.append((index, verify(warp, index)))
+    width = max(part.path.shape[1] for _, part in parts)
+
+    def merged(name: str) -> torch.Tensor:
+        first = getattr(parts[0][1], name)
+        out = first.new_zeros((len(warps), width) if first.dim() == 2 else (len(warps),))
+        for index, part in parts:
+            value = getattr(part, name)
+            if value.dim() == 2 and value.shape[1] < width:
+                value = torch.cat([value, value.new_zeros(value.shape[0], width - value.shape[1])], 1)
+            out.index_copy_(0, index, value)
+        return out
+
+    return Acceptance(merged("path"), merged("kept"), merged("tokens"), merged("logprobs"))

@@ -280,3 +280,32 @@ def test_a_draft_model_run_takes_only_requests_of_its_own_sampler(embedded):
     assert len(engine._pending) == 1
     same(alone(model, prompt, decodekit.Sampling(seed=1, speculative=speculative), options), b.result())
     assert a.result().hypotheses
+
+
+def test_two_speculative_runs_verify_in_one_forward(embedded):
+    """Runs of two proposers with no plain rows beside them: their blocks are the parts of one
+    forward per step, and each request decodes what it does alone."""
+    model = embedded.model
+    specs = [
+        (embedded.encode("x = 1\nx = 1\nx = 1\n"), decodekit.Greedy(speculative=Speculative("suffix"))),
+        (embedded.encode("def f(a, b):\n    return a"), decodekit.Sampling(seed=3, top_k=30, speculative=Speculative("ngram"))),
+    ]
+    options = decodekit.DecodeOptions(max_new_tokens=24)
+    engine = Engine(model)
+    handles = [h for prompt, strategy in specs for h in engine.submit([Request(prompt, strategy, options)])]
+    counter = Counting(model)
+    shared = 0
+    try:
+        while not all(h.done for h in handles):
+            both = len(engine._speculative) == 2 and all(g.fusable for g in engine._speculative)
+            before, verified = model.forward_count, len(counter.rows)
+            engine.step()
+            if both:
+                assert model.forward_count - before == 1
+                assert len(counter.rows) == verified  # no verification forward of either run's own
+                shared += 1
+    finally:
+        counter.close()
+    assert shared >= 3
+    for (prompt, strategy), handle in zip(specs, handles):
+        same(alone(model, prompt, strategy, options), handle.result())

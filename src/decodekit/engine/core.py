@@ -43,6 +43,7 @@ from decodekit.engine.step import (
     Partition,
     drop_aborted,
     step_partitions,
+    verify_blocks,
 )
 from decodekit.errors import ConfigError
 
@@ -311,6 +312,8 @@ class Engine(Admission):
             self._partitions = step_partitions(self.model, self._partitions, self.clock, self.steps, fused, blocks)
             if fused is not None:
                 self._place_fused(fused)
+            if blocks is not None and blocks.target is None:
+                verify_blocks(self.model, blocks, self.clock)
             self._step_speculative(blocks)
             self.steps += 1
             return True
@@ -329,15 +332,19 @@ class Engine(Admission):
 
     def _prepare_speculative(self, fused) -> FusedBlocks | None:
         """The blocks of the speculative runs that verify in the forward of the plain rows'
-        step (the partition a fused prefill joins, else the first that can take them)."""
+        step (the partition a fused prefill joins, else the first that can take them); with no
+        plain rows, of two or more runs that verify in one forward together."""
         if not self._speculative or not self.fuse_verification or not getattr(self.model, "can_fuse_prefill", False):
             return None
         targets = [p for p in self._partitions if "mask" in p.state.extra and "record" not in p.state.extra]
         target = fused.target if fused is not None else (targets[0] if targets else None)
-        if target is None or target not in targets:
+        if target is not None and target not in targets:
+            return None
+        ready = [g for g in self._speculative if g.fusable]
+        if target is None and len(ready) < 2:  # no forward to share
             return None
         entries = []
-        for group in self._speculative:
+        for group in ready:
             try:
                 block = group.prepare()
             except Exception as error:

@@ -152,13 +152,16 @@ class SpeculativeGroup:
             self.run.step()
         return self._settle()
 
+    @property
+    def fusable(self) -> bool:
+        """Whether this step's block can verify in a shared forward (:meth:`prepare`)."""
+        return not self._waiting and self.run.fusable
+
     def prepare(self):
         """This step's block, for verification in the forward of the engine's plain rows
         (:meth:`complete` then takes its logits); None when the step is the prefill or the run
         cannot fuse (:attr:`~decodekit.speculative.loop.SpeculativeDecoding.fusable`)."""
-        if self._waiting or not self.run.fusable:
-            return None
-        return self.run.prepare()
+        return self.run.prepare() if self.fusable else None
 
     def complete(self, block, logits, seconds: float) -> bool:
         """The rest of the step of :meth:`prepare`'s ``block``, given its logits. True when the

@@ -38,16 +38,28 @@ class FusedPrefill:
 
 
 class FusedBlocks:
-    """Speculative runs' blocks verified in the forward of ``target``'s step: ``entries`` are
-    ``(group, block)`` pairs; after the step, ``logits`` holds each block's logits (None: the
-    forward did not run, verify them apart), ``seconds`` the forward's time, ``error`` what it
-    raised."""
+    """Speculative runs' blocks verified in the forward of ``target``'s step (None: in one
+    forward of their own, :func:`verify_blocks`): ``entries`` are ``(group, block)`` pairs;
+    after the step, ``logits`` holds each block's logits (None: the forward did not run,
+    verify them apart), ``seconds`` the forward's time, ``error`` what it raised."""
 
     def __init__(self, target: Partition, entries: list[tuple]):
         self.target, self.entries = target, entries
         self.logits: list | None = None
         self.seconds = 0.0
         self.error: BaseException | None = None
+
+
+def verify_blocks(model, blocks: FusedBlocks, clock: Clock) -> None:
+    """One forward verifying every block of ``blocks`` (speculative runs with no plain rows to
+    share a forward with)."""
+    began = time.perf_counter()
+    try:
+        _, blocks.logits = model.advance_fused(None, None, None, blocks=[(g.run.state, b.inputs, b.parents) for g, b in blocks.entries])
+    except Exception as error:
+        blocks.error = error
+    blocks.seconds = time.perf_counter() - began
+    clock.model_seconds += blocks.seconds
 
 
 @dataclass

@@ -235,24 +235,27 @@ class HFLanguageModel(BlockSteps):
     @torch.inference_mode()
     def advance_fused(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, prompts: list[list[int]] | None = None,
                       max_new_tokens: int = 0, blocks: list[tuple] = ()) -> tuple[DecodeState | None, list[torch.Tensor]]:
-        """:meth:`advance` of ``state``, with in the same pass of the lean step the prefill of
-        ``prompts`` (a new state, returned; None without prompts) and the verification of
-        ``blocks``: ``(state, tokens, parents)`` of other decoder-only states, as their own
-        :meth:`verify` (their ``(rows, n, vocab)`` logits are returned, in order). The
+        """:meth:`advance` of ``state`` (None: no step), with in the same pass of the lean step
+        the prefill of ``prompts`` (a new state, returned; None without prompts) and the
+        verification of ``blocks``: ``(state, tokens, parents)`` of other decoder-only states,
+        as their own :meth:`verify` (their ``(rows, n, vocab)`` logits are returned, in order). The
         projections and MLP run once over every part's tokens, attention over each part's own
         cache. Requires :attr:`can_fuse_prefill` and states that record no attention."""
-        parts = [self._step_part(state, parents, tokens)]
+        parts = [self._step_part(state, parents, tokens)] if state is not None else []
         if prompts:
             ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
             parts.append(self._prefill_part(ids, positions, prompt_mask, cache))
         parts += [self._verify_part(*block) for block in blocks]
         self.forward_count += 1
         hidden = self._step.parts(parts)
-        ends = [h[:, -1] for h in hidden[: 1 + bool(prompts)]]
-        verified = [h.reshape(-1, h.shape[-1]) for h in hidden[1 + bool(prompts) :]]
+        ahead = (state is not None) + bool(prompts)  # the step's and the prefill's parts
+        ends = [h[:, -1] for h in hidden[:ahead]]
+        verified = [h.reshape(-1, h.shape[-1]) for h in hidden[ahead:]]
         logits = self._project(torch.cat(ends + verified))
-        state.logits, at = logits[: state.rows], state.rows
-        self._stepped(state)
+        at = 0
+        if state is not None:
+            state.logits, at = logits[: state.rows], state.rows
+            self._stepped(state)
         new = None
         if prompts:
             new = self._prefilled(prompts, logits[at : at + len(prompts)], mask, prompt_mask, cache)

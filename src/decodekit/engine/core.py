@@ -309,7 +309,8 @@ class Engine(Admission):
                 return False
             fused, self._fused = self._fused, None
             blocks = self._prepare_speculative(fused)
-            self._partitions = step_partitions(self.model, self._partitions, self.clock, self.steps, fused, blocks)
+            settled = self._notify if self._listeners and threading.current_thread() is self._background else None
+            self._partitions = step_partitions(self.model, self._partitions, self.clock, self.steps, fused, blocks, settled)
             if fused is not None:
                 self._place_fused(fused)
             if blocks is not None and blocks.target is None:

@@ -9,6 +9,7 @@ now and then.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,11 +71,11 @@ class Clock:
 
 
 def step_partitions(model, partitions: list[Partition], clock: Clock, step_count: int, fused: FusedPrefill | None = None,
-                    blocks: FusedBlocks | None = None) -> list[Partition]:
-    """One step of every plain row: decide, the one host sync, settle (deliver what finished),
-    then drop retired rows and one forward per partition (``fused``: with the prefill of new
-    groups in the forward of the partition they join; ``blocks``: with speculative runs'
-    verification). Returns the partitions that go on."""
+                    blocks: FusedBlocks | None = None, settled: Callable[[], None] | None = None) -> list[Partition]:
+    """One step of every plain row: decide, the one host sync, settle (deliver what finished;
+    then ``settled()``: the step's events are out), then drop retired rows and one forward per
+    partition (``fused``: with the prefill of new groups in the forward of the partition they
+    join; ``blocks``: with speculative runs' verification). Returns the partitions that go on."""
     decided = []  # (group, flags or None)
     sizes: dict[int, int] = {}  # each group's rows this step (a pool's shrink in settle)
     for partition in partitions:
@@ -102,6 +103,8 @@ def step_partitions(model, partitions: list[Partition], clock: Clock, step_count
         count = f.numel()
         keeps[id(group)] = group.settle(values[at : at + count])
         at += count
+    if settled is not None and decided:
+        settled()  # e.g. wake a server's event loop: it sends these tokens during the forward
     kept_partitions = []
     for partition in partitions:
         joining = fused if fused is not None and fused.target is partition else None

@@ -63,6 +63,7 @@ class RowPool:
         # on greedy rows, which ``sampled`` tells apart)
         self.settings = {name: torch.zeros(0, dtype=torch.long if name == "top_k" else torch.float32, device=device) for name in WARPER_FIELDS}
         self.sampled = torch.zeros(0, dtype=torch.bool, device=device)
+        self.sampled_rows = 0  # sampled.sum(), kept on the host: read every step, changed on (re)admission
         self.members: list[Member] = []
         self.rows = 0
         self.columns = 1
@@ -147,6 +148,7 @@ class RowPool:
             index = torch.tensor(mine, dtype=torch.long, device=device)
             self.members.append(Member(handle, group.width, handle.request.stream, i * group.width, group.stop_check, mine, index))
         self.min_new_any = bool((self.min_new > 0).any())
+        self.sampled_rows = int(self.sampled.sum())
 
     def _set(self, name: str, value: torch.Tensor) -> None:
         if name in WARPER_FIELDS:
@@ -161,6 +163,7 @@ class RowPool:
         for name in ("t", "limit", "min_new", "reason"):
             getattr(self, name).index_fill_(0, index, 0)
         self.sampled.index_fill_(0, index, False)  # a free slot decodes padding: no draws
+        self.sampled_rows = int(self.sampled.sum())
         self.free.extend(member.rows)
 
     def _keep(self, rows: list[int]) -> None:
@@ -194,7 +197,7 @@ class RowPool:
             logprobs = logits.log_softmax(-1)
             stuck = logprobs[:, 0].isnan() & ~nonfinite  # only EOS was possible
         rows = torch.arange(self.rows, device=self.device)
-        sampled = int(self.sampled.sum())
+        sampled = self.sampled_rows
         if sampled == 0:
             tokens = logits.max(-1).indices  # the first maximum, as argmax; faster on the CPU
         else:
@@ -276,6 +279,7 @@ class RowPool:
         keep = sorted(r for m in members for r in m.rows)
         self._keep(keep)
         self.min_new_any = bool((self.min_new > 0).any())
+        self.sampled_rows = int(self.sampled.sum())
         return keep
 
     def live_rows(self) -> list[int] | None:
@@ -289,6 +293,7 @@ class RowPool:
         self.members = [m for m in self.members if not m.handle.done]
         self._keep(rows)
         self.min_new_any = bool((self.min_new > 0).any())
+        self.sampled_rows = int(self.sampled.sum())
 
     def _emit(self) -> None:
         tokens, logprobs, tops = self.step_tokens.tolist(), None, None

@@ -25,6 +25,7 @@ from decodekit.model.blocks import BlockSteps
 from decodekit.model.cache import PreallocatedCache, twin
 from decodekit.model.fast_gpt2 import GPT2Step
 from decodekit.model.fast_llama import LlamaStep
+from decodekit.model.fused import FusedSteps
 from decodekit.model.lean import LeanStep
 from decodekit.model.merge import insert_rows, merge_states, release_rows
 
@@ -48,7 +49,7 @@ def _decoder_layer_count(config) -> int:
     return 1  # unknown: layers beyond the storage get buffers of their own
 
 
-class HFLanguageModel(BlockSteps):
+class HFLanguageModel(BlockSteps, FusedSteps):
     """A transformers model behind decodekit's :class:`~decodekit.model.base.LanguageModel`.
 
     The prompt batch is left-padded (decoder-only) so every row's next token lands in the same
@@ -217,55 +218,6 @@ class HFLanguageModel(BlockSteps):
         self.forward_count += 1
         hidden = self._step(*self._prefill_part(ids, positions, prompt_mask, cache))
         return self._project(hidden[:, -1])
-
-    @property
-    def can_fuse_prefill(self) -> bool:
-        """Whether :meth:`advance_and_start` runs one forward for both (the lean steps)."""
-        return self._lean_step() is not None and hasattr(self._step, "parts")
-
-    @torch.inference_mode()
-    def advance_and_start(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
-        """:meth:`advance` of ``state`` and :meth:`start` of ``prompts`` (a new state) in one
-        pass of the lean step: the projections and MLP run once over the running rows' tokens
-        and the prompts', attention over each one's own cache. Requires :attr:`can_fuse_prefill`
-        and a state that records no attention."""
-        new, _ = self.advance_fused(state, parents, tokens, prompts, max_new_tokens)
-        return new
-
-    @torch.inference_mode()
-    def advance_fused(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, prompts: list[list[int]] | None = None,
-                      max_new_tokens: int = 0, blocks: list[tuple] = ()) -> tuple[DecodeState | None, list[torch.Tensor]]:
-        """:meth:`advance` of ``state`` (None: no step), with in the same pass of the lean step
-        the prefill of ``prompts`` (a new state, returned; None without prompts) and the
-        verification of ``blocks``: ``(state, tokens, parents)`` of other decoder-only states,
-        as their own :meth:`verify` (their ``(rows, n, vocab)`` logits are returned, in order). The
-        projections and MLP run once over every part's tokens, attention over each part's own
-        cache. Requires :attr:`can_fuse_prefill` and states that record no attention."""
-        parts = [self._step_part(state, parents, tokens)] if state is not None else []
-        if prompts:
-            ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
-            parts.append(self._prefill_part(ids, positions, prompt_mask, cache))
-        parts += [self._verify_part(*block) for block in blocks]
-        self.forward_count += 1
-        hidden = self._step.parts(parts)
-        ahead = (state is not None) + bool(prompts)  # the step's and the prefill's parts
-        ends = [h[:, -1] for h in hidden[:ahead]]
-        verified = [h.reshape(-1, h.shape[-1]) for h in hidden[ahead:]]
-        logits = self._project(torch.cat(ends + verified))
-        at = 0
-        if state is not None:
-            state.logits, at = logits[: state.rows], state.rows
-            self._stepped(state)
-        new = None
-        if prompts:
-            new = self._prefilled(prompts, logits[at : at + len(prompts)], mask, prompt_mask, cache)
-            at += len(prompts)
-        out = []
-        for (block_state, block_tokens, _), h in zip(blocks, verified):
-            out.append(logits[at : at + h.shape[0]].view(*block_tokens.shape, -1))
-            at += h.shape[0]
-            self._verified(block_state, block_tokens.shape[1])
-        return new, out
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int, record: dict | None) -> DecodeState:
         device, batch = self.device, len(prompts)

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the model's context)")
     serve.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted (default 4096)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond it a 413 (default 1 MiB)")
+    serve.add_argument("--engine-in-process", action="store_true", help="run the engine in the server's process (default: a process of its own, so HTTP work never stalls a forward)")
     serve.set_defaults(handler=run_serve)
     for module in EXTENSIONS:
         try:
@@ -263,9 +264,18 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--max-prompt-tokens", args.max_prompt_tokens, "an integer >= 1")
     limits = ServerLimits(args.max_concurrent_requests, args.max_queued_requests, args.max_prompt_tokens, args.max_tokens_limit, args.max_body_bytes)
     transformers_logging.disable_progress_bar()
-    decoder = decodekit.load(args.model, device=args.device)
+    if args.engine_in_process:
+        decoder = decodekit.load(args.model, device=args.device)
+    else:
+        from decodekit.serve.remote import EngineProcess
+
+        decoder = EngineProcess(args.model, device=args.device)
     name = args.served_model_name or (args.model or "stdlib-code")
-    uvicorn.run(create_app(decoder, name, limits), host=args.host, port=args.port, log_level="warning")
+    try:
+        uvicorn.run(create_app(decoder, name, limits), host=args.host, port=args.port, log_level="warning")
+    finally:
+        if not args.engine_in_process:
+            decoder.close()
     return 0
 
 

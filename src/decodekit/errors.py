@@ -18,6 +18,9 @@ class ConfigError(DecodeKitError):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field}={value!r} is not allowed: {allowed}")
 
+    def __reduce__(self):  # pickles with its fields (the engine's process sends it to the server)
+        return type(self), (self.field, self.value, self.allowed)
+
 
 class InputError(DecodeKitError):
     """A prompt, tokenizer or model does not fit the request. Raised before any model call."""
@@ -27,8 +30,11 @@ class NumericalError(DecodeKitError):
     """The model produced NaN or infinite logits; names the decoding step and the row."""
 
     def __init__(self, step: int, row: int, what: str = "NaN, +inf or all -inf logits"):
-        self.step, self.row = step, row
+        self.step, self.row, self.what = step, row, what
         super().__init__(f"{what} at step {step}, row {row}: the model's output is unusable")
+
+    def __reduce__(self):
+        return type(self), (self.step, self.row, self.what)
 
 
 class ModelError(DecodeKitError):

@@ -25,7 +25,10 @@ class Bridge:
     def _stepped(self) -> None:  # the engine's thread
         if not self.scheduled and self.loop is not None:
             self.scheduled = True
-            self.loop.call_soon_threadsafe(self._wake)
+            try:
+                self.loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop has closed: the server has stopped
+                pass
 
     def _wake(self) -> None:
         self.scheduled = False

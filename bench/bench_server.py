@@ -4,7 +4,8 @@
     python bench/bench_server.py --peer none --requests 500
 
 Each server runs alone in a subprocess on a free loopback port, serving the embedded model
-(2 torch threads). ``--clients`` concurrent streaming clients (the official ``openai`` async
+(``--threads`` torch threads, 1 by default; decodekit's engine in a process of its own, as
+``decodekit serve`` runs it). ``--clients`` concurrent streaming clients (the official ``openai`` async
 client, one process) send ``--requests`` completions in all, with mixed parameters: greedy and
 sampled (temperature, top_p, seed), 16 to 64 new tokens, some with a stop string, over a set of
 code prompts. The same request list goes to both servers. The peer is
@@ -180,16 +181,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (OMP_NUM_THREADS); default 1: on a 2-core machine the clients and the HTTP side need the other core, and both servers are faster so")
     parser.add_argument("--peer", choices=["transformers", "none"], default="transformers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine-in-process", action="store_true", help="decodekit's engine in the server's process (default: its own)")
     args = parser.parse_args()
     from decodekit.models import embedded_model_path
 
     path = str(embedded_model_path("stdlib-code"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     bodies = requests(args.requests, args.seed)
-    servers = [("decodekit", [sys.executable, "-m", "decodekit", "serve", "--port", "{port}", "--served-model-name", "m"], "m")]
+    ours = [sys.executable, "-m", "decodekit", "serve", "--port", "{port}", "--served-model-name", "m"] + (["--engine-in-process"] if args.engine_in_process else [])
+    servers = [("decodekit", ours, "m")]
     if args.peer == "transformers":
         servers.append(("transformers serve", ["transformers", "serve", "--continuous-batching", "--device", "cpu", "--host", "127.0.0.1", "--port", "{port}", path], path))
     print(f"embedded model (stdlib-code), {args.requests} streaming completions, {args.clients} concurrent clients, {args.threads} threads, mixed greedy/sampled, 16-64 new tokens\n")

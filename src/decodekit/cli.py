@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the model's context)")
     serve.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted (default 4096)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond it a 413 (default 1 MiB)")
+    serve.add_argument("--threads", type=int, default=None, help="torch threads of the engine (default: torch's, which follows OMP_NUM_THREADS)")
     serve.add_argument("--engine-in-process", action="store_true", help="run the engine in the server's process (default: a process of its own, so HTTP work never stalls a forward)")
     serve.set_defaults(handler=run_serve)
     for module in EXTENSIONS:
@@ -264,15 +265,23 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--max-prompt-tokens", args.max_prompt_tokens, "an integer >= 1")
     limits = ServerLimits(args.max_concurrent_requests, args.max_queued_requests, args.max_prompt_tokens, args.max_tokens_limit, args.max_body_bytes)
     transformers_logging.disable_progress_bar()
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads", args.threads, "an integer >= 1")
     if args.engine_in_process:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
         decoder = decodekit.load(args.model, device=args.device)
     else:
         from decodekit.serve.remote import EngineProcess
 
-        decoder = EngineProcess(args.model, device=args.device)
+        decoder = EngineProcess(args.model, device=args.device, threads=args.threads)
     name = args.served_model_name or (args.model or "stdlib-code")
+    # the app closes the engine's process when it shuts down (uvicorn then re-raises the signal)
+    app = create_app(decoder, name, limits, close_on_shutdown=not args.engine_in_process)
     try:
-        uvicorn.run(create_app(decoder, name, limits), host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         if not args.engine_in_process:
             decoder.close()

@@ -35,11 +35,14 @@ from decodekit.serve.format import (
 from decodekit.serve.limits import APIError, BodyLimit, ServerLimits, error_response
 from decodekit.serve.metrics import Metrics
 from decodekit.serve.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody
+from decodekit.serve.remote import EngineExited
 from decodekit.serve.translate import api_param, decoding
 
 
-def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | None = None) -> FastAPI:
-    """An app serving ``decoder`` under the model id ``model_name``, within ``limits``."""
+def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | None = None, close_on_shutdown: bool = False) -> FastAPI:
+    """An app serving ``decoder`` (a :class:`~decodekit.Decoder`, or an
+    :class:`~decodekit.serve.remote.EngineProcess`) under the model id ``model_name``, within
+    ``limits``; ``close_on_shutdown``: close it when the server shuts down."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         # the engine steps in its own thread while the server runs: handlers only wait
@@ -51,6 +54,8 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         finally:
             if started:
                 decoder.engine.stop_background()
+            if close_on_shutdown:
+                decoder.close()
 
     app = FastAPI(title="decodekit", version="0.1", lifespan=lifespan)
     metrics = Metrics(decoder.engine)
@@ -82,6 +87,9 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
 
     @app.get("/health")
     async def health():
+        exited = getattr(decoder, "exited", None)  # an engine in its own process that has died
+        if exited is not None:
+            return JSONResponse({"status": "error", "message": str(exited)}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/models")
@@ -152,6 +160,8 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
             raise APIError(400, f"{api_param(error.field)}={error.value!r} is not allowed: {error.allowed}", param=api_param(error.field)) from None
         except InputError as error:
             raise APIError(400, str(error), param="messages" if chat else "prompt") from None
+        except EngineExited as error:
+            raise APIError(503, str(error), "server_error") from None
         metrics.prompt_tokens.inc(sum(len(p.request.prompt) for p in pending))
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:

@@ -74,7 +74,10 @@ class RemotePending:
 
     def abort(self) -> None:
         if not self._ended.is_set():
-            self.decoder._send(("abort", self.rid))
+            try:
+                self.decoder._send(("abort", self.rid))
+            except EngineExited:  # nothing decodes it any more
+                pass
 
 
 class RemoteEngine:
@@ -126,6 +129,7 @@ class EngineProcess:
         self._replies: dict[int, list] = {}
         self._live: dict[int, RemotePending] = {}
         self._closed = False
+        self.exited: EngineExited | None = None
         self._reader = threading.Thread(target=self._read, name="decodekit-engine-reader", daemon=True)
         self._reader.start()
 
@@ -137,9 +141,12 @@ class EngineProcess:
 
     def _send(self, message) -> None:
         with self._send_lock:
-            if self._closed:
-                raise EngineExited("the engine's process is closed")
-            self._conn.send(message)
+            if self._closed or self.exited is not None:
+                raise self.exited or EngineExited("the engine's process is closed")
+            try:
+                self._conn.send(message)
+            except OSError:
+                raise EngineExited(f"the engine's process exited (code {self._process.poll()})") from None
 
     def submit(self, prompts, strategy=None, **kwargs) -> list[RemotePending]:
         """Submit to the engine's process and wait for its answer: the pending requests, or
@@ -176,7 +183,8 @@ class EngineProcess:
                         pending._update(events, ended, result, error)
                 self._wake()
             else:  # the process is gone: fail whatever waits on it
-                error = message[1] if len(message) > 1 else EngineExited("the engine's process exited")
+                error = message[1] if isinstance(message[1], EngineExited) else EngineExited(str(message[1]))
+                self.exited = error
                 for pending in list(self._live.values()):
                     pending._update((), True, None, error)
                 self._live.clear()

@@ -202,7 +202,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                 if all(p.done for p in pending):
                     finished = True
                     break
-                if not await bridge.wait(waiter, 1.0) and await request.is_disconnected():
+                if not await bridge.wait(waiter) and await request.is_disconnected():
                     return None
         finally:
             bridge.unregister(waiter)
@@ -263,7 +263,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                         else:
                             items.append((what, index, p, item))
                 if not items and sources:
-                    if not await bridge.wait(waiter, 1.0) and await request.is_disconnected():
+                    if not await bridge.wait(waiter) and await request.is_disconnected():
                         return
                     continue
                 for what, index, p, item in items:

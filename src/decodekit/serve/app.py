@@ -266,22 +266,23 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     if not await bridge.wait(waiter) and await request.is_disconnected():
                         return
                     continue
+                out = []  # this wake's chunks, sent in one write
                 for what, index, p, item in items:
                     if what == "error":
-                        yield "data: " + json.dumps({"error": ErrorBody(message=str(item), type="server_error").model_dump()}) + "\n\n"
+                        out.append("data: " + json.dumps({"error": ErrorBody(message=str(item), type="server_error").model_dump()}) + "\n\n")
                         continue
                     if first_seen is None:
                         first_seen = time.perf_counter() - arrived
                         metrics.ttft.observe(first_seen)
                     if chat and index not in started:
                         started.add(index)
-                        yield chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
+                        out.append(chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}))
                     if what == "final":
                         tokens += len(item.token_ids)
                         text = (p.prompt if body_echo(body) else "") + (item.text or "")
                         delta = {"content": text} if chat else None
                         logprobs = logprobs_object(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
-                        yield chunk(chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat, logprobs))
+                        out.append(chunk(chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat, logprobs)))
                         continue
                     event = item
                     if event.token_id is not None:
@@ -293,7 +294,9 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     if event.text or event.finish_reason or logprobs is not None:
                         reason = FINISH.get(event.finish_reason) if event.finish_reason else None
                         delta = {"content": event.text} if chat else None
-                        yield chunk(chunk_choice(index, event.text, delta, reason, None, chat, logprobs))
+                        out.append(chunk(chunk_choice(index, event.text, delta, reason, None, chat, logprobs)))
+                if out:
+                    yield "".join(out)
             if body.stream_options is not None and body.stream_options.include_usage:
                 prompt_tokens = sum(len(x.request.prompt) for x in pending)
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}

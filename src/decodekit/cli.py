@@ -267,7 +267,8 @@ def run_serve(args: argparse.Namespace) -> int:
     transformers_logging.disable_progress_bar()
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads", args.threads, "an integer >= 1")
-    if args.engine_in_process:
+    in_process = args.engine_in_process or sys.platform == "win32"  # the child needs POSIX fd passing
+    if in_process:
         if args.threads is not None:
             import torch
 
@@ -279,11 +280,11 @@ def run_serve(args: argparse.Namespace) -> int:
         decoder = EngineProcess(args.model, device=args.device, threads=args.threads)
     name = args.served_model_name or (args.model or "stdlib-code")
     # the app closes the engine's process when it shuts down (uvicorn then re-raises the signal)
-    app = create_app(decoder, name, limits, close_on_shutdown=not args.engine_in_process)
+    app = create_app(decoder, name, limits, close_on_shutdown=not in_process)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
-        if not args.engine_in_process:
+        if not in_process:
             decoder.close()
     return 0
 

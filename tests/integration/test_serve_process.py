@@ -142,3 +142,12 @@ def test_the_serve_command_runs_the_engine_in_a_child_and_stops_it_on_sigterm():
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("flags, named", [(["--threads", "0"], "--threads"), (["--port", "70000"], "--port"), (["--max-body-bytes", "10"], "--max-body-bytes")])
+def test_bad_serve_flags_are_one_line_errors_before_any_model_load(flags, named, capsys):
+    from decodekit.cli import main
+
+    assert main(["serve", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and "Traceback" not in err

@@ -151,3 +151,30 @@ def test_bad_serve_flags_are_one_line_errors_before_any_model_load(flags, named,
     assert main(["serve", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err and "Traceback" not in err
+
+
+def test_submits_from_many_threads_at_once_equal_the_library(remote, local):
+    import threading
+
+    engine = remote[0]
+    prompts = [f"def f{i}(x):" for i in range(8)]
+    got = {}
+
+    def worker(i):
+        got[i] = engine.submit([prompts[i]], decodekit.Sampling(temperature=0.9, seed=i), max_new_tokens=12)[0].result(timeout=120)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    for i, prompt in enumerate(prompts):
+        assert got[i].text == local.generate(prompt, decodekit.Sampling(temperature=0.9, seed=i), max_new_tokens=12).text
+
+
+def test_a_setting_that_cannot_cross_to_the_engine_process_is_a_config_error_naming_it(remote):
+    from decodekit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        remote[0].submit(["def f(x):"], "greedy", max_new_tokens=4, processors=[lambda ids, scores: scores])
+    assert error.value.field == "processors"

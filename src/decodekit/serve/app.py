@@ -162,6 +162,8 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
             raise APIError(400, str(error), param="messages" if chat else "prompt") from None
         except EngineExited as error:
             raise APIError(503, str(error), "server_error") from None
+        except DecodeKitError as error:  # a request this model cannot decode exactly, refused
+            raise APIError(400, str(error)) from None
         metrics.prompt_tokens.inc(sum(len(p.request.prompt) for p in pending))
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:

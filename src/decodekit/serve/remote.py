@@ -11,6 +11,7 @@ the loop, and a forward takes far longer than alone; in its own process it does 
 from __future__ import annotations
 
 import itertools
+import pickle
 import socket
 import subprocess
 import sys
@@ -19,7 +20,15 @@ from collections import deque
 from multiprocessing.connection import Connection
 
 from decodekit.api import Decoder
-from decodekit.errors import DecodeKitError
+from decodekit.errors import ConfigError, DecodeKitError
+
+
+def _picklable(value) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:
+        return False
 
 
 class EngineExited(DecodeKitError):
@@ -140,11 +149,12 @@ class EngineProcess:
             return ("failed", EngineExited(f"the engine's process exited (code {self._process.poll()})"))
 
     def _send(self, message) -> None:
+        """Send a message (or its pickled bytes)."""
         with self._send_lock:
             if self._closed or self.exited is not None:
                 raise self.exited or EngineExited("the engine's process is closed")
             try:
-                self._conn.send(message)
+                self._conn.send_bytes(message if isinstance(message, bytes) else pickle.dumps(message))
             except OSError:
                 raise EngineExited(f"the engine's process exited (code {self._process.poll()})") from None
 
@@ -152,10 +162,15 @@ class EngineProcess:
         """Submit to the engine's process and wait for its answer: the pending requests, or
         the error that ``Decoder.submit`` raised there (a bad setting, a bad prompt)."""
         sid = next(self._ids)
+        try:  # pickled here, so that what cannot cross (a lambda, an open file, ...) is named
+            data = pickle.dumps(("submit", sid, list(prompts), strategy, kwargs))
+        except Exception as error:
+            field = next((k for k, v in [("strategy", strategy), *kwargs.items()] if not _picklable(v)), "prompts")
+            raise ConfigError(field, "...", f"a value that pickles: the engine runs in another process ({type(error).__name__})") from None
         reply = [threading.Event(), None]
         self._replies[sid] = reply
         try:
-            self._send(("submit", sid, list(prompts), strategy, kwargs))
+            self._send(data)
             reply[0].wait()
         finally:
             self._replies.pop(sid, None)

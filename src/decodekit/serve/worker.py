@@ -14,16 +14,33 @@ import pickle
 import signal
 import threading
 
-from decodekit.errors import DecodeKitError
+from decodekit.errors import ConfigError, DecodeKitError
+
+
+class Shown:
+    """A value that does not pickle, carried as its ``repr``."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def portable(error: BaseException) -> BaseException:
-    """``error`` if it survives pickling, else a :class:`DecodeKitError` with its message."""
-    try:
-        pickle.loads(pickle.dumps(error))
-        return error
-    except Exception:
-        return DecodeKitError(f"{type(error).__name__}: {error}")
+    """``error`` if it survives pickling; else the same kind of error that does (a config
+    error keeps its field, its value shown as text), or a :class:`DecodeKitError`."""
+    candidates = [error]
+    if isinstance(error, ConfigError):
+        candidates.append(ConfigError(error.field, Shown(repr(error.value)), error.allowed))
+    candidates.append(DecodeKitError(f"{type(error).__name__}: {error}"))
+    for candidate in candidates:
+        try:
+            pickle.loads(pickle.dumps(candidate))
+            return candidate
+        except Exception:
+            continue
+    return candidates[-1]
 
 
 class Worker:
@@ -84,9 +101,21 @@ class Worker:
             if news or state != self.last:
                 self.last = state
                 try:
-                    self.conn.send(("news", news, *state))
-                except (BrokenPipeError, OSError):
+                    try:
+                        self.conn.send(("news", news, *state))
+                    except (pickle.PicklingError, TypeError, AttributeError):  # a value that does not pickle
+                        self.conn.send(("news", [self._sendable(item) for item in news], *state))
+                except OSError:  # the server is gone; serve() ends on its side of the pipe
                     pass
+
+    def _sendable(self, item: tuple) -> tuple:
+        """``item``, or its request ended with an error if it does not pickle."""
+        try:
+            pickle.dumps(item)
+            return item
+        except Exception as caught:
+            self.live.pop(item[0], None)
+            return item[0], [], True, None, DecodeKitError(f"its output could not be sent to the server: {caught}")
 
     def _news(self, rid: int, entry: list):
         """``(id, events, ended, result, error)``, or None if nothing is new."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from decodekit.engine.beam_pool import beam_pool_key
 from decodekit.engine.group import PlainGroup, deliver_error
 from decodekit.engine.limits import model_error
 from decodekit.engine.placement import place, pool_key, prefill, started, target_partition
@@ -41,6 +42,8 @@ class Admission:
             if isinstance(entry, PlainGroup):
                 if entry.poolable:
                     pooled.setdefault(pool_key(entry), []).append(entry)
+                elif entry.beam_poolable:  # separately arrived beam searches: prefilled and decided together
+                    pooled.setdefault(beam_pool_key(entry), []).append(entry)
                 else:
                     plain.append(entry)
                 admitted.append(entry)

@@ -268,6 +268,28 @@ class PlainGroup:
             and not self._shared_generator
         )
 
+    @property
+    def beam_poolable(self) -> bool:
+        """Plain beam search with no processors but a minimum length, no stop strings,
+        stopping criteria, time limit or top log-probs: its requests can join a :class:`~decodekit.engine.beam_pool.BeamPool`
+        (decided with separately arrived beam searches of the same config)."""
+        from decodekit.search.beam import BeamSearch, BeamSearchRun
+
+        processors = self.options.processors(1, self.eos, self.model.vocab_size).processors
+        return (
+            type(self.strategy) is BeamSearch
+            and type(self.search) is BeamSearchRun
+            and self.search.joinable
+            and self.attention is None
+            and all(isinstance(p, MinNewTokens) for p in processors)
+            and not self.extra_processors
+            and self.stopping is None
+            and self.options.max_time is None
+            and self.options.guidance_scale == 1.0
+            and not self._shared_generator
+            and not self.model.is_encoder_decoder
+        )
+
     def outputs(self) -> list[RequestOutput]:
         hypotheses = self.search.finish()
         processors = tuple(self.extra_processors)

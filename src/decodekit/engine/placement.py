@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from decodekit.engine.beam_pool import BeamPool, beam_pool_key
 from decodekit.engine.group import PlainGroup, deliver_error
 from decodekit.engine.limits import model_error
 from decodekit.engine.pool import RowPool
@@ -70,6 +71,9 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -
         partitions.append(Partition(state, list(groups)))
         return
     partition = target_partition(model, partitions)
+    if first.beam_poolable:
+        _place_beams(model, partitions, partition, groups, state)
+        return
     if not first.poolable:
         if partition is not None:
             partition.state = model.merge(partition.state, state)
@@ -97,6 +101,28 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -
                 return
     reuse = getattr(model, "can_merge", False) and hasattr(model, "insert")
     pool = RowPool(key, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs, reuse)
+    for group in groups:
+        pool.add(group)
+    if partition is not None:
+        partition.state = model.merge(partition.state, state)
+        partition.groups.append(pool)
+    else:
+        partitions.append(Partition(state, [pool]))
+
+
+def _place_beams(model, partitions: list[Partition], partition: Partition | None, groups: list[PlainGroup], state) -> None:
+    """Beam-search groups of one key join that key's :class:`BeamPool` in ``partition`` (their
+    rows after the pool's), or start one."""
+    key = beam_pool_key(groups[0])
+    if partition is not None:
+        for index, member in enumerate(partition.groups):
+            if isinstance(member, BeamPool) and member.key == key:
+                offset = sum(g.rows for g in partition.groups[:index])
+                partition.state = model.merge(partition.state, state, offset + member.rows)
+                for group in groups:
+                    member.add(group)
+                return
+    pool = BeamPool(key)
     for group in groups:
         pool.add(group)
     if partition is not None:

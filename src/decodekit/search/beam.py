@@ -34,6 +34,7 @@ from decodekit.search.base import (
     normaliser,
     per_prompt_rand,
 )
+from decodekit.search.beam_rows import PerPrompt
 from decodekit.search.sampling import Sampling
 
 _MASKED = -1.0e9  # the additive mask transformers uses; kept identical for score parity
@@ -44,6 +45,16 @@ def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     while index.dim() < tensor.dim():
         index = index.unsqueeze(-1)
     return torch.take_along_dim(tensor, index, dim=1)
+
+
+def _put(tensor: torch.Tensor, at: int | torch.Tensor, values: torch.Tensor) -> None:
+    """``tensor[:, :, at] = values`` for ``(batch, K, steps, ...)``; ``at``: one step for every
+    prompt, or ``(batch,)`` steps, one per prompt."""
+    if isinstance(at, int):
+        tensor[:, :, at] = values
+        return
+    index = at.view(-1, 1, 1, *([1] * (tensor.dim() - 3))).expand(*values.shape[:2], 1, *values.shape[2:])
+    tensor.scatter_(2, index, values.unsqueeze(2))
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,7 @@ class BeamSearch:
         return BeamSearchRun(self, context)
 
 
-class BeamSearchRun:
+class BeamSearchRun(PerPrompt):
     """The running state of one beam search call; ``step`` mutates it."""
 
     scores_are_logprobs = True
@@ -143,6 +154,12 @@ class BeamSearchRun:
         self.coverage = self.step_attention = None  # (B, K, source): summed, this step's
         self.rescore = getattr(config, "rescore", None)
         self.bonus = torch.zeros((B, K), device=device)  # each beam's last scorer value
+        self.steps: list[int] | None = None
+        """Per-prompt mode (:meth:`per_prompt`): each prompt's tokens decided so far."""
+        self.limits: list[int] = [M] * B
+        """Each prompt's ``max_new_tokens``."""
+        self.prompt_done = torch.zeros(B, dtype=torch.bool, device=device)
+        """``(batch,)``: prompts whose n-best can no longer change (set by :meth:`step`)."""
         if self.rescore is not None:
             self.scorer = as_scorer(self.rescore.scorer)
             decode = context.decode
@@ -186,8 +203,16 @@ class BeamSearchRun:
         return accumulated.gather(1, index), index
 
     def step(self, scores: torch.Tensor, t: int) -> Step:
-        """``scores``: ``(B*K, V)`` processed log-probs of the running beams."""
-        B, K, M = self.context.batch_size, self.width, self.context.max_new_tokens
+        """``scores``: ``(B*K, V)`` processed log-probs of the running beams (``t``: the step,
+        ignored in per-prompt mode, where each prompt has its own)."""
+        B, K, M = self.running_scores.shape[0], self.width, self.context.max_new_tokens
+        device = self.running_scores.device
+        if self.steps is not None:  # each prompt at its own step, with its own limit
+            now = torch.tensor(self.steps, dtype=torch.long, device=device)
+            at_limit = (now + 1 >= torch.tensor(self.limits, dtype=torch.long, device=device))[:, None]
+            lengths = [n + 1 for n in self.steps]
+        else:
+            now, at_limit, lengths = t, t + 1 >= M, t + 1
         processed = scores
         total = normaliser(processed)  # (B*K,): reported log-probs are the processed distribution's
         if self.warpers is not None:
@@ -203,7 +228,7 @@ class BeamSearchRun:
             values, ids = torch.topk(processed, self.running_top.n, dim=-1)
             values = values - total[:, None]
             self.step_top = (_take(values.view(B, K, -1), cand_beam), _take(ids.view(B, K, -1), cand_beam))
-        hits = torch.isin(cand_token, self.context.eos_token_ids) | (t + 1 >= M)
+        hits = torch.isin(cand_token, self.context.eos_token_ids) | at_limit
         if self.context.stop_check is not None:
             hits |= self._stop_hits(cand_beam, cand_token, t)
 
@@ -223,35 +248,46 @@ class BeamSearchRun:
         # Subtle: with nothing finished the merge keeps the pool as it is, so it is skipped;
         # reading the flag is free on the CPU, on an accelerator it would cost a sync.
         if self.context.device.type != "cpu" or bool(just_finished.any()):
-            self._merge_finished(cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t, mixed)
+            self._merge_finished(cand_scores, cand_beam, cand_token, cand_logprob, just_finished, now, lengths, mixed)
 
         self.running_scores = _take(running, keep)
         if mixed is not None:
             self.bonus = _take(self.cand_bonus, keep)
         self.running_tokens = _take(self.running_tokens, parents)
-        self.running_tokens[:, :, t] = tokens
+        _put(self.running_tokens, now, tokens)
         self.running_logprobs = _take(self.running_logprobs, parents)
-        self.running_logprobs[:, :, t] = _take(cand_logprob, keep)
+        _put(self.running_logprobs, now, _take(cand_logprob, keep))
         if self.beta:
             self.coverage = _take(self.coverage + self.step_attention, parents)
         if self.running_top is not None:
             top = self.running_top
             top.values, top.ids = _take(top.values, parents), _take(top.ids, parents)
-            top.values[:, :, t], top.ids[:, :, t] = _take(self.step_top[0], keep), _take(self.step_top[1], keep)
+            _put(top.values, now, _take(self.step_top[0], keep))
+            _put(top.ids, now, _take(self.step_top[1], keep))
 
         # 4. can a running beam still beat the worst finished hypothesis?
         never = self.config.early_stopping == "never" and self.penalty.favors_long
-        best_length = M if never else t + 1
-        best_possible = self.running_scores[:, :1] / self.penalty(best_length)
+        best_length = (self.limits if self.steps is not None else M) if never else lengths
+        best_possible = self.running_scores[:, :1] / self._penalty(best_length)
         if self.rescore is not None:  # the best running beam by its mixed score, as it stands
             w = self.rescore.weight
             best_possible = ((1 - w) * self.running_scores / self.penalty(best_length) + w * self.bonus).amax(1, keepdim=True)
         worst = torch.where(self.pool_finished, self.pool_scores.min(1, keepdim=True).values, _MASKED)
         self.can_improve &= (best_possible > worst).any(-1, keepdim=True)
-        done = ~self.can_improve.any() | hits.all()
+        self.prompt_done = ~self.can_improve[:, 0] | hits.all(-1)
         if self.config.early_stopping is True:
-            done |= self.pool_finished.all()
+            self.prompt_done |= self.pool_finished.all(-1)
+        if self.steps is not None:
+            self.steps = lengths
+        done = self.prompt_done.all()
         return Step((parents + self.row_offset).view(-1), tokens.view(-1), done)
+
+    def _penalty(self, length: int | list[int]) -> float | torch.Tensor:
+        """The length penalty at ``length`` (every prompt's), or at each prompt's own
+        (``(batch, 1)``, the same float32 values a shared length gives)."""
+        if isinstance(length, int):
+            return self.penalty(length)
+        return torch.tensor([self.penalty(n) for n in length], dtype=torch.float32, device=self.running_scores.device)[:, None]
 
     def _stop_hits(self, cand_beam: torch.Tensor, cand_token: torch.Tensor, t: int) -> torch.Tensor:
         """``(B, C)``: does a candidate's generated text reach a stop string?"""
@@ -292,15 +328,16 @@ class BeamSearchRun:
             raise InputError("rescore.scorer returned a score that is not a finite number")
         return out
 
-    def _merge_finished(self, cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t: int, mixed=None) -> None:
+    def _merge_finished(self, cand_scores, cand_beam, cand_token, cand_logprob, just_finished, t, lengths, mixed=None) -> None:
         """Finished candidates compete, length-normalised, with the pool for its K slots
-        (``mixed``: their scores under in-beam re-scoring instead)."""
+        (``mixed``: their scores under in-beam re-scoring instead). ``t``/``lengths``: the step
+        and the candidates' length, shared or per prompt."""
         K = self.width
         cand_tokens = _take(self.running_tokens, cand_beam)
-        cand_tokens[:, :, t] = cand_token
+        _put(cand_tokens, t, cand_token)
         cand_logprobs = _take(self.running_logprobs, cand_beam)
-        cand_logprobs[:, :, t] = cand_logprob
-        finished_scores = cand_scores / self.penalty(t + 1) if mixed is None else mixed
+        _put(cand_logprobs, t, cand_logprob)
+        finished_scores = cand_scores / self._penalty(lengths) if mixed is None else mixed
         if self.beta:  # eq. 14: lp-normalised log-prob plus the candidate's coverage penalty
             coverage = _take(self.coverage + self.step_attention, cand_beam)
             finished_scores = finished_scores + coverage_penalty(coverage, self.source, self.beta)
@@ -311,7 +348,10 @@ class BeamSearchRun:
         finished_scores = finished_scores + (~just_finished).float() * _MASKED
         merged = torch.cat([self.pool_scores, finished_scores], dim=1)
         pick = torch.topk(merged, K, dim=-1).indices
-        lengths = torch.full_like(cand_beam, t + 1)
+        if isinstance(lengths, int):
+            lengths = torch.full_like(cand_beam, lengths)
+        else:
+            lengths = torch.tensor(lengths, dtype=torch.long, device=cand_beam.device)[:, None].expand_as(cand_beam)
         self.pool_scores = _take(merged, pick)
         self.pool_logprob = _take(torch.cat([self.pool_logprob, cand_scores], dim=1), pick)
         self.pool_tokens = _take(torch.cat([self.pool_tokens, cand_tokens], dim=1), pick)
@@ -321,27 +361,35 @@ class BeamSearchRun:
         if self.pool_top is not None:
             for name, step in zip(("values", "ids"), self.step_top):
                 cand = _take(getattr(self.running_top, name), cand_beam)
-                cand[:, :, t] = step
+                _put(cand, t, step)
                 setattr(self.pool_top, name, _take(torch.cat([getattr(self.pool_top, name), cand], dim=1), pick))
 
     def current_best(self, t: int) -> list[list[int]]:
-        """Each prompt's best running beam (beams are kept sorted by score), tokens ``0..t``."""
+        """Each prompt's best running beam (beams are kept sorted by score), tokens ``0..t``
+        (per-prompt mode: each prompt's tokens so far)."""
+        if self.steps is not None:
+            return [row[:n] for row, n in zip(self.running_tokens[:, 0].tolist(), self.steps)]
         return self.running_tokens[:, 0, : t + 1].tolist()
 
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("beam search ends its candidates at stop strings itself")
 
-    def finish(self) -> list[list[Hypothesis]]:
+    def finish(self, prompts: list[int] | None = None) -> list[list[Hypothesis]]:
+        """Every prompt's n-best (``prompts``: only these prompts')."""
         n = self.config.num_return_sequences
-        scores = self.pool_scores[:, :n].tolist()
-        lengths, tokens = self.pool_lengths[:, :n].tolist(), self.pool_tokens[:, :n].tolist()
-        logprobs = self.pool_logprobs[:, :n].tolist()
-        filled = self.pool_finished[:, :n].tolist()
-        tops = (self.pool_top.values[:, :n].tolist(), self.pool_top.ids[:, :n].tolist()) if self.pool_top is not None else None
+        if prompts is None:
+            prompts = list(range(self.running_scores.shape[0]))
+        index = torch.tensor(prompts, dtype=torch.long, device=self.pool_scores.device)
+
+        def host(tensor: torch.Tensor) -> list:
+            return tensor.index_select(0, index)[:, :n].tolist()
+
+        scores, lengths, tokens, logprobs, filled = (host(x) for x in (self.pool_scores, self.pool_lengths, self.pool_tokens, self.pool_logprobs, self.pool_finished))
+        tops = (host(self.pool_top.values), host(self.pool_top.ids)) if self.pool_top is not None else None
         eos = set(self.context.eos_token_ids.tolist())
         stop = self.context.stop_check
         out = []
-        for b in range(self.context.batch_size):
+        for b in range(len(prompts)):
             hyps = []
             for k in range(n):
                 if not filled[b][k]:  # fewer finished hypotheses than asked for: return fewer

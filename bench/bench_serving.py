@@ -6,6 +6,7 @@ decoded one after another.
     python bench/bench_serving.py --strategy sample        # seeded sampling, one seed per request
     python bench/bench_serving.py --strategy suffix        # speculative (SuffixDecoding) greedy
     python bench/bench_serving.py --strategy mixed         # half plain greedy, half suffix greedy
+    python bench/bench_serving.py --strategy beam          # beam search, 4 beams
 
 For each concurrency C, C requests (distinct code prompts, ``--new-tokens`` new tokens each, EOS
 suppressed so that every request decodes the same number of tokens, except with ``suffix``:
@@ -22,6 +23,9 @@ were running ("at C rows"; "-" when they never all ran at once).
 ``mixed`` (every other request speculative) also runs the engine with each speculative run's
 verification in a forward of its own ("apart": ``Engine.fuse_verification = False``) instead of
 as a part of the plain rows' forward, alternating with the default, and prints its tokens/s.
+``beam`` (beam search, 4 beams, the best hypothesis compared) also runs the engine with each
+request's beam search a group of its own ("apart": ``Engine.pool_beams = False``) instead of
+one pool for every beam search in flight, alternating, and prints its tokens/s.
 Greedy outputs are equal; seeded sampled ones can differ after many tokens, because a row's
 logits are not bit-identical alone and in a batch (see the README's "Determinism").
 """
@@ -70,10 +74,11 @@ def _copy(request: Request) -> Request:
     return Request(request.prompt, request.strategy, request.options, seed=request.seed, stream=request.stream)
 
 
-def concurrent(model, requests: list[Request], spread: float, seed: int, fuse: bool = True) -> dict:
+def concurrent(model, requests: list[Request], spread: float, seed: int, fuse: bool = True, pool_beams: bool = True) -> dict:
     engine = Engine(model, max_rows=1024)
     engine.trace = []
     engine.fuse_verification = fuse
+    engine.pool_beams = pool_beams
     rng = random.Random(seed)
     arrivals = sorted(rng.uniform(0, spread) for _ in requests)
     handles, first_token, submitted = [], {}, {}
@@ -98,7 +103,8 @@ def concurrent(model, requests: list[Request], spread: float, seed: int, fuse: b
     outputs = [h.result().hypotheses[0].token_ids for h in handles]
     overhead = 1 - engine.forward_seconds / max(engine.step_seconds, 1e-9)
     # steady state: steps with every request running (no admission, no retirement)
-    full = [(s, m) for rows, s, m in engine.trace if rows == len(requests)]
+    width = getattr(requests[0].strategy, "num_beams", 1)
+    full = [(s, m) for rows, s, m in engine.trace if rows == width * len(requests)]
     steady = 1 - sum(m for _, m in full) / max(sum(s for s, _ in full), 1e-9) if full else float("nan")
     return dict(wall=wall, outputs=outputs, ttft=ttft, overhead=overhead, steady=steady, steps=engine.steps)
 
@@ -112,7 +118,7 @@ def main() -> None:
     parser.add_argument("--model", default="stdlib-code")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--strategy", choices=["greedy", "sample", "suffix", "mixed"], default="greedy")
+    parser.add_argument("--strategy", choices=["greedy", "sample", "suffix", "mixed", "beam"], default="greedy")
     parser.add_argument("--spread", type=float, default=0.5, help="arrivals within this many seconds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -126,8 +132,9 @@ def main() -> None:
         "sample": [decodekit.Sampling(temperature=0.8, top_p=0.95)],
         "suffix": [suffix],
         "mixed": [decodekit.Greedy(), suffix],
+        "beam": [decodekit.BeamSearch(num_beams=4)],
     }[args.strategy]
-    mixed = args.strategy == "mixed"
+    mixed = args.strategy in ("mixed", "beam")
     print(f"model {args.model}, {args.strategy}, {args.new_tokens} new tokens per request, "
           f"arrivals within {args.spread} s, {torch.get_num_threads()} threads\n")
     print("| concurrent | serial tok/s | engine tok/s | ratio | TTFT p50 (ms) | TTFT p99 (ms) | overhead | at C rows | same |" + (" apart tok/s |" if mixed else ""))
@@ -140,7 +147,8 @@ def main() -> None:
             serial_walls.append(serial_wall)
             runs.append(concurrent(decoder.model, requests, args.spread, args.seed))
             if mixed:
-                apart.append(concurrent(decoder.model, requests, args.spread, args.seed, fuse=False))
+                beam = args.strategy == "beam"
+                apart.append(concurrent(decoder.model, requests, args.spread, args.seed, fuse=beam, pool_beams=not beam))
         run = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
         tokens = sum(len(o) for o in serial_out)
         ours, base = tokens / run["wall"], tokens / statistics.median(serial_walls)

@@ -1,5 +1,5 @@
-"""Continuous batching for beam search: separately arrived beam searches of one config share
-one pool (one vectorised decision per step), and each equals the same request decoded alone
+"""Continuous batching for beam search and Diverse Beam Search: separately arrived searches of
+one config share one pool (one vectorised decision per step), and each equals the same request decoded alone
 (itself parity-tested against ``generate``), is delivered as soon as its n-best is final, and
 fails or leaves alone."""
 
@@ -22,6 +22,9 @@ CONFIGS = {
     "long-never": decodekit.BeamSearch(num_beams=4, num_return_sequences=3, length_penalty=2.0, early_stopping="never"),
     "short-early": decodekit.BeamSearch(num_beams=2, length_penalty=-0.5, early_stopping=True),
     "gnmt": decodekit.BeamSearch(num_beams=3, length_penalty=0.6, length_penalty_form="gnmt"),
+    "diverse": decodekit.DiverseBeamSearch(num_beams=4, num_groups=2, num_return_sequences=3),
+    "diverse-never": decodekit.DiverseBeamSearch(num_beams=6, num_groups=3, diversity_strength=1.5, length_penalty=1.5, early_stopping="never"),
+    "diverse-per-group": decodekit.DiverseBeamSearch(num_beams=6, num_groups=3, per_group=True, num_return_sequences=2, early_stopping=True),
 }
 
 

@@ -42,7 +42,7 @@ class Admission:
             if isinstance(entry, PlainGroup):
                 if entry.poolable:
                     pooled.setdefault(pool_key(entry), []).append(entry)
-                elif entry.beam_poolable:  # separately arrived beam searches: prefilled and decided together
+                elif self.pool_beams and entry.beam_poolable:  # separately arrived beam searches: prefilled and decided together
                     pooled.setdefault(beam_pool_key(entry), []).append(entry)
                 else:
                     plain.append(entry)
@@ -69,7 +69,7 @@ class Admission:
         then their rows join the running state (:mod:`decodekit.engine.placement`)."""
         state = prefill(self.model, groups, self.clock)
         if state is not None:
-            place(self.model, self._partitions, groups, state)
+            place(self.model, self._partitions, groups, state, self.pool_beams)
 
     def _place_fused(self, fused: FusedPrefill) -> None:
         """After a step whose forward prefilled ``fused``'s prompts: set their groups up and
@@ -90,7 +90,7 @@ class Admission:
                 for group in groups:
                     deliver_error(group.handles, model_error(self.model, "prefill", error))
                 continue
-            place(self.model, self._partitions, groups, part)
+            place(self.model, self._partitions, groups, part, self.pool_beams)
 
     def _admit_speculative(self, handles: list[RequestHandle]) -> bool:
         """Start a speculative group if its proposer is free, or join the running group that

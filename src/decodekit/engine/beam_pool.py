@@ -1,15 +1,17 @@
-"""A pool of beam searches decided together: continuous batching for beam search.
+"""A pool of beam searches decided together: continuous batching for beam search and Diverse
+Beam Search.
 
-Beam-search requests that arrive separately (one per call, admitted at different steps) and
-share a config, an EOS set and options (``max_new_tokens`` apart) join one
-:class:`BeamPool`: its :class:`~decodekit.search.beam.BeamSearchRun`, in per-prompt mode,
-keeps each prompt's own step and length limit, so one set of ``(prompts, K, ...)`` tensor ops
+Beam-search (or Diverse Beam Search) requests that arrive separately (one per call, admitted
+at different steps) and share a config, an EOS set and options (``max_new_tokens`` apart) join
+one :class:`BeamPool`: its run (:class:`~decodekit.search.beam.BeamSearchRun` or
+:class:`~decodekit.search.diverse.DiverseBeamSearchRun`), in per-prompt mode
+(:mod:`decodekit.search.per_prompt`), keeps each prompt's own step and length limit, so one set of ``(prompts, K, ...)`` tensor ops
 decides every prompt's beams, whatever its arrival time, prompt or limit. A request is
 delivered the step its n-best can no longer change (exactly what it would return alone: every
 operation is per prompt) and its ``K`` rows leave the model state then.
 
-Only plain beam search joins (no processors but a minimum length, no stop strings, sampler, re-scoring, coverage
-penalty, top log-probs or time limit; see :attr:`~decodekit.engine.group.PlainGroup.beam_poolable`);
+Only plain searches join (no processors but a minimum length, no stop strings, sampler,
+re-scoring, coverage penalty, history-reading diversity, top log-probs or time limit; see :attr:`~decodekit.engine.group.PlainGroup.beam_poolable`);
 anything else stays a group of its own.
 """
 
@@ -27,7 +29,7 @@ from decodekit.errors import NumericalError
 def beam_pool_key(group: PlainGroup) -> tuple:
     """What the requests of one pool share: the strategy config, EOS set and options but
     ``max_new_tokens``."""
-    return ("beam", group.strategy, group.eos, dataclasses.replace(group.options, max_new_tokens=1))
+    return (type(group.strategy).__name__, group.strategy, group.eos, dataclasses.replace(group.options, max_new_tokens=1))
 
 
 @dataclasses.dataclass
@@ -80,8 +82,8 @@ class BeamPool:
         B, K = len(self.members), self.width
         self.nonfinite = ~torch.isfinite(logits.amax(-1))
         scores = logits.log_softmax(-1)
-        if self.min_new and min(self.run.steps) < self.min_new:  # as MinNewTokens: no EOS before it
-            early = torch.tensor([n < self.min_new for n in self.run.steps], device=scores.device).repeat_interleave(K)
+        if self.min_new and min(self.run.prompt_steps) < self.min_new:  # as MinNewTokens: no EOS before it
+            early = torch.tensor([n < self.min_new for n in self.run.prompt_steps], device=scores.device).repeat_interleave(K)
             scores[:, self.eos] = scores[:, self.eos].masked_fill(early[:, None], float("-inf"))
         step = self.run.step(scores, 0)
         self._parents, self._tokens = step.parents, step.tokens
@@ -95,7 +97,7 @@ class BeamPool:
         bad, done = values[:B], values[B:]
         run = self.run
         if any(m.handle.request.stream for m in self.members):
-            for member, tokens, n in zip(self.members, run.current_best(0), run.steps):
+            for member, tokens, n in zip(self.members, run.current_best(0), run.prompt_steps):
                 if member.handle.request.stream:
                     member.handle._emit(EngineEvent("best", 0, n - 1, tuple(tokens)))
         finished = [b for b in range(B) if done[b] and not bad[b] and not self.members[b].handle.done]
@@ -104,7 +106,7 @@ class BeamPool:
         for b, member in enumerate(self.members):
             if bad[b]:
                 row = int(self.nonfinite.view(B, K)[b].nonzero()[0])
-                member.handle._finish(None, NumericalError(step=max(run.steps[b] - 1, 0), row=member.first_row + row))
+                member.handle._finish(None, NumericalError(step=max(run.prompt_steps[b] - 1, 0), row=member.first_row + row))
             elif member.handle.done:  # aborted
                 pass
             elif b in outputs:
@@ -145,7 +147,7 @@ class BeamPool:
 
     def fed(self) -> int:
         """Generated tokens in the cache, the most of any prompt."""
-        return max(self.run.steps) if self.members else 0
+        return max(self.run.prompt_steps) if self.members else 0
 
     def next_tokens(self) -> torch.Tensor:
         return self._tokens

@@ -76,6 +76,9 @@ class Engine(Admission):
         self.fuse_verification = True
         """Speculative runs verify their blocks as parts of the plain rows' forward where the
         model's lean step allows (False: in forwards of their own; for comparison)."""
+        self.pool_beams = True
+        """Separately arrived beam searches of one config share a :class:`~decodekit.engine.beam_pool.BeamPool`
+        (False: each call's a group of its own; ``bench/bench_serving.py --strategy beam`` compares)."""
         self._background: threading.Thread | None = None
         self._closing = False
         self._listeners: list[Callable[[], None]] = []

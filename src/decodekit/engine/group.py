@@ -270,15 +270,16 @@ class PlainGroup:
 
     @property
     def beam_poolable(self) -> bool:
-        """Plain beam search with no processors but a minimum length, no stop strings,
-        stopping criteria, time limit or top log-probs: its requests can join a :class:`~decodekit.engine.beam_pool.BeamPool`
-        (decided with separately arrived beam searches of the same config)."""
+        """Beam search or Diverse Beam Search (Hamming diversity) with no processors but a
+        minimum length, no stop strings, stopping criteria, time limit or top log-probs: its
+        requests can join a :class:`~decodekit.engine.beam_pool.BeamPool` (decided with
+        separately arrived searches of the same config)."""
         from decodekit.search.beam import BeamSearch, BeamSearchRun
+        from decodekit.search.diverse import DiverseBeamSearch, DiverseBeamSearchRun
 
         processors = self.options.processors(1, self.eos, self.model.vocab_size).processors
         return (
-            type(self.strategy) is BeamSearch
-            and type(self.search) is BeamSearchRun
+            (type(self.strategy), type(self.search)) in ((BeamSearch, BeamSearchRun), (DiverseBeamSearch, DiverseBeamSearchRun))
             and self.search.joinable
             and self.attention is None
             and all(isinstance(p, MinNewTokens) for p in processors)

@@ -63,7 +63,7 @@ def target_partition(model, partitions: list[Partition]) -> Partition | None:
     return mergeable[0] if getattr(model, "can_merge", False) and mergeable else None
 
 
-def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -> None:
+def place(model, partitions: list[Partition], groups: list[PlainGroup], state, pool_beams: bool = True) -> None:
     """The rows of ``groups`` (prefilled in ``state``, in order) join ``partitions``: poolable
     ones their kind's pool, others as groups of their own."""
     first = groups[0]
@@ -71,7 +71,7 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state) -
         partitions.append(Partition(state, list(groups)))
         return
     partition = target_partition(model, partitions)
-    if first.beam_poolable:
+    if pool_beams and first.beam_poolable:
         _place_beams(model, partitions, partition, groups, state)
         return
     if not first.poolable:

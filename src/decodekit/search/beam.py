@@ -34,7 +34,7 @@ from decodekit.search.base import (
     normaliser,
     per_prompt_rand,
 )
-from decodekit.search.beam_rows import PerPrompt
+from decodekit.search.per_prompt import PerPrompt, put
 from decodekit.search.sampling import Sampling
 
 _MASKED = -1.0e9  # the additive mask transformers uses; kept identical for score parity
@@ -45,16 +45,6 @@ def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     while index.dim() < tensor.dim():
         index = index.unsqueeze(-1)
     return torch.take_along_dim(tensor, index, dim=1)
-
-
-def _put(tensor: torch.Tensor, at: int | torch.Tensor, values: torch.Tensor) -> None:
-    """``tensor[:, :, at] = values`` for ``(batch, K, steps, ...)``; ``at``: one step for every
-    prompt, or ``(batch,)`` steps, one per prompt."""
-    if isinstance(at, int):
-        tensor[:, :, at] = values
-        return
-    index = at.view(-1, 1, 1, *([1] * (tensor.dim() - 3))).expand(*values.shape[:2], 1, *values.shape[2:])
-    tensor.scatter_(2, index, values.unsqueeze(2))
 
 
 @dataclass(frozen=True)
@@ -154,16 +144,26 @@ class BeamSearchRun(PerPrompt):
         self.coverage = self.step_attention = None  # (B, K, source): summed, this step's
         self.rescore = getattr(config, "rescore", None)
         self.bonus = torch.zeros((B, K), device=device)  # each beam's last scorer value
-        self.steps: list[int] | None = None
-        """Per-prompt mode (:meth:`per_prompt`): each prompt's tokens decided so far."""
-        self.limits: list[int] = [M] * B
-        """Each prompt's ``max_new_tokens``."""
         self.prompt_done = torch.zeros(B, dtype=torch.bool, device=device)
         """``(batch,)``: prompts whose n-best can no longer change (set by :meth:`step`)."""
         if self.rescore is not None:
             self.scorer = as_scorer(self.rescore.scorer)
             decode = context.decode
             self.prompt_texts = [decode(list(p)) if decode else list(p) for p in context.prompts]
+
+    PER_PROMPT = ("running_scores", "running_tokens", "running_logprobs", "pool_scores", "pool_logprob", "pool_tokens",
+                  "pool_logprobs", "pool_lengths", "pool_finished", "can_improve", "bonus", "prompt_done")
+    STEPWISE = {"running_tokens": "pad", "running_logprobs": 0.0, "pool_tokens": "pad", "pool_logprobs": 0.0}
+
+    @property
+    def joinable(self) -> bool:
+        """Whether this run can go per-prompt and join others: nothing in it reads a shared
+        step or the batch (no sampler, stop strings, re-scoring, coverage or top log-probs)."""
+        return (self.warpers is None and self.rescore is None and not self.beta and self.running_top is None
+                and self.context.stop_check is None)
+
+    def _reindex(self) -> None:
+        self.row_offset = torch.arange(self.running_scores.shape[0], device=self.running_scores.device)[:, None] * self.width
 
     def attend(self, weights: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``(B*K, layers, heads, source)`` cross-attention of the forward that produced this
@@ -206,13 +206,8 @@ class BeamSearchRun(PerPrompt):
         """``scores``: ``(B*K, V)`` processed log-probs of the running beams (``t``: the step,
         ignored in per-prompt mode, where each prompt has its own)."""
         B, K, M = self.running_scores.shape[0], self.width, self.context.max_new_tokens
-        device = self.running_scores.device
-        if self.steps is not None:  # each prompt at its own step, with its own limit
-            now = torch.tensor(self.steps, dtype=torch.long, device=device)
-            at_limit = (now + 1 >= torch.tensor(self.limits, dtype=torch.long, device=device))[:, None]
-            lengths = [n + 1 for n in self.steps]
-        else:
-            now, at_limit, lengths = t, t + 1 >= M, t + 1
+        now, lengths = self._step_now(t)  # per-prompt mode: each prompt at its own step, with its own limit
+        at_limit = t + 1 >= M if isinstance(now, int) else (now + 1 >= torch.tensor(self.limits, device=now.device))[:, None]
         processed = scores
         total = normaliser(processed)  # (B*K,): reported log-probs are the processed distribution's
         if self.warpers is not None:
@@ -254,21 +249,21 @@ class BeamSearchRun(PerPrompt):
         if mixed is not None:
             self.bonus = _take(self.cand_bonus, keep)
         self.running_tokens = _take(self.running_tokens, parents)
-        _put(self.running_tokens, now, tokens)
+        put(self.running_tokens, now, tokens, 2)
         self.running_logprobs = _take(self.running_logprobs, parents)
-        _put(self.running_logprobs, now, _take(cand_logprob, keep))
+        put(self.running_logprobs, now, _take(cand_logprob, keep), 2)
         if self.beta:
             self.coverage = _take(self.coverage + self.step_attention, parents)
         if self.running_top is not None:
             top = self.running_top
             top.values, top.ids = _take(top.values, parents), _take(top.ids, parents)
-            _put(top.values, now, _take(self.step_top[0], keep))
-            _put(top.ids, now, _take(self.step_top[1], keep))
+            put(top.values, now, _take(self.step_top[0], keep), 2)
+            put(top.ids, now, _take(self.step_top[1], keep), 2)
 
         # 4. can a running beam still beat the worst finished hypothesis?
         never = self.config.early_stopping == "never" and self.penalty.favors_long
-        best_length = (self.limits if self.steps is not None else M) if never else lengths
-        best_possible = self.running_scores[:, :1] / self._penalty(best_length)
+        best_length = (M if isinstance(lengths, int) else self.limits) if never else lengths
+        best_possible = self.running_scores[:, :1] / self._column(self._penalty(best_length))
         if self.rescore is not None:  # the best running beam by its mixed score, as it stands
             w = self.rescore.weight
             best_possible = ((1 - w) * self.running_scores / self.penalty(best_length) + w * self.bonus).amax(1, keepdim=True)
@@ -277,17 +272,14 @@ class BeamSearchRun(PerPrompt):
         self.prompt_done = ~self.can_improve[:, 0] | hits.all(-1)
         if self.config.early_stopping is True:
             self.prompt_done |= self.pool_finished.all(-1)
-        if self.steps is not None:
-            self.steps = lengths
+        if self.prompt_steps is not None:
+            self.prompt_steps = lengths
         done = self.prompt_done.all()
         return Step((parents + self.row_offset).view(-1), tokens.view(-1), done)
 
-    def _penalty(self, length: int | list[int]) -> float | torch.Tensor:
-        """The length penalty at ``length`` (every prompt's), or at each prompt's own
-        (``(batch, 1)``, the same float32 values a shared length gives)."""
-        if isinstance(length, int):
-            return self.penalty(length)
-        return torch.tensor([self.penalty(n) for n in length], dtype=torch.float32, device=self.running_scores.device)[:, None]
+    @staticmethod
+    def _column(penalty: float | torch.Tensor) -> float | torch.Tensor:
+        return penalty[:, None] if isinstance(penalty, torch.Tensor) else penalty
 
     def _stop_hits(self, cand_beam: torch.Tensor, cand_token: torch.Tensor, t: int) -> torch.Tensor:
         """``(B, C)``: does a candidate's generated text reach a stop string?"""
@@ -334,10 +326,10 @@ class BeamSearchRun(PerPrompt):
         and the candidates' length, shared or per prompt."""
         K = self.width
         cand_tokens = _take(self.running_tokens, cand_beam)
-        _put(cand_tokens, t, cand_token)
+        put(cand_tokens, t, cand_token, 2)
         cand_logprobs = _take(self.running_logprobs, cand_beam)
-        _put(cand_logprobs, t, cand_logprob)
-        finished_scores = cand_scores / self._penalty(lengths) if mixed is None else mixed
+        put(cand_logprobs, t, cand_logprob, 2)
+        finished_scores = cand_scores / self._column(self._penalty(lengths)) if mixed is None else mixed
         if self.beta:  # eq. 14: lp-normalised log-prob plus the candidate's coverage penalty
             coverage = _take(self.coverage + self.step_attention, cand_beam)
             finished_scores = finished_scores + coverage_penalty(coverage, self.source, self.beta)
@@ -348,10 +340,7 @@ class BeamSearchRun(PerPrompt):
         finished_scores = finished_scores + (~just_finished).float() * _MASKED
         merged = torch.cat([self.pool_scores, finished_scores], dim=1)
         pick = torch.topk(merged, K, dim=-1).indices
-        if isinstance(lengths, int):
-            lengths = torch.full_like(cand_beam, lengths)
-        else:
-            lengths = torch.tensor(lengths, dtype=torch.long, device=cand_beam.device)[:, None].expand_as(cand_beam)
+        lengths = self._lengths(lengths, cand_beam)
         self.pool_scores = _take(merged, pick)
         self.pool_logprob = _take(torch.cat([self.pool_logprob, cand_scores], dim=1), pick)
         self.pool_tokens = _take(torch.cat([self.pool_tokens, cand_tokens], dim=1), pick)
@@ -361,14 +350,14 @@ class BeamSearchRun(PerPrompt):
         if self.pool_top is not None:
             for name, step in zip(("values", "ids"), self.step_top):
                 cand = _take(getattr(self.running_top, name), cand_beam)
-                _put(cand, t, step)
+                put(cand, t, step, 2)
                 setattr(self.pool_top, name, _take(torch.cat([getattr(self.pool_top, name), cand], dim=1), pick))
 
     def current_best(self, t: int) -> list[list[int]]:
         """Each prompt's best running beam (beams are kept sorted by score), tokens ``0..t``
         (per-prompt mode: each prompt's tokens so far)."""
-        if self.steps is not None:
-            return [row[:n] for row, n in zip(self.running_tokens[:, 0].tolist(), self.steps)]
+        if self.prompt_steps is not None:
+            return [row[:n] for row, n in zip(self.running_tokens[:, 0].tolist(), self.prompt_steps)]
         return self.running_tokens[:, 0, : t + 1].tolist()
 
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,8 @@ other processors. The two orders agree except for the multiplicative repetition 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -59,6 +61,7 @@ from decodekit.scoring.diversity import (
 )
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, normaliser
+from decodekit.search.per_prompt import PerPrompt, put
 
 _MASKED = -1.0e9  # transformers' initial score of the beams that must not duplicate beam 0
 
@@ -155,7 +158,7 @@ class DiverseBeamSearch:
         return DiverseBeamSearchRun(self, context, function)
 
 
-class DiverseBeamSearchRun:
+class DiverseBeamSearchRun(PerPrompt):
     """The running state of one Diverse Beam Search call; ``step`` mutates it. Every tensor is
     ``(batch, groups, K, ...)``; row ``r`` of the engine is ``(r // B, (r % B) // K, r % K)``."""
 
@@ -194,6 +197,27 @@ class DiverseBeamSearchRun:
         self.row_offset = (torch.arange(batch * groups, device=device) * K).view(batch, groups, 1)
         self.steps = 0
         self.eos_at: torch.Tensor | None = None
+        self.prompt_done = torch.zeros(batch, dtype=torch.bool, device=device)
+        """``(batch,)``: prompts whose groups are all done or that reached their limit (per-prompt mode)."""
+
+    PER_PROMPT = ("running_scores", "running_logprob", "running_tokens", "running_logprobs", "pool_scores", "pool_sum",
+                  "pool_logprob", "pool_tokens", "pool_logprobs", "pool_lengths", "pool_valid", "done", "prompt_done")
+    STEPWISE = {"running_tokens": "pad", "running_logprobs": 0.0, "pool_tokens": "pad", "pool_logprobs": 0.0}
+    STEP_DIM = 3
+
+    @property
+    def joinable(self) -> bool:
+        """Whether this run can go per-prompt and join others: a diversity function that reads
+        only this step's tokens (Hamming), no top log-probs."""
+        return not self.diversity.needs_history and self.running_top is None
+
+    def _reindex(self) -> None:
+        batch, groups, K = self.running_scores.shape
+        device = self.running_scores.device
+        self.shape = (batch, groups, K)
+        self.context = dataclasses.replace(self.context, batch_size=batch)
+        self.local = torch.arange(K, device=device).expand(self.shape)
+        self.row_offset = (torch.arange(batch * groups, device=device) * K).view(batch, groups, 1)
 
     # -- one step ---------------------------------------------------------------------------------
 
@@ -260,15 +284,16 @@ class DiverseBeamSearchRun:
         cand_logprob = scores.view(batch, groups, K * V).gather(2, cand_index) - total.gather(2, cand_beam)  # unpenalised
         cand_sum = self.running_logprob.gather(2, cand_beam) + cand_logprob
         was_done = self.done[..., None]  # (B, G, 1)
+        now, lengths = self._step_now(t)  # per-prompt mode: each prompt at its own step
 
         # 1. EOS candidates among the first K ranks of a live group compete for its pool
         first = cand_beam[..., :K]
         finished = torch.isin(cand_token[..., :K], self.context.eos_token_ids) & ~was_done
         finished_tokens = _take(self.running_tokens, first)
-        finished_tokens[..., t] = cand_token[..., :K]
+        put(finished_tokens, now, cand_token[..., :K], 3)
         finished_logprobs = _take(self.running_logprobs, first)
-        finished_logprobs[..., t] = cand_logprob[..., :K]
-        finished_scores = (cand_scores[..., :K] / self.penalty(t + 1)).masked_fill(~finished, -float("inf"))
+        put(finished_logprobs, now, cand_logprob[..., :K], 3)
+        finished_scores = (cand_scores[..., :K] / self._cell(self._penalty(lengths))).masked_fill(~finished, -float("inf"))
         finished_top = step_top = None
         if self.running_top is not None:  # a candidate's step top-N is its beam's
             values, ids = torch.topk(scores, self.running_top.n, dim=-1)  # (B, G, K, N)
@@ -279,7 +304,7 @@ class DiverseBeamSearchRun:
                 taken = _take(whole, first)
                 taken[..., t, :] = step[..., :K, :]
                 finished_top.append(taken)
-        self._merge(finished_scores, cand_scores[..., :K], cand_sum[..., :K], finished_tokens, finished_logprobs, t + 1, finished, finished_top)
+        self._merge(finished_scores, cand_scores[..., :K], cand_sum[..., :K], finished_tokens, finished_logprobs, lengths, finished, finished_top)
 
         # 2. the kept candidates run on; done groups continue themselves with pad and score 0
         parents = torch.where(was_done, self.local, _take(cand_beam, keep))
@@ -287,9 +312,9 @@ class DiverseBeamSearchRun:
         kept_logprob = _take(cand_logprob, keep).masked_fill(was_done, 0.0)
         self.running_logprob = torch.where(was_done, self.running_logprob, _take(cand_sum, keep))
         self.running_tokens = _take(self.running_tokens, parents)
-        self.running_tokens[..., t] = tokens
+        put(self.running_tokens, now, tokens, 3)
         self.running_logprobs = _take(self.running_logprobs, parents)
-        self.running_logprobs[..., t] = kept_logprob
+        put(self.running_logprobs, now, kept_logprob, 3)
         if self.running_top is not None:
             top = self.running_top
             top.values, top.ids = _take(top.values, parents), _take(top.ids, parents)
@@ -303,13 +328,24 @@ class DiverseBeamSearchRun:
             newly_done = full
         else:
             never = self.config.early_stopping == "never" and self.penalty.favors_long
-            best = cand_scores[..., 0] / self.penalty(self.context.max_new_tokens if never else t + 1)
+            longest = (self.context.max_new_tokens if isinstance(lengths, int) else self.limits) if never else lengths
+            penalty = self._penalty(longest)
+            best = cand_scores[..., 0] / (penalty[:, None] if isinstance(penalty, torch.Tensor) else penalty)
             newly_done = full & (self.pool_scores.min(-1).values >= best)
         self.done = self.done | newly_done
         self.steps = t + 1
+        self.prompt_done = self.done.all(-1)
+        if self.prompt_steps is not None:
+            self.prompt_steps = lengths
+            self.prompt_done |= torch.tensor([n >= m for n, m in zip(lengths, self.limits)], device=self.done.device)
         return Step((parents + self.row_offset).view(-1), tokens.view(-1), self.done.all())
 
-    def _merge(self, scores, sums, logprob, tokens, logprobs, length: int, valid, top=None) -> None:
+    @staticmethod
+    def _cell(penalty: float | torch.Tensor) -> float | torch.Tensor:
+        """A penalty broadcast over ``(batch, G, K)``."""
+        return penalty.view(-1, 1, 1) if isinstance(penalty, torch.Tensor) else penalty
+
+    def _merge(self, scores, sums, logprob, tokens, logprobs, length: int | list[int], valid, top=None) -> None:
         """Keep each group's K best of its pool and ``(batch, G, K)`` new entries (``top``:
         their top-N values and ids, when recorded)."""
         merged = torch.cat([self.pool_scores, scores], dim=2)
@@ -319,7 +355,7 @@ class DiverseBeamSearchRun:
         self.pool_logprob = _take(torch.cat([self.pool_logprob, logprob], dim=2), pick)
         self.pool_tokens = _take(torch.cat([self.pool_tokens, tokens], dim=2), pick)
         self.pool_logprobs = _take(torch.cat([self.pool_logprobs, logprobs], dim=2), pick)
-        lengths = torch.full_like(self.pool_lengths, length)
+        lengths = self._lengths(length, self.pool_lengths)
         self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=2), pick)
         self.pool_valid = _take(torch.cat([self.pool_valid, valid], dim=2), pick)
         if self.pool_top is not None:
@@ -327,10 +363,14 @@ class DiverseBeamSearchRun:
             self.pool_top.ids = _take(torch.cat([self.pool_top.ids, top[1]], dim=2), pick)
 
     def current_best(self, t: int) -> list[list[int]]:
-        """Each prompt's best running beam over all groups (by its running score), tokens ``0..t``."""
+        """Each prompt's best running beam over all groups (by its running score), tokens ``0..t``
+        (per-prompt mode: each prompt's tokens so far)."""
         batch, groups, K = self.shape
         flat = self.running_scores.view(batch, groups * K).argmax(-1)
         tokens = self.running_tokens.view(batch, groups * K, -1)
+        if self.prompt_steps is not None:
+            best = tokens[torch.arange(batch, device=flat.device), flat].tolist()
+            return [row[:n] for row, n in zip(best, self.prompt_steps)]
         return tokens[torch.arange(batch, device=flat.device), flat, : t + 1].tolist()
 
     def stop_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -338,13 +378,18 @@ class DiverseBeamSearchRun:
 
     # -- results ----------------------------------------------------------------------------------
 
-    def finish(self) -> list[list[Hypothesis]]:
+    def finish(self, prompts: list[int] | None = None) -> list[list[Hypothesis]]:
         """Beams of groups that are not done enter their pools with all ``T`` steps, then the
-        best ``num_return_sequences`` (of all groups, or of each group) are returned."""
-        T = self.steps
-        if T > 0:
+        best ``num_return_sequences`` (of all groups, or of each group) are returned
+        (``prompts``: only these prompts', the run itself unchanged)."""
+        if prompts is not None:
+            part = copy.copy(self)
+            part.keep(prompts)
+            return part.finish()
+        T = self.steps if self.prompt_steps is None else self.prompt_steps
+        if (T if isinstance(T, int) else max(T, default=0)) > 0:
             live = ~self.done[..., None].expand(self.shape)
-            scores = (self.running_scores / self.penalty(T)).masked_fill(~live, -float("inf"))
+            scores = (self.running_scores / self._cell(self._penalty(T))).masked_fill(~live, -float("inf"))
             top = (self.running_top.values, self.running_top.ids) if self.running_top is not None else None
             self._merge(scores, self.running_scores, self.running_logprob, self.running_tokens, self.running_logprobs, T, live, top)
         batch, groups, K = self.shape

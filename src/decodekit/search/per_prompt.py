@@ -1,0 +1,98 @@
+"""Per-prompt mode of the beam searches: the runs of separately arrived requests decided as one.
+
+Mixed into :class:`~decodekit.search.beam.BeamSearchRun` and
+:class:`~decodekit.search.diverse.DiverseBeamSearchRun`. A run in per-prompt mode keeps each
+prompt's own step count (:attr:`PerPrompt.prompt_steps`) and length limit (``limits``), so
+runs that started at different steps can be joined into one batch, and prompts removed as they
+finish (:class:`~decodekit.engine.beam_pool.BeamPool`). Every tensor of a run is
+``(batch, ...)`` and every operation of its step is per prompt, so a prompt's result does not
+depend on the others.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def widen(tensor: torch.Tensor, steps: int, fill, dim: int) -> torch.Tensor:
+    """``tensor`` with dimension ``dim`` grown to ``steps``, the new steps filled with ``fill``."""
+    if tensor.shape[dim] == steps:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = steps
+    wider = torch.full(shape, fill, dtype=tensor.dtype, device=tensor.device)
+    wider.narrow(dim, 0, tensor.shape[dim]).copy_(tensor)
+    return wider
+
+
+def put(tensor: torch.Tensor, at: int | torch.Tensor, values: torch.Tensor, dim: int) -> None:
+    """Write ``values`` at step ``at`` of dimension ``dim`` (the step dimension; ``values`` lacks
+    it): ``at`` one step for every prompt, or ``(batch,)`` steps, one per prompt."""
+    if isinstance(at, int):
+        tensor.select(dim, at).copy_(values)
+        return
+    lead = values.shape[:dim]
+    index = at.view(-1, *([1] * (tensor.dim() - 1))).expand(*lead, 1, *values.shape[dim:])
+    tensor.scatter_(dim, index, values.unsqueeze(dim))
+
+
+class PerPrompt:
+    """Per-prompt mode of a run whose ``(batch, ...)`` tensors are named in ``PER_PROMPT``
+    (``STEPWISE``: those with a step dimension ``STEP_DIM``, and the fill of steps no prompt
+    has reached); the run defines ``_reindex`` (its batch-shaped helpers) and ``joinable``."""
+
+    PER_PROMPT: tuple[str, ...] = ()
+    STEPWISE: dict[str, str | float] = {}
+    STEP_DIM = 2
+    prompt_steps: list[int] | None = None
+    limits: list[int] = []
+
+    def per_prompt(self) -> None:
+        """From now on each prompt counts its own steps (0 before its first decision)."""
+        if self.prompt_steps is None:
+            B = self.running_scores.shape[0]
+            self.prompt_steps, self.limits = [0] * B, [self.context.max_new_tokens] * B
+
+    def join(self, other: PerPrompt) -> None:
+        """Append ``other``'s prompts (a per-prompt run of the same config) after this run's."""
+        steps = max(self.running_tokens.shape[self.STEP_DIM], other.running_tokens.shape[self.STEP_DIM])
+        for name in self.PER_PROMPT:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name in self.STEPWISE:
+                fill = self.context.pad_token_id if self.STEPWISE[name] == "pad" else self.STEPWISE[name]
+                mine, theirs = (widen(x, steps, fill, self.STEP_DIM) for x in (mine, theirs))
+            setattr(self, name, torch.cat([mine, theirs]))
+        self.prompt_steps = self.prompt_steps + other.prompt_steps
+        self.limits = self.limits + other.limits
+        self._reindex()
+
+    def keep(self, prompts: list[int]) -> None:
+        """Keep only these prompts (in this order)."""
+        index = torch.tensor(prompts, dtype=torch.long, device=self.running_scores.device)
+        for name in self.PER_PROMPT:
+            setattr(self, name, getattr(self, name).index_select(0, index))
+        self.prompt_steps = [self.prompt_steps[b] for b in prompts]
+        self.limits = [self.limits[b] for b in prompts]
+        self._reindex()
+
+    def _step_now(self, t: int) -> tuple[int | torch.Tensor, int | list[int]]:
+        """The step a decision writes (shared, or ``(batch,)`` per prompt) and the lengths
+        the candidates reach (shared, or one per prompt)."""
+        if self.prompt_steps is None:
+            return t, t + 1
+        now = torch.tensor(self.prompt_steps, dtype=torch.long, device=self.running_scores.device)
+        return now, [n + 1 for n in self.prompt_steps]
+
+    def _penalty(self, length: int | list[int]) -> float | torch.Tensor:
+        """The length penalty at ``length`` (every prompt's), or at each prompt's own
+        (``(batch,)``, the same float32 values a shared length gives)."""
+        if isinstance(length, int):
+            return self.penalty(length)
+        return torch.tensor([self.penalty(n) for n in length], dtype=torch.float32, device=self.running_scores.device)
+
+    def _lengths(self, lengths: int | list[int], like: torch.Tensor) -> torch.Tensor:
+        """``like``-shaped lengths: shared, or each prompt's along dimension 0."""
+        if isinstance(lengths, int):
+            return torch.full_like(like, lengths)
+        per = torch.tensor(lengths, dtype=like.dtype, device=like.device)
+        return per.view(-1, *([1] * (like.dim() - 1))).expand_as(like)

@@ -53,3 +53,26 @@ def test_tree_drafts_with_a_constraint_are_refused(decoder):
         with pytest.raises(ConfigError) as error:
             decoder.generate("x", decodekit.Greedy(speculative=speculative), constraint=CASES[0][0], max_new_tokens=4)
         assert error.value.field == "constraint"
+
+
+@pytest.mark.parametrize("proposer", ["suffix", "ngram"])
+def test_requests_with_their_own_constraints_join_a_running_run_and_equal_plain_constrained_greedy(decoder, proposer):
+    """Requests submitted steps apart, each with its own constraint (or none), decode in one
+    speculative run: each row follows its own request's constraint."""
+    joined = decodekit.Decoder(decoder.model, decoder.tokenizer)
+    engine = joined.engine
+    strategy = decodekit.Greedy(speculative=Speculative(proposer))
+    cases = [*CASES, (None, "def f(x):\n    return f(x)\n\n" * 2)]
+    pending, widest = [], 0
+    for constraint, prompt in cases:
+        pending += joined.submit([prompt], strategy, constraint=constraint, max_new_tokens=30)
+        engine.step()
+        assert not engine._pending  # joined the running run (or started one), never queued
+        widest = max([widest] + [len(g.members) for g in engine._speculative])
+    assert widest >= 3
+    for (constraint, prompt), p in zip(cases, pending):
+        plain = decoder.generate(prompt, constraint=constraint, max_new_tokens=30).best
+        result = p.result().best
+        assert result.token_ids == plain.token_ids
+        assert result.finish_reason == plain.finish_reason
+        assert result.constraint == plain.constraint

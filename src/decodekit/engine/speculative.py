@@ -5,7 +5,7 @@ A :class:`SpeculativeGroup` drives a :class:`~decodekit.speculative.loop.Specula
 its first requests start it (the prefill is the group's first step), then one
 draft-and-verify step per engine step for every live row. A request submitted later with the
 same proposer config and options (its seed, ``n``, ``max_new_tokens`` and stop strings may
-differ; its processors are its own) and, where drafts are deterministic, any sampler (greedy,
+differ; its processors and its constraint are its own) and, where drafts are deterministic, any sampler (greedy,
 or sampling with its own settings; a draft model's run takes only its own sampler) joins the
 running state at admission, if the run is joinable (see
 :attr:`~decodekit.speculative.loop.SpeculativeDecoding.joinable`); otherwise it waits for the
@@ -46,8 +46,8 @@ class _Member:
     """One request of the group: its handle, its row ids in the run, its first row's index
     in the entry it was submitted with (for error messages)."""
 
-    def __init__(self, handle: RequestHandle, rows: list[int], first_row: int):
-        self.handle, self.rows, self.first_row = handle, rows, first_row
+    def __init__(self, handle: RequestHandle, rows: list[int], first_row: int, processors: tuple = ()):
+        self.handle, self.rows, self.first_row, self.processors = handle, rows, first_row, processors
         self.streaming = handle.request.stream
         self.shown = dict.fromkeys(rows, 0)
         self.closed: set[int] = set()
@@ -100,7 +100,6 @@ class SpeculativeGroup:
             not self._waiting
             and bool(self.run.live)
             and self.run.joinable
-            and first.processors is None
             and first.stopping is None
             and join_key(first) == self.join_key
         )
@@ -116,8 +115,9 @@ class SpeculativeGroup:
         stop = first.stop_check if first.options.stop else None
         prompts = [h.request.prompt for h in handles]
         processors = row_processors(self.model, prompts, first.options)
-        rows = self.run.admit(prompts, width, first.options.max_new_tokens, generators, stop, processors, warp)
-        self._add(handles, rows, width)
+        own = tuple(first.processors()) if first.processors is not None else ()  # a constraint: theirs alone
+        rows = self.run.admit(prompts, width, first.options.max_new_tokens, generators, stop, processors, warp, own[0] if own else None)
+        self._add(handles, rows, width, own)
         self._settle()
 
     @staticmethod
@@ -135,9 +135,9 @@ class SpeculativeGroup:
             self._warps[key] = strategy_warp(strategy)
         return self._warps[key]
 
-    def _add(self, handles: list[RequestHandle], rows: list[int], width: int) -> None:
+    def _add(self, handles: list[RequestHandle], rows: list[int], width: int, processors: tuple = ()) -> None:
         for i, handle in enumerate(handles):
-            self.members.append(_Member(handle, rows[i * width : (i + 1) * width], i * width))
+            self.members.append(_Member(handle, rows[i * width : (i + 1) * width], i * width, processors))
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class SpeculativeGroup:
             handles, self._waiting = self._waiting, []
             run = self.run
             rows = run.admit(run.prompts, run.width, run.max_new, run.generators, run.stop_check)
-            self._add(handles, rows, run.width)
+            self._add(handles, rows, run.width, self.processors)
         elif self.run.live:
             self.run.step()
         return self._settle()
@@ -201,7 +201,7 @@ class SpeculativeGroup:
                 j = failed[0]
                 member.handle._finish(None, NumericalError(step=run.failed[rows[j]], row=member.first_row + j))
             elif all(run.reason[r] is not None for r in rows):
-                member.handle._finish(RequestOutput(run.hypotheses(rows), run.stats(rows), self.processors))
+                member.handle._finish(RequestOutput(run.hypotheses(rows), run.stats(rows), member.processors))
             else:
                 still.append(member)
                 continue

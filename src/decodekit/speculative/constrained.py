@@ -106,3 +106,62 @@ class ChainConstraint:
             self.cursor.rollback(back)
         keep_rows = [r for r, f in zip(rows, finals) if f is not None]
         self.consume(keep_rows, [f for f in finals if f is not None])
+
+
+class RoutedConstraints:
+    """The constraints of a speculative run that requests join: each request's own
+    :class:`ChainConstraint` over its rows (the run's row ids mapped to the constraint's own
+    rows); rows without a constraint are left as they are. The same calls as
+    :class:`ChainConstraint`, with the run's row ids."""
+
+    def __init__(self):
+        self.parts: list[tuple[ChainConstraint, dict[int, int]]] = []
+        self.consumed: list[int] = []
+
+    def add(self, processor: ConstraintProcessor, rows: list[int], max_new_tokens: int) -> None:
+        """``rows`` (new run rows) follow ``processor``'s constraint with a budget of ``max_new_tokens``."""
+        self.parts.append((ChainConstraint(processor, len(rows), max_new_tokens), {r: i for i, r in enumerate(rows)}))
+
+    def forget(self, rows: list[int]) -> None:
+        """Delivered rows: their constraint forgets them (a request's whole constraint goes
+        once all its rows have)."""
+        gone = set(rows)
+        for _, local in self.parts:
+            for r in gone & local.keys():
+                del local[r]
+        self.parts = [(chain, local) for chain, local in self.parts if local]
+
+    def _split(self, rows: list[int]):
+        """Per constraint: the positions in ``rows`` of its rows, and their own row indices."""
+        for chain, local in self.parts:
+            at = [i for i, r in enumerate(rows) if r in local]
+            if at:
+                yield chain, at, [local[rows[i]] for i in at]
+
+    def first(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Mask the prefill's ``(rows, V)`` logits of new rows ``rows`` (output position 0)."""
+        logits = logits.clone()
+        for chain, at, own in self._split(rows):
+            index = torch.tensor(at, dtype=torch.long, device=logits.device)
+            logits[index] = chain._mask(logits.index_select(0, index), own, [0] * len(own))
+        return logits
+
+    def consume(self, rows: list[int], tokens: list[int]) -> None:
+        for chain, at, own in self._split(rows):
+            chain.consume(own, [tokens[i] for i in at])
+
+    def block(self, logits: torch.Tensor, rows: list[int], produced: list[int], inputs: torch.Tensor, valid: torch.Tensor):
+        masked, valid = logits.clone(), valid.clone()
+        self.consumed = [0] * len(rows)
+        for chain, at, own in self._split(rows):
+            index = torch.tensor(at, dtype=torch.long, device=logits.device)
+            part, part_valid = chain.block(logits.index_select(0, index), own, [produced[i] for i in at],
+                                           inputs.index_select(0, index.to(inputs.device)), valid.index_select(0, index.to(valid.device)))
+            masked[index], valid[index.to(valid.device)] = part, part_valid
+            for i, consumed in zip(at, chain.consumed):
+                self.consumed[i] = consumed
+        return masked, valid
+
+    def keep(self, rows: list[int], accepted: list[int], finals: list[int | None]) -> None:
+        for chain, at, own in self._split(rows):
+            chain.keep(own, [accepted[i] for i in at], [finals[i] for i in at])

@@ -14,10 +14,11 @@ Per step, for all live rows at once:
 One host sync per step (the accepted tokens, which the proposers need as Python lists).
 
 Rows have ids that never repeat within a run. A run is *joinable* when nothing in it depends
-on the batch's composition (no constraint, a proposer that takes rows in and out, a model
-whose states merge): then later requests' rows :meth:`~SpeculativeDecoding.admit` into the
-running state between steps (continuous batching), each with its own length limit, stop check,
-generator and processors, and a row's tokens are the same as alone.
+on the batch's composition (a proposer that takes rows in and out, a model whose states
+merge): then later requests' rows :meth:`~SpeculativeDecoding.admit` into the running state
+between steps (continuous batching), each with its own length limit, stop check, generator,
+processors and constraint (:class:`~decodekit.speculative.constrained.RoutedConstraints`), and
+a row's tokens are the same as alone.
 """
 
 from __future__ import annotations
@@ -79,12 +80,10 @@ class SpeculativeDecoding(ProcessedBlocks, RowResults):
         # block position with that position's own history, as plain decoding applies them
         self.processors = processors if processors is not None and len(processors) else None
         self.prompt_pad = 1 if self.encoder_decoder else max(len(p) for p in prompts)
-        # a constraint (ConstraintProcessor) followed through chain drafts
+        # constraints (ConstraintProcessor) followed through chain drafts: the first prompts'
+        # and any joining request's own, each over its rows
         self.constraint = None
-        if constraint is not None:
-            from decodekit.speculative.constrained import ChainConstraint
-
-            self.constraint = ChainConstraint(constraint, len(prompts) * width, max_new_tokens)
+        self._first_constraint = constraint
         self.width, self.max_new = width, max_new_tokens
         self.eos, self.warp = set(eos), warp
         self.warps: dict[int, Warp | None] = {}  # row -> its sampler (None: greedy); the run's or its request's
@@ -118,8 +117,7 @@ class SpeculativeDecoding(ProcessedBlocks, RowResults):
     def joinable(self) -> bool:
         """Whether rows may :meth:`admit` into this run while it decodes."""
         return (
-            self.constraint is None
-            and bool(getattr(self.proposer, "joins", False))
+            bool(getattr(self.proposer, "joins", False))
             and bool(getattr(self.model, "can_merge", False))
         )
 
@@ -145,12 +143,13 @@ class SpeculativeDecoding(ProcessedBlocks, RowResults):
 
     # -- admission ------------------------------------------------------------------------------
 
-    def admit(self, prompts, width: int, max_new_tokens: int, generators=(), stop_check=None, processors=None, warp=...) -> list[int]:
+    def admit(self, prompts, width: int, max_new_tokens: int, generators=(), stop_check=None, processors=None, warp=..., constraint=None) -> list[int]:
         """Prefill ``prompts`` (each ``width`` rows), choose their first tokens and let the rows
         that go on join the running state. ``processors``: theirs, built for a prompt length of
         the longest of ``prompts`` (the run's own for its first prompts). ``warp``: their
         sampler (None: greedy; default: the run's), which may differ from the other rows' where
-        the proposer's drafts are deterministic. Returns the new row ids, prompt-major. Raises
+        the proposer's drafts are deterministic. ``constraint``: theirs (the run's own for its
+        first prompts; a chain-draft proposer). Returns the new row ids, prompt-major. Raises
         :class:`NumericalError` (changing nothing) if a prompt's logits are not finite."""
         if self._begun and not self.joinable:
             raise RuntimeError("this speculative run takes no more rows")
@@ -174,11 +173,17 @@ class SpeculativeDecoding(ProcessedBlocks, RowResults):
         else:
             processing = (processors if processors is not None and len(processors) else None, max(len(p) for p in prompts))
         logits = self._process_first(state.logits, prompts, width, processing)
-        if self.constraint is not None:
-            logits = self.constraint.first(logits)
+        rows = list(range(self._next, self._next + count))
+        constraint = self._first_constraint if not self._begun else constraint
+        if constraint is not None:
+            if self.constraint is None:
+                from decodekit.speculative.constrained import RoutedConstraints
+
+                self.constraint = RoutedConstraints()
+            self.constraint.add(constraint, rows, max_new_tokens)
+            logits = self.constraint.first(logits, rows)
         first = logits.argmax(-1) if warp is None else race(warp(logits), numbers[:, 0, 0])
         first_logprob = logits.log_softmax(-1).gather(1, first[:, None]).squeeze(1)
-        rows = list(range(self._next, self._next + count))
         self._next += count
         for i, (r, token, logprob) in enumerate(zip(rows, first.tolist(), first_logprob.tolist())):
             prompt = list(prompts[i // width])
@@ -223,6 +228,8 @@ class SpeculativeDecoding(ProcessedBlocks, RowResults):
 
     def forget(self, rows: list[int]) -> None:
         """Delivered rows: drop everything the run kept about them."""
+        if self.constraint is not None:
+            self.constraint.forget(rows)
         for r in rows:
             for table in (self.out, self.logprobs, self.reason, self.failed, self.forwards, self.drafted,
                           self.accepted, self.sequences, self.row_prompts, self.limit, self.stops, self.processing, self.warps):

@@ -11,7 +11,7 @@ import decodekit
 from decodekit.engine import Engine, Request
 from decodekit.errors import NumericalError
 from decodekit.model.scripted import ScriptedModel
-from decodekit.speculative import Speculative
+from decodekit.speculative import DraftModelConfig, Speculative
 
 
 @pytest.fixture(scope="module")
@@ -265,11 +265,32 @@ def test_greedy_and_sampled_requests_with_their_own_settings_join_one_run(embedd
         same(alone(model, embedded.encode(text), strategy, options), result)
 
 
-def test_a_draft_model_run_takes_only_requests_of_its_own_sampler(embedded):
-    """A draft model draws its drafts with the run's sampler, so a request with another one
-    waits for the proposer."""
+def test_a_draft_model_chain_run_takes_requests_with_samplers_of_their_own(embedded):
+    """A draft model drafts each row's chain with the row's own sampler, so greedy and sampled
+    requests with different settings join one run, and each decodes what it does alone."""
     model = embedded.model
     speculative = Speculative("draft")
+    prompt = embedded.encode("x = 1\nx = 1\n")
+    options = decodekit.DecodeOptions(max_new_tokens=16)
+    strategies = [decodekit.Greedy(speculative=speculative), decodekit.Sampling(seed=1, speculative=speculative),
+                  decodekit.Sampling(seed=2, temperature=0.7, top_p=0.9, speculative=speculative)]
+    engine = Engine(model)
+    handles, widest = [], 0
+    for strategy in strategies:
+        handles += engine.submit([Request(prompt, strategy, options)])
+        engine.step()
+        assert not engine._pending
+        widest = max([widest] + [len(g.members) for g in engine._speculative])
+    assert widest == 3
+    for strategy, handle in zip(strategies, handles):
+        same(alone(model, prompt, strategy, options), handle.result())
+
+
+def test_a_draft_model_tree_run_takes_only_requests_of_its_own_sampler(embedded):
+    """A draft model's trees are drawn with the run's sampler, so a request with another one
+    waits for the proposer."""
+    model = embedded.model
+    speculative = Speculative("draft", DraftModelConfig(branching=(2, 2)))
     prompt = embedded.encode("x = 1\nx = 1\n")
     options = decodekit.DecodeOptions(max_new_tokens=16)
     engine = Engine(model)

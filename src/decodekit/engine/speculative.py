@@ -6,7 +6,7 @@ its first requests start it (the prefill is the group's first step), then one
 draft-and-verify step per engine step for every live row. A request submitted later with the
 same proposer config and options (its seed, ``n``, ``max_new_tokens`` and stop strings may
 differ; its processors and its constraint are its own) and, where drafts are deterministic, any sampler (greedy,
-or sampling with its own settings; a draft model's run takes only its own sampler) joins the
+or sampling with its own settings; a draft model's tree run takes only its own sampler) joins the
 running state at admission, if the run is joinable (see
 :attr:`~decodekit.speculative.loop.SpeculativeDecoding.joinable`); otherwise it waits for the
 proposer. Each request is delivered as soon as its rows finish, and fails alone if its logits
@@ -31,14 +31,18 @@ _PER_REQUEST = {"seed", "n", "max_new_tokens", "stop"}
 def join_key(request: Request) -> tuple:
     """What requests of one speculative run must share: the options, less the settings each
     row keeps for itself, and the strategy: only its proposer where drafts are deterministic
-    (each row is verified with its own request's sampler, greedy or sampling with any
-    settings), all of it for a draft model (whose drafts are drawn with the run's sampler)."""
+    or a draft model drafts chains (each row is drafted and verified with its own request's
+    sampler, greedy or sampling with any settings), all of it for a draft model's trees (drawn
+    with the run's sampler)."""
 
     def settings(config) -> tuple:
         return (type(config), tuple((f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name not in _PER_REQUEST))
 
+    from decodekit.speculative import drafts_trees
+
     speculative = request.strategy.speculative
-    strategy = ("own sampler", speculative) if speculative.proposer != "draft" else settings(request.strategy)
+    own = speculative.proposer != "draft" or not drafts_trees(speculative)  # a draft model's chains: by each row's sampler
+    strategy = ("own sampler", speculative) if own else settings(request.strategy)
     return strategy, settings(request.options)
 
 

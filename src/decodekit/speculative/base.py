@@ -85,11 +85,14 @@ class SpeculationContext:
     one the target has not consumed yet). Read-only: the loop owns these lists.
     ``limits``: the most draft tokens on any path that can still be used per row (fewer than
     the tokens left to generate).
+    ``warps``: each live row's sampler (None: greedy), for proposers that sample their drafts
+    (a draft model); None: the run's own for every row.
     """
 
     rows: list[int]
     sequences: list[list[int]]
     limits: list[int]
+    warps: list | None = None
 
 
 @dataclass(frozen=True)

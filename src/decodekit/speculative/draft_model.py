@@ -119,12 +119,32 @@ class DraftModelProposer:
         self._uniforms[row] = table
         return table[position : position + 1]
 
-    def _choose(self, logits: torch.Tensor, rows: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.warp is None:
-            return logits.argmax(-1), None
-        warped = self.warp(logits)
-        u = torch.cat([self._uniform(row, p) for row, p in zip(rows, positions)]).to(warped.device)
-        return race(warped, u), warped.softmax(-1)
+    def _choose(self, logits: torch.Tensor, rows: list[int], positions: list[int], warps: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each row's draft token, by its own sampler (``warps``; None: the run's for every
+        row), and the draft distributions (None when every row is greedy)."""
+        if warps is None or all(w is self.warp for w in warps):
+            if self.warp is None:
+                return logits.argmax(-1), None
+            warped = self.warp(logits)
+            u = torch.cat([self._uniform(row, p) for row, p in zip(rows, positions)]).to(warped.device)
+            return race(warped, u), warped.softmax(-1)
+        # requests that joined with samplers of their own: each sampler over its rows (a row's
+        # draft depends on its own logits and numbers alone); greedy rows draft their argmax
+        tokens = logits.argmax(-1)
+        probs = torch.zeros_like(logits).scatter_(1, tokens[:, None], 1.0)
+        by_warp: dict[int, tuple] = {}
+        for i, warp in enumerate(warps):
+            if warp is not None:
+                by_warp.setdefault(id(warp), (warp, []))[1].append(i)
+        if not by_warp:
+            return tokens, None
+        for warp, at in by_warp.values():
+            index = torch.tensor(at, dtype=torch.long, device=logits.device)
+            warped = warp(logits.index_select(0, index))
+            u = torch.cat([self._uniform(rows[i], positions[i]) for i in at]).to(warped.device)
+            tokens = tokens.index_copy(0, index, race(warped, u))
+            probs = probs.index_copy(0, index, warped.softmax(-1))
+        return tokens, probs
 
     def _catch_up(self, context: SpeculationContext) -> torch.Tensor:
         """Feed the tokens the draft model has not seen (one forward, a chain block); the
@@ -160,7 +180,7 @@ class DraftModelProposer:
         tokens, probs = [], []
         for j in range(k):
             positions = [len(seq) + j for seq in context.sequences]
-            token, dist = self._choose(last, context.rows, positions)
+            token, dist = self._choose(last, context.rows, positions, context.warps)
             tokens.append(token)
             probs.append(dist)
             if j + 1 < k:  # one plain step (a one-token block, without the block machinery)
@@ -173,7 +193,7 @@ class DraftModelProposer:
         draft_tokens = torch.stack(tokens, 1)
         limits = torch.tensor(context.limits, device=device)
         valid = torch.arange(k, device=device)[None, :] < limits[:, None]
-        stacked = torch.stack(probs, 1) if self.warp is not None else None
+        stacked = torch.stack(probs, 1) if probs[0] is not None else None
         return Draft(
             draft_tokens,
             torch.arange(-1, k - 1, device=device).expand(rows, k).clone(),

@@ -299,7 +299,7 @@ class SpeculativeDecoding(ProcessedBlocks, RowResults):
         state, live = self.state, self.live
         device = state.logits.device
         limits = [min(self.max_draft, self.limit[r] - len(self.out[r]) - 1) for r in live]
-        context = SpeculationContext(live, [self.sequences[r] for r in live], limits)
+        context = SpeculationContext(live, [self.sequences[r] for r in live], limits, [self.warps[r] for r in live])
         draft = self.proposer.propose(context)
         count = len(live)
         # Subtle: only deterministic drafts are cut; a stochastic draft's tokens take part in

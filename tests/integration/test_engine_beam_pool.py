@@ -22,6 +22,7 @@ CONFIGS = {
     "long-never": decodekit.BeamSearch(num_beams=4, num_return_sequences=3, length_penalty=2.0, early_stopping="never"),
     "short-early": decodekit.BeamSearch(num_beams=2, length_penalty=-0.5, early_stopping=True),
     "gnmt": decodekit.BeamSearch(num_beams=3, length_penalty=0.6, length_penalty_form="gnmt"),
+    "sampled": decodekit.BeamSearch(num_beams=3, num_return_sequences=2, sampler=decodekit.Sampling(seed=5, temperature=0.9, top_k=20)),
     "diverse": decodekit.DiverseBeamSearch(num_beams=4, num_groups=2, num_return_sequences=3),
     "diverse-never": decodekit.DiverseBeamSearch(num_beams=6, num_groups=3, diversity_strength=1.5, length_penalty=1.5, early_stopping="never"),
     "diverse-per-group": decodekit.DiverseBeamSearch(num_beams=6, num_groups=3, per_group=True, num_return_sequences=2, early_stopping=True),
@@ -33,16 +34,17 @@ def pools(engine: Engine) -> list[BeamPool]:
 
 
 def hypotheses(output):
-    return [(h.token_ids, h.finish_reason) for h in output.hypotheses], [h.score for h in output.hypotheses]
+    return [(h.token_ids, h.finish_reason, h.top_logprobs and [ids for ids, _ in h.top_logprobs]) for h in output.hypotheses], [h.score for h in output.hypotheses]
 
 
 @pytest.mark.parametrize("builder", ["gpt2", "llama"])
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(CONFIGS) + ["top-logprobs"])
 def test_beam_searches_arriving_at_different_steps_share_a_pool_and_equal_each_alone(builder, name):
     model = HFLanguageModel(tm.BUILDERS[builder]())
-    strategy = CONFIGS[name]
+    strategy = CONFIGS.get(name, CONFIGS["default"])
     prompts = tm.prompts(11, 6)
-    options = [decodekit.DecodeOptions(max_new_tokens=8 + 2 * i, min_new_tokens=6 if i % 2 else 0) for i in range(6)]
+    top = 3 if name == "top-logprobs" else 0
+    options = [decodekit.DecodeOptions(max_new_tokens=8 + 2 * i, min_new_tokens=6 if i % 2 else 0, top_logprobs=top) for i in range(6)]
     engine = Engine(model)
     handles, widest = [], 0
     for prompt, option in zip(prompts, options):

@@ -152,15 +152,17 @@ class BeamSearchRun(PerPrompt):
             self.prompt_texts = [decode(list(p)) if decode else list(p) for p in context.prompts]
 
     PER_PROMPT = ("running_scores", "running_tokens", "running_logprobs", "pool_scores", "pool_logprob", "pool_tokens",
-                  "pool_logprobs", "pool_lengths", "pool_finished", "can_improve", "bonus", "prompt_done")
-    STEPWISE = {"running_tokens": "pad", "running_logprobs": 0.0, "pool_tokens": "pad", "pool_logprobs": 0.0}
+                  "pool_logprobs", "pool_lengths", "pool_finished", "can_improve", "bonus", "prompt_done",
+                  "running_top.values", "running_top.ids", "pool_top.values", "pool_top.ids")
+    STEPWISE = {"running_tokens": "pad", "running_logprobs": 0.0, "pool_tokens": "pad", "pool_logprobs": 0.0,
+                "running_top.values": 0.0, "running_top.ids": 0, "pool_top.values": 0.0, "pool_top.ids": 0}
 
     @property
     def joinable(self) -> bool:
         """Whether this run can go per-prompt and join others: nothing in it reads a shared
-        step or the batch (no sampler, stop strings, re-scoring, coverage or top log-probs)."""
-        return (self.warpers is None and self.rescore is None and not self.beta and self.running_top is None
-                and self.context.stop_check is None)
+        step or the batch (no stop strings, re-scoring or coverage; beam sampling draws from
+        each prompt's own generator)."""
+        return self.rescore is None and not self.beta and self.context.stop_check is None
 
     def _reindex(self) -> None:
         self.row_offset = torch.arange(self.running_scores.shape[0], device=self.running_scores.device)[:, None] * self.width

@@ -44,7 +44,6 @@ other processors. The two orders agree except for the multiplicative repetition 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -215,7 +214,6 @@ class DiverseBeamSearchRun(PerPrompt):
         batch, groups, K = self.running_scores.shape
         device = self.running_scores.device
         self.shape = (batch, groups, K)
-        self.context = dataclasses.replace(self.context, batch_size=batch)
         self.local = torch.arange(K, device=device).expand(self.shape)
         self.row_offset = (torch.arange(batch * groups, device=device) * K).view(batch, groups, 1)
 

@@ -11,6 +11,9 @@ depend on the others.
 
 from __future__ import annotations
 
+import dataclasses
+from functools import reduce
+
 import torch
 
 
@@ -39,7 +42,8 @@ def put(tensor: torch.Tensor, at: int | torch.Tensor, values: torch.Tensor, dim:
 class PerPrompt:
     """Per-prompt mode of a run whose ``(batch, ...)`` tensors are named in ``PER_PROMPT``
     (``STEPWISE``: those with a step dimension ``STEP_DIM``, and the fill of steps no prompt
-    has reached); the run defines ``_reindex`` (its batch-shaped helpers) and ``joinable``."""
+    has reached; ``"running_top.values"``: an attribute's); the run defines ``_reindex`` (its
+    batch-shaped helpers) and ``joinable``. Each prompt's generator goes with it."""
 
     PER_PROMPT: tuple[str, ...] = ()
     STEPWISE: dict[str, str | float] = {}
@@ -53,26 +57,45 @@ class PerPrompt:
             B = self.running_scores.shape[0]
             self.prompt_steps, self.limits = [0] * B, [self.context.max_new_tokens] * B
 
+    def _fields(self) -> list[str]:
+        return [name for name in self.PER_PROMPT if self._get(name.split(".")[0]) is not None]
+
+    def _get(self, name: str):
+        return reduce(getattr, name.split("."), self)
+
+    def _set(self, name: str, value: torch.Tensor) -> None:
+        *path, last = name.split(".")
+        setattr(reduce(getattr, path, self), last, value)
+
     def join(self, other: PerPrompt) -> None:
         """Append ``other``'s prompts (a per-prompt run of the same config) after this run's."""
         steps = max(self.running_tokens.shape[self.STEP_DIM], other.running_tokens.shape[self.STEP_DIM])
-        for name in self.PER_PROMPT:
-            mine, theirs = getattr(self, name), getattr(other, name)
+        for name in self._fields():
+            mine, theirs = self._get(name), other._get(name)
             if name in self.STEPWISE:
                 fill = self.context.pad_token_id if self.STEPWISE[name] == "pad" else self.STEPWISE[name]
                 mine, theirs = (widen(x, steps, fill, self.STEP_DIM) for x in (mine, theirs))
-            setattr(self, name, torch.cat([mine, theirs]))
+            self._set(name, torch.cat([mine, theirs]))
+        generators = self.context.generators + other.context.generators
         self.prompt_steps = self.prompt_steps + other.prompt_steps
         self.limits = self.limits + other.limits
-        self._reindex()
+        self._recontext(generators)
 
     def keep(self, prompts: list[int]) -> None:
         """Keep only these prompts (in this order)."""
         index = torch.tensor(prompts, dtype=torch.long, device=self.running_scores.device)
-        for name in self.PER_PROMPT:
-            setattr(self, name, getattr(self, name).index_select(0, index))
+        for name in self._fields():
+            self._set(name, self._get(name).index_select(0, index))
+        generators = tuple(self.context.generators[b] for b in prompts) if self.context.generators else ()
         self.prompt_steps = [self.prompt_steps[b] for b in prompts]
         self.limits = [self.limits[b] for b in prompts]
+        self._recontext(generators)
+
+    def _recontext(self, generators: tuple) -> None:
+        batch = len(self.prompt_steps)
+        if len(generators) != batch:  # a run without one generator per prompt draws nothing
+            generators = ()
+        self.context = dataclasses.replace(self.context, batch_size=batch, generators=generators)
         self._reindex()
 
     def _step_now(self, t: int) -> tuple[int | torch.Tensor, int | list[int]]:

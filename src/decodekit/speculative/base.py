@@ -61,14 +61,11 @@ class Draft:
     ) -> Draft:
         """Pack per-row node lists (possibly of different lengths) into a padded draft."""
         rows, n = len(tokens), max((len(t) for t in tokens), default=0)
-        packed = torch.zeros((rows, n), dtype=torch.long)
-        links = torch.full((rows, n), -1, dtype=torch.long)
-        valid = torch.zeros((rows, n), dtype=torch.bool)
-        for row, (ids, ups) in enumerate(zip(tokens, parents)):
-            packed[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            links[row, : len(ups)] = torch.tensor(ups, dtype=torch.long)
-            valid[row, : len(ids)] = True
-        return Draft(packed.to(device), links.to(device), valid.to(device))
+
+        def padded(lists, fill, dtype) -> torch.Tensor:  # one tensor from host lists: cheaper than row writes
+            return torch.tensor([list(x) + [fill] * (n - len(x)) for x in lists], dtype=dtype).view(rows, n).to(device)
+
+        return Draft(padded(tokens, 0, torch.long), padded(parents, -1, torch.long), padded([[True] * len(t) for t in tokens], False, torch.bool))
 
 
 def chain_parents(length: int) -> list[int]:

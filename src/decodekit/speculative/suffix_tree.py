@@ -88,14 +88,22 @@ class SuffixTree(TreeSearch):
     # -- structure ------------------------------------------------------------------------------
 
     def _new(self, parent: int, count: int, length: int, depth: int, seq: int, end: int, token: int) -> int:
-        values = (parent, count, length, depth, seq, end, token, -1, -1)
+        # Subtle: one statement per column, no tuple and zip: this runs for most new tokens
         if self._free:
             node = self._free.pop()
-            for column, value in zip(self._columns, values):
-                column[node] = value
+            self.parent[node], self.count[node], self.length[node], self.depth[node] = parent, count, length, depth
+            self.ref_seq[node], self.ref_end[node], self.token[node] = seq, end, token
+            self.first[node] = self.sibling[node] = -1
             return node
-        for column, value in zip(self._columns, values):
-            column.append(value)
+        self.parent.append(parent)
+        self.count.append(count)
+        self.length.append(length)
+        self.depth.append(depth)
+        self.ref_seq.append(seq)
+        self.ref_end.append(end)
+        self.token.append(token)
+        self.first.append(-1)
+        self.sibling.append(-1)
         return len(self.count) - 1
 
     def _child(self, node: int, token: int) -> int:

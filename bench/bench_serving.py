@@ -7,6 +7,7 @@ decoded one after another.
     python bench/bench_serving.py --strategy suffix        # speculative (SuffixDecoding) greedy
     python bench/bench_serving.py --strategy mixed         # half plain greedy, half suffix greedy
     python bench/bench_serving.py --strategy beam          # beam search, 4 beams
+    python bench/bench_serving.py --strategy diverse       # Diverse Beam Search, 4 beams in 2 groups
 
 For each concurrency C, C requests (distinct code prompts, ``--new-tokens`` new tokens each, EOS
 suppressed so that every request decodes the same number of tokens, except with ``suffix``:
@@ -23,7 +24,8 @@ were running ("at C rows"; "-" when they never all ran at once).
 ``mixed`` (every other request speculative) also runs the engine with each speculative run's
 verification in a forward of its own ("apart": ``Engine.fuse_verification = False``) instead of
 as a part of the plain rows' forward, alternating with the default, and prints its tokens/s.
-``beam`` (beam search, 4 beams, the best hypothesis compared) also runs the engine with each
+``beam`` (beam search, 4 beams, the best hypothesis compared) and ``diverse`` (Diverse Beam
+Search, 4 beams in 2 groups, Hamming diversity) also run the engine with each
 request's beam search a group of its own ("apart": ``Engine.pool_beams = False``) instead of
 one pool for every beam search in flight, alternating, and prints its tokens/s.
 Greedy outputs are equal; seeded sampled ones can differ after many tokens, because a row's
@@ -118,7 +120,7 @@ def main() -> None:
     parser.add_argument("--model", default="stdlib-code")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--strategy", choices=["greedy", "sample", "suffix", "mixed", "beam"], default="greedy")
+    parser.add_argument("--strategy", choices=["greedy", "sample", "suffix", "mixed", "beam", "diverse"], default="greedy")
     parser.add_argument("--spread", type=float, default=0.5, help="arrivals within this many seconds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -133,8 +135,10 @@ def main() -> None:
         "suffix": [suffix],
         "mixed": [decodekit.Greedy(), suffix],
         "beam": [decodekit.BeamSearch(num_beams=4)],
+        "diverse": [decodekit.DiverseBeamSearch(num_beams=4, num_groups=2)],
     }[args.strategy]
-    mixed = args.strategy in ("mixed", "beam")
+    beams = args.strategy in ("beam", "diverse")
+    mixed = args.strategy == "mixed" or beams
     print(f"model {args.model}, {args.strategy}, {args.new_tokens} new tokens per request, "
           f"arrivals within {args.spread} s, {torch.get_num_threads()} threads\n")
     print("| concurrent | serial tok/s | engine tok/s | ratio | TTFT p50 (ms) | TTFT p99 (ms) | overhead | at C rows | same |" + (" apart tok/s |" if mixed else ""))
@@ -147,8 +151,7 @@ def main() -> None:
             serial_walls.append(serial_wall)
             runs.append(concurrent(decoder.model, requests, args.spread, args.seed))
             if mixed:
-                beam = args.strategy == "beam"
-                apart.append(concurrent(decoder.model, requests, args.spread, args.seed, fuse=beam, pool_beams=not beam))
+                apart.append(concurrent(decoder.model, requests, args.spread, args.seed, fuse=beams, pool_beams=not beams))
         run = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
         tokens = sum(len(o) for o in serial_out)
         ours, base = tokens / run["wall"], tokens / statistics.median(serial_walls)

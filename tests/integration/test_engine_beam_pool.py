@@ -37,28 +37,39 @@ def hypotheses(output):
     return [(h.token_ids, h.finish_reason, h.top_logprobs and [ids for ids, _ in h.top_logprobs]) for h in output.hypotheses], [h.score for h in output.hypotheses]
 
 
+def stop_check(generated):
+    """A stop check as stop strings are: does a candidate's generated text hold the stop
+    (here: a token id that is 1 modulo 4)?"""
+    return (generated % 4 == 1).any(-1)
+
+
 @pytest.mark.parametrize("builder", ["gpt2", "llama"])
-@pytest.mark.parametrize("name", sorted(CONFIGS) + ["top-logprobs"])
+@pytest.mark.parametrize("name", sorted(CONFIGS) + ["top-logprobs", "stop"])
 def test_beam_searches_arriving_at_different_steps_share_a_pool_and_equal_each_alone(builder, name):
     model = HFLanguageModel(tm.BUILDERS[builder]())
-    strategy = CONFIGS.get(name, CONFIGS["default"])
+    strategy = CONFIGS.get(name, decodekit.BeamSearch(num_beams=3, num_return_sequences=3))
     prompts = tm.prompts(11, 6)
     top = 3 if name == "top-logprobs" else 0
-    options = [decodekit.DecodeOptions(max_new_tokens=8 + 2 * i, min_new_tokens=6 if i % 2 else 0, top_logprobs=top) for i in range(6)]
+    stop, check = (("<stop>",), stop_check) if name == "stop" else ((), None)
+    options = [decodekit.DecodeOptions(max_new_tokens=8 + 2 * i, min_new_tokens=6 if i % 2 else 0, top_logprobs=top, stop=stop) for i in range(6)]
     engine = Engine(model)
     handles, widest = [], 0
     for prompt, option in zip(prompts, options):
-        handles += engine.submit([Request(prompt, strategy, option)])
+        handles += engine.submit([Request(prompt, strategy, option, stop_check=check)])
         for _ in range(1 + len(handles) % 2):
             engine.step()
             widest = max([widest] + [len(p.members) for p in pools(engine)])
     assert widest >= 3  # requests submitted steps apart were decided together
+    reasons = set()
     for prompt, option, handle in zip(prompts, options, handles):
-        (alone,) = Engine(model).submit([Request(prompt, strategy, option)])
+        (alone,) = Engine(model).submit([Request(prompt, strategy, option, stop_check=check)])
         expected, scores = hypotheses(alone.result())
         got, got_scores = hypotheses(handle.result())
         assert got == expected
         assert got_scores == pytest.approx(scores, abs=1e-4)
+        reasons |= {h.finish_reason for h in handle.result().hypotheses}
+    if name == "stop":
+        assert "stop" in reasons  # the stop check ended candidates, so the test tests something
 
 
 def test_a_pooled_request_leaves_with_its_rows_as_soon_as_its_n_best_is_final():

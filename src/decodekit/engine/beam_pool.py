@@ -10,8 +10,8 @@ decides every prompt's beams, whatever its arrival time, prompt or limit. A requ
 delivered the step its n-best can no longer change (exactly what it would return alone: every
 operation is per prompt) and its ``K`` rows leave the model state then.
 
-Only plain searches join (no processors but a minimum length, no stop strings, re-scoring,
-coverage penalty, history-reading diversity or time limit; see :attr:`~decodekit.engine.group.PlainGroup.beam_poolable`);
+Only plain searches join (no processors but a minimum length, no re-scoring, coverage
+penalty, history-reading diversity or time limit; see :attr:`~decodekit.engine.group.PlainGroup.beam_poolable`);
 anything else stays a group of its own.
 """
 

@@ -270,9 +270,9 @@ class PlainGroup:
 
     @property
     def beam_poolable(self) -> bool:
-        """Beam search (beam sampling too) or Diverse Beam Search (Hamming diversity) with no
-        processors but a minimum length, no stop strings, stopping criteria or time limit: its
-        requests can join a :class:`~decodekit.engine.beam_pool.BeamPool` (decided with
+        """Beam search (beam sampling and stop strings too) or Diverse Beam Search (Hamming
+        diversity) with no processors but a minimum length, no stopping criteria or time limit:
+        its requests can join a :class:`~decodekit.engine.beam_pool.BeamPool` (decided with
         separately arrived searches of the same config)."""
         from decodekit.search.beam import BeamSearch, BeamSearchRun
         from decodekit.search.diverse import DiverseBeamSearch, DiverseBeamSearchRun

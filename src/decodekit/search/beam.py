@@ -160,9 +160,9 @@ class BeamSearchRun(PerPrompt):
     @property
     def joinable(self) -> bool:
         """Whether this run can go per-prompt and join others: nothing in it reads a shared
-        step or the batch (no stop strings, re-scoring or coverage; beam sampling draws from
-        each prompt's own generator)."""
-        return self.rescore is None and not self.beta and self.context.stop_check is None
+        step or the batch (no re-scoring or coverage; beam sampling draws from each prompt's
+        own generator, stop strings are checked per prompt)."""
+        return self.rescore is None and not self.beta
 
     def _reindex(self) -> None:
         self.row_offset = torch.arange(self.running_scores.shape[0], device=self.running_scores.device)[:, None] * self.width
@@ -227,7 +227,7 @@ class BeamSearchRun(PerPrompt):
             self.step_top = (_take(values.view(B, K, -1), cand_beam), _take(ids.view(B, K, -1), cand_beam))
         hits = torch.isin(cand_token, self.context.eos_token_ids) | at_limit
         if self.context.stop_check is not None:
-            hits |= self._stop_hits(cand_beam, cand_token, t)
+            hits |= self._stop_hits(cand_beam, cand_token, now)
 
         # 2. the K best unfinished candidates keep running
         running = cand_scores + hits.float() * _MASKED
@@ -283,9 +283,16 @@ class BeamSearchRun(PerPrompt):
     def _column(penalty: float | torch.Tensor) -> float | torch.Tensor:
         return penalty[:, None] if isinstance(penalty, torch.Tensor) else penalty
 
-    def _stop_hits(self, cand_beam: torch.Tensor, cand_token: torch.Tensor, t: int) -> torch.Tensor:
-        """``(B, C)``: does a candidate's generated text reach a stop string?"""
+    def _stop_hits(self, cand_beam: torch.Tensor, cand_token: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """``(B, C)``: does a candidate's generated text reach a stop string? (``t``: the step,
+        or per-prompt steps: then one check per prompt, of its own tokens)"""
         B, C = cand_beam.shape
+        if not isinstance(t, int):
+            hits = torch.zeros((B, C), dtype=torch.bool, device=cand_beam.device)
+            for b, n in enumerate(self.prompt_steps):
+                generated = self.running_tokens[b, :, :n].index_select(0, cand_beam[b])  # (C, n)
+                hits[b] = self.context.stop_check(torch.cat([generated, cand_token[b, :, None]], -1))
+            return hits
         generated = _take(self.running_tokens[:, :, :t], cand_beam)  # (B, C, t)
         generated = torch.cat([generated, cand_token[..., None]], -1).view(B * C, t + 1)
         return self.context.stop_check(generated).view(B, C)

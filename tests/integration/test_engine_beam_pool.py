@@ -44,14 +44,19 @@ def stop_check(generated):
 
 
 @pytest.mark.parametrize("builder", ["gpt2", "llama"])
-@pytest.mark.parametrize("name", sorted(CONFIGS) + ["top-logprobs", "stop"])
+@pytest.mark.parametrize("name", sorted(CONFIGS) + ["top-logprobs", "stop", "processors", "diverse-processors"])
 def test_beam_searches_arriving_at_different_steps_share_a_pool_and_equal_each_alone(builder, name):
     model = HFLanguageModel(tm.BUILDERS[builder]())
     strategy = CONFIGS.get(name, decodekit.BeamSearch(num_beams=3, num_return_sequences=3))
     prompts = tm.prompts(11, 6)
     top = 3 if name == "top-logprobs" else 0
     stop, check = (("<stop>",), stop_check) if name == "stop" else ((), None)
-    options = [decodekit.DecodeOptions(max_new_tokens=8 + 2 * i, min_new_tokens=6 if i % 2 else 0, top_logprobs=top, stop=stop) for i in range(6)]
+    penalties = {}
+    if name.endswith("processors"):  # the processors that read only a row's tokens
+        penalties = dict(repetition_penalty=1.5, no_repeat_ngram_size=2, suppress_tokens=(5,), bad_words=((9, 10),))
+        strategy = CONFIGS["diverse"] if name.startswith("diverse") else CONFIGS["default"]
+    options = [decodekit.DecodeOptions(max_new_tokens=8 + 2 * i, min_new_tokens=6 if i % 2 else 0, top_logprobs=top, stop=stop, **penalties)
+               for i in range(6)]
     engine = Engine(model)
     handles, widest = [], 0
     for prompt, option in zip(prompts, options):

@@ -10,8 +10,8 @@ decides every prompt's beams, whatever its arrival time, prompt or limit. A requ
 delivered the step its n-best can no longer change (exactly what it would return alone: every
 operation is per prompt) and its ``K`` rows leave the model state then.
 
-Only plain searches join (no processors but a minimum length, no re-scoring, coverage
-penalty, history-reading diversity or time limit; see :attr:`~decodekit.engine.group.PlainGroup.beam_poolable`);
+Searches join with no processors but a minimum length and the :data:`SEQUENCE_PROCESSORS`
+(no re-scoring, coverage penalty, history-reading diversity or time limit; see :attr:`~decodekit.engine.group.PlainGroup.beam_poolable`);
 anything else stays a group of its own.
 """
 
@@ -24,6 +24,19 @@ import torch
 from decodekit.engine.group import PlainGroup
 from decodekit.engine.request import EngineEvent, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
+from decodekit.logits.base import ProcessorList
+from decodekit.logits.penalties import (
+    BadWords,
+    MinNewTokens,
+    NoRepeatNGram,
+    RepetitionPenalty,
+    SuppressTokens,
+)
+
+SEQUENCE_PROCESSORS = (RepetitionPenalty, NoRepeatNGram, BadWords, SuppressTokens)
+"""Processors that read only each row's tokens (padding ``-1`` ignored), not its length or
+step: pooled rows keep their tokens right-aligned in one history, so these see what they see
+alone. A minimum length is applied by the pool itself, per prompt."""
 
 
 def beam_pool_key(group: PlainGroup) -> tuple:
@@ -36,6 +49,7 @@ def beam_pool_key(group: PlainGroup) -> tuple:
 class _Member:
     handle: RequestHandle
     first_row: int  # its first row in the call it came with (errors name it)
+    prompt_length: int = 0
 
 
 class BeamPool:
@@ -52,6 +66,8 @@ class BeamPool:
         self.error: BaseException | None = None
         self._parents: torch.Tensor | None = None
         self._tokens: torch.Tensor | None = None
+        self.processors = ProcessorList()
+        self.history: torch.Tensor | None = None  # (rows, width) each row's tokens, right-aligned; -1 before
 
     @property
     def handles(self) -> list[RequestHandle]:
@@ -70,9 +86,17 @@ class BeamPool:
             self.run, self.width = run, run.width
             self.eos = list(group.eos)
             self.min_new = group.options.min_new_tokens if self.eos else 0
+            self.processors = ProcessorList([p for p in group.processors.processors if not isinstance(p, MinNewTokens)])
         else:
             self.run.join(run)
-        self.members += [_Member(h, i * group.width) for i, h in enumerate(group.handles)]
+        self.members += [_Member(h, i * group.width, len(h.request.prompt)) for i, h in enumerate(group.handles)]
+        if len(self.processors):
+            rows = group.history[:, : group.prompt_length]
+            if self.history is None:
+                self.history = rows
+            else:
+                width = max(self.history.shape[1], rows.shape[1])
+                self.history = torch.cat([_left_pad(self.history, width), _left_pad(rows, width)])
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -85,8 +109,12 @@ class BeamPool:
         if self.min_new and min(self.run.prompt_steps) < self.min_new:  # as MinNewTokens: no EOS before it
             early = torch.tensor([n < self.min_new for n in self.run.prompt_steps], device=scores.device).repeat_interleave(K)
             scores[:, self.eos] = scores[:, self.eos].masked_fill(early[:, None], float("-inf"))
+        if len(self.processors):
+            scores = self.processors(self.history, scores)
         step = self.run.step(scores, 0)
         self._parents, self._tokens = step.parents, step.tokens
+        if self.history is not None:
+            self.history = torch.cat([self.history.index_select(0, step.parents), step.tokens[:, None]], 1)
         return torch.cat([self.nonfinite.view(B, K).any(-1), self.run.prompt_done])
 
     def settle(self, values: list[bool]) -> list[int] | None:
@@ -129,9 +157,13 @@ class BeamPool:
             self._parents = (self._parents.view(B, K).index_select(0, index) - old + new).view(-1)
             self._tokens = self._tokens.view(B, K).index_select(0, index).view(-1)
         self.members = [self.members[b] for b in keep]
+        rows = [b * K + k for b in keep for k in range(K)]
         if keep:
             self.run.keep(keep)
-        return [b * K + k for b in keep for k in range(K)]
+            if self.history is not None:  # only as wide as the longest row left
+                needed = max(m.prompt_length + n for m, n in zip(self.members, self.run.prompt_steps))
+                self.history = self.history.index_select(0, torch.tensor(rows, dtype=torch.long, device=device))[:, -needed:]
+        return rows
 
     def live_rows(self) -> list[int] | None:
         """The rows of prompts not aborted (None: all of them)."""
@@ -154,3 +186,10 @@ class BeamPool:
 
     def outputs(self) -> list[RequestOutput]:  # a pool delivers as its prompts finish
         return []
+
+
+def _left_pad(history: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows right-aligned in ``width`` columns, ``-1`` before."""
+    if history.shape[1] == width:
+        return history
+    return torch.cat([history.new_full((history.shape[0], width - history.shape[1]), -1), history], 1)

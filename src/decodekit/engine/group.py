@@ -271,9 +271,11 @@ class PlainGroup:
     @property
     def beam_poolable(self) -> bool:
         """Beam search (beam sampling and stop strings too) or Diverse Beam Search (Hamming
-        diversity) with no processors but a minimum length, no stopping criteria or time limit:
-        its requests can join a :class:`~decodekit.engine.beam_pool.BeamPool` (decided with
+        diversity) with no processors but a minimum length, repetition penalty, no-repeat
+        n-gram, bad words and suppressed tokens, no stopping criteria or time limit: its
+        requests can join a :class:`~decodekit.engine.beam_pool.BeamPool` (decided with
         separately arrived searches of the same config)."""
+        from decodekit.engine.beam_pool import SEQUENCE_PROCESSORS
         from decodekit.search.beam import BeamSearch, BeamSearchRun
         from decodekit.search.diverse import DiverseBeamSearch, DiverseBeamSearchRun
 
@@ -282,7 +284,7 @@ class PlainGroup:
             (type(self.strategy), type(self.search)) in ((BeamSearch, BeamSearchRun), (DiverseBeamSearch, DiverseBeamSearchRun))
             and self.search.joinable
             and self.attention is None
-            and all(isinstance(p, MinNewTokens) for p in processors)
+            and all(type(p) in (MinNewTokens, *SEQUENCE_PROCESSORS) for p in processors)
             and not self.extra_processors
             and self.stopping is None
             and self.options.max_time is None

@@ -82,47 +82,54 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state, p
             partitions.append(Partition(state, list(groups)))
         return
     key = pool_key(first)
-    if partition is not None:
-        for index, member in enumerate(partition.groups):
-            if isinstance(member, RowPool) and member.key == key:
-                offset = sum(g.rows for g in partition.groups[:index])
-                if len(member.free) >= state.rows and hasattr(model, "insert"):
-                    slots = sorted(member.free)[: state.rows]
-                    rows = torch.tensor(slots, dtype=torch.long, device=state.logits.device) + offset
-                    if model.insert(partition.state, state, rows):  # only the new rows are copied
-                        at = 0
-                        for group in groups:
-                            member.add(group, slots[at : at + group.rows])
-                            at += group.rows
-                        return
-                partition.state = model.merge(partition.state, state, offset + member.rows)
+    member, offset = _pool_of(partition, RowPool, key)
+    if member is not None:
+        if len(member.free) >= state.rows and hasattr(model, "insert"):
+            slots = sorted(member.free)[: state.rows]
+            rows = torch.tensor(slots, dtype=torch.long, device=state.logits.device) + offset
+            if model.insert(partition.state, state, rows):  # only the new rows are copied
+                at = 0
                 for group in groups:
-                    member.add(group)
+                    member.add(group, slots[at : at + group.rows])
+                    at += group.rows
                 return
+        _join(model, partition, member, offset, groups, state)
+        return
     reuse = getattr(model, "can_merge", False) and hasattr(model, "insert")
     pool = RowPool(key, first.context.eos_token_ids, first.context.pad_token_id, first.context.device, first.options.top_logprobs, reuse)
-    for group in groups:
-        pool.add(group)
-    if partition is not None:
-        partition.state = model.merge(partition.state, state)
-        partition.groups.append(pool)
-    else:
-        partitions.append(Partition(state, [pool]))
+    _start(model, partitions, partition, pool, groups, state)
 
 
 def _place_beams(model, partitions: list[Partition], partition: Partition | None, groups: list[PlainGroup], state) -> None:
     """Beam-search groups of one key join that key's :class:`BeamPool` in ``partition`` (their
     rows after the pool's), or start one."""
     key = beam_pool_key(groups[0])
-    if partition is not None:
-        for index, member in enumerate(partition.groups):
-            if isinstance(member, BeamPool) and member.key == key:
-                offset = sum(g.rows for g in partition.groups[:index])
-                partition.state = model.merge(partition.state, state, offset + member.rows)
-                for group in groups:
-                    member.add(group)
-                return
-    pool = BeamPool(key)
+    member, offset = _pool_of(partition, BeamPool, key)
+    if member is not None:
+        _join(model, partition, member, offset, groups, state)
+    else:
+        _start(model, partitions, partition, BeamPool(key), groups, state)
+
+
+def _pool_of(partition: Partition | None, kind: type, key) -> tuple:
+    """``partition``'s pool of ``kind`` and ``key`` and the offset of its rows, or ``(None, 0)``."""
+    offset = 0
+    for member in partition.groups if partition is not None else ():
+        if isinstance(member, kind) and member.key == key:
+            return member, offset
+        offset += member.rows
+    return None, 0
+
+
+def _join(model, partition: Partition, pool, offset: int, groups: list[PlainGroup], state) -> None:
+    """``groups`` (prefilled in ``state``) join ``pool``: their rows right after its rows."""
+    partition.state = model.merge(partition.state, state, offset + pool.rows)
+    for group in groups:
+        pool.add(group)
+
+
+def _start(model, partitions: list[Partition], partition: Partition | None, pool, groups: list[PlainGroup], state) -> None:
+    """A new ``pool`` takes ``groups``; its rows join ``partition`` (after its rows) or start one."""
     for group in groups:
         pool.add(group)
     if partition is not None:

@@ -34,7 +34,7 @@ from decodekit.search.base import (
     normaliser,
     per_prompt_rand,
 )
-from decodekit.search.per_prompt import PerPrompt, put
+from decodekit.search.per_prompt import BeamPerPrompt, put
 from decodekit.search.sampling import Sampling
 
 _MASKED = -1.0e9  # the additive mask transformers uses; kept identical for score parity
@@ -101,7 +101,7 @@ class BeamSearch:
         return BeamSearchRun(self, context)
 
 
-class BeamSearchRun(PerPrompt):
+class BeamSearchRun(BeamPerPrompt):
     """The running state of one beam search call; ``step`` mutates it."""
 
     scores_are_logprobs = True
@@ -150,22 +150,6 @@ class BeamSearchRun(PerPrompt):
             self.scorer = as_scorer(self.rescore.scorer)
             decode = context.decode
             self.prompt_texts = [decode(list(p)) if decode else list(p) for p in context.prompts]
-
-    PER_PROMPT = ("running_scores", "running_tokens", "running_logprobs", "pool_scores", "pool_logprob", "pool_tokens",
-                  "pool_logprobs", "pool_lengths", "pool_finished", "can_improve", "bonus", "prompt_done",
-                  "running_top.values", "running_top.ids", "pool_top.values", "pool_top.ids")
-    STEPWISE = {"running_tokens": "pad", "running_logprobs": 0.0, "pool_tokens": "pad", "pool_logprobs": 0.0,
-                "running_top.values": 0.0, "running_top.ids": 0, "pool_top.values": 0.0, "pool_top.ids": 0}
-
-    @property
-    def joinable(self) -> bool:
-        """Whether this run can go per-prompt and join others: nothing in it reads a shared
-        step or the batch (no re-scoring or coverage; beam sampling draws from each prompt's
-        own generator, stop strings are checked per prompt)."""
-        return self.rescore is None and not self.beta
-
-    def _reindex(self) -> None:
-        self.row_offset = torch.arange(self.running_scores.shape[0], device=self.running_scores.device)[:, None] * self.width
 
     def attend(self, weights: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``(B*K, layers, heads, source)`` cross-attention of the forward that produced this
@@ -265,7 +249,7 @@ class BeamSearchRun(PerPrompt):
         # 4. can a running beam still beat the worst finished hypothesis?
         never = self.config.early_stopping == "never" and self.penalty.favors_long
         best_length = (M if isinstance(lengths, int) else self.limits) if never else lengths
-        best_possible = self.running_scores[:, :1] / self._column(self._penalty(best_length))
+        best_possible = self.running_scores[:, :1] / self._penalty(best_length)
         if self.rescore is not None:  # the best running beam by its mixed score, as it stands
             w = self.rescore.weight
             best_possible = ((1 - w) * self.running_scores / self.penalty(best_length) + w * self.bonus).amax(1, keepdim=True)
@@ -278,10 +262,6 @@ class BeamSearchRun(PerPrompt):
             self.prompt_steps = lengths
         done = self.prompt_done.all()
         return Step((parents + self.row_offset).view(-1), tokens.view(-1), done)
-
-    @staticmethod
-    def _column(penalty: float | torch.Tensor) -> float | torch.Tensor:
-        return penalty[:, None] if isinstance(penalty, torch.Tensor) else penalty
 
     def _stop_hits(self, cand_beam: torch.Tensor, cand_token: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """``(B, C)``: does a candidate's generated text reach a stop string? (``t``: the step,
@@ -338,7 +318,7 @@ class BeamSearchRun(PerPrompt):
         put(cand_tokens, t, cand_token, 2)
         cand_logprobs = _take(self.running_logprobs, cand_beam)
         put(cand_logprobs, t, cand_logprob, 2)
-        finished_scores = cand_scores / self._column(self._penalty(lengths)) if mixed is None else mixed
+        finished_scores = cand_scores / self._penalty(lengths) if mixed is None else mixed
         if self.beta:  # eq. 14: lp-normalised log-prob plus the candidate's coverage penalty
             coverage = _take(self.coverage + self.step_attention, cand_beam)
             finished_scores = finished_scores + coverage_penalty(coverage, self.source, self.beta)

@@ -60,7 +60,7 @@ from decodekit.scoring.diversity import (
 )
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, normaliser
-from decodekit.search.per_prompt import PerPrompt, put
+from decodekit.search.per_prompt import DiversePerPrompt, put
 
 _MASKED = -1.0e9  # transformers' initial score of the beams that must not duplicate beam 0
 
@@ -157,7 +157,7 @@ class DiverseBeamSearch:
         return DiverseBeamSearchRun(self, context, function)
 
 
-class DiverseBeamSearchRun(PerPrompt):
+class DiverseBeamSearchRun(DiversePerPrompt):
     """The running state of one Diverse Beam Search call; ``step`` mutates it. Every tensor is
     ``(batch, groups, K, ...)``; row ``r`` of the engine is ``(r // B, (r % B) // K, r % K)``."""
 
@@ -198,24 +198,6 @@ class DiverseBeamSearchRun(PerPrompt):
         self.eos_at: torch.Tensor | None = None
         self.prompt_done = torch.zeros(batch, dtype=torch.bool, device=device)
         """``(batch,)``: prompts whose groups are all done or that reached their limit (per-prompt mode)."""
-
-    PER_PROMPT = ("running_scores", "running_logprob", "running_tokens", "running_logprobs", "pool_scores", "pool_sum",
-                  "pool_logprob", "pool_tokens", "pool_logprobs", "pool_lengths", "pool_valid", "done", "prompt_done")
-    STEPWISE = {"running_tokens": "pad", "running_logprobs": 0.0, "pool_tokens": "pad", "pool_logprobs": 0.0}
-    STEP_DIM = 3
-
-    @property
-    def joinable(self) -> bool:
-        """Whether this run can go per-prompt and join others: a diversity function that reads
-        only this step's tokens (Hamming), no top log-probs."""
-        return not self.diversity.needs_history and self.running_top is None
-
-    def _reindex(self) -> None:
-        batch, groups, K = self.running_scores.shape
-        device = self.running_scores.device
-        self.shape = (batch, groups, K)
-        self.local = torch.arange(K, device=device).expand(self.shape)
-        self.row_offset = (torch.arange(batch * groups, device=device) * K).view(batch, groups, 1)
 
     # -- one step ---------------------------------------------------------------------------------
 
@@ -291,7 +273,7 @@ class DiverseBeamSearchRun(PerPrompt):
         put(finished_tokens, now, cand_token[..., :K], 3)
         finished_logprobs = _take(self.running_logprobs, first)
         put(finished_logprobs, now, cand_logprob[..., :K], 3)
-        finished_scores = (cand_scores[..., :K] / self._cell(self._penalty(lengths))).masked_fill(~finished, -float("inf"))
+        finished_scores = (cand_scores[..., :K] / self._penalty(lengths, 2)).masked_fill(~finished, -float("inf"))
         finished_top = step_top = None
         if self.running_top is not None:  # a candidate's step top-N is its beam's
             values, ids = torch.topk(scores, self.running_top.n, dim=-1)  # (B, G, K, N)
@@ -327,8 +309,7 @@ class DiverseBeamSearchRun(PerPrompt):
         else:
             never = self.config.early_stopping == "never" and self.penalty.favors_long
             longest = (self.context.max_new_tokens if isinstance(lengths, int) else self.limits) if never else lengths
-            penalty = self._penalty(longest)
-            best = cand_scores[..., 0] / (penalty[:, None] if isinstance(penalty, torch.Tensor) else penalty)
+            best = cand_scores[..., 0] / self._penalty(longest)
             newly_done = full & (self.pool_scores.min(-1).values >= best)
         self.done = self.done | newly_done
         self.steps = t + 1
@@ -337,11 +318,6 @@ class DiverseBeamSearchRun(PerPrompt):
             self.prompt_steps = lengths
             self.prompt_done |= torch.tensor([n >= m for n, m in zip(lengths, self.limits)], device=self.done.device)
         return Step((parents + self.row_offset).view(-1), tokens.view(-1), self.done.all())
-
-    @staticmethod
-    def _cell(penalty: float | torch.Tensor) -> float | torch.Tensor:
-        """A penalty broadcast over ``(batch, G, K)``."""
-        return penalty.view(-1, 1, 1) if isinstance(penalty, torch.Tensor) else penalty
 
     def _merge(self, scores, sums, logprob, tokens, logprobs, length: int | list[int], valid, top=None) -> None:
         """Keep each group's K best of its pool and ``(batch, G, K)`` new entries (``top``:
@@ -387,7 +363,7 @@ class DiverseBeamSearchRun(PerPrompt):
         T = self.steps if self.prompt_steps is None else self.prompt_steps
         if (T if isinstance(T, int) else max(T, default=0)) > 0:
             live = ~self.done[..., None].expand(self.shape)
-            scores = (self.running_scores / self._cell(self._penalty(T))).masked_fill(~live, -float("inf"))
+            scores = (self.running_scores / self._penalty(T, 2)).masked_fill(~live, -float("inf"))
             top = (self.running_top.values, self.running_top.ids) if self.running_top is not None else None
             self._merge(scores, self.running_scores, self.running_logprob, self.running_tokens, self.running_logprobs, T, live, top)
         batch, groups, K = self.shape

@@ -106,12 +106,14 @@ class PerPrompt:
         now = torch.tensor(self.prompt_steps, dtype=torch.long, device=self.running_scores.device)
         return now, [n + 1 for n in self.prompt_steps]
 
-    def _penalty(self, length: int | list[int]) -> float | torch.Tensor:
+    def _penalty(self, length: int | list[int], dims: int = 1) -> float | torch.Tensor:
         """The length penalty at ``length`` (every prompt's), or at each prompt's own
-        (``(batch,)``, the same float32 values a shared length gives)."""
+        (``(batch, 1, ...)`` with ``dims`` unit dimensions, the same float32 values a shared
+        length gives)."""
         if isinstance(length, int):
             return self.penalty(length)
-        return torch.tensor([self.penalty(n) for n in length], dtype=torch.float32, device=self.running_scores.device)
+        per = torch.tensor([self.penalty(n) for n in length], dtype=torch.float32, device=self.running_scores.device)
+        return per.view(-1, *([1] * dims))
 
     def _lengths(self, lengths: int | list[int], like: torch.Tensor) -> torch.Tensor:
         """``like``-shaped lengths: shared, or each prompt's along dimension 0."""
@@ -119,3 +121,46 @@ class PerPrompt:
             return torch.full_like(like, lengths)
         per = torch.tensor(lengths, dtype=like.dtype, device=like.device)
         return per.view(-1, *([1] * (like.dim() - 1))).expand_as(like)
+
+
+class BeamPerPrompt(PerPrompt):
+    """Per-prompt mode of :class:`~decodekit.search.beam.BeamSearchRun` (``(batch, K, ...)``)."""
+
+    PER_PROMPT = ("running_scores", "running_tokens", "running_logprobs", "pool_scores", "pool_logprob", "pool_tokens",
+                  "pool_logprobs", "pool_lengths", "pool_finished", "can_improve", "bonus", "prompt_done",
+                  "running_top.values", "running_top.ids", "pool_top.values", "pool_top.ids")
+    STEPWISE = {"running_tokens": "pad", "running_logprobs": 0.0, "pool_tokens": "pad", "pool_logprobs": 0.0,
+                "running_top.values": 0.0, "running_top.ids": 0, "pool_top.values": 0.0, "pool_top.ids": 0}
+
+    @property
+    def joinable(self) -> bool:
+        """Whether this run can go per-prompt and join others: nothing in it reads a shared
+        step or the batch (no re-scoring or coverage; beam sampling draws from each prompt's
+        own generator, stop strings are checked per prompt)."""
+        return self.rescore is None and not self.beta
+
+    def _reindex(self) -> None:
+        self.row_offset = torch.arange(self.running_scores.shape[0], device=self.running_scores.device)[:, None] * self.width
+
+
+class DiversePerPrompt(PerPrompt):
+    """Per-prompt mode of :class:`~decodekit.search.diverse.DiverseBeamSearchRun`
+    (``(batch, groups, K, ...)``)."""
+
+    PER_PROMPT = ("running_scores", "running_logprob", "running_tokens", "running_logprobs", "pool_scores", "pool_sum",
+                  "pool_logprob", "pool_tokens", "pool_logprobs", "pool_lengths", "pool_valid", "done", "prompt_done")
+    STEPWISE = {"running_tokens": "pad", "running_logprobs": 0.0, "pool_tokens": "pad", "pool_logprobs": 0.0}
+    STEP_DIM = 3
+
+    @property
+    def joinable(self) -> bool:
+        """Whether this run can go per-prompt and join others: a diversity function that reads
+        only this step's tokens (Hamming), no top log-probs."""
+        return not self.diversity.needs_history and self.running_top is None
+
+    def _reindex(self) -> None:
+        batch, groups, K = self.running_scores.shape
+        device = self.running_scores.device
+        self.shape = (batch, groups, K)
+        self.local = torch.arange(K, device=device).expand(self.shape)
+        self.row_offset = (torch.arange(batch * groups, device=device) * K).view(batch, groups, 1)

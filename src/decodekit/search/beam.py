@@ -34,17 +34,11 @@ from decodekit.search.base import (
     normaliser,
     per_prompt_rand,
 )
+from decodekit.search.gather import take_beams
 from decodekit.search.per_prompt import BeamPerPrompt, put
 from decodekit.search.sampling import Sampling
 
 _MASKED = -1.0e9  # the additive mask transformers uses; kept identical for score parity
-
-
-def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Gather along dim 1 of ``(batch, n, ...)`` with ``(batch, m)`` indices."""
-    while index.dim() < tensor.dim():
-        index = index.unsqueeze(-1)
-    return torch.take_along_dim(tensor, index, dim=1)
 
 
 @dataclass(frozen=True)
@@ -208,7 +202,7 @@ class BeamSearchRun(BeamPerPrompt):
         if self.running_top is not None:  # each candidate's step top-N: its beam's
             values, ids = torch.topk(processed, self.running_top.n, dim=-1)
             values = values - total[:, None]
-            self.step_top = (_take(values.view(B, K, -1), cand_beam), _take(ids.view(B, K, -1), cand_beam))
+            self.step_top = (take_beams(values.view(B, K, -1), cand_beam), take_beams(ids.view(B, K, -1), cand_beam))
         hits = torch.isin(cand_token, self.context.eos_token_ids) | at_limit
         if self.context.stop_check is not None:
             hits |= self._stop_hits(cand_beam, cand_token, now)
@@ -219,8 +213,8 @@ class BeamSearchRun(BeamPerPrompt):
         if self.rescore is not None:
             rank, mixed = self._rescored(cand_scores, cand_beam, cand_token, hits, t)
         keep = torch.topk(rank, K, dim=-1).indices
-        parents = _take(cand_beam, keep)
-        tokens = _take(cand_token, keep)
+        parents = take_beams(cand_beam, keep)
+        tokens = take_beams(cand_token, keep)
 
         # 3. finished candidates among the first K compete for the pool
         # a candidate grown from a masked (not yet real) beam is no hypothesis: it would only
@@ -231,20 +225,20 @@ class BeamSearchRun(BeamPerPrompt):
         if self.context.device.type != "cpu" or bool(just_finished.any()):
             self._merge_finished(cand_scores, cand_beam, cand_token, cand_logprob, just_finished, now, lengths, mixed)
 
-        self.running_scores = _take(running, keep)
+        self.running_scores = take_beams(running, keep)
         if mixed is not None:
-            self.bonus = _take(self.cand_bonus, keep)
-        self.running_tokens = _take(self.running_tokens, parents)
+            self.bonus = take_beams(self.cand_bonus, keep)
+        self.running_tokens = take_beams(self.running_tokens, parents)
         put(self.running_tokens, now, tokens, 2)
-        self.running_logprobs = _take(self.running_logprobs, parents)
-        put(self.running_logprobs, now, _take(cand_logprob, keep), 2)
+        self.running_logprobs = take_beams(self.running_logprobs, parents)
+        put(self.running_logprobs, now, take_beams(cand_logprob, keep), 2)
         if self.beta:
-            self.coverage = _take(self.coverage + self.step_attention, parents)
+            self.coverage = take_beams(self.coverage + self.step_attention, parents)
         if self.running_top is not None:
             top = self.running_top
-            top.values, top.ids = _take(top.values, parents), _take(top.ids, parents)
-            put(top.values, now, _take(self.step_top[0], keep), 2)
-            put(top.ids, now, _take(self.step_top[1], keep), 2)
+            top.values, top.ids = take_beams(top.values, parents), take_beams(top.ids, parents)
+            put(top.values, now, take_beams(self.step_top[0], keep), 2)
+            put(top.ids, now, take_beams(self.step_top[1], keep), 2)
 
         # 4. can a running beam still beat the worst finished hypothesis?
         never = self.config.early_stopping == "never" and self.penalty.favors_long
@@ -273,7 +267,7 @@ class BeamSearchRun(BeamPerPrompt):
                 generated = self.running_tokens[b, :, :n].index_select(0, cand_beam[b])  # (C, n)
                 hits[b] = self.context.stop_check(torch.cat([generated, cand_token[b, :, None]], -1))
             return hits
-        generated = _take(self.running_tokens[:, :, :t], cand_beam)  # (B, C, t)
+        generated = take_beams(self.running_tokens[:, :, :t], cand_beam)  # (B, C, t)
         generated = torch.cat([generated, cand_token[..., None]], -1).view(B * C, t + 1)
         return self.context.stop_check(generated).view(B, C)
 
@@ -281,7 +275,7 @@ class BeamSearchRun(BeamPerPrompt):
         """In-beam re-scoring: the candidates' ranks ``(1 - w) logprob + w bonus`` (``(B, C)``,
         finished and placeholder candidates masked) and finished candidates' mixed scores."""
         w = self.rescore.weight
-        bonus = _take(self.bonus, cand_beam)
+        bonus = take_beams(self.bonus, cand_beam)
         real = cand_scores > _MASKED / 2
         due = (t + 1) % self.rescore.every == 0
         need = (torch.ones_like(hits) if due else hits & self.top_k_mask) & real
@@ -314,13 +308,13 @@ class BeamSearchRun(BeamPerPrompt):
         (``mixed``: their scores under in-beam re-scoring instead). ``t``/``lengths``: the step
         and the candidates' length, shared or per prompt."""
         K = self.width
-        cand_tokens = _take(self.running_tokens, cand_beam)
+        cand_tokens = take_beams(self.running_tokens, cand_beam)
         put(cand_tokens, t, cand_token, 2)
-        cand_logprobs = _take(self.running_logprobs, cand_beam)
+        cand_logprobs = take_beams(self.running_logprobs, cand_beam)
         put(cand_logprobs, t, cand_logprob, 2)
         finished_scores = cand_scores / self._penalty(lengths) if mixed is None else mixed
         if self.beta:  # eq. 14: lp-normalised log-prob plus the candidate's coverage penalty
-            coverage = _take(self.coverage + self.step_attention, cand_beam)
+            coverage = take_beams(self.coverage + self.step_attention, cand_beam)
             finished_scores = finished_scores + coverage_penalty(coverage, self.source, self.beta)
         if self.config.early_stopping is True:
             pool_full = self.pool_finished.all(-1, keepdim=True)
@@ -330,17 +324,17 @@ class BeamSearchRun(BeamPerPrompt):
         merged = torch.cat([self.pool_scores, finished_scores], dim=1)
         pick = torch.topk(merged, K, dim=-1).indices
         lengths = self._lengths(lengths, cand_beam)
-        self.pool_scores = _take(merged, pick)
-        self.pool_logprob = _take(torch.cat([self.pool_logprob, cand_scores], dim=1), pick)
-        self.pool_tokens = _take(torch.cat([self.pool_tokens, cand_tokens], dim=1), pick)
-        self.pool_logprobs = _take(torch.cat([self.pool_logprobs, cand_logprobs], dim=1), pick)
-        self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=1), pick)
-        self.pool_finished = _take(torch.cat([self.pool_finished, just_finished], dim=1), pick)
+        self.pool_scores = take_beams(merged, pick)
+        self.pool_logprob = take_beams(torch.cat([self.pool_logprob, cand_scores], dim=1), pick)
+        self.pool_tokens = take_beams(torch.cat([self.pool_tokens, cand_tokens], dim=1), pick)
+        self.pool_logprobs = take_beams(torch.cat([self.pool_logprobs, cand_logprobs], dim=1), pick)
+        self.pool_lengths = take_beams(torch.cat([self.pool_lengths, lengths], dim=1), pick)
+        self.pool_finished = take_beams(torch.cat([self.pool_finished, just_finished], dim=1), pick)
         if self.pool_top is not None:
             for name, step in zip(("values", "ids"), self.step_top):
-                cand = _take(getattr(self.running_top, name), cand_beam)
+                cand = take_beams(getattr(self.running_top, name), cand_beam)
                 put(cand, t, step, 2)
-                setattr(self.pool_top, name, _take(torch.cat([getattr(self.pool_top, name), cand], dim=1), pick))
+                setattr(self.pool_top, name, take_beams(torch.cat([getattr(self.pool_top, name), cand], dim=1), pick))
 
     def current_best(self, t: int) -> list[list[int]]:
         """Each prompt's best running beam (beams are kept sorted by score), tokens ``0..t``

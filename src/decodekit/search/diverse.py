@@ -60,23 +60,10 @@ from decodekit.scoring.diversity import (
 )
 from decodekit.scoring.length import LengthPenalty
 from decodekit.search.base import Hypothesis, SearchContext, Step, TopTokens, normaliser
+from decodekit.search.gather import group_rows, take_group_beams
 from decodekit.search.per_prompt import DiversePerPrompt, put
 
 _MASKED = -1.0e9  # transformers' initial score of the beams that must not duplicate beam 0
-
-
-def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Gather along dim 2 of ``(batch, groups, n, ...)`` with ``(batch, groups, m)`` indices."""
-    trailing = tensor.shape[3:]
-    if trailing:  # subtle: gather with an expanded index is ~3x cheaper than take_along_dim
-        index = index.view(*index.shape, *(1,) * len(trailing)).expand(*index.shape, *trailing)
-    return tensor.gather(2, index)
-
-
-def _rows(tensor: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """``(batch, G, K, ...)`` -> ``(batch, n, ...)``: entries ``order`` (``(batch, n)``) of G*K."""
-    flat = tensor.reshape(tensor.shape[0], -1, *tensor.shape[3:])
-    return torch.take_along_dim(flat, order.view(*order.shape, *([1] * (flat.dim() - 2))), dim=1)
 
 
 @dataclass(frozen=True)
@@ -269,38 +256,38 @@ class DiverseBeamSearchRun(DiversePerPrompt):
         # 1. EOS candidates among the first K ranks of a live group compete for its pool
         first = cand_beam[..., :K]
         finished = torch.isin(cand_token[..., :K], self.context.eos_token_ids) & ~was_done
-        finished_tokens = _take(self.running_tokens, first)
+        finished_tokens = take_group_beams(self.running_tokens, first)
         put(finished_tokens, now, cand_token[..., :K], 3)
-        finished_logprobs = _take(self.running_logprobs, first)
+        finished_logprobs = take_group_beams(self.running_logprobs, first)
         put(finished_logprobs, now, cand_logprob[..., :K], 3)
         finished_scores = (cand_scores[..., :K] / self._penalty(lengths, 2)).masked_fill(~finished, -float("inf"))
         finished_top = step_top = None
         if self.running_top is not None:  # a candidate's step top-N is its beam's
             values, ids = torch.topk(scores, self.running_top.n, dim=-1)  # (B, G, K, N)
             values = values - total[..., None]
-            step_top = (_take(values, cand_beam), _take(ids, cand_beam))
+            step_top = (take_group_beams(values, cand_beam), take_group_beams(ids, cand_beam))
             finished_top = []
             for whole, step in zip((self.running_top.values, self.running_top.ids), step_top):
-                taken = _take(whole, first)
+                taken = take_group_beams(whole, first)
                 taken[..., t, :] = step[..., :K, :]
                 finished_top.append(taken)
         self._merge(finished_scores, cand_scores[..., :K], cand_sum[..., :K], finished_tokens, finished_logprobs, lengths, finished, finished_top)
 
         # 2. the kept candidates run on; done groups continue themselves with pad and score 0
-        parents = torch.where(was_done, self.local, _take(cand_beam, keep))
-        self.running_scores = _take(cand_scores, keep).masked_fill(was_done, 0.0)
-        kept_logprob = _take(cand_logprob, keep).masked_fill(was_done, 0.0)
-        self.running_logprob = torch.where(was_done, self.running_logprob, _take(cand_sum, keep))
-        self.running_tokens = _take(self.running_tokens, parents)
+        parents = torch.where(was_done, self.local, take_group_beams(cand_beam, keep))
+        self.running_scores = take_group_beams(cand_scores, keep).masked_fill(was_done, 0.0)
+        kept_logprob = take_group_beams(cand_logprob, keep).masked_fill(was_done, 0.0)
+        self.running_logprob = torch.where(was_done, self.running_logprob, take_group_beams(cand_sum, keep))
+        self.running_tokens = take_group_beams(self.running_tokens, parents)
         put(self.running_tokens, now, tokens, 3)
-        self.running_logprobs = _take(self.running_logprobs, parents)
+        self.running_logprobs = take_group_beams(self.running_logprobs, parents)
         put(self.running_logprobs, now, kept_logprob, 3)
         if self.running_top is not None:
             top = self.running_top
-            top.values, top.ids = _take(top.values, parents), _take(top.ids, parents)
+            top.values, top.ids = take_group_beams(top.values, parents), take_group_beams(top.ids, parents)
             live = ~was_done[..., None]
-            top.values[..., t, :] = torch.where(live, _take(step_top[0], keep), 0.0)
-            top.ids[..., t, :] = torch.where(live, _take(step_top[1], keep), 0)
+            top.values[..., t, :] = torch.where(live, take_group_beams(step_top[0], keep), 0.0)
+            top.ids[..., t, :] = torch.where(live, take_group_beams(step_top[1], keep), 0)
 
         # 3. is a group done? (transformers 4.55's BeamHypotheses.is_done, per group)
         full = self.pool_valid.all(-1)
@@ -324,17 +311,17 @@ class DiverseBeamSearchRun(DiversePerPrompt):
         their top-N values and ids, when recorded)."""
         merged = torch.cat([self.pool_scores, scores], dim=2)
         pick = torch.topk(merged, self.shape[2], dim=-1).indices
-        self.pool_scores = _take(merged, pick)
-        self.pool_sum = _take(torch.cat([self.pool_sum, sums], dim=2), pick)
-        self.pool_logprob = _take(torch.cat([self.pool_logprob, logprob], dim=2), pick)
-        self.pool_tokens = _take(torch.cat([self.pool_tokens, tokens], dim=2), pick)
-        self.pool_logprobs = _take(torch.cat([self.pool_logprobs, logprobs], dim=2), pick)
+        self.pool_scores = take_group_beams(merged, pick)
+        self.pool_sum = take_group_beams(torch.cat([self.pool_sum, sums], dim=2), pick)
+        self.pool_logprob = take_group_beams(torch.cat([self.pool_logprob, logprob], dim=2), pick)
+        self.pool_tokens = take_group_beams(torch.cat([self.pool_tokens, tokens], dim=2), pick)
+        self.pool_logprobs = take_group_beams(torch.cat([self.pool_logprobs, logprobs], dim=2), pick)
         lengths = self._lengths(length, self.pool_lengths)
-        self.pool_lengths = _take(torch.cat([self.pool_lengths, lengths], dim=2), pick)
-        self.pool_valid = _take(torch.cat([self.pool_valid, valid], dim=2), pick)
+        self.pool_lengths = take_group_beams(torch.cat([self.pool_lengths, lengths], dim=2), pick)
+        self.pool_valid = take_group_beams(torch.cat([self.pool_valid, valid], dim=2), pick)
         if self.pool_top is not None:
-            self.pool_top.values = _take(torch.cat([self.pool_top.values, top[0]], dim=2), pick)
-            self.pool_top.ids = _take(torch.cat([self.pool_top.ids, top[1]], dim=2), pick)
+            self.pool_top.values = take_group_beams(torch.cat([self.pool_top.values, top[0]], dim=2), pick)
+            self.pool_top.ids = take_group_beams(torch.cat([self.pool_top.ids, top[1]], dim=2), pick)
 
     def current_best(self, t: int) -> list[list[int]]:
         """Each prompt's best running beam over all groups (by its running score), tokens ``0..t``
@@ -374,7 +361,7 @@ class DiverseBeamSearchRun(DiversePerPrompt):
         else:
             order = torch.sort(self.pool_scores.view(batch, -1), dim=-1, descending=True, stable=True).indices[:, :n]
         host = {
-            name: _rows(tensor, order).tolist()
+            name: group_rows(tensor, order).tolist()
             for name, tensor in (
                 ("score", self.pool_scores), ("sum", self.pool_sum), ("logprob", self.pool_logprob),
                 ("length", self.pool_lengths), ("tokens", self.pool_tokens), ("logprobs", self.pool_logprobs),
@@ -382,7 +369,7 @@ class DiverseBeamSearchRun(DiversePerPrompt):
             )
         }
         if self.pool_top is not None:
-            host["top_values"], host["top_ids"] = _rows(self.pool_top.values, order).tolist(), _rows(self.pool_top.ids, order).tolist()
+            host["top_values"], host["top_ids"] = group_rows(self.pool_top.values, order).tolist(), group_rows(self.pool_top.ids, order).tolist()
         group_of = (order // K).tolist()
         eos = set(self.context.eos_token_ids.tolist())
         out = []

@@ -25,8 +25,8 @@ import torch
 from decodekit.engine.group import PlainGroup
 from decodekit.engine.request import EngineEvent, RequestHandle, RequestOutput
 from decodekit.errors import NumericalError
-from decodekit.logits.warpers import warp_rows
-from decodekit.search.base import Hypothesis, TopTokens, race
+from decodekit.logits.draw import draw_rows
+from decodekit.search.base import Hypothesis, TopTokens
 from decodekit.search.sampling import EOS, LENGTH, NO_TOKEN, REASONS, STOP
 
 WARPER_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
@@ -205,11 +205,11 @@ class RowPool:
             # apart from the greedy rows changes nothing
             uniforms = self.uniforms[rows, self.t.clamp(max=self.columns - 1)]
             if sampled == self.rows:
-                tokens = race(warp_rows(logits, *(self.settings[name] for name in WARPER_FIELDS)), uniforms)
+                tokens = draw_rows(logits, *(self.settings[name] for name in WARPER_FIELDS), uniforms)
             else:
                 which = self.sampled.nonzero().squeeze(1)
-                part = warp_rows(logits.index_select(0, which), *(self.settings[name].index_select(0, which) for name in WARPER_FIELDS))
-                tokens = logits.max(-1).indices.index_copy(0, which, race(part, uniforms.index_select(0, which)))
+                drawn = draw_rows(logits.index_select(0, which), *(self.settings[name].index_select(0, which) for name in WARPER_FIELDS), uniforms.index_select(0, which))
+                tokens = logits.max(-1).indices.index_copy(0, which, drawn)
         if stuck is not None:  # ends with nothing appended: finish reason "constraint"
             stuck &= ~self.finished
             self.reason.masked_fill_(stuck, NO_TOKEN)

@@ -161,24 +161,27 @@ def advance_partition(model, partition: Partition, keeps: dict[int, list[int] | 
     parents = torch.cat(parents) if any_parents else None
     tokens = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
     prompts = fused.prompts if fused is not None and fused.prompts else None
+    idle = (torch.cat(idle) if len(idle) > 1 else idle[0]) if idle else None
+    # the free slots' logits are never read: a model that can skips their arithmetic
+    skip = {"idle": idle} if idle is not None and getattr(model, "skips_idle_rows", False) else {}
     if blocks is not None:
         verified = [(group.run.state, block.inputs, block.parents) for group, block in blocks.entries]
-        new, blocks.logits = model.advance_fused(state, parents, tokens, prompts, fused.max_new if prompts else 0, verified)
+        new, blocks.logits = model.advance_fused(state, parents, tokens, prompts, fused.max_new if prompts else 0, verified, **skip)
         if prompts:
             fused.state = new
     elif prompts:
-        fused.state = model.advance_and_start(state, parents, tokens, prompts, fused.max_new)
+        fused.state = model.advance_and_start(state, parents, tokens, prompts, fused.max_new, **skip)
     else:
-        model.advance(state, parents, tokens)
+        model.advance(state, parents, tokens, **skip)
     seconds = time.perf_counter() - began
     clock.model_seconds += seconds
     if blocks is not None:
         blocks.seconds = seconds
-    if idle and hasattr(model, "release"):
+    if idle is not None and hasattr(model, "release"):
         # Subtle: the forward made every row's new slot real, free ones too; a free slot left
         # real would grow by one a step for as long as it stays free, and compaction, which
         # keeps the longest row's slots, could then never shorten the cache.
-        model.release(state, torch.cat(idle) if len(idle) > 1 else idle[0])
+        model.release(state, idle)
     maybe_compact(model, partition, step_count)
     return True
 

@@ -56,7 +56,9 @@ class LanguageModel(Protocol):
     def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
         """New row i = old row ``parents[i]`` (identity if None) extended by ``tokens[i]``.
 
-        ``parents`` must keep each row within its prompt. Updates ``state.logits``.
+        ``parents`` must keep each row within its prompt. Updates ``state.logits``. A model
+        whose ``skips_idle_rows`` is true also takes ``idle=`` rows whose logits nobody reads
+        (it may skip their arithmetic; their logits stay finite).
         """
         ...
 

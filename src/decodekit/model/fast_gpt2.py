@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from decodekit.model.cache import PreallocatedCache
-from decodekit.model.lean import LeanStep
+from decodekit.model.lean import LeanStep, Packing
 
 _BLOCK = {"ln_1", "attn", "ln_2", "mlp"}
 _ATTENTION = {"c_attn", "c_proj", "attn_dropout", "resid_dropout"}
@@ -120,27 +120,22 @@ class GPT2Step(LeanStep):
         """Several batches with caches of their own in one pass; as :meth:`LlamaStep.parts
         <decodekit.model.fast_llama.LlamaStep.parts>`."""
         D, H, d = self.dim, self.heads, self.head_dim
-        shapes = [tuple(p[0].shape) for p in parts]
-        sizes = [rows * n for rows, n in shapes]
-
-        def flat(index: int) -> torch.Tensor:
-            return parts[0][index].reshape(-1) if len(parts) == 1 else torch.cat([p[index].reshape(-1) for p in parts])
-
-        hidden = F.embedding(flat(0), self.embed) + F.embedding(flat(1), self.position_table)  # (tokens, D)
+        packing = Packing(parts)
+        hidden = F.embedding(packing.flat(parts, 0), self.embed) + F.embedding(packing.flat(parts, 1), self.position_table)  # (active tokens, D)
         for index, block in enumerate(self.blocks):
             x = F.layer_norm(hidden, (D,), block.ln1.weight, block.ln1.bias, block.ln1.eps)
             qkv = torch.addmm(block.qkv.bias, x, block.qkv.weight)
             outs, at = [], 0
-            for (_, _, cache, mask, plan), (rows, n), size in zip(parts, shapes, sizes):
-                q, k, v = qkv[at : at + size].view(rows, n, 3 * D).split(D, dim=2)
-                at += size
+            for part, ((_, _, cache, mask, plan, *_), (rows, n), size, count) in enumerate(zip(parts, packing.shapes, packing.sizes, packing.counts)):
+                q, k, v = packing.unpack(part, qkv[at : at + count]).view(rows, n, 3 * D).split(D, dim=2)
+                at += count
                 q, k, v = (t.view(rows, n, H, d).transpose(1, 2) for t in (q, k, v))
                 keys, values = cache.layers[index].update(k, v)
-                outs.append(self._attend(q, keys, values, mask, plan).reshape(size, D))
+                outs.append(packing.pack(part, self._attend(q, keys, values, mask, plan).reshape(size, D)))
             out = outs[0] if len(outs) == 1 else torch.cat(outs)
             hidden = torch.addmm(block.proj.bias, out, block.proj.weight) + hidden
             x = F.layer_norm(hidden, (D,), block.ln2.weight, block.ln2.bias, block.ln2.eps)
             inner = _gelu_new(torch.addmm(block.fc.bias, x, block.fc.weight))
             hidden = hidden + torch.addmm(block.out.bias, inner, block.out.weight)
         hidden = F.layer_norm(hidden, (D,), self.final.weight, self.final.bias, self.final.eps)
-        return [h.view(rows, n, -1) for h, (rows, n) in zip(hidden.split(sizes), shapes)]
+        return packing.outputs(hidden)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from decodekit.model.cache import PreallocatedCache
-from decodekit.model.lean import LeanStep
+from decodekit.model.lean import LeanStep, Packing
 
 _ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
 # the submodules each part may have: a model with anything else (a variant) is not reproduced
@@ -180,38 +180,38 @@ class LlamaStep(LeanStep):
         positions, cache, mask, plan)`` of :meth:`__call__`: the projections, norms and MLP
         run once over every part's tokens, attention per part over its own cache (e.g. a
         one-token step of the running rows and the prefill of new prompts: one set of kernel
-        calls instead of two). Returns each part's hidden states."""
+        calls instead of two); a part may name its ``active`` tokens as a sixth entry
+        (:class:`~decodekit.model.lean.Packing`). Returns each part's hidden states."""
         d, H, Hkv = self.head_dim, self.heads, self.kv_heads
         half = d // 2
-        shapes = [tuple(p[0].shape) for p in parts]
-        sizes = [rows * n for rows, n in shapes]
+        packing = Packing(parts)
+        shapes, sizes, counts = packing.shapes, packing.sizes, packing.counts
         tables = []
         for (_, positions, *_), (rows, n) in zip(parts, shapes):
             cos, sin = self._rotary(positions.reshape(-1), int(positions.max()) + 1)
             tables.append((cos.view(rows, n, 1, d), sin.view(rows, n, 1, d)))  # broadcast over heads
-        ids = parts[0][0].reshape(-1) if len(parts) == 1 else torch.cat([p[0].reshape(-1) for p in parts])
-        hidden = F.embedding(ids, self.embed)  # (tokens, D)
+        hidden = F.embedding(packing.flat(parts, 0), self.embed)  # (active tokens, D)
         for index, layer in enumerate(self.layers):
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.input_norm, self.eps)
             q = F.linear(x, layer.q.weight, layer.q.bias)
             k = F.linear(x, layer.k.weight, layer.k.bias)
             v = F.linear(x, layer.v.weight, layer.v.bias)
             outs, at = [], 0
-            for (_, _, cache, mask, plan), (rows, n), size, (cos, sin) in zip(parts, shapes, sizes, tables):
-                qi = q[at : at + size].view(rows, n, H, d)
-                ki = k[at : at + size].view(rows, n, Hkv, d)
-                vi = v[at : at + size].view(rows, n, Hkv, d)
-                at += size
+            for part, ((_, _, cache, mask, plan, *_), (rows, n), size, count, (cos, sin)) in enumerate(zip(parts, shapes, sizes, counts, tables)):
+                qi = packing.unpack(part, q[at : at + count]).view(rows, n, H, d)
+                ki = packing.unpack(part, k[at : at + count]).view(rows, n, Hkv, d)
+                vi = packing.unpack(part, v[at : at + count]).view(rows, n, Hkv, d)
+                at += count
                 if layer.q_norm is not None:
                     qi = F.rms_norm(qi, (d,), layer.q_norm, self.eps)
                     ki = F.rms_norm(ki, (d,), layer.k_norm, self.eps)
                 qi = qi * cos + torch.cat((-qi[..., half:], qi[..., :half]), -1) * sin
                 ki = ki * cos + torch.cat((-ki[..., half:], ki[..., :half]), -1) * sin
                 keys, values = cache.layers[index].update(ki.transpose(1, 2), vi.transpose(1, 2))
-                outs.append(self._attend(qi.transpose(1, 2), keys, values, mask, plan).reshape(size, H * d))
+                outs.append(packing.pack(part, self._attend(qi.transpose(1, 2), keys, values, mask, plan).reshape(size, H * d)))
             out = outs[0] if len(outs) == 1 else torch.cat(outs)
             hidden = hidden + F.linear(out, layer.o.weight, layer.o.bias)
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.post_norm, self.eps)
             hidden = hidden + F.linear(F.silu(F.linear(x, layer.gate.weight)) * F.linear(x, layer.up.weight), layer.down.weight)
         hidden = F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.eps)
-        return [h.view(rows, n, -1) for h, (rows, n) in zip(hidden.split(sizes), shapes)]
+        return packing.outputs(hidden)

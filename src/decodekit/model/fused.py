@@ -20,25 +20,34 @@ class FusedSteps:
         """Whether :meth:`advance_and_start` runs one forward for both (the lean steps)."""
         return self._lean_step() is not None and hasattr(self._step, "parts")
 
+    @property
+    def skips_idle_rows(self) -> bool:
+        """Whether :meth:`advance` and the fused passes take ``idle`` rows and skip them (the
+        lean steps; otherwise every row is computed)."""
+        return self._lean_step() is not None
+
     @torch.inference_mode()
-    def advance_and_start(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, prompts: list[list[int]], max_new_tokens: int) -> DecodeState:
+    def advance_and_start(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, prompts: list[list[int]], max_new_tokens: int,
+                          idle: torch.Tensor | None = None) -> DecodeState:
         """:meth:`advance` of ``state`` and :meth:`start` of ``prompts`` (a new state) in one
         pass of the lean step: the projections and MLP run once over the running rows' tokens
         and the prompts', attention over each one's own cache. Requires :attr:`can_fuse_prefill`
         and a state that records no attention."""
-        new, _ = self.advance_fused(state, parents, tokens, prompts, max_new_tokens)
+        new, _ = self.advance_fused(state, parents, tokens, prompts, max_new_tokens, idle=idle)
         return new
 
     @torch.inference_mode()
     def advance_fused(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, prompts: list[list[int]] | None = None,
-                      max_new_tokens: int = 0, blocks: list[tuple] = ()) -> tuple[DecodeState | None, list[torch.Tensor]]:
+                      max_new_tokens: int = 0, blocks: list[tuple] = (), idle: torch.Tensor | None = None) -> tuple[DecodeState | None, list[torch.Tensor]]:
         """:meth:`advance` of ``state`` (None: no step), with in the same pass of the lean step
         the prefill of ``prompts`` (a new state, returned; None without prompts) and the
         verification of ``blocks``: ``(state, tokens, parents)`` of other decoder-only states,
         as their own :meth:`verify` (their ``(rows, n, vocab)`` logits are returned, in order). The
         projections and MLP run once over every part's tokens, attention over each part's own
-        cache. Requires :attr:`can_fuse_prefill` and states that record no attention."""
-        parts = [self._step_part(state, parents, tokens)] if state is not None else []
+        cache (``idle``: rows of ``state`` whose logits nobody reads, as in :meth:`advance`).
+        Requires :attr:`can_fuse_prefill` and states that record no attention."""
+        parts = [self._step_part(state, parents, tokens, idle)] if state is not None else []
+        busy = parts[0][5] if parts and len(parts[0]) > 5 else None  # the step's rows computed
         if prompts:
             ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
             parts.append(self._prefill_part(ids, positions, prompt_mask, cache))
@@ -47,11 +56,14 @@ class FusedSteps:
         hidden = self._step.parts(parts)
         ahead = (state is not None) + bool(prompts)  # the step's and the prefill's parts
         ends = [h[:, -1] for h in hidden[:ahead]]
+        if busy is not None:
+            ends[0] = ends[0].index_select(0, busy)
         verified = [h.reshape(-1, h.shape[-1]) for h in hidden[ahead:]]
         logits = self._project(torch.cat(ends + verified))
         at = 0
         if state is not None:
-            state.logits, at = logits[: state.rows], state.rows
+            at = ends[0].shape[0]
+            state.logits = logits[:at] if busy is None else logits.new_zeros(state.rows, logits.shape[-1]).index_copy_(0, busy, logits[:at])
             self._stepped(state)
         new = None
         if prompts:

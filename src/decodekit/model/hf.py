@@ -209,14 +209,18 @@ class HFLanguageModel(BlockSteps, FusedSteps):
             cache.layers.append(cache.layer_class_to_replicate())
         width = ids.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
-        visible = (causal[None] & prompt_mask.bool()[:, None, :]) | torch.eye(width, dtype=torch.bool, device=ids.device)
-        return ids, positions, cache, visible[:, None], None
+        real = prompt_mask.bool()
+        visible = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=ids.device)
+        if bool(real.all()):
+            return ids, positions, cache, visible[:, None], None
+        # the left padding's states are never read: only the real tokens are computed
+        return ids, positions, cache, visible[:, None], None, real.reshape(-1).nonzero().squeeze(1)
 
     def _lean_prefill(self, ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor, cache: PreallocatedCache) -> torch.Tensor:
         """Prefill through the lean step. Same logits as the model's forward (tested), without
         its per-call overhead."""
         self.forward_count += 1
-        hidden = self._step(*self._prefill_part(ids, positions, prompt_mask, cache))
+        hidden = self._step.parts([self._prefill_part(ids, positions, prompt_mask, cache)])[0]
         return self._project(hidden[:, -1])
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int, record: dict | None) -> DecodeState:
@@ -308,8 +312,10 @@ class HFLanguageModel(BlockSteps, FusedSteps):
         release_rows(state, rows)
 
     @torch.inference_mode()
-    def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> None:
-        """Reorder generated positions by ``parents`` (prompt region is shared), then feed ``tokens``."""
+    def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, idle: torch.Tensor | None = None) -> None:
+        """Reorder generated positions by ``parents`` (prompt region is shared), then feed
+        ``tokens``. ``idle``: rows whose logits nobody reads (a pool's free slots): the lean
+        step skips their projections and MLP and gives them zero logits."""
         extra = state.extra
         if parents is not None:
             # Rows of one prompt share the prompt region, so only generated positions move.
@@ -326,8 +332,9 @@ class HFLanguageModel(BlockSteps, FusedSteps):
             return
         if self._lean_step() is not None and "record" not in extra:
             self.forward_count += 1
-            hidden = self._step(*self._step_part(state, None, tokens))
-            state.logits = self._project(hidden[:, -1])
+            part = self._step_part(state, None, tokens, idle)
+            hidden = self._step.parts([part])[0]
+            state.logits = self._project_rows(hidden[:, -1], part[5] if len(part) > 5 else None)
         else:
             step_mask, plan = self._open_slot(state)
             share = plan and self._shared_prefix and "record" not in extra
@@ -341,15 +348,28 @@ class HFLanguageModel(BlockSteps, FusedSteps):
                 )
         self._stepped(state)
 
-    def _step_part(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor) -> tuple:
+    def _step_part(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, idle: torch.Tensor | None = None) -> tuple:
         """The lean step's part for a one-token step of every row of a decoder-only state
-        (after reordering by ``parents``); :meth:`_stepped` completes it."""
+        (after reordering by ``parents``), the rows ``idle`` left out of its arithmetic (their
+        results are not read); :meth:`_stepped` completes it."""
         extra = state.extra
         if parents is not None:
             self._self_cache(state).reorder_from(parents, state.prompt_length)
         step_mask, plan = self._open_slot(state)
         step_mask = step_mask[:, None, None, :].bool() if step_mask is not None else None
-        return tokens[:, None], extra["next_position"][:, None], extra["cache"], step_mask, plan
+        part = (tokens[:, None], extra["next_position"][:, None], extra["cache"], step_mask, plan)
+        if idle is None or not 0 < len(idle) < state.rows:
+            return part
+        busy = torch.ones(state.rows, dtype=torch.bool, device=tokens.device).index_fill_(0, idle, False)
+        return (*part, busy.nonzero().squeeze(1))
+
+    def _project_rows(self, hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`_project` of ``(rows, dim)`` final states, of only the rows ``rows`` (None:
+        all); the others get zero logits (finite; nobody reads them)."""
+        if rows is None:
+            return self._project(hidden)
+        logits = self._project(hidden.index_select(0, rows))
+        return logits.new_zeros(hidden.shape[0], logits.shape[-1]).index_copy_(0, rows, logits)
 
     @staticmethod
     def _open_slot(state: DecodeState) -> tuple[torch.Tensor | None, tuple[int, int] | None]:

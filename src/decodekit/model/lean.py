@@ -48,3 +48,40 @@ class LeanStep:
             query, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=H != Hkv
         )
         return out.transpose(1, 2).reshape(rows, n, H * d)
+
+
+class Packing:
+    """Which tokens of each part a lean pass computes: a part is ``(tokens, positions, cache,
+    mask, plan)``, or with a sixth entry ``active``, the flat indices (into its ``rows * n``
+    tokens) of the tokens whose results are read; the others' never are (a pool's free rows,
+    a prefill's left padding). The embedding, projections, norms and MLP run over the active
+    tokens only; attention sees every token's slot, the others' queries, keys and values zero
+    (finite, and masked out of every later step). Each token's result is as in the full pass
+    up to float rounding (a matrix product rounds by its row count)."""
+
+    def __init__(self, parts: list[tuple]):
+        self.shapes = [tuple(p[0].shape) for p in parts]
+        self.sizes = [rows * n for rows, n in self.shapes]
+        self.active = [p[5] if len(p) > 5 else None for p in parts]
+        self.counts = [size if a is None else len(a) for size, a in zip(self.sizes, self.active)]
+
+    def flat(self, parts: list[tuple], index: int) -> torch.Tensor:
+        """Entry ``index`` (token ids, positions) of every part's active tokens, concatenated."""
+        pieces = [p[index].reshape(-1) if a is None else p[index].reshape(-1).index_select(0, a) for p, a in zip(parts, self.active)]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def unpack(self, part: int, x: torch.Tensor) -> torch.Tensor:
+        """Part ``part``'s active tokens' ``(count, C)`` -> all its tokens' ``(size, C)``."""
+        active = self.active[part]
+        return x if active is None else x.new_zeros(self.sizes[part], x.shape[-1]).index_copy_(0, active, x)
+
+    def pack(self, part: int, x: torch.Tensor) -> torch.Tensor:
+        """All of part ``part``'s tokens' ``(size, C)`` -> its active tokens'."""
+        active = self.active[part]
+        return x if active is None else x.index_select(0, active)
+
+    def outputs(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """``(active tokens, dim)`` final states -> each part's ``(rows, n, dim)`` (zeros for the
+        tokens it did not compute)."""
+        pieces = hidden.split(self.counts) if len(self.counts) > 1 else (hidden,)
+        return [self.unpack(i, h).view(rows, n, -1) for i, (h, (rows, n)) in enumerate(zip(pieces, self.shapes))]

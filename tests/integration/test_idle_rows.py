@@ -64,3 +64,49 @@ def test_a_padded_prefill_gives_each_prompt_its_own_logits_and_cache(builder):
         step = model.start(prompts, 6)
         model.advance(step, None, step.logits.argmax(-1))
         assert torch.allclose(step.logits[row], alone.logits[0], atol=1e-5)
+
+
+def test_k_major_products_follow_the_weights_they_copy(monkeypatch):
+    """The lean step's K-major weight copies give F.linear's results, and a weight changed in
+    place (or replaced) is copied again: a model edited between calls decodes with its new
+    weights. (The K-major form is forced here; the lean step takes it only where it measured
+    faster and gave F.linear's bits.)"""
+    from decodekit.model.lean import K_MAJOR_ROWS, KMajor
+
+    monkeypatch.setattr(KMajor, "_choices", {})
+    monkeypatch.setattr(KMajor, "_calibrate", staticmethod(lambda *args: True))
+    linear = KMajor()
+    weight, bias = torch.randn(40, 16), torch.randn(40)
+    for rows in (1, K_MAJOR_ROWS, 9):
+        x = torch.randn(rows, 16)
+        assert torch.allclose(linear(x, weight, bias), torch.nn.functional.linear(x, weight, bias), atol=1e-5)
+    x = torch.randn(8, 16)
+    before = linear(x, weight)
+    assert len(linear._copies) == 1  # the K-major form ran
+    with torch.no_grad():
+        weight.mul_(2.0)
+    assert torch.allclose(linear(x, weight), 2 * before, atol=1e-5)
+    replaced = torch.randn(40, 16)
+    assert torch.allclose(linear(x, replaced), x @ replaced.t(), atol=1e-5)
+
+
+def test_the_k_major_form_is_kept_only_where_it_gives_f_linear_bits():
+    from decodekit.model.lean import KMajor
+
+    x, weight = torch.randn(8, 16), torch.randn(40, 16)
+    assert not KMajor._calibrate(x, weight, None, weight.t().contiguous() * 1.0001)  # other bits: never
+
+
+@pytest.mark.parametrize("builder", ["llama", "gpt2"])
+def test_a_model_whose_weights_change_between_calls_decodes_with_the_new_ones(builder):
+    model = HFLanguageModel(tm.BUILDERS[builder]())
+    prompts = [[5, 6, 7, 8]] * 6  # 6 rows: the K-major products
+    first = model.start(prompts, 4)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            p.mul_(1.5)
+    second = model.start(prompts, 4)
+    with torch.no_grad():
+        fresh = model.model(torch.tensor(prompts)).logits[:, -1]
+    assert not torch.allclose(first.logits, second.logits, atol=1e-3)
+    assert torch.allclose(second.logits, fresh, atol=1e-4)

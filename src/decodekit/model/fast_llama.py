@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from decodekit.model.cache import PreallocatedCache
-from decodekit.model.lean import KMajor, LeanStep, Packing
+from decodekit.model.lean import LeanStep, Packing
 
 _ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
 # the submodules each part may have: a model with anything else (a variant) is not reproduced
@@ -91,7 +91,6 @@ class LlamaStep(LeanStep):
         ]
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
         self.modules = list(model.modules())
-        self.linear = KMajor()
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> LlamaStep | None:
@@ -185,7 +184,7 @@ class LlamaStep(LeanStep):
         (:class:`~decodekit.model.lean.Packing`). Returns each part's hidden states."""
         d, H, Hkv = self.head_dim, self.heads, self.kv_heads
         half = d // 2
-        packing, linear = Packing(parts), self.linear
+        packing = Packing(parts)
         shapes, sizes, counts = packing.shapes, packing.sizes, packing.counts
         tables = []
         for (_, positions, *_), (rows, n) in zip(parts, shapes):
@@ -194,9 +193,9 @@ class LlamaStep(LeanStep):
         hidden = F.embedding(packing.flat(parts, 0), self.embed)  # (active tokens, D)
         for index, layer in enumerate(self.layers):
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.input_norm, self.eps)
-            q = linear(x, layer.q.weight, layer.q.bias)
-            k = linear(x, layer.k.weight, layer.k.bias)
-            v = linear(x, layer.v.weight, layer.v.bias)
+            q = F.linear(x, layer.q.weight, layer.q.bias)
+            k = F.linear(x, layer.k.weight, layer.k.bias)
+            v = F.linear(x, layer.v.weight, layer.v.bias)
             outs, at = [], 0
             for part, ((_, _, cache, mask, plan, *_), (rows, n), size, count, (cos, sin)) in enumerate(zip(parts, shapes, sizes, counts, tables)):
                 qi = packing.unpack(part, q[at : at + count]).view(rows, n, H, d)
@@ -211,8 +210,8 @@ class LlamaStep(LeanStep):
                 keys, values = cache.layers[index].update(ki.transpose(1, 2), vi.transpose(1, 2))
                 outs.append(packing.pack(part, self._attend(qi.transpose(1, 2), keys, values, mask, plan).reshape(size, H * d)))
             out = outs[0] if len(outs) == 1 else torch.cat(outs)
-            hidden = hidden + linear(out, layer.o.weight, layer.o.bias)
+            hidden = hidden + F.linear(out, layer.o.weight, layer.o.bias)
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.post_norm, self.eps)
-            hidden = hidden + linear(F.silu(linear(x, layer.gate.weight)) * linear(x, layer.up.weight), layer.down.weight)
+            hidden = hidden + F.linear(F.silu(F.linear(x, layer.gate.weight)) * F.linear(x, layer.up.weight), layer.down.weight)
         hidden = F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.eps)
         return packing.outputs(hidden)

@@ -26,7 +26,7 @@ from decodekit.model.cache import PreallocatedCache, twin
 from decodekit.model.fast_gpt2 import GPT2Step
 from decodekit.model.fast_llama import LlamaStep
 from decodekit.model.fused import FusedSteps
-from decodekit.model.lean import KMajor, LeanStep
+from decodekit.model.lean import LeanStep
 from decodekit.model.merge import insert_rows, merge_states, release_rows
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
@@ -81,7 +81,6 @@ class HFLanguageModel(BlockSteps, FusedSteps):
         # transformers >= 5.2x names the cache argument ``cache`` (``past_key_values`` warns)
         self._cache_kw = "cache" if "cache" in parameters else "past_key_values"
         self._head = output_head.large_cpu_head(model)
-        self._kmajor = KMajor()  # the output head's K-major copy (the lean steps' projections)
         self._shared_prefix = attention.available(model) and not self.is_encoder_decoder
         self._step = None if self.is_encoder_decoder else LlamaStep.build(model) or GPT2Step.build(model)
         self.forward_count = 0
@@ -143,9 +142,6 @@ class HFLanguageModel(BlockSteps, FusedSteps):
         head = self.model.get_output_embeddings()
         if output_head.applies(self._head, hidden.numel() // hidden.shape[-1]):
             return output_head.weight_first_linear(head, hidden).float()
-        if type(head) is torch.nn.Linear and not (head._forward_hooks or head._forward_pre_hooks or "forward" in vars(head)):
-            flat = hidden.reshape(-1, hidden.shape[-1])
-            return self._kmajor(flat, head.weight, head.bias).view(*hidden.shape[:-1], -1).float()
         return head(hidden).float()
 
     @torch.inference_mode()

@@ -1,11 +1,8 @@
 """What every lean step shares (:mod:`decodekit.model.fast_llama`,
-:mod:`decodekit.model.fast_gpt2`): when it still reproduces the model, the attention kernel
-for a step or a block over the preallocated cache, which tokens a pass computes
-(:class:`Packing`) and the projections from K-major weight copies (:class:`KMajor`)."""
+:mod:`decodekit.model.fast_gpt2`): when it still reproduces the model, and the attention kernel
+for a step or a block over the preallocated cache."""
 
 from __future__ import annotations
-
-import time
 
 import torch
 import torch.nn.functional as F
@@ -14,74 +11,6 @@ from torch.nn.modules import module as _module
 from decodekit.model import attention
 
 _global_hooks = (_module._global_forward_hooks, _module._global_forward_pre_hooks)
-
-
-K_MAJOR_ROWS = 4
-"""Rows from which a lean step's projection may multiply by a K-major copy of the weight."""
-
-
-class KMajor:
-    """K-major (``(in, out)`` row-major) copies of linear weights, made on first use and made
-    again when a weight changes (another tensor, or written in place).
-
-    Subtle: ``F.linear(x, W)`` with an ``(out, in)`` weight makes the CPU BLAS read ``W``
-    transposed, and for small row counts it may repack it on every call; the same product from
-    a K-major copy skips that, and from a few rows on the BLAS runs the same kernel over the
-    same sums either way, so both give the same bits. Which is faster depends on the shape and
-    the machine (``python bench/bench_kmajor.py``: 0.65-0.9x the time for the embedded
-    model's 256-wide products, up to 1.5x for some 768-wide ones), so the first product of
-    each weight shape and row-count octave times both forms and keeps the K-major one only if
-    it gave exactly ``F.linear``'s bits and took less time. Results never depend on the
-    timing: either form gives the same bits, or ``F.linear`` is used. Costs one copy of each
-    weight that takes the K-major form."""
-
-    _choices: dict[tuple, bool] = {}  # (shape, rows octave, bias) -> K-major faster and exact
-
-    def __init__(self):
-        self._copies: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
-
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``F.linear(x, weight, bias)`` for ``(rows, in)`` ``x``."""
-        if x.shape[0] < K_MAJOR_ROWS:
-            return F.linear(x, weight, bias)
-        key = (tuple(weight.shape), x.shape[0].bit_length(), bias is not None)
-        choice = self._choices.get(key)
-        if choice is False:
-            return F.linear(x, weight, bias)
-        copy = self._copy(weight)
-        if choice is None:
-            choice = self._choices[key] = self._calibrate(x, weight, bias, copy)
-            if not choice:
-                if not any(taken for (shape, *_), taken in self._choices.items() if shape == key[0]):
-                    del self._copies[id(weight)]  # no row count of this shape takes it
-                return F.linear(x, weight, bias)
-        return torch.mm(x, copy) if bias is None else torch.addmm(bias, x, copy)
-
-    def _copy(self, weight: torch.Tensor) -> torch.Tensor:
-        stamp = (weight.data_ptr(), weight._version)
-        entry = self._copies.get(id(weight))
-        if entry is None or entry[0] != stamp:
-            entry = (stamp, weight.detach().t().contiguous())
-            self._copies[id(weight)] = entry
-        return entry[1]
-
-    @staticmethod
-    def _calibrate(x, weight, bias, copy, calls: int = 3) -> bool:
-        def plain():
-            return F.linear(x, weight, bias)
-
-        def k_major():
-            return torch.mm(x, copy) if bias is None else torch.addmm(bias, x, copy)
-
-        if not torch.equal(plain(), k_major()):
-            return False
-        best = {}
-        for form in (plain, k_major, plain, k_major):
-            start = time.perf_counter()
-            for _ in range(calls):
-                form()
-            best[form] = min(best.get(form, float("inf")), time.perf_counter() - start)
-        return best[k_major] < 0.95 * best[plain]
 
 
 class LeanStep:

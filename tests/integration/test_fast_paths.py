@@ -301,3 +301,24 @@ def test_llama_step_steps_aside_for_hooks_registered_later():
     assert len(calls) == adapter.forward_count  # every forward, prefill and steps, ran the hook
     handle.remove()
     assert adapter._step.usable()
+
+
+@pytest.mark.parametrize("builder", ["llama", "gpt2"])
+def test_the_lean_steps_read_the_weights_as_they_are_now(builder):
+    """Weights changed in place between calls (fine-tuning, a merged adapter) are what the
+    next prefill and step compute with: the lean steps keep no copy of them."""
+    model = tm.BUILDERS[builder]()
+    adapter = HFLanguageModel(model)
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    before = adapter.start(prompts, 4)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(1.25)
+    after = adapter.start(prompts, 4)
+    token = after.logits.argmax(-1)
+    adapter.advance(after, None, token)
+    with torch.no_grad():
+        ids = torch.cat([torch.tensor(prompts), token[:, None]], 1)
+        fresh = model(ids).logits
+    assert not torch.allclose(before.logits, fresh[:, -2], atol=1e-3)  # the change matters
+    torch.testing.assert_close(after.logits, fresh[:, -1], atol=2e-5, rtol=1e-5)

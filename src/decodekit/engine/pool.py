@@ -12,8 +12,9 @@ step its last row finishes; its result is delivered then.
 
 Rows are slots: a request that leaves frees its rows in place (nothing is copied), and a request
 admitted later takes free slots (:meth:`add` with ``slots``; the model copies only its prefilled
-rows in: ``insert``). Free slots decode padding until taken; the pool squeezes them out (one
-row selection) only once they outnumber the rows in use.
+rows in: ``insert``). Free slots decode padding until taken (the lean steps skip their
+arithmetic: ``idle``); the pool squeezes them out (one row selection) only once they outnumber
+the rows in use.
 """
 
 from __future__ import annotations

@@ -64,3 +64,45 @@ def test_a_padded_prefill_gives_each_prompt_its_own_logits_and_cache(builder):
         step = model.start(prompts, 6)
         model.advance(step, None, step.logits.argmax(-1))
         assert torch.allclose(step.logits[row], alone.logits[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+def test_the_engine_leaves_free_slots_out_and_every_request_decodes_as_alone(builder):
+    """Short requests leave free slots among long ones; the engine's steps pass them as
+    ``idle`` (asserted, so the test cannot pass without the path), and every request still
+    decodes what it decodes alone."""
+    import decodekit
+    from decodekit.engine import Engine, Request
+
+    model = HFLanguageModel(tm.BUILDERS[builder]())
+    seen = []
+    advance, fused = model.advance, model.advance_fused
+
+    def advance_spy(*args, idle=None, **kwargs):
+        seen.append(idle)
+        return advance(*args, idle=idle, **kwargs)
+
+    def fused_spy(*args, idle=None, **kwargs):
+        seen.append(idle)
+        return fused(*args, idle=idle, **kwargs)
+
+    model.advance, model.advance_fused = advance_spy, fused_spy
+    long = decodekit.DecodeOptions(max_new_tokens=16, min_new_tokens=16)
+    short = decodekit.DecodeOptions(max_new_tokens=2, min_new_tokens=2)
+    sample = decodekit.Sampling(seed=4, top_p=0.9, temperature=0.8)
+    specs = [([5, 6, 7], decodekit.Greedy(), long), ([8, 9], decodekit.Greedy(), short), ([3, 4, 5, 6], sample, long),
+             ([9, 9], sample, short), ([7], decodekit.Greedy(), short), ([4, 2], sample, long)]
+    engine = Engine(model)
+    handles = engine.submit([Request(*spec) for spec in specs])
+    for _ in range(6):
+        engine.step()
+    late = ([6, 5, 4], sample, long)
+    handles += engine.submit([Request(*late)])
+    outputs = [h.result().hypotheses for h in handles]
+    assert any(idle is not None and len(idle) for idle in seen)  # free slots were left out
+    for (prompt, strategy, options), together in zip(specs + [late], outputs):
+        model.advance, model.advance_fused = advance, fused
+        (alone,) = Engine(model).submit([Request(prompt, strategy, options)])
+        hyps = alone.result().hypotheses
+        assert [h.token_ids for h in hyps] == [h.token_ids for h in together]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in together], abs=1e-4)

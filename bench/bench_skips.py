@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -31,6 +33,9 @@ from decodekit.model.hf import HFLanguageModel
 from decodekit.models import embedded_model_path
 from decodekit.search.base import race
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_head import per_call  # noqa: E402
+
 CODE = [
     "def fibonacci(n):\n    if n < 2:\n        return n", "import os\n\n\ndef list_files(path):\n    return [",
     "class Stack:\n    def __init__(self):\n        self.items = []", "def read_json(path):\n    with open(path) as f:",
@@ -40,27 +45,18 @@ CODE = [
 
 
 def timed(fn, repeats: int, calls: int = 1) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls)
-    return 1e3 * statistics.median(times)
+    """Milliseconds per call: ``bench_head.per_call``'s median of ``repeats`` timings."""
+    return per_call(fn, calls, repeats) / 1e3
 
 
-def steps(model, prompts, idle, repeats: int) -> float:
-    """ms per one-token step of ``prompts``' rows, ``idle`` rows left out (None: all computed)."""
-    def run():
-        state = model.start(prompts, 40)
-        token = state.logits.argmax(-1)
-        start = time.perf_counter()
-        for _ in range(32):
-            model.advance(state, None, token, idle=idle)
-        return (time.perf_counter() - start) / 32
-    run()
-    return 1e3 * statistics.median(run() for _ in range(repeats))
+def step_ms(model, prompts, idle) -> float:
+    """ms per one-token step of ``prompts``' rows (32 steps), ``idle`` rows left out (None: all)."""
+    state = model.start(prompts, 40)
+    token = state.logits.argmax(-1)
+    start = time.perf_counter()
+    for _ in range(32):
+        model.advance(state, None, token, idle=idle)
+    return 1e3 * (time.perf_counter() - start) / 32
 
 
 def main() -> None:
@@ -72,13 +68,18 @@ def main() -> None:
     model = HFLanguageModel(AutoModelForCausalLM.from_pretrained(str(embedded_model_path("stdlib-code"))).eval())
     prompts = [[5 + i % 50] * (8 + i % 9) for i in range(64)]
 
-    print("1. one-token step, 64 rows (32 steps from a prefill of 8-16 tokens)\n")
+    print("1. one-token step, 64 rows (32 steps from a prefill of 8-16 tokens; the idle counts alternate)\n")
     print("| idle rows | ms / step | ratio to none idle |")
     print("|---:|---:|---:|")
-    full = steps(model, prompts, None, args.repeats)
-    print(f"| 0 | {full:.2f} | 1.00 |")
-    for k in (4, 8, 16, 32):
-        ms = steps(model, prompts, torch.arange(k) * 2, args.repeats)
+    counts = (0, 4, 8, 16, 32)
+    times = {k: [] for k in counts}
+    step_ms(model, prompts, None)  # warm-up
+    for _ in range(args.repeats):  # the counts alternate, so the machine's drift hits them alike
+        for k in counts:
+            times[k].append(step_ms(model, prompts, torch.arange(k) * 2 if k else None))
+    full = statistics.median(times[0])
+    for k in counts:
+        ms = statistics.median(times[k])
         print(f"| {k} | {ms:.2f} | {ms / full:.2f} |")
 
     print("\n2. prefill of 8 prompts\n")
@@ -110,10 +111,10 @@ def main() -> None:
     top_p = torch.tensor([0.9, 0.95, 1.0])[(torch.arange(rows) // 3) % 3]
     settings = (temperature, torch.zeros(rows, dtype=torch.long), top_p, torch.zeros(rows), torch.ones(rows))
     draws = [torch.rand(rows) for _ in range(50)]
-    same = all(torch.equal(draw_rows(logits, *settings, u), race(warp_rows(logits, *settings), u)) for u in draws)
+    same = all(torch.equal(draw_rows(logits, settings, u), race(warp_rows(logits, *settings), u)) for u in draws)
     u = draws[0]
     full_ms = timed(lambda: race(warp_rows(logits, *settings), u), args.repeats, 20)
-    draw_ms = timed(lambda: draw_rows(logits, *settings, u), args.repeats, 20)
+    draw_ms = timed(lambda: draw_rows(logits, settings, u), args.repeats, 20)
     print("| decision | ms |")
     print("|---|---:|")
     print(f"| race(warp_rows(...)) | {full_ms:.2f} |")

@@ -10,7 +10,7 @@ import torch
 from decodekit.model.hf import HFLanguageModel
 
 
-@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "qwen2"])
 def test_idle_rows_are_skipped_and_the_others_step_as_before(builder):
     model = HFLanguageModel(tm.BUILDERS[builder]())
     assert model.skips_idle_rows
@@ -32,7 +32,7 @@ def test_idle_rows_are_skipped_and_the_others_step_as_before(builder):
     assert torch.allclose(part.logits[busy], full.logits[busy], atol=1e-5)
 
 
-@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "qwen2"])
 def test_a_fused_step_with_idle_rows_prefills_the_newcomers_as_alone(builder):
     model = HFLanguageModel(tm.BUILDERS[builder]())
     prompts, newcomers = [[5, 6, 7, 8], [9, 10], [4, 4]], [[11, 12, 13], [4], [7, 7, 7, 7, 7]]
@@ -46,7 +46,7 @@ def test_a_fused_step_with_idle_rows_prefills_the_newcomers_as_alone(builder):
     assert torch.allclose(new_fused.logits, new_apart.logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "qwen2"])
 def test_a_padded_prefill_gives_each_prompt_its_own_logits_and_cache(builder):
     """Prompts of different lengths prefilled together (left padding, not computed) give
     each prompt the logits and real cache slots it gets alone, and its next step too."""
@@ -54,6 +54,8 @@ def test_a_padded_prefill_gives_each_prompt_its_own_logits_and_cache(builder):
     prompts = [[5, 6, 7, 8, 9, 10, 11], [9, 10], [3]]
     together = model.start(prompts, 6)
     width = together.extra["length"]
+    step = model.start(prompts, 6)
+    model.advance(step, None, step.logits.argmax(-1))
     for row, prompt in enumerate(prompts):
         alone = model.start([prompt], 6)
         assert torch.allclose(together.logits[row], alone.logits[0], atol=1e-5)
@@ -61,12 +63,10 @@ def test_a_padded_prefill_gives_each_prompt_its_own_logits_and_cache(builder):
             assert torch.allclose(a.keys[row, :, width - len(prompt) : width], b.keys[0, :, : len(prompt)], atol=1e-5)
         token = alone.logits.argmax(-1)
         model.advance(alone, None, token)
-        step = model.start(prompts, 6)
-        model.advance(step, None, step.logits.argmax(-1))
         assert torch.allclose(step.logits[row], alone.logits[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "qwen2"])
 def test_the_engine_leaves_free_slots_out_and_every_request_decodes_as_alone(builder):
     """Short requests leave free slots among long ones; the engine's steps pass them as
     ``idle`` (asserted, so the test cannot pass without the path), and every request still

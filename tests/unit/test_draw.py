@@ -45,7 +45,7 @@ def test_draw_rows_equals_the_full_warp_and_race(seed, rows, vocab, spread, peak
         typical_p[0] = 0.9
     u = torch.rand(rows, generator=g)
     settings_ = (temperature, top_k, top_p, min_p, typical_p)
-    assert torch.equal(draw_rows(scores, *settings_, u), _full(scores, settings_, u))
+    assert torch.equal(draw_rows(scores, settings_, u), _full(scores, settings_, u))
 
 
 def test_rows_that_are_not_finite_take_the_full_warp():
@@ -55,7 +55,7 @@ def test_rows_that_are_not_finite_take_the_full_warp():
     scores[3, 7] = float("inf")
     settings_ = (torch.ones(4), torch.zeros(4, dtype=torch.long), torch.full((4,), 0.9), torch.zeros(4), torch.ones(4))
     u = torch.rand(4)
-    assert torch.equal(draw_rows(scores, *settings_, u), _full(scores, settings_, u))
+    assert torch.equal(draw_rows(scores, settings_, u), _full(scores, settings_, u))
 
 
 def test_a_winner_outside_the_nucleus_is_redrawn_inside_it():
@@ -67,4 +67,4 @@ def test_a_winner_outside_the_nucleus_is_redrawn_inside_it():
     u = torch.rand(64, generator=torch.Generator().manual_seed(1))
     unrestricted = race(scores, u)
     assert (unrestricted != 0).any()  # the shortcut alone would be wrong here
-    assert draw_rows(scores, *settings_, u).tolist() == [0] * 64
+    assert draw_rows(scores, settings_, u).tolist() == [0] * 64

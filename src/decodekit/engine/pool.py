@@ -206,10 +206,10 @@ class RowPool:
             # apart from the greedy rows changes nothing
             uniforms = self.uniforms[rows, self.t.clamp(max=self.columns - 1)]
             if sampled == self.rows:
-                tokens = draw_rows(logits, *(self.settings[name] for name in WARPER_FIELDS), uniforms)
+                tokens = draw_rows(logits, [self.settings[name] for name in WARPER_FIELDS], uniforms)
             else:
                 which = self.sampled.nonzero().squeeze(1)
-                drawn = draw_rows(logits.index_select(0, which), *(self.settings[name].index_select(0, which) for name in WARPER_FIELDS), uniforms.index_select(0, which))
+                drawn = draw_rows(logits.index_select(0, which), [self.settings[name].index_select(0, which) for name in WARPER_FIELDS], uniforms.index_select(0, which))
                 tokens = logits.max(-1).indices.index_copy(0, which, drawn)
         if stuck is not None:  # ends with nothing appended: finish reason "constraint"
             stuck &= ~self.finished

@@ -3,6 +3,8 @@ a shortcut for the rows that truncate by top-p alone (the common temperature + t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from decodekit.logits.warpers import warp_rows
@@ -12,17 +14,10 @@ _ROUNDING = 2.0**-24
 """float32's unit roundoff: the margin below is a multiple of it per vocabulary entry."""
 
 
-def draw_rows(
-    scores: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    min_p: torch.Tensor,
-    typical_p: torch.Tensor,
-    u: torch.Tensor,
-) -> torch.Tensor:
-    """``(rows, vocab)`` logits, the per-row settings of :func:`warp_rows` and ``(rows,)``
-    U[0, 1) -> ``(rows,)`` tokens, exactly ``race(warp_rows(scores, ...), u)``.
+def draw_rows(scores: torch.Tensor, settings: Sequence[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+    """``(rows, vocab)`` logits, :func:`warp_rows`' per-row settings (its arguments after the
+    scores, in its order) and ``(rows,)`` U[0, 1) -> ``(rows,)`` tokens, exactly
+    ``race(warp_rows(scores, *settings), u)``.
 
     Subtle: top-p keeps the most likely tokens and the race draws the highest perturbed score;
     so when the race over the whole (temperature-scaled) row already picks a token that top-p
@@ -33,12 +28,13 @@ def draw_rows(
     differently from this one); only the other rows (about ``1 - p`` of them) go on to the
     full nucleus, each from its own scores and ``u``, so every row's token is the one the
     full warp gives."""
-    settings = (temperature, top_k, top_p, min_p, typical_p)
+    temperature, top_k, top_p, min_p, typical_p = settings
     nucleus_rows = top_p < 1.0
     others = (top_k > 0) | (min_p > 0.0) | (typical_p < 1.0)
-    if not bool(nucleus_rows.any()) or bool(others.any()):
+    any_nucleus, any_other, any_scaled = torch.stack([nucleus_rows.any(), others.any(), (temperature != 1.0).any()]).tolist()
+    if not any_nucleus or any_other:
         return race(warp_rows(scores, *settings), u)
-    scaled = scores / temperature[:, None] if bool((temperature != 1.0).any()) else scores
+    scaled = scores / temperature[:, None] if any_scaled else scores
     tokens = race(scaled, u)
     probs = scaled.softmax(-1)
     chosen = probs.gather(1, tokens[:, None])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from decodekit.model.base import DecodeState
+from decodekit.model.lean import active_of, spread
 
 
 class FusedSteps:
@@ -47,7 +48,7 @@ class FusedSteps:
         cache (``idle``: rows of ``state`` whose logits nobody reads, as in :meth:`advance`).
         Requires :attr:`can_fuse_prefill` and states that record no attention."""
         parts = [self._step_part(state, parents, tokens, idle)] if state is not None else []
-        busy = parts[0][5] if parts and len(parts[0]) > 5 else None  # the step's rows computed
+        busy = active_of(parts[0]) if parts else None  # the step's rows computed
         if prompts:
             ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
             parts.append(self._prefill_part(ids, positions, prompt_mask, cache))
@@ -63,7 +64,7 @@ class FusedSteps:
         at = 0
         if state is not None:
             at = ends[0].shape[0]
-            state.logits = logits[:at] if busy is None else logits.new_zeros(state.rows, logits.shape[-1]).index_copy_(0, busy, logits[:at])
+            state.logits = spread(logits[:at], busy, state.rows)  # idle rows: zero logits
             self._stepped(state)
         new = None
         if prompts:

@@ -26,7 +26,7 @@ from decodekit.model.cache import PreallocatedCache, twin
 from decodekit.model.fast_gpt2 import GPT2Step
 from decodekit.model.fast_llama import LlamaStep
 from decodekit.model.fused import FusedSteps
-from decodekit.model.lean import LeanStep
+from decodekit.model.lean import LeanStep, active_of, spread
 from decodekit.model.merge import insert_rows, merge_states, release_rows
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
@@ -334,7 +334,9 @@ class HFLanguageModel(BlockSteps, FusedSteps):
             self.forward_count += 1
             part = self._step_part(state, None, tokens, idle)
             hidden = self._step.parts([part])[0]
-            state.logits = self._project_rows(hidden[:, -1], part[5] if len(part) > 5 else None)
+            busy = active_of(part)
+            ends = hidden[:, -1] if busy is None else hidden[:, -1].index_select(0, busy)
+            state.logits = spread(self._project(ends), busy, state.rows)  # idle rows: zero logits
         else:
             step_mask, plan = self._open_slot(state)
             share = plan and self._shared_prefix and "record" not in extra
@@ -362,14 +364,6 @@ class HFLanguageModel(BlockSteps, FusedSteps):
             return part
         busy = torch.ones(state.rows, dtype=torch.bool, device=tokens.device).index_fill_(0, idle, False)
         return (*part, busy.nonzero().squeeze(1))
-
-    def _project_rows(self, hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """:meth:`_project` of ``(rows, dim)`` final states, of only the rows ``rows`` (None:
-        all); the others get zero logits (finite; nobody reads them)."""
-        if rows is None:
-            return self._project(hidden)
-        logits = self._project(hidden.index_select(0, rows))
-        return logits.new_zeros(hidden.shape[0], logits.shape[-1]).index_copy_(0, rows, logits)
 
     @staticmethod
     def _open_slot(state: DecodeState) -> tuple[torch.Tensor | None, tuple[int, int] | None]:

@@ -50,6 +50,17 @@ class LeanStep:
         return out.transpose(1, 2).reshape(rows, n, H * d)
 
 
+def active_of(part: tuple) -> torch.Tensor | None:
+    """A lean part's ``active`` token indices (None: all of its tokens are computed)."""
+    return part[5] if len(part) > 5 else None
+
+
+def spread(x: torch.Tensor, active: torch.Tensor | None, size: int) -> torch.Tensor:
+    """``(len(active), C)`` results of the ``active`` entries -> ``(size, C)``, zeros elsewhere
+    (``x`` itself when ``active`` is None: every entry was computed)."""
+    return x if active is None else x.new_zeros(size, x.shape[-1]).index_copy_(0, active, x)
+
+
 class Packing:
     """Which tokens of each part a lean pass computes: a part is ``(tokens, positions, cache,
     mask, plan)``, or with a sixth entry ``active``, the flat indices (into its ``rows * n``
@@ -62,7 +73,7 @@ class Packing:
     def __init__(self, parts: list[tuple]):
         self.shapes = [tuple(p[0].shape) for p in parts]
         self.sizes = [rows * n for rows, n in self.shapes]
-        self.active = [p[5] if len(p) > 5 else None for p in parts]
+        self.active = [active_of(p) for p in parts]
         self.counts = [size if a is None else len(a) for size, a in zip(self.sizes, self.active)]
 
     def flat(self, parts: list[tuple], index: int) -> torch.Tensor:
@@ -72,8 +83,7 @@ class Packing:
 
     def unpack(self, part: int, x: torch.Tensor) -> torch.Tensor:
         """Part ``part``'s active tokens' ``(count, C)`` -> all its tokens' ``(size, C)``."""
-        active = self.active[part]
-        return x if active is None else x.new_zeros(self.sizes[part], x.shape[-1]).index_copy_(0, active, x)
+        return spread(x, self.active[part], self.sizes[part])
 
     def pack(self, part: int, x: torch.Tensor) -> torch.Tensor:
         """All of part ``part``'s tokens' ``(size, C)`` -> its active tokens'."""

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted (default 4096)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond it a 413 (default 1 MiB)")
     serve.add_argument("--threads", type=int, default=None, help="torch threads of the engine (default: torch's, which follows OMP_NUM_THREADS)")
+    serve.add_argument("--prompt-cache-mib", type=int, default=64,
+                       help="MiB of prefilled prompts kept, so a prompt seen again skips its prefill (default 64; 0: off)")
     serve.add_argument("--engine-in-process", action="store_true", help="run the engine in the server's process (default: a process of its own, so HTTP work never stalls a forward)")
     serve.set_defaults(handler=run_serve)
     for module in EXTENSIONS:
@@ -267,17 +269,19 @@ def run_serve(args: argparse.Namespace) -> int:
     transformers_logging.disable_progress_bar()
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads", args.threads, "an integer >= 1")
+    if args.prompt_cache_mib < 0:
+        raise ConfigError("--prompt-cache-mib", args.prompt_cache_mib, "an integer >= 0 (0: no prompt cache)")
     in_process = args.engine_in_process or sys.platform == "win32"  # the child needs POSIX fd passing
     if in_process:
         if args.threads is not None:
             import torch
 
             torch.set_num_threads(args.threads)
-        decoder = decodekit.load(args.model, device=args.device)
+        decoder = decodekit.load(args.model, device=args.device, prompt_cache_mib=args.prompt_cache_mib)
     else:
         from decodekit.serve.remote import EngineProcess
 
-        decoder = EngineProcess(args.model, device=args.device, threads=args.threads)
+        decoder = EngineProcess(args.model, device=args.device, threads=args.threads, prompt_cache_mib=args.prompt_cache_mib)
     name = args.served_model_name or (args.model or "stdlib-code")
     # the app closes the engine's process when it shuts down (uvicorn then re-raises the signal)
     app = create_app(decoder, name, limits, close_on_shutdown=not in_process)

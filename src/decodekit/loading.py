@@ -13,6 +13,7 @@ from decodekit.errors import ConfigError, InputError
 from decodekit.generation_config import GenerationDefaults
 from decodekit.model.base import LanguageModel
 from decodekit.model.hf import HFLanguageModel
+from decodekit.model.prompt_cache import PromptCache
 
 
 def _embedded(name: str) -> Path | None:
@@ -31,12 +32,26 @@ def load(
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
     use_generation_config: bool = True,
+    prompt_cache_mib: int = 0,
 ) -> Decoder:
     """A :class:`Decoder` for an embedded model name (default: the embedded code model), a
     local transformers checkpoint directory, an already-built transformers model (pass its
     tokenizer), or any :class:`~decodekit.model.base.LanguageModel`. Never downloads.
     ``use_generation_config``: apply the model's ``generation_config`` (strategy, processors,
-    lengths) as defaults, as transformers ``generate`` does; explicit settings win."""
+    lengths) as defaults, as transformers ``generate`` does; explicit settings win.
+    ``prompt_cache_mib``: keep up to this many MiB of prefilled prompts, so that a prompt seen
+    again skips its prefill (:mod:`decodekit.model.prompt_cache`; the lean prefill of
+    Llama-family and GPT-2 models on the CPU uses it). Off by default: entries are dropped when
+    the weights change in place, but not when they change through ``.data``."""
+    if not isinstance(prompt_cache_mib, int) or isinstance(prompt_cache_mib, bool) or prompt_cache_mib < 0:
+        raise ConfigError("prompt_cache_mib", prompt_cache_mib, "an integer >= 0 (MiB; 0: no prompt cache)")
+    decoder = _load(model, tokenizer, device, dtype, trust_remote_code, use_generation_config)
+    if prompt_cache_mib and hasattr(decoder.model, "prompt_cache"):
+        decoder.model.prompt_cache = PromptCache(prompt_cache_mib << 20)
+    return decoder
+
+
+def _load(model, tokenizer, device, dtype, trust_remote_code: bool, use_generation_config: bool) -> Decoder:
     if isinstance(model, LanguageModel) and not isinstance(model, torch.nn.Module):
         return Decoder(model, tokenizer)
     device = _device(device)

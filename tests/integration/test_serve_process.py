@@ -19,7 +19,7 @@ from decodekit.serve.remote import EngineExited, EngineProcess
 
 @pytest.fixture(scope="module")
 def remote():
-    engine = EngineProcess(threads=1)
+    engine = EngineProcess(threads=1, prompt_cache_mib=8)  # as ``decodekit serve`` runs it
     server, thread, url = serving.start(create_app(engine, "stdlib-code"))
     yield engine, url
     server.should_exit = True
@@ -69,9 +69,22 @@ def test_config_errors_cross_the_process_as_400s_naming_the_field(remote):
     assert error.value.body["param"] == "prompt"
 
 
-def _rows(url) -> float:
+def _metric(url, name: str) -> float:
     text = httpx.get(url + "/metrics").text
-    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("decodekit_running_rows ")))
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def _rows(url) -> float:
+    return _metric(url, "decodekit_running_rows")
+
+
+def test_a_repeated_prompt_comes_from_the_prompt_cache_with_the_same_answer(remote, local):
+    client, url = _client(remote[1]), remote[1]
+    prompt = "def tokenize(text):\n    "
+    before = _metric(url, "decodekit_prompt_cache_hits")
+    answers = [client.completions.create(model="stdlib-code", prompt=prompt, max_tokens=16, temperature=0).choices[0].text for _ in range(3)]
+    assert _metric(url, "decodekit_prompt_cache_hits") >= before + 2
+    assert answers == [local.generate(prompt, "greedy", max_new_tokens=16).text] * 3
 
 
 def test_a_disconnected_stream_frees_its_rows_in_the_engine_process(remote):

@@ -213,6 +213,12 @@ class Engine(Admission):
     def queued(self) -> int:
         return len(self._pending)
 
+    @property
+    def prompt_cache_hits(self) -> int:
+        """Prompts whose prefill the model's prompt cache saved so far (0 without one)."""
+        cache = getattr(self.model, "prompt_cache", None)
+        return cache.hits if cache is not None else 0
+
     def drive(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
         """Run steps (or wait for the thread running them) until ``ready()`` or ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -49,18 +49,26 @@ class FusedSteps:
         Requires :attr:`can_fuse_prefill` and states that record no attention."""
         parts = [self._step_part(state, parents, tokens, idle)] if state is not None else []
         busy = active_of(parts[0]) if parts else None  # the step's rows computed
+        hits = computed = None
+        prefills = 0  # 1: the prompts' part is in this pass (not when every prompt is cached)
         if prompts:
             ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
-            parts.append(self._prefill_part(ids, positions, prompt_mask, cache))
+            hits = self._prefill_hits(prompts)  # prompts the prompt cache holds are not computed
+            computed = self._computed_rows(hits)
+            if computed is None or len(computed):
+                parts.append(self._prefill_part(ids, positions, prompt_mask, cache, computed))
+                prefills = 1
         parts += [self._verify_part(*block) for block in blocks]
-        self.forward_count += 1
-        hidden = self._step.parts(parts)
-        ahead = (state is not None) + bool(prompts)  # the step's and the prefill's parts
+        ahead = (state is not None) + prefills  # the step's and the prefill's parts
+        hidden = self._step.parts(parts) if parts else []
+        self.forward_count += bool(parts)
         ends = [h[:, -1] for h in hidden[:ahead]]
         if busy is not None:
             ends[0] = ends[0].index_select(0, busy)
+        if prefills and computed is not None:
+            ends[-1] = ends[-1].index_select(0, computed.to(ends[-1].device))
         verified = [h.reshape(-1, h.shape[-1]) for h in hidden[ahead:]]
-        logits = self._project(torch.cat(ends + verified))
+        logits = self._project(torch.cat(ends + verified)) if parts else None
         at = 0
         if state is not None:
             at = ends[0].shape[0]
@@ -68,8 +76,10 @@ class FusedSteps:
             self._stepped(state)
         new = None
         if prompts:
-            new = self._prefilled(prompts, logits[at : at + len(prompts)], mask, prompt_mask, cache)
-            at += len(prompts)
+            count = len(prompts) if computed is None else len(computed)
+            mine = logits[at : at + count] if count else None
+            new = self._prefilled(prompts, self._prefilled_logits(prompts, hits, computed, mine, cache), mask, prompt_mask, cache)
+            at += count
         out = []
         for (block_state, block_tokens, _), h in zip(blocks, verified):
             out.append(logits[at : at + h.shape[0]].view(*block_tokens.shape, -1))

@@ -28,6 +28,7 @@ from decodekit.model.fast_llama import LlamaStep
 from decodekit.model.fused import FusedSteps
 from decodekit.model.lean import LeanStep, active_of, spread
 from decodekit.model.merge import insert_rows, merge_states, release_rows
+from decodekit.model.prompt_cache import CachedPrefills
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
 # the exact capacity it needs and the cache grows only if that estimate was short.
@@ -49,7 +50,7 @@ def _decoder_layer_count(config) -> int:
     return 1  # unknown: layers beyond the storage get buffers of their own
 
 
-class HFLanguageModel(BlockSteps, FusedSteps):
+class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
     """A transformers model behind decodekit's :class:`~decodekit.model.base.LanguageModel`.
 
     The prompt batch is left-padded (decoder-only) so every row's next token lands in the same
@@ -172,7 +173,7 @@ class HFLanguageModel(BlockSteps, FusedSteps):
             return self._start_encoder_decoder(prompts, max_new_tokens, record)
         ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
         if self._lean_step() is not None and record is None:
-            logits = self._lean_prefill(ids, positions, prompt_mask, cache)
+            logits = self._lean_prefill(prompts, ids, positions, prompt_mask, cache)
         else:
             logits = self._forward(
                 record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache}
@@ -202,26 +203,37 @@ class HFLanguageModel(BlockSteps, FusedSteps):
         extra = {"cache": cache, "mask": mask, "length": width, "next_position": prompt_mask.sum(-1), "holes": holes, "group": 1}
         return DecodeState(logits, width, {**extra, **(record or {})})
 
-    def _prefill_part(self, ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor, cache: PreallocatedCache) -> tuple:
+    def _prefill_part(self, ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor, cache: PreallocatedCache,
+                      rows: torch.Tensor | None = None) -> tuple:
         """The lean step's part for a prefill: every position sees the real positions up to it
-        (and itself, so that a padding position's states stay finite)."""
+        (and itself, so that a padding position's states stay finite). ``rows``: the prompts
+        computed (None: all; the others' slots are zeros, written by the caller)."""
         while len(cache.layers) < self._layers:
             cache.layers.append(cache.layer_class_to_replicate())
         width = ids.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
         real = prompt_mask.bool()
         visible = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=ids.device)
-        if bool(real.all()):
+        computed = real
+        if rows is not None:
+            computed = real & torch.zeros(len(ids), dtype=torch.bool, device=ids.device).index_fill_(0, rows.to(ids.device), True)[:, None]
+        if bool(computed.all()):
             return ids, positions, cache, visible[:, None], None
-        # the left padding's states are never read: only the real tokens are computed
-        return ids, positions, cache, visible[:, None], None, real.reshape(-1).nonzero().squeeze(1)
+        # the left padding's states (and cached prompts') are never read: only the rest is computed
+        return ids, positions, cache, visible[:, None], None, computed.reshape(-1).nonzero().squeeze(1)
 
-    def _lean_prefill(self, ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor, cache: PreallocatedCache) -> torch.Tensor:
-        """Prefill through the lean step. Same logits as the model's forward (tested), without
-        its per-call overhead."""
-        self.forward_count += 1
-        hidden = self._step.parts([self._prefill_part(ids, positions, prompt_mask, cache)])[0]
-        return self._project(hidden[:, -1])
+    def _lean_prefill(self, prompts: list[list[int]], ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor,
+                      cache: PreallocatedCache) -> torch.Tensor:
+        """Prefill through the lean step (the prompts the prompt cache holds taken from it).
+        Same logits as the model's forward (tested), without its per-call overhead."""
+        hits = self._prefill_hits(prompts)
+        computed = self._computed_rows(hits)
+        logits = None
+        if computed is None or len(computed):
+            self.forward_count += 1
+            ends = self._step.parts([self._prefill_part(ids, positions, prompt_mask, cache, computed)])[0][:, -1]
+            logits = self._project(ends if computed is None else ends.index_select(0, computed.to(ends.device)))
+        return self._prefilled_logits(prompts, hits, computed, logits, cache)
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int, record: dict | None) -> DecodeState:
         device, batch = self.device, len(prompts)

@@ -1,5 +1,5 @@
 """Prometheus metrics of a server (one registry per app): requests, tokens, queue depth,
-running rows, time to first token and per-token latency."""
+running rows, prompts taken from the prompt cache, time to first token and per-token latency."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ class Metrics:
         self.token_latency = Histogram("decodekit_time_per_output_token_seconds", "Mean time per generated token of a request", buckets=LATENCY_BUCKETS, registry=registry)
         queue = Gauge("decodekit_queue_depth", "Groups of requests waiting for admission", registry=registry)
         running = Gauge("decodekit_running_rows", "Rows the engine is decoding", registry=registry)
+        cached = Gauge("decodekit_prompt_cache_hits", "Prompts whose prefill the prompt cache saved since the start", registry=registry)
         queue.set_function(lambda: engine.queued)
+        cached.set_function(lambda: engine.prompt_cache_hits)
         running.set_function(lambda: engine.running_rows)
 
     def text(self) -> bytes:

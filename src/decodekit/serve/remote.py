@@ -98,6 +98,7 @@ class RemoteEngine:
         self.owner = owner
         self.queued = 0
         self.running_rows = 0
+        self.prompt_cache_hits = 0
         self.listeners: list = []
 
     def add_listener(self, listener) -> None:
@@ -116,11 +117,11 @@ class EngineProcess:
     encode = Decoder.encode
     decode_text = Decoder.decode_text
 
-    def __init__(self, model=None, device: str = "cpu", threads: int | None = None, start_timeout: float = 600.0):
+    def __init__(self, model=None, device: str = "cpu", threads: int | None = None, start_timeout: float = 600.0, prompt_cache_mib: int = 0):
         # a socket pair, the child's end inherited by a fresh interpreter: no fork of a process
         # with threads, and no re-import of the caller's main module
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-m", "decodekit.serve.worker", str(theirs.fileno()), "" if model is None else str(model), str(device), str(threads or 0)]
+        command = [sys.executable, "-m", "decodekit.serve.worker", str(theirs.fileno()), "" if model is None else str(model), str(device), str(threads or 0), str(prompt_cache_mib)]
         self._process = subprocess.Popen(command, pass_fds=(theirs.fileno(),))
         theirs.close()
         self._conn = Connection(ours.detach())
@@ -191,7 +192,7 @@ class EngineProcess:
                     reply[1] = (pendings, error)
                     reply[0].set()
             elif message[0] == "news":
-                _, news, self.engine.queued, self.engine.running_rows = message
+                _, news, self.engine.queued, self.engine.running_rows, self.engine.prompt_cache_hits = message
                 for rid, events, ended, result, error in news:
                     pending = self._live.pop(rid) if ended else self._live.get(rid)
                     if pending is not None:

@@ -97,7 +97,7 @@ class Worker:
                 item = self._news(rid, entry)
                 if item is not None:
                     news.append(item)
-            state = (self.engine.queued, self.engine.running_rows)
+            state = (self.engine.queued, self.engine.running_rows, self.engine.prompt_cache_hits)
             if news or state != self.last:
                 self.last = state
                 try:
@@ -144,7 +144,7 @@ class Worker:
         return rid, events, ended, result, error
 
 
-def main(conn, model, device: str, threads: int | None) -> None:
+def main(conn, model, device: str, threads: int | None, prompt_cache_mib: int = 0) -> None:
     """The child process: load, say ready (with the tokenizer), then serve until told to stop
     or the server's end of the pipe closes."""
     import torch
@@ -156,7 +156,7 @@ def main(conn, model, device: str, threads: int | None) -> None:
         torch.set_num_threads(threads)
     transformers_logging.disable_progress_bar()
     try:
-        decoder = decodekit.load(model, device=device)
+        decoder = decodekit.load(model, device=device, prompt_cache_mib=prompt_cache_mib)
     except Exception as error:
         conn.send(("failed", portable(error)))
         return
@@ -164,10 +164,10 @@ def main(conn, model, device: str, threads: int | None) -> None:
     Worker(conn, decoder).serve()
 
 
-if __name__ == "__main__":  # python -m decodekit.serve.worker FD MODEL DEVICE THREADS
+if __name__ == "__main__":  # python -m decodekit.serve.worker FD MODEL DEVICE THREADS PROMPT_CACHE_MIB
     import sys
     from multiprocessing.connection import Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which drains us
-    fd, model, device, threads = sys.argv[1:5]
-    main(Connection(int(fd)), model or None, device, int(threads) or None)
+    fd, model, device, threads, prompt_cache_mib = sys.argv[1:6]
+    main(Connection(int(fd)), model or None, device, int(threads) or None, int(prompt_cache_mib))

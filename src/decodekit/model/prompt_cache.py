@@ -1,0 +1,150 @@
+"""Prefilled prompts kept for reuse: a prompt seen before (the same tokens: a server's repeated
+or templated prompts, ``n`` samples sent as separate requests, best-of-N) skips its prefill, and
+its rows start from the keys/values and next-token logits computed the first time.
+
+:class:`PromptCache` is bounded by bytes, least recently used out first. Its entries belong to
+the weights they were computed with: at every lookup a fingerprint of the model's parameters and
+buffers (each one's storage and version counter, which every in-place change bumps) is compared
+with the entries' and a changed model empties the cache. A change made through ``.data``
+bypasses version counters; call :meth:`PromptCache.clear` after one.
+
+:class:`CachedPrefills` is the adapter's side (mixed into
+:class:`~decodekit.model.hf.HFLanguageModel`): the lean prefill, alone or fused into a step,
+leaves the prompts that hit out of its arithmetic and writes their cached slots in. A hit's
+keys/values are those of an earlier prefill of the same prompt, so a row's results stay what
+they are without the cache up to float rounding (the same rounding as a prompt prefilled in a
+different batch)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+
+import torch
+
+
+class PromptCache:
+    """Prefilled prompts: ``tuple(prompt)`` -> ``(keys_values, logits)``, at most ``max_bytes``
+    of tensors, least recently used evicted first."""
+
+    def __init__(self, max_bytes: int):
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._stamp: tuple | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
+    def lookup(self, prompts: list[list[int]], stamp: tuple) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Each prompt's entry (None: not cached). ``stamp``: the model's weights now."""
+        with self._lock:
+            if stamp != self._stamp:
+                self._entries.clear()
+                self.bytes, self._stamp = 0, stamp
+            out = []
+            for prompt in prompts:
+                entry = self._entries.get(tuple(prompt))
+                if entry is not None:
+                    self._entries.move_to_end(tuple(prompt))
+                out.append(entry)
+            found = sum(e is not None for e in out)
+            self.hits += found
+            self.misses += len(out) - found
+            return out
+
+    def store(self, prompt: list[int], keys_values: torch.Tensor, logits: torch.Tensor) -> None:
+        """Keep ``prompt``'s ``(layers, 2, heads, len(prompt), dim)`` keys/values and its
+        ``(vocab,)`` next-token logits (copies are taken)."""
+        size = keys_values.numel() * keys_values.element_size() + logits.numel() * logits.element_size()
+        key = tuple(prompt)
+        with self._lock:
+            if size > self.max_bytes or key in self._entries:
+                return
+            self._entries[key] = (keys_values.clone(), logits.clone())
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (kv, lg) = self._entries.popitem(last=False)
+                self.bytes -= kv.numel() * kv.element_size() + lg.numel() * lg.element_size()
+
+
+def weights_stamp(module: torch.nn.Module) -> tuple:
+    """What identifies ``module``'s weights now: every parameter's and buffer's storage and
+    version counter."""
+    return tuple((t.data_ptr(), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+class CachedPrefills:
+    """The lean prefill with a :class:`PromptCache` (``prompt_cache``; None: off)."""
+
+    prompt_cache: PromptCache | None = None
+
+    def _prefill_hits(self, prompts: list[list[int]]) -> list | None:
+        """Each prompt's cache entry or None; None when no prompt hit (or there is no cache)."""
+        if self.prompt_cache is None:
+            return None
+        hits = self.prompt_cache.lookup(prompts, weights_stamp(self.model))
+        return hits if any(h is not None for h in hits) else None
+
+    @staticmethod
+    def _computed_rows(hits: list | None) -> torch.Tensor | None:
+        """The prompts a prefill computes (None: all of them)."""
+        if hits is None:
+            return None
+        return torch.tensor([i for i, h in enumerate(hits) if h is None], dtype=torch.long)
+
+    def _prefilled_logits(self, prompts: list[list[int]], hits: list | None, computed: torch.Tensor | None,
+                          logits: torch.Tensor | None, cache) -> torch.Tensor:
+        """All prompts' next-token logits, from the computed prompts' ``logits`` (rows
+        ``computed``) and the hits' entries, whose keys/values are written into ``cache``; the
+        computed prompts are stored."""
+        width = max(len(p) for p in prompts)
+        if hits is not None:
+            entries = [h for h in hits if h is not None]
+            storage = _storage_for(cache, len(prompts), width, entries[0][0])
+            out = entries[0][1].new_empty(len(prompts), entries[0][1].shape[-1])
+            if logits is not None and len(computed):
+                out.index_copy_(0, computed.to(out.device), logits)
+            for row, (prompt, hit) in enumerate(zip(prompts, hits)):
+                if hit is not None:
+                    storage[:, :, row, :, width - len(prompt) : width] = hit[0]
+                    out[row] = hit[1]
+        else:
+            out = logits
+        if self.prompt_cache is not None and _cacheable(cache):
+            storage = cache.storage
+            for row, prompt in enumerate(prompts):
+                if (hits is None or hits[row] is None) and prompt:
+                    self.prompt_cache.store(prompt, storage[:, :, row, :, width - len(prompt) : width], out[row])
+        return out
+
+
+def _cacheable(cache) -> bool:
+    """Whether every layer of ``cache`` lives in its one storage tensor."""
+    return cache.storage is not None and len(cache.layers) == cache.num_layers and all(layer.shared for layer in cache.layers)
+
+
+def _storage_for(cache, rows: int, width: int, sample: torch.Tensor) -> torch.Tensor:
+    """``cache``'s storage, allocated (zeroed, every layer pointing into it, ``width`` slots
+    long) when no forward wrote it: every prompt hit."""
+    if cache.storage is None:
+        layers, _, heads, _, dim = sample.shape
+        cache.storage = sample.new_zeros(layers, 2, rows, heads, cache.capacity, dim)
+        while len(cache.layers) < layers:
+            cache.layers.append(cache.layer_class_to_replicate())
+        for layer in cache.layers:
+            layer.dtype, layer.device = sample.dtype, sample.device
+            layer.shared = layer.is_initialized = True
+            layer.length = width
+            cache._point(layer)
+    return cache.storage

@@ -1,0 +1,124 @@
+"""The prompt cache: a prompt prefilled before is not computed again, and what its rows give
+(logits now and at every later step, the tokens decoded) stays what a model without the cache
+gives; a changed model, the byte bound and bad settings are handled."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_models as tm
+import torch
+
+import decodekit
+from decodekit.engine import Engine, Request
+from decodekit.errors import ConfigError
+from decodekit.model.hf import HFLanguageModel
+from decodekit.model.prompt_cache import PromptCache
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [9, 10], [3], [12, 13, 14, 15]]
+
+
+def _pair(builder: str) -> tuple[HFLanguageModel, HFLanguageModel]:
+    """The same weights twice: with a prompt cache and without."""
+    model = tm.BUILDERS[builder]()
+    cached, plain = HFLanguageModel(model), HFLanguageModel(model)
+    cached.prompt_cache = PromptCache(1 << 20)
+    return cached, plain
+
+
+def _steps(model: HFLanguageModel, state, count: int) -> list[torch.Tensor]:
+    out = [state.logits.clone()]
+    for _ in range(count):
+        model.advance(state, None, state.logits.argmax(-1))
+        out.append(state.logits.clone())
+    return out
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "qwen2"])
+def test_a_cached_prompt_is_not_computed_and_decodes_as_without_the_cache(builder):
+    cached, plain = _pair(builder)
+    cached.start(PROMPTS[:2], 6)  # two prompts cached
+    assert len(cached.prompt_cache) == 2
+    # a batch of hits and misses, of other lengths than the first (other padding)
+    batch = [PROMPTS[1], PROMPTS[2], PROMPTS[0], PROMPTS[3]]
+    forwards = cached.forward_count
+    state = cached.start(batch, 6)
+    assert cached.forward_count == forwards + 1  # the two misses, in one forward
+    assert (cached.prompt_cache.hits, len(cached.prompt_cache)) == (2, 4)
+    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start(batch, 6), 4)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    # every prompt cached: no forward at all, the same logits and steps
+    forwards = cached.forward_count
+    state = cached.start([PROMPTS[3], PROMPTS[0]], 6)
+    assert cached.forward_count == forwards
+    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start([PROMPTS[3], PROMPTS[0]], 6), 4)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+def test_a_fused_step_takes_cached_newcomers_from_the_cache(builder):
+    cached, plain = _pair(builder)
+    cached.start([PROMPTS[0], PROMPTS[2]], 8)
+    running = [[4, 4, 4], [7, 8]]
+    a, b = cached.start(running, 8), plain.start(running, 8)
+    tokens = a.logits.argmax(-1)
+    for every in (False, True):
+        newcomers = [PROMPTS[2], PROMPTS[0]] if every else [PROMPTS[0], PROMPTS[1], PROMPTS[2]]
+        new_a = cached.advance_and_start(a, None, tokens, newcomers, 8)
+        new_b = plain.advance_and_start(b, None, tokens, newcomers, 8)
+        torch.testing.assert_close(a.logits, b.logits, atol=2e-5, rtol=1e-5)
+        for got, want in zip(_steps(cached, new_a, 3), _steps(plain, new_b, 3)):
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+        tokens = a.logits.argmax(-1)
+    assert cached.prompt_cache.hits == 4
+
+
+def test_changed_weights_empty_the_cache():
+    cached, plain = _pair("llama")
+    cached.start(PROMPTS, 4)
+    with torch.no_grad():
+        for parameter in cached.model.parameters():
+            parameter.mul_(1.25)
+    got = cached.start(PROMPTS, 4)
+    assert cached.prompt_cache.hits == 0
+    torch.testing.assert_close(got.logits, plain.start(PROMPTS, 4).logits, atol=2e-5, rtol=1e-5)
+
+
+def test_the_cache_stays_within_its_bytes_least_recently_used_out_first():
+    cached, _ = _pair("llama")
+    cached.start([PROMPTS[0]], 4)
+    one = cached.prompt_cache.bytes  # a 7-token prompt's entry
+    cache = cached.prompt_cache = PromptCache(2 * one + 1)
+    cached.start([PROMPTS[0]], 4)
+    cached.start([[20 + i for i in range(7)]], 4)
+    cached.start([PROMPTS[0]], 4)  # a hit: now the most recently used
+    cached.start([[40 + i for i in range(7)]], 4)  # evicts the other one
+    assert cache.bytes <= cache.max_bytes and len(cache) == 2
+    before = cache.hits
+    cached.start([PROMPTS[0], [20 + i for i in range(7)]], 4)
+    assert cache.hits == before + 1
+
+
+def test_engine_requests_with_repeated_prompts_decode_as_without_the_cache():
+    model = tm.llama()
+    with_cache = decodekit.load(model, prompt_cache_mib=4)
+    without = decodekit.load(model)
+    prompts = [PROMPTS[i % 3] for i in range(9)]
+
+    def run(decoder) -> list[list[int]]:
+        engine = Engine(decoder.model)
+        handles = []
+        for i, prompt in enumerate(prompts):  # one newcomer a step: each joins running rows
+            handles += engine.submit([Request(prompt, decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=6 + i))])
+            engine.step()
+        while any(not h.done for h in handles):
+            engine.step()
+        return [h.result().hypotheses[0].token_ids for h in handles]
+
+    assert run(with_cache) == run(without)
+    assert with_cache.model.prompt_cache.hits >= 6
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "8"])
+def test_a_bad_prompt_cache_size_is_refused(value):
+    with pytest.raises(ConfigError, match="prompt_cache_mib"):
+        decodekit.load("stdlib-code", prompt_cache_mib=value)

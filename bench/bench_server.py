@@ -2,13 +2,15 @@
 
     python bench/bench_server.py                          # decodekit, then transformers serve
     python bench/bench_server.py --peer none --requests 500
+    python bench/bench_server.py --unique-prompts --without-prompt-cache   # no prompt repeats; decodekit with and without its prompt cache
 
 Each server runs alone in a subprocess on a free loopback port, serving the embedded model
 (``--threads`` torch threads, 1 by default; decodekit's engine in a process of its own, as
 ``decodekit serve`` runs it). ``--clients`` concurrent streaming clients (the official ``openai`` async
 client, one process) send ``--requests`` completions in all, with mixed parameters: greedy and
 sampled (temperature, top_p, seed), 16 to 64 new tokens, some with a stop string, over a set of
-code prompts. The same request list goes to both servers. The peer is
+code prompts (8 of them, so prompts repeat and ``decodekit serve``'s prompt cache serves most
+prefills; ``--unique-prompts`` makes every prompt distinct). The same request list goes to every server. The peer is
 ``transformers serve --continuous-batching`` (needs ``accelerate``: ``pip install -e ".[bench]"``).
 
 Prints, per server: requests, errors, generated tokens (from the streamed usage), throughput
@@ -49,12 +51,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def requests(count: int, seed: int) -> list[dict]:
-    """The mixed request list (the same for every server)."""
+def requests(count: int, seed: int, unique: bool = False) -> list[dict]:
+    """The mixed request list (the same for every server); ``unique``: no two prompts alike
+    (each begins with its request's number), so no prompt cache can help."""
     rng = random.Random(seed)
     out = []
     for i in range(count):
-        body = {"prompt": rng.choice(PROMPTS), "max_tokens": rng.choice([16, 32, 48, 64])}
+        prompt = rng.choice(PROMPTS)
+        body = {"prompt": f"# request {i}\n{prompt}" if unique else prompt, "max_tokens": rng.choice([16, 32, 48, 64])}
         if i % 2:
             body |= {"temperature": rng.choice([0.7, 0.9, 1.0]), "top_p": rng.choice([0.9, 0.95, 1.0]), "seed": i}
         else:
@@ -166,7 +170,7 @@ def run(name: str, command: list[str], model: str, bodies: list[dict], clients: 
     try:
         asyncio.run(load(base, model, bodies[: max(8, clients)], clients, process.pid))  # warm-up, not counted
         result = asyncio.run(load(base, model, bodies, clients, process.pid))
-        result["left"] = engine_left(base) if name == "decodekit" else "-"
+        result["left"] = engine_left(base) if name.startswith("decodekit") else "-"
     finally:
         process.terminate()
         try:
@@ -185,17 +189,22 @@ def main() -> None:
     parser.add_argument("--peer", choices=["transformers", "none"], default="transformers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine-in-process", action="store_true", help="decodekit's engine in the server's process (default: its own)")
+    parser.add_argument("--unique-prompts", action="store_true", help="no two prompts alike (each begins with its request's number)")
+    parser.add_argument("--without-prompt-cache", action="store_true", help="also run decodekit with --prompt-cache-mib 0")
     args = parser.parse_args()
     from decodekit.models import embedded_model_path
 
     path = str(embedded_model_path("stdlib-code"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    bodies = requests(args.requests, args.seed)
+    bodies = requests(args.requests, args.seed, args.unique_prompts)
     ours = [sys.executable, "-m", "decodekit", "serve", "--port", "{port}", "--served-model-name", "m"] + (["--engine-in-process"] if args.engine_in_process else [])
     servers = [("decodekit", ours, "m")]
+    if args.without_prompt_cache:
+        servers.append(("decodekit, no prompt cache", ours + ["--prompt-cache-mib", "0"], "m"))
     if args.peer == "transformers":
         servers.append(("transformers serve", ["transformers", "serve", "--continuous-batching", "--device", "cpu", "--host", "127.0.0.1", "--port", "{port}", path], path))
-    print(f"embedded model (stdlib-code), {args.requests} streaming completions, {args.clients} concurrent clients, {args.threads} threads, mixed greedy/sampled, 16-64 new tokens\n")
+    kind = "every prompt distinct" if args.unique_prompts else f"prompts drawn from {len(PROMPTS)}"
+    print(f"embedded model (stdlib-code), {args.requests} streaming completions, {args.clients} concurrent clients, {args.threads} threads, mixed greedy/sampled, 16-64 new tokens, {kind}\n")
     results = {}
     for name, command, model in servers:
         port = free_port()
@@ -212,11 +221,12 @@ def main() -> None:
     for name, r in results.items():
         if r["errors"]:
             print(f"\n{name}: first errors: {r['errors'][:3]}")
-    if len(results) == 2:
-        ours, peer = results["decodekit"], results["transformers serve"]
-        speed = (ours["tokens"] / ours["wall"]) / (peer["tokens"] / peer["wall"])
-        ttft = quantile(ours["ttft"], 0.5) / quantile(peer["ttft"], 0.5)
-        print(f"\ndecodekit / transformers serve: throughput {speed:.2f}x, TTFT p50 {ttft:.2f}x (lower is better)")
+    peer = results.get("transformers serve")
+    for name, ours in results.items():
+        if peer is not None and ours is not peer:
+            speed = (ours["tokens"] / ours["wall"]) / (peer["tokens"] / peer["wall"])
+            ttft = quantile(ours["ttft"], 0.5) / quantile(peer["ttft"], 0.5)
+            print(f"\n{name} / transformers serve: throughput {speed:.2f}x, TTFT p50 {ttft:.2f}x (lower is better)")
 
 
 if __name__ == "__main__":

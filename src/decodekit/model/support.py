@@ -20,8 +20,12 @@ ATTENTION_LAYERS = frozenset({"full_attention", "sliding_attention", "chunked_at
 ALIBI = frozenset({"bloom", "mpt"})
 
 # Decoder-only architectures without a lean step whose attention is exact under masked holes
-# (explicit position ids, full attention); tested in tests/integration/test_engine.py.
-MERGEABLE = frozenset({"gpt2"})
+# (explicit position ids, or ALiBi counted over the mask as Bloom and Falcon do; full attention);
+# tested in tests/integration/test_architectures.py. MPT's ALiBi counts cache slots: not here.
+MERGEABLE = frozenset({
+    "gpt2", "gpt_neox", "opt", "phi", "phi3", "gemma", "falcon", "gptj", "codegen", "stablelm", "starcoder2", "olmo2",
+    "granite", "mixtral", "gpt_bigcode", "qwen2_moe", "deepseek_v3", "bloom",
+})
 
 
 def context_length(text) -> int | None:

@@ -12,6 +12,8 @@ import transformers as T
 import decodekit
 from decodekit.engine import Engine, Request
 from decodekit.errors import ConfigError, ModelError
+from decodekit.model import support
+from decodekit.model.merge import holes_change_nothing
 from decodekit.speculative import Speculative
 
 V = 96
@@ -158,3 +160,44 @@ def reference_long(model, prompt, new):
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, pad_token_id=0, do_sample=False)
     return out[0, len(prompt):].tolist()
+
+
+# architectures outside the tested set: whether their rows share a state is checked on the model
+UNLISTED = {
+    "cohere": lambda: T.CohereForCausalLM(_cfg(T.CohereConfig)),
+    "olmo": lambda: T.OlmoForCausalLM(_cfg(T.OlmoConfig)),
+    "qwen3_moe": lambda: T.Qwen3MoeForCausalLM(_cfg(T.Qwen3MoeConfig, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
+    "helium": lambda: T.HeliumForCausalLM(_cfg(T.HeliumConfig, head_dim=8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNLISTED))
+def test_an_unlisted_architecture_merges_once_checked_and_matches_alone(name, one_thread):
+    torch.manual_seed(0)
+    model = UNLISTED[name]().eval()
+    assert model.config.model_type not in support.MERGEABLE
+    adapter = decodekit.load(model).model
+    forwards = adapter.forward_count
+    assert adapter.can_merge and adapter._merge_checked is True
+    assert adapter.forward_count == forwards  # the check's forwards are not the user's
+    specs = [([5, 6, 7, 8, 9, 10, 11], decodekit.Greedy(), 9), ([3, 4], decodekit.Sampling(seed=4, top_k=8), 12), ([30, 31, 32] * 3, decodekit.Greedy(), 6)]
+    engine = Engine(adapter)
+    handles = []
+    for prompt, strategy, new in specs:
+        handles += engine.submit([Request(prompt, strategy, decodekit.DecodeOptions(max_new_tokens=new, min_new_tokens=new))])
+        engine.step()
+        assert len(engine._partitions) == 1
+    for (prompt, strategy, new), handle in zip(specs, handles):
+        (alone,) = Engine(adapter).submit([Request(prompt, strategy, decodekit.DecodeOptions(max_new_tokens=new, min_new_tokens=new))])
+        assert [h.token_ids for h in handle.result().hypotheses] == [h.token_ids for h in alone.result().hypotheses]
+
+
+def test_the_check_finds_a_model_whose_holes_change_what_it_computes():
+    """MPT's ALiBi counts cache slots, so masked holes shift its biases: the check says so (its
+    config already keeps it apart)."""
+    torch.manual_seed(0)
+    model = ARCHITECTURES["mpt"][0]().eval()
+    adapter = decodekit.load(model).model
+    assert adapter.can_merge is False
+    assert holes_change_nothing(adapter) is False
+    assert holes_change_nothing(decodekit.load(ARCHITECTURES["phi3"][0]().eval()).model) is True

@@ -27,7 +27,7 @@ from decodekit.model.fast_gpt2 import GPT2Step
 from decodekit.model.fast_llama import LlamaStep
 from decodekit.model.fused import FusedSteps
 from decodekit.model.lean import LeanStep, active_of, spread
-from decodekit.model.merge import insert_rows, merge_states, release_rows
+from decodekit.model.merge import holes_change_nothing, insert_rows, merge_states, release_rows
 from decodekit.model.prompt_cache import CachedPrefills
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
@@ -84,6 +84,7 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
         self._head = output_head.large_cpu_head(model)
         self._shared_prefix = attention.available(model) and not self.is_encoder_decoder
         self._step = None if self.is_encoder_decoder else LlamaStep.build(model) or GPT2Step.build(model)
+        self._merge_checked: bool | None = None  # holes_change_nothing, for an architecture outside the tested set
         self.forward_count = 0
 
     def cache_bytes_per_token(self) -> int:
@@ -307,7 +308,18 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
     def can_merge(self) -> bool:
         """True when rows of separately prefilled batches may share one state (see
         :func:`decodekit.model.support.can_merge`)."""
-        return support.can_merge(self.model, self.is_encoder_decoder, self._step is not None)
+        known = support.can_merge(self.model, self.is_encoder_decoder, self._step is not None)
+        if known is None:  # an architecture outside the tested set: checked once on the model
+            if self._merge_checked is None:
+                counted, self.prompt_cache, kept = self.forward_count, None, self.prompt_cache
+                try:
+                    self._merge_checked = holes_change_nothing(self)
+                except Exception:  # a model the check cannot run on decodes each batch apart
+                    self._merge_checked = False
+                finally:
+                    self.forward_count, self.prompt_cache = counted, kept
+            return self._merge_checked
+        return known
 
     def merge(self, first: DecodeState, second: DecodeState, at: int | None = None) -> DecodeState:
         """One state: ``first``'s rows with ``second``'s inserted before row ``at``

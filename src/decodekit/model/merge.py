@@ -129,3 +129,31 @@ def release_rows(state: DecodeState, rows: torch.Tensor) -> None:
     :func:`insert_rows` reuses them), so they hold no real slot that stops compaction."""
     state.extra["mask"].index_fill_(0, rows, 0)
     state.extra["holes"] = True
+
+
+@torch.inference_mode()
+def holes_change_nothing(model) -> bool:
+    """Whether ``model`` (a decoder-only adapter) decodes a row the same after merging it with
+    a state of another length (masked holes in the shorter rows) as it does alone: two short
+    prompts, prefilled apart, one a step ahead, merged, then two steps compared with the same
+    rows decoded apart (logits within float32 rounding of each other)."""
+    def ids(count: int, start: int) -> list[int]:
+        return [3 + (start + 7 * i) % max(model.vocab_size - 3, 1) for i in range(count)]
+
+    first, second = ids(9, 11), ids(3, 29)
+    ahead, alone_ahead = model.start([first], 4), model.start([first], 4)
+    behind, alone_behind = model.start([second], 4), model.start([second], 4)
+    token = ahead.logits.argmax(-1)
+    model.advance(ahead, None, token)
+    model.advance(alone_ahead, None, token)
+    merged = merge_states(ahead, behind)
+    for _ in range(2):
+        tokens = merged.logits.argmax(-1)
+        model.advance(merged, None, tokens)
+        model.advance(alone_ahead, None, tokens[:1])
+        model.advance(alone_behind, None, tokens[1:])
+        apart = torch.cat([alone_ahead.logits, alone_behind.logits])
+        scale = max(1.0, float(apart.abs().max()))
+        if not bool(torch.isfinite(merged.logits).all()) or float((merged.logits - apart).abs().max()) > 1e-4 * scale:
+            return False
+    return True

@@ -68,15 +68,22 @@ def speculation_refusal(model, is_encoder_decoder: bool) -> str | None:
     return None
 
 
-def can_merge(model, is_encoder_decoder: bool, has_lean_step: bool) -> bool:
+def can_merge(model, is_encoder_decoder: bool, has_lean_step: bool) -> bool | None:
     """True when rows of separately prefilled batches may share one state (one forward per
     step): decoder-only models whose attention reads positions from ``position_ids`` and
     attends over every unmasked slot, so a row's masked holes change nothing it computes.
-    Sliding windows (counted in cache slots) and models outside the tested set are decoded
-    in states of their own instead, which is just as exact, one forward per state."""
+    Sliding windows and chunked attention (counted in cache slots) and slot-counted ALiBi are
+    decoded in states of their own instead, which is just as exact, one forward per state.
+    None: an architecture outside the tested set with full attention in every layer, which
+    the adapter checks on the model itself (:func:`decodekit.model.merge.holes_change_nothing`)."""
     if is_encoder_decoder:
         return False
     text = model.config.get_text_config(decoder=True)
     if getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
         return False
-    return has_lean_step or text.model_type in MERGEABLE
+    if has_lean_step or text.model_type in MERGEABLE:
+        return True
+    kinds = set(getattr(text, "layer_types", None) or ())
+    if text.model_type in ALIBI or getattr(text, "alibi", False) or kinds - {"full_attention", "attention"} or getattr(text, "attention_chunk_size", None):
+        return False
+    return None

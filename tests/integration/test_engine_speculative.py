@@ -12,6 +12,7 @@ from decodekit.engine import Engine, Request
 from decodekit.errors import NumericalError
 from decodekit.model.scripted import ScriptedModel
 from decodekit.speculative import DraftModelConfig, Speculative
+from decodekit.speculative.config import PromptLookupConfig
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +331,21 @@ def test_two_speculative_runs_verify_in_one_forward(embedded):
     assert shared >= 3
     for (prompt, strategy), handle in zip(specs, handles):
         same(alone(model, prompt, strategy, options), handle.result())
+
+
+def test_more_proposers_in_use_than_the_bound_all_decode(embedded):
+    """Runs of more distinct proposer configs at once than ``proposers`` keeps: none is evicted
+    while in use (the bound holds again once they are free), and each decodes as alone."""
+    model = embedded.model
+    prompt = embedded.encode("x = 1\nx = 1\nx = 1\n")
+    strategies = [decodekit.Greedy(speculative=Speculative(kind)) for kind in ("suffix", "ngram", "recycling")]
+    options = decodekit.DecodeOptions(max_new_tokens=12)
+    engine = Engine(model, proposers=1)
+    handles = [h for s in strategies for h in engine.submit([Request(prompt, s, options)])]
+    results = [h.result() for h in handles]
+    assert len(engine._proposers) <= 3
+    for strategy, result in zip(strategies, results):
+        same(alone(model, prompt, strategy, options), result)
+    (handle,) = engine.submit([Request(prompt, decodekit.Greedy(speculative=Speculative("ngram", PromptLookupConfig(num_tokens=3))), options)])
+    handle.result()
+    assert len(engine._proposers) == 1  # the idle ones evicted by the next new one

@@ -111,7 +111,9 @@ class Admission:
             if key not in self._proposers:
                 self._proposers[key] = make_proposer(key, self.model)
                 while len(self._proposers) > self.max_proposers:
-                    oldest = next(k for k in self._proposers if k not in self._busy and k != key)
+                    oldest = next((k for k in self._proposers if k not in self._busy and k != key), None)
+                    if oldest is None:  # every other one is in use: the bound holds again once one is free
+                        break
                     del self._proposers[oldest]
             self._proposers.move_to_end(key)
             group = SpeculativeGroup(self.model, handles, self._proposers[key])

@@ -55,9 +55,13 @@ class Admission:
         target = target_partition(self.model, self._partitions) if getattr(self.model, "can_fuse_prefill", False) else None
         if target is not None and pooled:
             self._fused = FusedPrefill(target, list(pooled.values()))
-        else:
+        elif getattr(self.model, "batch_invariant", True):
             for groups in pooled.values():
                 self._admit_groups(groups)
+        else:  # rotary frequencies set by the batch's longest row: each group prefilled alone
+            for groups in pooled.values():
+                for group in groups:
+                    self._admit_groups([group])
         for group in plain:
             self._admit_groups([group])
         if admitted:

@@ -21,6 +21,17 @@ def check_prompts(model: LanguageModel, prompts: list[list[int]], options: Decod
     longest = 1 if model.is_encoder_decoder else max(len(p) for p in prompts)
     if model.is_encoder_decoder and max(len(p) for p in prompts) > model.max_length:
         raise InputError(f"a prompt is longer than the model's context of {model.max_length} tokens")
+    switch = getattr(model, "rope_switch", None)
+    if switch is not None and not model.is_encoder_decoder:
+        for i, prompt in enumerate(prompts):
+            if len(prompt) <= switch < len(prompt) + options.max_new_tokens:
+                raise ConfigError(
+                    "max_new_tokens",
+                    options.max_new_tokens,
+                    f"at most {switch - len(prompt)} for prompt {i} ({len(prompt)} tokens): the model's LongRoPE switches to its long "
+                    f"factors at position {switch}, and a sequence that crosses it would need its whole cache re-encoded (a prompt "
+                    "already past it decodes with the long factors throughout)",
+                )
     room = model.max_length - longest
     if options.max_new_tokens > room:
         raise ConfigError(

@@ -99,7 +99,8 @@ class Engine(Admission):
             if not isinstance(request, Request):
                 raise ConfigError("requests", request, "decodekit.engine.Request objects")
             request = self._resolved(request)
-            if batches and same_group(batches[-1][0], request):
+            # a model whose rotary frequencies follow the batch's longest row: one group each
+            if batches and same_group(batches[-1][0], request) and getattr(self.model, "batch_invariant", True):
                 batches[-1].append(request)
             else:
                 batches.append([request])

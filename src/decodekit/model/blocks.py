@@ -83,7 +83,7 @@ class BlockSteps:
         every block position."""
         if self._keeps_logits:
             inputs["logits_to_keep"] = 0
-        with quiet.driven():
+        with quiet.driven(), self._rotary.of(extra):
             out = self.model(**inputs, **{self._cache_kw: extra["cache"]}, use_cache=True, return_dict=True)
         return out.logits.float()
 

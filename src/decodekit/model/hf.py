@@ -29,6 +29,7 @@ from decodekit.model.fused import FusedSteps
 from decodekit.model.lean import LeanStep, active_of, spread
 from decodekit.model.merge import holes_change_nothing, insert_rows, merge_states, release_rows
 from decodekit.model.prompt_cache import CachedPrefills
+from decodekit.model.rotary import OwnRotary
 
 # Subtle: decoding one token needs one slot; speculation verifies several, the engine asks for
 # the exact capacity it needs and the cache grows only if that estimate was short.
@@ -73,6 +74,8 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
         self.decoder_start_token_id = start if start is not None else getattr(config, "decoder_start_token_id", None)
         text = config.get_text_config(decoder=True)
         self.max_length = support.context_length(text)
+        self.rope_switch = support.rope_switch(text)  # LongRoPE's switch position (checks.py)
+        self.batch_invariant = not support.batch_dependent_rope(text)  # False: each group prefilled alone
         if self.is_encoder_decoder and self.decoder_start_token_id is None:
             raise InputError("encoder-decoder model has no decoder_start_token_id in its config")
         support.refuse_unsupported(model)
@@ -85,6 +88,7 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
         self._shared_prefix = attention.available(model) and not self.is_encoder_decoder
         self._step = None if self.is_encoder_decoder else LlamaStep.build(model) or GPT2Step.build(model)
         self._merge_checked: bool | None = None  # holes_change_nothing, for an architecture outside the tested set
+        self._rotary = OwnRotary(model)  # dynamic RoPE: frequencies per state
         self.forward_count = 0
 
     def cache_bytes_per_token(self) -> int:
@@ -117,6 +121,10 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
         self.forward_count += 1
         if self._keeps_logits:
             inputs["logits_to_keep"] = 1
+        with self._rotary.of(extra):
+            return self._model_forward(extra, inputs)
+
+    def _model_forward(self, extra: dict | None, inputs: dict) -> torch.Tensor:
         ids = inputs.get("input_ids", inputs.get("decoder_input_ids"))
         kind = extra.get("record") if extra is not None else None
         if kind is not None:
@@ -176,6 +184,7 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
         if self._lean_step() is not None and record is None:
             logits = self._lean_prefill(prompts, ids, positions, prompt_mask, cache)
         else:
+            record = dict(record or {})  # it also takes the new state's own rotary frequencies, if any
             logits = self._forward(
                 record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache}
             )

@@ -28,6 +28,28 @@ MERGEABLE = frozenset({
 })
 
 
+def _rope(text) -> dict:
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    return rope if isinstance(rope, dict) else {}
+
+
+def batch_dependent_rope(text) -> bool:
+    """Whether the model's rotary frequencies depend on the largest position in its batch
+    (dynamic NTK scaling, LongRoPE): a row then rotates differently beside longer rows, so such
+    rows are prefilled and decoded in states of their own."""
+    return _rope(text).get("rope_type", _rope(text).get("type")) in ("dynamic", "longrope")
+
+
+def rope_switch(text) -> int | None:
+    """The position at which LongRoPE switches from its short to its long factors (transformers
+    re-encodes the whole cache there; decodekit refuses a sequence that crosses it), else None."""
+    rope = _rope(text)
+    if rope.get("rope_type", rope.get("type")) != "longrope":
+        return None
+    original = rope.get("original_max_position_embeddings") or getattr(text, "original_max_position_embeddings", None)
+    return int(original) if original else None
+
+
 def context_length(text) -> int | None:
     """Longest sequence the model attends over: its position table, extended by a RoPE scaling
     meant for longer contexts (linear, dynamic NTK and YaRN multiply the original length by
@@ -81,6 +103,8 @@ def can_merge(model, is_encoder_decoder: bool, has_lean_step: bool) -> bool | No
     text = model.config.get_text_config(decoder=True)
     if getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
         return False
+    if "local" in set(getattr(text, "attention_layers", None) or ()) or batch_dependent_rope(text):
+        return False  # GPT-Neo's local layers count cache slots; these RoPEs rotate by the batch
     if has_lean_step or text.model_type in MERGEABLE:
         return True
     kinds = set(getattr(text, "layer_types", None) or ())

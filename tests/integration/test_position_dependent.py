@@ -15,6 +15,7 @@ import transformers as T
 import decodekit
 from decodekit.engine import Engine, Request
 from decodekit.errors import ConfigError
+from decodekit.speculative import Speculative
 
 V = 96
 LONG, SHORT = [3 + (7 * i) % 90 for i in range(60)], [5, 6, 7, 9]
@@ -78,9 +79,17 @@ def test_a_request_decodes_as_alone_on_a_fresh_model_whatever_ran_before_or_besi
     a.result()
     sampled = Engine(adapter).submit([Request(prompt, decodekit.Sampling(seed=5, top_k=10), _options(new))])[0].result().hypotheses[0]
     assert c.result().hypotheses[0].token_ids == sampled.token_ids
-    # after all that, alone again: the same
+    # after all that, alone again: the same; and the model's own generate sees a fresh model
     again = Engine(adapter).submit([Request(prompt, decodekit.Greedy(), _options(new))])[0].result().hypotheses[0]
     assert again.token_ids == first.token_ids and again.logprob == pytest.approx(first.logprob, abs=1e-5)
+    assert _generate(model, prompt, new) == first.token_ids
+
+
+def test_speculation_on_dynamic_rope_is_refused_naming_it():
+    decoder = decodekit.load(_dynamic())
+    with pytest.raises(ConfigError, match="dynamic NTK") as error:
+        decoder.generate(SHORT, decodekit.Greedy(speculative=Speculative("ngram")), max_new_tokens=4)
+    assert error.value.field == "speculative"
 
 
 def test_a_sequence_crossing_longrope_s_switch_is_refused_naming_max_new_tokens():

@@ -5,8 +5,10 @@ largest position any forward has seen and reset only when a forward stays below 
 context. Shared by every request, that state would make a request's result depend on what else
 was decoded before or beside it. :class:`OwnRotary` gives each decoding state its own: before a
 forward the module gets the state's frequencies (a fresh prefill: the module's initial ones, as
-a newly loaded model has), after it the state keeps what the forward left. Each request's rows
-then rotate exactly as transformers rotates that request alone on a fresh model."""
+a newly loaded model has), after it the state keeps what the forward left and the module gets
+back what it held. Each request's rows then rotate exactly as transformers rotates that request
+alone on a fresh model. Speculation is refused on these models (a draft's length would change
+the frequencies of the tokens it verifies)."""
 
 from __future__ import annotations
 
@@ -32,10 +34,15 @@ class OwnRotary:
         if not self.modules or extra is None:
             yield
             return
-        for module, (inv_freq, cached, scaling) in zip(self.modules, extra.get("rotary", self.initial)):
-            module.register_buffer("inv_freq", inv_freq, persistent=False)
-            module.max_seq_len_cached, module.attention_scaling = cached, scaling
+        before = [self._read(m) for m in self.modules]
+        self._write(extra.get("rotary", self.initial))
         try:
             yield
         finally:
             extra["rotary"] = [self._read(m) for m in self.modules]
+            self._write(before)  # the module as it was: the model's own forward sees no change
+
+    def _write(self, values: list[tuple]) -> None:
+        for module, (inv_freq, cached, scaling) in zip(self.modules, values):
+            module.register_buffer("inv_freq", inv_freq, persistent=False)
+            module.max_seq_len_cached, module.attention_scaling = cached, scaling

@@ -83,6 +83,9 @@ def speculation_refusal(model, is_encoder_decoder: bool) -> str | None:
     name = f"{type(model).__name__} ({text.model_type})"
     if text.model_type in ALIBI or getattr(text, "alibi", False):
         return f"a model with rotary or learned positions: {name} adds ALiBi biases, which draft blocks do not reproduce"
+    if _rope(text).get("rope_type", _rope(text).get("type")) == "dynamic":
+        return (f"a model whose rotary frequencies do not depend on the block: {name} uses dynamic NTK scaling, whose frequencies "
+                "follow the largest position a forward sees, so a draft's length would change the accepted tokens' rotation")
     kinds = set(getattr(text, "layer_types", None) or ())
     window = getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
     if window or "sliding_attention" in kinds or getattr(text, "attention_types", None) and text.model_type == "gpt_neo":

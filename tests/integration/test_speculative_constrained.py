@@ -9,7 +9,7 @@ import pytest
 import decodekit
 from decodekit.constraints import JsonSchema, Regex
 from decodekit.errors import ConfigError
-from decodekit.speculative import Speculative, SuffixConfig
+from decodekit.speculative import RecyclingConfig, Speculative, SuffixConfig
 
 CASES = [
     (JsonSchema({"type": "array", "items": {"type": "integer"}}), "[1, 2, 3, 1, 2, 3, 1, 2, 3, "),
@@ -24,7 +24,7 @@ def decoder():
     return decodekit.load()
 
 
-@pytest.mark.parametrize("proposer", ["ngram", "suffix", "draft"])
+@pytest.mark.parametrize("proposer", ["ngram", "suffix", "draft", "recycling"])
 def test_speculative_greedy_under_a_constraint_equals_plain_constrained_greedy(decoder, proposer):
     accepted = 0
     for constraint, prompt in CASES:
@@ -49,7 +49,7 @@ def test_seeded_constrained_speculative_sampling_is_batch_invariant(decoder):
 
 
 def test_tree_drafts_with_a_constraint_are_refused(decoder):
-    for speculative in (Speculative("recycling"), Speculative("suffix", SuffixConfig(tree=True))):
+    for speculative in (Speculative("recycling", RecyclingConfig(branching=(2, 1))), Speculative("suffix", SuffixConfig(tree=True))):
         with pytest.raises(ConfigError) as error:
             decoder.generate("x", decodekit.Greedy(speculative=speculative), constraint=CASES[0][0], max_new_tokens=4)
         assert error.value.field == "constraint"

@@ -11,7 +11,7 @@ import tiny_models as tm
 import decodekit
 from decodekit.errors import ConfigError
 from decodekit.model.hf import HFLanguageModel
-from decodekit.speculative import Speculative, SuffixConfig
+from decodekit.speculative import RecyclingConfig, Speculative, SuffixConfig
 
 
 @pytest.fixture(scope="module", params=["bart", "t5"])
@@ -24,7 +24,7 @@ def repetitive_prompts() -> list[list[int]]:
     return [p + p for p in tm.prompts(3, 4)]  # something to copy, for the n-gram drafts
 
 
-@pytest.mark.parametrize("proposer", ["ngram", "suffix"])
+@pytest.mark.parametrize("proposer", ["ngram", "suffix", "recycling"])
 def test_speculative_greedy_equals_transformers_greedy(target, proposer):
     hf, decoder = target
     prompts = repetitive_prompts()
@@ -68,7 +68,7 @@ def test_a_seeded_speculative_sample_does_not_depend_on_the_batch(target):
     "strategy, settings, field",
     [
         (decodekit.Greedy(speculative=Speculative("suffix", SuffixConfig(tree=True))), {}, "speculative"),
-        (decodekit.Greedy(speculative=Speculative("recycling")), {}, "speculative"),
+        (decodekit.Greedy(speculative=Speculative("recycling", RecyclingConfig(branching=(2, 1)))), {}, "speculative"),
         (decodekit.Greedy(speculative=Speculative("draft")), {}, "speculative.proposer"),
         (decodekit.Greedy(speculative=Speculative("ngram")), {"encoder_repetition_penalty": 1.2}, "encoder_repetition_penalty"),
     ],

@@ -146,7 +146,7 @@ class Engine(Admission):
             if first.stopping is not None:
                 raise ConfigError("stopping", first.stopping, "None with speculative decoding (custom stopping criteria run with plain decoding)")
             if first.processors is not None and drafts_trees(strategy.speculative):
-                raise ConfigError("constraint", "...", "chain drafts with speculative decoding (ngram, draft, suffix without tree): tree drafts are not supported with a constraint")
+                raise ConfigError("constraint", "...", "chain drafts with speculative decoding (ngram, draft, suffix without tree, recycling with no branching above 1): tree drafts are not supported with a constraint")
             config = strategy.speculative.resolved()
             if strategy.speculative.proposer == "recycling" and config.top_k > model.vocab_size:
                 raise ConfigError("speculative.config.top_k", config.top_k, f"at most the vocabulary size {model.vocab_size}")

@@ -119,7 +119,7 @@ def check_target(model, strategy: Any, options: DecodeOptions) -> None:
     if speculative.proposer == "draft":
         raise ConfigError("speculative.proposer", "draft", "a decoder-only target model (a draft model needs one), or ngram / suffix")
     if drafts_trees(speculative):
-        raise ConfigError("speculative", speculative.proposer, "chain drafts with an encoder-decoder target (ngram, suffix without tree): its decoder scores a block causally")
+        raise ConfigError("speculative", speculative.proposer, "chain drafts with an encoder-decoder target (ngram, suffix without tree, recycling with no branching above 1): its decoder scores a block causally")
     for name in ("encoder_repetition_penalty", "encoder_no_repeat_ngram_size"):
         if getattr(options, name) != getattr(_DEFAULT_OPTIONS, name):
             raise ConfigError(name, getattr(options, name), "its default with speculative decoding of an encoder-decoder target")
@@ -129,7 +129,7 @@ def drafts_trees(speculative: Speculative) -> bool:
     """Whether the proposer drafts trees (several continuations per node), not chains."""
     config = speculative.resolved()
     return (
-        speculative.proposer == "recycling"
+        (speculative.proposer == "recycling" and any(b > 1 for b in config.branching))  # its default is a chain
         or (speculative.proposer == "suffix" and bool(config.tree))
         or tried_siblings(speculative) > 1
     )

@@ -24,16 +24,15 @@ makes sure one thread at a time runs steps. Nothing is patched per call.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from decodekit.engine.admission import Admission
-from decodekit.engine.checks import check_group, check_prompts
+from decodekit.engine.entry import queued_entry, resolved
 from decodekit.engine.group import PlainGroup, deliver, deliver_error
-from decodekit.engine.limits import check_memory, model_error
+from decodekit.engine.limits import model_error
 from decodekit.engine.request import AbortedError, Request, RequestHandle, same_group
 from decodekit.engine.speculative import SpeculativeGroup
 from decodekit.engine.step import (
@@ -98,75 +97,18 @@ class Engine(Admission):
         for request in requests:
             if not isinstance(request, Request):
                 raise ConfigError("requests", request, "decodekit.engine.Request objects")
-            request = self._resolved(request)
+            request = resolved(self.model, request)
             # a model whose rotary frequencies follow the batch's longest row: one group each
             if batches and same_group(batches[-1][0], request) and getattr(self.model, "batch_invariant", True):
                 batches[-1].append(request)
             else:
                 batches.append([request])
-        entries = [self._entry([RequestHandle(self, r) for r in batch]) for batch in batches]
+        entries = [queued_entry(self.model, [RequestHandle(self, r) for r in batch]) for batch in batches]
         with self._lock:
             self._pending.extend(entries)
         with self._changed:
             self._changed.notify_all()
         return [h for entry in entries for h in (entry.handles if isinstance(entry, PlainGroup) else entry)]
-
-    def _resolved(self, request: Request) -> Request:
-        """The request with a ``max_length`` turned into its own ``max_new_tokens``."""
-        options = request.options
-        if getattr(options, "max_length", None) is None:
-            return request
-        options.validate(self.model.vocab_size)
-        if not isinstance(request.prompt, Sequence):
-            return request  # refused by check_prompts in _entry
-        return dataclasses.replace(request, options=options.for_prompt(len(request.prompt), self.model.is_encoder_decoder))
-
-    def _entry(self, handles: list[RequestHandle]):
-        first = handles[0].request
-        strategy, options, model = first.strategy, first.options, self.model
-        if not hasattr(strategy, "begin") or not hasattr(strategy, "validate"):
-            raise ConfigError("strategy", strategy, "a strategy config object (Greedy(), Sampling(...), BeamSearch(...), ...)")
-        if not hasattr(options, "validate"):
-            raise ConfigError("options", options, "a DecodeOptions object")
-        prompts = [h.request.prompt for h in handles]
-        if getattr(strategy, "speculative", None) is not None:
-            from decodekit.speculative import check_supported
-
-            check_supported(strategy, options)
-            if options.guidance_scale != 1.0:
-                raise ConfigError("guidance_scale", options.guidance_scale, "1 with speculative decoding (the unconditional rows cannot follow a draft)")
-            strategy.validate()
-            options.validate(model.vocab_size)
-            check_prompts(model, prompts, options)
-            check_memory(model, strategy, prompts, options)
-            from decodekit.speculative import check_target, drafts_trees
-
-            check_target(model, strategy, options)
-
-            if first.stopping is not None:
-                raise ConfigError("stopping", first.stopping, "None with speculative decoding (custom stopping criteria run with plain decoding)")
-            if first.processors is not None and drafts_trees(strategy.speculative):
-                raise ConfigError("constraint", "...", "chain drafts with speculative decoding (ngram, draft, suffix without tree, recycling with no branching above 1): tree drafts are not supported with a constraint")
-            config = strategy.speculative.resolved()
-            if strategy.speculative.proposer == "recycling" and config.top_k > model.vocab_size:
-                raise ConfigError("speculative.config.top_k", config.top_k, f"at most the vocabulary size {model.vocab_size}")
-            return handles
-        strategy.validate()
-        options.validate(model.vocab_size)
-        check_prompts(model, prompts, options)
-        check_memory(model, strategy, prompts, options)
-        if options.dry_multiplier > 0 and any(isinstance(b, str) for b in options.dry_sequence_breakers):
-            raise ConfigError("dry_sequence_breakers", options.dry_sequence_breakers, "token ids here (Decoder.generate resolves strings with its tokenizer)")
-        group = PlainGroup(model, handles)
-        check_group(model, group)
-        if options.max_time is not None and not hasattr(group.search, "time_out"):
-            raise ConfigError("max_time", options.max_time, f"None with {strategy.name!r}: a time limit ends per-row strategies (greedy, sample) only")
-        if first.stopping is not None and not group.search.supports_stop_strings:
-            raise ConfigError("stopping", first.stopping, f"None with {strategy.name!r}: stopping criteria end single rows of per-row strategies (greedy, sample)")
-        ends_at_stop = group.search.supports_stop_strings or getattr(group.search, "ends_candidates_at_stop_strings", False)
-        if options.stop and not ends_at_stop:
-            raise ConfigError("stop", options.stop, f"stop strings work with greedy, sample and beam, not {strategy.name!r}; use EOS ids")
-        return group
 
     def abort(self, request_id: str) -> None:
         """Abort a request: it fails with :class:`AbortedError` now; its rows leave the batch

@@ -27,7 +27,7 @@ from decodekit.model.fast_gpt2 import GPT2Step
 from decodekit.model.fast_llama import LlamaStep
 from decodekit.model.fused import FusedSteps
 from decodekit.model.lean import LeanStep, active_of, spread
-from decodekit.model.merge import holes_change_nothing, insert_rows, merge_states, release_rows
+from decodekit.model.merge import MergingStates
 from decodekit.model.prompt_cache import CachedPrefills
 from decodekit.model.rotary import OwnRotary
 
@@ -51,7 +51,7 @@ def _decoder_layer_count(config) -> int:
     return 1  # unknown: layers beyond the storage get buffers of their own
 
 
-class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
+class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
     """A transformers model behind decodekit's :class:`~decodekit.model.base.LanguageModel`.
 
     The prompt batch is left-padded (decoder-only) so every row's next token lands in the same
@@ -87,7 +87,6 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
         self._head = output_head.large_cpu_head(model)
         self._shared_prefix = attention.available(model) and not self.is_encoder_decoder
         self._step = None if self.is_encoder_decoder else LlamaStep.build(model) or GPT2Step.build(model)
-        self._merge_checked: bool | None = None  # holes_change_nothing, for an architecture outside the tested set
         self._rotary = OwnRotary(model)  # dynamic RoPE: frequencies per state
         self.forward_count = 0
 
@@ -312,37 +311,6 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills):
     def speculation_refusal(self) -> str | None:
         """Why speculative decoding cannot be exact on this model, or None if it can."""
         return support.speculation_refusal(self.model, self.is_encoder_decoder)
-
-    @property
-    def can_merge(self) -> bool:
-        """True when rows of separately prefilled batches may share one state (see
-        :func:`decodekit.model.support.can_merge`)."""
-        known = support.can_merge(self.model, self.is_encoder_decoder, self._step is not None)
-        if known is None:  # an architecture outside the tested set: checked once on the model
-            if self._merge_checked is None:
-                counted, self.prompt_cache, kept = self.forward_count, None, self.prompt_cache
-                try:
-                    self._merge_checked = holes_change_nothing(self)
-                except Exception:  # a model the check cannot run on decodes each batch apart
-                    self._merge_checked = False
-                finally:
-                    self.forward_count, self.prompt_cache = counted, kept
-            return self._merge_checked
-        return known
-
-    def merge(self, first: DecodeState, second: DecodeState, at: int | None = None) -> DecodeState:
-        """One state: ``first``'s rows with ``second``'s inserted before row ``at``
-        (:func:`decodekit.model.merge.merge_states`)."""
-        return merge_states(first, second, at)
-
-    def insert(self, state: DecodeState, new: DecodeState, rows: torch.Tensor) -> bool:
-        """Write ``new``'s rows over ``state``'s free rows ``rows`` in place; False if it
-        cannot (:func:`decodekit.model.merge.insert_rows`). Requires :attr:`can_merge`."""
-        return insert_rows(state, new, rows)
-
-    def release(self, state: DecodeState, rows: torch.Tensor) -> None:
-        """Rows no request holds any more (:func:`decodekit.model.merge.release_rows`)."""
-        release_rows(state, rows)
 
     @torch.inference_mode()
     def advance(self, state: DecodeState, parents: torch.Tensor | None, tokens: torch.Tensor, idle: torch.Tensor | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from decodekit.model import support
 from decodekit.model.base import DecodeState
 
 
@@ -157,3 +158,42 @@ def holes_change_nothing(model) -> bool:
         if not bool(torch.isfinite(merged.logits).all()) or float((merged.logits - apart).abs().max()) > 1e-4 * scale:
             return False
     return True
+
+
+class MergingStates:
+    """The adapter's side of continuous batching (mixed into
+    :class:`~decodekit.model.hf.HFLanguageModel`): whether its states merge, and merging,
+    inserting and releasing rows."""
+
+    _merge_checked: bool | None = None  # holes_change_nothing's answer, for an architecture outside the tested set
+
+    @property
+    def can_merge(self) -> bool:
+        """True when rows of separately prefilled batches may share one state (see
+        :func:`decodekit.model.support.can_merge`)."""
+        known = support.can_merge(self.model, self.is_encoder_decoder, self._step is not None)
+        if known is None:  # an architecture outside the tested set: checked once on the model
+            if self._merge_checked is None:
+                counted, self.prompt_cache, kept = self.forward_count, None, self.prompt_cache
+                try:
+                    self._merge_checked = holes_change_nothing(self)
+                except Exception:  # a model the check cannot run on decodes each batch apart
+                    self._merge_checked = False
+                finally:
+                    self.forward_count, self.prompt_cache = counted, kept
+            return self._merge_checked
+        return known
+
+    def merge(self, first: DecodeState, second: DecodeState, at: int | None = None) -> DecodeState:
+        """One state: ``first``'s rows with ``second``'s inserted before row ``at``
+        (:func:`decodekit.model.merge.merge_states`)."""
+        return merge_states(first, second, at)
+
+    def insert(self, state: DecodeState, new: DecodeState, rows: torch.Tensor) -> bool:
+        """Write ``new``'s rows over ``state``'s free rows ``rows`` in place; False if it
+        cannot (:func:`decodekit.model.merge.insert_rows`). Requires :attr:`can_merge`."""
+        return insert_rows(state, new, rows)
+
+    def release(self, state: DecodeState, rows: torch.Tensor) -> None:
+        """Rows no request holds any more (:func:`decodekit.model.merge.release_rows`)."""
+        release_rows(state, rows)

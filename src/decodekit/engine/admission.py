@@ -55,13 +55,11 @@ class Admission:
         target = target_partition(self.model, self._partitions) if getattr(self.model, "can_fuse_prefill", False) else None
         if target is not None and pooled:
             self._fused = FusedPrefill(target, list(pooled.values()))
-        elif getattr(self.model, "batch_invariant", True):
+        else:
+            together = getattr(self.model, "batch_invariant", True)  # else rotary set by a batch's longest row
             for groups in pooled.values():
-                self._admit_groups(groups)
-        else:  # rotary frequencies set by the batch's longest row: each group prefilled alone
-            for groups in pooled.values():
-                for group in groups:
-                    self._admit_groups([group])
+                for batch in [groups] if together else [[g] for g in groups]:
+                    self._admit_groups(batch)
         for group in plain:
             self._admit_groups([group])
         if admitted:

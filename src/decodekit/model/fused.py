@@ -49,15 +49,12 @@ class FusedSteps:
         Requires :attr:`can_fuse_prefill` and states that record no attention."""
         parts = [self._step_part(state, parents, tokens, idle)] if state is not None else []
         busy = active_of(parts[0]) if parts else None  # the step's rows computed
-        hits = computed = None
-        prefills = 0  # 1: the prompts' part is in this pass (not when every prompt is cached)
-        if prompts:
+        hits = computed = prompt_part = None
+        if prompts:  # the prompts the prompt cache holds are not computed
             ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
-            hits = self._prefill_hits(prompts)  # prompts the prompt cache holds are not computed
-            computed = self._computed_rows(hits)
-            if computed is None or len(computed):
-                parts.append(self._prefill_part(ids, positions, prompt_mask, cache, computed))
-                prefills = 1
+            hits, computed, prompt_part = self._cached_prefill(prompts, ids, positions, prompt_mask, cache)
+        prefills = int(prompt_part is not None)  # 0 when every prompt is cached
+        parts += [prompt_part] if prefills else []
         parts += [self._verify_part(*block) for block in blocks]
         ahead = (state is not None) + prefills  # the step's and the prefill's parts
         hidden = self._step.parts(parts) if parts else []
@@ -66,7 +63,7 @@ class FusedSteps:
         if busy is not None:
             ends[0] = ends[0].index_select(0, busy)
         if prefills and computed is not None:
-            ends[-1] = ends[-1].index_select(0, computed.to(ends[-1].device))
+            ends[-1] = ends[-1].index_select(0, computed)
         verified = [h.reshape(-1, h.shape[-1]) for h in hidden[ahead:]]
         logits = self._project(torch.cat(ends + verified)) if parts else None
         at = 0

@@ -235,13 +235,12 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
                       cache: PreallocatedCache) -> torch.Tensor:
         """Prefill through the lean step (the prompts the prompt cache holds taken from it).
         Same logits as the model's forward (tested), without its per-call overhead."""
-        hits = self._prefill_hits(prompts)
-        computed = self._computed_rows(hits)
+        hits, computed, part = self._cached_prefill(prompts, ids, positions, prompt_mask, cache)
         logits = None
-        if computed is None or len(computed):
+        if part is not None:
             self.forward_count += 1
-            ends = self._step.parts([self._prefill_part(ids, positions, prompt_mask, cache, computed)])[0][:, -1]
-            logits = self._project(ends if computed is None else ends.index_select(0, computed.to(ends.device)))
+            ends = self._step.parts([part])[0][:, -1]
+            logits = self._project(ends if computed is None else ends.index_select(0, computed))
         return self._prefilled_logits(prompts, hits, computed, logits, cache)
 
     def _start_encoder_decoder(self, prompts: list[list[int]], max_new_tokens: int, record: dict | None) -> DecodeState:

@@ -142,8 +142,9 @@ def holes_change_nothing(model) -> bool:
         return [3 + (start + 7 * i) % max(model.vocab_size - 3, 1) for i in range(count)]
 
     first, second = ids(9, 11), ids(3, 29)
-    ahead, alone_ahead = model.start([first], 4), model.start([first], 4)
-    behind, alone_behind = model.start([second], 4), model.start([second], 4)
+    ahead, behind = model.start([first], 4), model.start([second], 4)
+    one = torch.zeros(1, dtype=torch.long, device=ahead.logits.device)
+    alone_ahead, alone_behind = model.fork(ahead, one), model.fork(behind, one)  # copies, not a second prefill
     token = ahead.logits.argmax(-1)
     model.advance(ahead, None, token)
     model.advance(alone_ahead, None, token)

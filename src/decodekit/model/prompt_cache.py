@@ -96,12 +96,15 @@ class CachedPrefills:
         hits = self.prompt_cache.lookup(prompts, weights_stamp(self.model))
         return hits if any(h is not None for h in hits) else None
 
-    @staticmethod
-    def _computed_rows(hits: list | None) -> torch.Tensor | None:
-        """The prompts a prefill computes (None: all of them)."""
+    def _cached_prefill(self, prompts: list[list[int]], ids, positions, prompt_mask, cache) -> tuple:
+        """``(hits, computed, part)``: each prompt's cache entry (None: no hit at all), the
+        prompts the prefill computes (None: all of them) and the lean step's part for them
+        (None: every prompt is cached)."""
+        hits = self._prefill_hits(prompts)
         if hits is None:
-            return None
-        return torch.tensor([i for i, h in enumerate(hits) if h is None], dtype=torch.long)
+            return None, None, self._prefill_part(ids, positions, prompt_mask, cache)
+        computed = torch.tensor([i for i, h in enumerate(hits) if h is None], dtype=torch.long, device=ids.device)
+        return hits, computed, self._prefill_part(ids, positions, prompt_mask, cache, computed) if len(computed) else None
 
     def _prefilled_logits(self, prompts: list[list[int]], hits: list | None, computed: torch.Tensor | None,
                           logits: torch.Tensor | None, cache) -> torch.Tensor:

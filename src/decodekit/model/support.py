@@ -29,24 +29,34 @@ MERGEABLE = frozenset({
 
 
 def _rope(text) -> dict:
+    """The config's RoPE scaling settings ({} without)."""
     rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
     return rope if isinstance(rope, dict) else {}
+
+
+def _rope_type(text) -> str | None:
+    rope = _rope(text)
+    return rope.get("rope_type", rope.get("type"))
+
+
+def _windowed(text) -> bool:
+    """Whether the config sets a sliding window (counted in cache slots)."""
+    return getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
 
 
 def batch_dependent_rope(text) -> bool:
     """Whether the model's rotary frequencies depend on the largest position in its batch
     (dynamic NTK scaling, LongRoPE): a row then rotates differently beside longer rows, so such
     rows are prefilled and decoded in states of their own."""
-    return _rope(text).get("rope_type", _rope(text).get("type")) in ("dynamic", "longrope")
+    return _rope_type(text) in ("dynamic", "longrope")
 
 
 def rope_switch(text) -> int | None:
     """The position at which LongRoPE switches from its short to its long factors (transformers
     re-encodes the whole cache there; decodekit refuses a sequence that crosses it), else None."""
-    rope = _rope(text)
-    if rope.get("rope_type", rope.get("type")) != "longrope":
+    if _rope_type(text) != "longrope":
         return None
-    original = rope.get("original_max_position_embeddings") or getattr(text, "original_max_position_embeddings", None)
+    original = _rope(text).get("original_max_position_embeddings") or getattr(text, "original_max_position_embeddings", None)
     return int(original) if original else None
 
 
@@ -55,10 +65,10 @@ def context_length(text) -> int | None:
     meant for longer contexts (linear, dynamic NTK and YaRN multiply the original length by
     their factor; llama3 and longrope configs already state the extended length)."""
     length = next((int(v) for k in ("max_position_embeddings", "n_positions") if (v := getattr(text, k, None))), None)
-    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
-    if length is None or not isinstance(rope, dict):
+    rope = _rope(text)
+    if length is None:
         return length
-    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
+    kind, factor = _rope_type(text), rope.get("factor")
     if kind in ("linear", "dynamic", "yarn") and isinstance(factor, int | float) and factor > 1:
         original = int(rope.get("original_max_position_embeddings") or length)
         return max(length, int(original * factor))
@@ -83,12 +93,11 @@ def speculation_refusal(model, is_encoder_decoder: bool) -> str | None:
     name = f"{type(model).__name__} ({text.model_type})"
     if text.model_type in ALIBI or getattr(text, "alibi", False):
         return f"a model with rotary or learned positions: {name} adds ALiBi biases, which draft blocks do not reproduce"
-    if _rope(text).get("rope_type", _rope(text).get("type")) == "dynamic":
+    if _rope_type(text) == "dynamic":
         return (f"a model whose rotary frequencies do not depend on the block: {name} uses dynamic NTK scaling, whose frequencies "
                 "follow the largest position a forward sees, so a draft's length would change the accepted tokens' rotation")
     kinds = set(getattr(text, "layer_types", None) or ())
-    window = getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
-    if window or "sliding_attention" in kinds or getattr(text, "attention_types", None) and text.model_type == "gpt_neo":
+    if _windowed(text) or "sliding_attention" in kinds or getattr(text, "attention_types", None) and text.model_type == "gpt_neo":
         return f"a model with full attention: {name} has sliding-window layers, which draft blocks would not respect"
     return None
 
@@ -104,7 +113,7 @@ def can_merge(model, is_encoder_decoder: bool, has_lean_step: bool) -> bool | No
     if is_encoder_decoder:
         return False
     text = model.config.get_text_config(decoder=True)
-    if getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
+    if _windowed(text):
         return False
     if "local" in set(getattr(text, "attention_layers", None) or ()) or batch_dependent_rope(text):
         return False  # GPT-Neo's local layers count cache slots; these RoPEs rotate by the batch

@@ -117,7 +117,7 @@ class CachedPrefills:
             storage = _storage_for(cache, len(prompts), width, entries[0][0])
             out = entries[0][1].new_empty(len(prompts), entries[0][1].shape[-1])
             if logits is not None and len(computed):
-                out.index_copy_(0, computed.to(out.device), logits)
+                out.index_copy_(0, computed, logits)
             for row, (prompt, hit) in enumerate(zip(prompts, hits)):
                 if hit is not None:
                     storage[:, :, row, :, width - len(prompt) : width] = hit[0]

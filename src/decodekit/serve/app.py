@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 
 from decodekit.engine import AbortedError
 from decodekit.errors import ConfigError, DecodeKitError, InputError
@@ -65,8 +66,13 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
     slots = asyncio.Semaphore(limits.max_concurrent_requests)
     queued = [0]
 
+    routes = {"/v1/completions", "/v1/chat/completions"}
+
+    def label(path: str) -> str:  # the metrics' path label: a route's, or "other" (bounded)
+        return path if path in routes else "other"
+
     def too_big(path: str) -> JSONResponse:
-        metrics.requests.labels(path, "413").inc()
+        metrics.requests.labels(label(path), "413").inc()
         return error_response(APIError(413, f"the request body is larger than this server's limit of {limits.max_body_bytes} bytes"))
 
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes, reject=too_big)
@@ -74,15 +80,27 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
-        metrics.requests.labels(request.url.path, "400").inc()
+        if first.get("type") == "json_invalid":  # its loc is a character position, not a field
+            param, message = None, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', 'invalid')}"
+        else:
+            loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+            param = ".".join(loc) or None
+            message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
+        metrics.requests.labels(label(request.url.path), "400").inc()
         return error_response(APIError(400, message, param=param))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):  # unknown routes, wrong methods
+        metrics.requests.labels("other", str(exc.status_code)).inc()
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else f"{request.method} {request.url.path}: {exc.detail}"
+        response = error_response(APIError(exc.status_code, message, kind))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        metrics.requests.labels(request.url.path, str(exc.status)).inc()
+        metrics.requests.labels(label(request.url.path), str(exc.status)).inc()
         return error_response(exc)
 
     @app.get("/health")
@@ -95,6 +113,12 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "decodekit"}]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != model_name:
+            raise APIError(404, f"model {model_id!r} is not served here; this server serves {model_name!r}", "not_found_error", "model")
+        return {"id": model_name, "object": "model", "created": 0, "owned_by": "decodekit"}
 
     @app.get("/metrics")
     async def prometheus():
@@ -157,7 +181,8 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                 lambda: decoder.submit(prompts, plan.strategy, constraint=plan.constraint, stream=body.stream and not plan.beam, **plan.settings)
             )
         except ConfigError as error:
-            raise APIError(400, f"{api_param(error.field)}={error.value!r} is not allowed: {error.allowed}", param=api_param(error.field)) from None
+            param = api_param(error.field, body)
+            raise APIError(400, f"{param}={error.value!r} is not allowed: {error.allowed}", param=param) from None
         except InputError as error:
             raise APIError(400, str(error), param="messages" if chat else "prompt") from None
         except EngineExited as error:

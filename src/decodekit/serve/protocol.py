@@ -26,6 +26,9 @@ class DecodekitOptions(Strict):
     regex: str | None = None
     grammar: str | None = None
     catalog: list[str] | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
     min_tokens: int | None = None
     repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
@@ -65,6 +68,13 @@ class Sampling(Strict):
     user: str | None = None
     response_format: ResponseFormat | None = None
     decodekit: DecodekitOptions | None = None
+    # vLLM's sampling fields, top-level as its server takes them (``extra_body``)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
 
 
 class CompletionRequest(Sampling):
@@ -86,6 +96,15 @@ class ChatCompletionRequest(Sampling):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    # OpenAI fields that ask for nothing this server would do differently; accepted at those
+    # values only (anything else is a 400 naming the field)
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    modalities: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class Usage(BaseModel):

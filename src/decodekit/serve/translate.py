@@ -22,16 +22,53 @@ PARAMS = {
     "diversity_strength": "decodekit.diversity_strength",
     "diversity": "decodekit.diversity",
     "json_schema": "response_format.json_schema",
+    "top_k": "decodekit.top_k",
+    "min_p": "decodekit.min_p",
+    "typical_p": "decodekit.typical_p",
 }
 """decodekit field names -> the request's own names, for error messages."""
+
+TOP_LEVEL = {"min_new_tokens": "min_tokens", "repetition_penalty": "repetition_penalty", "top_k": "top_k", "min_p": "min_p"}
+"""decodekit field names -> the vLLM names a request may give them by at its top level (or in
+its ``decodekit`` object; not both)."""
 
 
 MAX_TOP_LOGPROBS = 20
 """Alternatives per token a request may ask for (OpenAI's chat limit)."""
 
 
-def api_param(field: str) -> str:
+def api_param(field: str, req=None) -> str:
+    """The request field a decodekit field came from (``req``: the request, for the fields it
+    may give at its top level)."""
+    if req is not None and field in TOP_LEVEL and getattr(req, TOP_LEVEL[field], None) is not None:
+        return TOP_LEVEL[field]
     return PARAMS.get(field, field)
+
+
+def _check_no_ops(req: ChatCompletionRequest) -> None:
+    """OpenAI chat fields accepted only at values that ask for nothing different here."""
+    if req.store:
+        raise ConfigError("store", req.store, "false or null: this server does not store completions")
+    if req.service_tier not in (None, "auto", "default"):
+        raise ConfigError("service_tier", req.service_tier, "'auto', 'default' or null (this server has one tier)")
+    if req.modalities not in (None, ["text"]):
+        raise ConfigError("modalities", req.modalities, '["text"] or null')
+    if req.tools:
+        raise ConfigError("tools", "[...]", "null or []: function calling is not supported")
+    if req.tool_choice not in (None, "none"):
+        raise ConfigError("tool_choice", req.tool_choice, "'none' or null (no tools here)")
+
+
+def _top_level(req, ext: DecodekitOptions) -> dict:
+    """The settings a request may give by vLLM's top-level names or in ``decodekit``: name ->
+    value (None: not given)."""
+    values = {}
+    for name in TOP_LEVEL.values():
+        top, own = getattr(req, name), getattr(ext, name)
+        if top is not None and own is not None:
+            raise ConfigError(f"decodekit.{name}", own, f"null when the request gives {name} at its top level (once)")
+        values[name] = top if top is not None else own
+    return values
 
 
 @dataclass
@@ -47,7 +84,7 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
     """The strategy, options and constraint a request asks for."""
     if isinstance(req, CompletionRequest):
         if req.suffix:
-            raise ConfigError("suffix", req.suffix, "None: insertion (suffix) is not supported")
+            raise ConfigError("suffix", req.suffix, "null or empty: insertion (suffix) is not supported")
         if req.best_of is not None and req.best_of != req.n:
             raise ConfigError("best_of", req.best_of, "equal to n (or absent): best_of is not supported")
         top = req.logprobs or 0
@@ -61,7 +98,9 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
         if top and not req.logprobs:
             raise ConfigError("top_logprobs", req.top_logprobs, "null unless logprobs is true")
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        _check_no_ops(req)
     ext = req.decodekit or DecodekitOptions()
+    given = _top_level(req, ext)
     settings: dict = {"max_new_tokens": max_tokens if max_tokens is not None else default_max_tokens}
     if top:
         settings["top_logprobs"] = top
@@ -75,9 +114,19 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
             raise ConfigError("logit_bias", req.logit_bias, "a map from token ids (as strings, e.g. \"50256\") to biases in [-100, 100]") from None
     if req.stop is not None:
         settings["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
-    for source, target in (("min_tokens", "min_new_tokens"), ("repetition_penalty", "repetition_penalty"), ("no_repeat_ngram_size", "no_repeat_ngram_size")):
-        if getattr(ext, source) is not None:
-            settings[target] = getattr(ext, source)
+    for source, target in (("min_tokens", "min_new_tokens"), ("repetition_penalty", "repetition_penalty")):
+        if given[source] is not None:
+            settings[target] = given[source]
+    if ext.no_repeat_ngram_size is not None:
+        settings["no_repeat_ngram_size"] = ext.no_repeat_ngram_size
+    if req.stop_token_ids:
+        settings["stop_token_ids"] = tuple(req.stop_token_ids)
+    if req.include_stop_str_in_output is not None:
+        settings["include_stop_str_in_output"] = req.include_stop_str_in_output
+    # sampling warpers; top-k and min-p never drop the most likely token, so greedy is unchanged
+    warpers = {name: value for name, value in (("top_k", given["top_k"]), ("min_p", given["min_p"]), ("typical_p", ext.typical_p)) if value is not None}
+    if warpers.get("top_k") is not None and warpers["top_k"] <= 0:  # vLLM's -1 (and 0): no top-k
+        warpers["top_k"] = None
     n = req.n
     kind = ext.strategy or ("greedy" if req.temperature == 0 else "sample")
     beam = kind in ("beam", "diverse_beam")
@@ -87,6 +136,8 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
                 raise ConfigError(name, getattr(req, name), f"null with decodekit.strategy={kind!r} (beam searches do not sample)")
         if req.seed is not None:
             raise ConfigError("seed", req.seed, f"null with decodekit.strategy={kind!r} (beam searches are deterministic)")
+        for name, value in warpers.items():
+            raise ConfigError(name, value, f"null with decodekit.strategy={kind!r} (a sampling warper; beam searches do not sample)")
         if "stop" in settings and kind == "diverse_beam":
             raise ConfigError("stop", req.stop, f"null with decodekit.strategy={kind!r}: stop strings work with greedy, sampling and beam")
     else:
@@ -101,12 +152,15 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
             raise ConfigError("n", n, "1 with temperature 0 (greedy has one output); use temperature > 0 or decodekit.strategy 'beam'")
         if req.top_p is not None and req.top_p != 1:
             raise ConfigError("top_p", req.top_p, "1 or null with temperature 0 (greedy)")
+        if ext.typical_p is not None and ext.typical_p != 1:
+            raise ConfigError("typical_p", ext.typical_p, "1 or null with temperature 0 (greedy)")
+        decodekit.Sampling(**warpers).validate()  # their values checked all the same
         strategy = decodekit.Greedy(speculative=speculative)
     elif kind == "sample":
         temperature = 1.0 if req.temperature is None else req.temperature
         if temperature == 0:
             raise ConfigError("temperature", 0, "> 0 with decodekit.strategy 'sample'")
-        strategy = decodekit.Sampling(temperature=temperature, top_p=1.0 if req.top_p is None else req.top_p, n=n, seed=req.seed, speculative=speculative)
+        strategy = decodekit.Sampling(temperature=temperature, top_p=1.0 if req.top_p is None else req.top_p, n=n, seed=req.seed, speculative=speculative, **warpers)
     elif kind == "beam":
         beams = ext.num_beams if ext.num_beams is not None else max(n, 4)
         extra = {k: v for k, v in (("length_penalty", ext.length_penalty), ("early_stopping", ext.early_stopping)) if v is not None}

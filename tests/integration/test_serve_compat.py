@@ -1,0 +1,129 @@
+"""What other clients send: vLLM's top-level sampling fields, OpenAI fields that ask for nothing
+different here, model retrieval, and errors in OpenAI's shape for every path. Real HTTP on
+127.0.0.1 (a random free port), the official ``openai`` client and raw ``httpx``."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+import serving
+
+import decodekit
+from decodekit.serve import create_app
+
+PROMPT = "def read(path):"
+
+
+@pytest.fixture(scope="module")
+def server():
+    decoder = decodekit.load()
+    instance, thread, url = serving.start(create_app(decoder, "stdlib-code"))
+    yield decoder, url
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_vllm_sampling_fields_equal_the_library(server, client):
+    decoder, _ = server
+    extra = {"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.3, "min_tokens": 10}
+    got = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=12, temperature=0.9, seed=11, extra_body=extra)
+    want = decoder.generate(PROMPT, decodekit.Sampling(temperature=0.9, top_k=5, min_p=0.05, seed=11), max_new_tokens=12, repetition_penalty=1.3, min_new_tokens=10)
+    assert got.choices[0].decodekit["token_ids"] == list(want.best.token_ids)
+    # the same fields in the decodekit object give the same output
+    same = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=12, temperature=0.9, seed=11, extra_body={"decodekit": extra})
+    assert same.choices[0].decodekit["token_ids"] == list(want.best.token_ids)
+    # and without them the output differs (they took effect)
+    plain = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=12, temperature=0.9, seed=11)
+    assert plain.choices[0].decodekit["token_ids"] != list(want.best.token_ids)
+
+
+def test_top_k_and_min_p_leave_greedy_unchanged_and_top_k_minus_one_is_off(server, client):
+    decoder, _ = server
+    want = decoder.generate(PROMPT, max_new_tokens=10).best.token_ids
+    for extra in ({"top_k": 3, "min_p": 0.2}, {"top_k": -1}):
+        got = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=10, temperature=0, extra_body=extra)
+        assert got.choices[0].decodekit["token_ids"] == list(want)
+    sampled = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=10, temperature=1.0, seed=3, extra_body={"top_k": -1})
+    library = decoder.generate(PROMPT, decodekit.Sampling(seed=3), max_new_tokens=10).best.token_ids
+    assert sampled.choices[0].decodekit["token_ids"] == list(library)
+
+
+def test_stop_token_ids_end_the_output(server, client):
+    decoder, _ = server
+    first = decoder.generate(PROMPT, max_new_tokens=6).best.token_ids
+    got = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=6, temperature=0, extra_body={"stop_token_ids": [first[2]]})
+    assert got.choices[0].decodekit["token_ids"] == list(first[:3]) and got.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"top_k": 4, "decodekit": {"top_k": 4}}, "decodekit.top_k"),
+        ({"min_tokens": 2, "decodekit": {"min_tokens": 2}}, "decodekit.min_tokens"),
+        ({"top_k": 4, "decodekit": {"strategy": "beam"}}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"repetition_penalty": -1.0}, "repetition_penalty"),
+        ({"min_tokens": -3}, "min_tokens"),
+        ({"decodekit": {"typical_p": 0.5}}, "decodekit.typical_p"),
+    ],
+)
+def test_bad_vllm_fields_are_400s_naming_the_field_given(client, extra, param):
+    temperature = None if "decodekit" in extra and extra["decodekit"].get("strategy") == "beam" else 0
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="stdlib-code", prompt="x", max_tokens=4, temperature=temperature, extra_body=extra)
+    assert error.value.body["param"] == param
+
+
+def test_openai_fields_that_ask_for_nothing_different_are_accepted(server, client):
+    decoder, _ = server
+    messages = [{"role": "user", "content": "hi"}]
+    want = client.chat.completions.create(model="stdlib-code", messages=messages, max_tokens=6, temperature=0).choices[0].message.content
+    got = client.chat.completions.create(
+        model="stdlib-code", messages=messages, max_tokens=6, temperature=0, store=False, metadata={"team": "a"},
+        service_tier="auto", modalities=["text"], tools=[], tool_choice="none", parallel_tool_calls=False,
+    )
+    assert got.choices[0].message.content == want
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"store": True}, "store"),
+        ({"service_tier": "flex"}, "service_tier"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+    ],
+)
+def test_openai_fields_asking_for_what_is_not_here_are_400s(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="stdlib-code", messages=[{"role": "user", "content": "hi"}], max_tokens=4, **kwargs)
+    assert error.value.body["param"] == param
+
+
+def test_models_retrieve_and_errors_in_openai_shape_on_every_path(server, client):
+    _, base = server
+    assert client.models.retrieve("stdlib-code").id == "stdlib-code"
+    with pytest.raises(openai.NotFoundError) as error:
+        client.models.retrieve("gpt-4")
+    assert error.value.body["param"] == "model"
+    for response, status in (
+        (httpx.post(base + "/v1/embeddings", json={"input": "x"}), 404),
+        (httpx.get(base + "/v1/completions"), 405),
+        (httpx.post(base + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400),
+    ):
+        assert response.status_code == status
+        body = response.json()["error"]
+        assert set(body) == {"message", "type", "param", "code"} and body["message"]
+    bad_json = httpx.post(base + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}).json()["error"]
+    assert bad_json["param"] is None and "not valid JSON" in bad_json["message"]
+    # unknown paths do not grow the metrics' label set
+    text = httpx.get(base + "/metrics").text
+    assert "/v1/embeddings" not in text and 'endpoint="other"' in text

@@ -12,7 +12,7 @@ import decodekit
 from decodekit.engine import Engine, Request
 from decodekit.errors import ConfigError
 from decodekit.model.hf import HFLanguageModel
-from decodekit.model.prompt_cache import PromptCache
+from decodekit.model.prompt_cache import PREFIX_BLOCK, PromptCache
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [9, 10], [3], [12, 13, 14, 15]]
 
@@ -116,6 +116,95 @@ def test_engine_requests_with_repeated_prompts_decode_as_without_the_cache():
 
     assert run(with_cache) == run(without)
     assert with_cache.model.prompt_cache.hits >= 6
+
+
+SHARED = list(range(5, 5 + 2 * PREFIX_BLOCK + 9))  # two whole blocks and some
+
+
+def _computed_tokens(model: HFLanguageModel) -> list[int]:
+    """Records how many tokens each lean pass of ``model`` computes."""
+    counts, parts = [], model._step.parts
+
+    def spy(given):
+        counts.append(sum(p[0].numel() if len(p) < 6 else len(p[5]) for p in given))
+        return parts(given)
+
+    model._step.parts = spy
+    return counts
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "qwen2"])
+def test_a_prompt_sharing_a_cached_prefix_computes_only_the_rest(builder):
+    cached, plain = _pair(builder)
+    cached.start([SHARED + [60, 61]], 6)
+    counts = _computed_tokens(cached)
+    # a prefix hit (two blocks), a whole hit, a miss, a prefix hit of one block, other padding
+    batch = [SHARED + [50, 51, 52], SHARED + [60, 61], [7, 8, 9], SHARED[: PREFIX_BLOCK + 3] + [70]]
+    state = cached.start(batch, 6)
+    cache = cached.prompt_cache
+    assert (cache.hits, cache.prefix_hits, cache.prefix_tokens) == (1, 2, 3 * PREFIX_BLOCK)
+    assert counts == [len(batch[0]) - 2 * PREFIX_BLOCK + len(batch[2]) + len(batch[3]) - PREFIX_BLOCK]
+    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start(batch, 6), 4)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    # a prompt that is exactly a cached prefix keeps at least its last token to compute
+    exact = SHARED[: 2 * PREFIX_BLOCK]
+    state = cached.start([exact], 6)
+    assert cache.prefix_tokens == 4 * PREFIX_BLOCK
+    for got, want in zip(_steps(cached, state, 3), _steps(plain, plain.start([exact], 6), 3)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    # shorter than a block in common: nothing taken
+    cached.start([SHARED[: PREFIX_BLOCK - 1] + [90, 91]], 6)
+    assert cache.prefix_tokens == 4 * PREFIX_BLOCK
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+def test_a_fused_step_takes_newcomers_cached_prefixes(builder):
+    cached, plain = _pair(builder)
+    cached.start([SHARED], 8)
+    running = [[4, 4, 4], [7, 8]]
+    a, b = cached.start(running, 8), plain.start(running, 8)
+    tokens = a.logits.argmax(-1)
+    newcomers = [SHARED[:-3] + [80], [9, 10], SHARED + [81, 82]]
+    new_a = cached.advance_and_start(a, None, tokens, newcomers, 8)
+    new_b = plain.advance_and_start(b, None, tokens, newcomers, 8)
+    assert cached.prompt_cache.prefix_hits == 2
+    torch.testing.assert_close(a.logits, b.logits, atol=2e-5, rtol=1e-5)
+    for got, want in zip(_steps(cached, new_a, 3), _steps(plain, new_b, 3)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_an_evicted_prompt_lends_no_prefix():
+    cached, plain = _pair("llama")
+    cached.start([SHARED], 4)
+    cache = cached.prompt_cache = PromptCache(cached.prompt_cache.bytes + 1)  # room for one such entry
+    cached.start([SHARED], 4)
+    cached.start([[90 - i for i in range(len(SHARED))]], 4)  # evicts SHARED
+    assert len(cache) == 1
+    cached.start([[90 - i for i in range(PREFIX_BLOCK)] + [5]], 4)  # the one held lends its first block
+    assert cache.prefix_hits == 1
+    state = cached.start([SHARED[:-1] + [93]], 4)  # the evicted one lends nothing
+    assert cache.prefix_hits == 1
+    torch.testing.assert_close(state.logits, plain.start([SHARED[:-1] + [93]], 4).logits, atol=2e-5, rtol=1e-5)
+
+
+def test_engine_requests_sharing_a_prefix_decode_as_without_the_cache():
+    model = tm.llama()
+    with_cache = decodekit.load(model, prompt_cache_mib=4)
+    without = decodekit.load(model)
+    prompts = [SHARED + [60 + i, 61 + i] for i in range(6)]
+
+    def run(decoder) -> list[list[int]]:
+        engine = Engine(decoder.model)
+        handles = []
+        for i, prompt in enumerate(prompts):
+            handles += engine.submit([Request(prompt, decodekit.Sampling(seed=i), decodekit.DecodeOptions(max_new_tokens=8))])
+            engine.step()
+        while any(not h.done for h in handles):
+            engine.step()
+        return [h.result().hypotheses[0].token_ids for h in handles]
+
+    assert run(with_cache) == run(without)
+    assert with_cache.model.prompt_cache.prefix_hits >= 5
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "8"])

@@ -66,6 +66,10 @@ class PreallocatedLayer(DynamicLayer):
             self._grow(end)
         self._key_buffer[:, :, self.length : end] = key_states
         self._value_buffer[:, :, self.length : end] = value_states
+        if self.length == 0 and self.owner is not None and getattr(self.owner, "known", None):
+            for row, start, kv in self.owner.known:  # a prefill's rows' cached prefixes
+                self._key_buffer[row, :, start : start + kv.shape[-2]] = kv[self.index, 0]
+                self._value_buffer[row, :, start : start + kv.shape[-2]] = kv[self.index, 1]
         self.length = end
         self._refresh_views()
         return self.keys, self.values
@@ -113,6 +117,9 @@ class PreallocatedCache(Cache):
     def __init__(self, num_layers: int, capacity: int):
         self.num_layers, self.capacity = num_layers, capacity
         self.storage: torch.Tensor | None = None  # (layers, 2, rows, heads, capacity, dim)
+        # a prefill's known slots: (row, first slot, (layers, 2, heads, n, dim) keys/values),
+        # written over whatever the prefill's forward computed there (a prompt cache's prefixes)
+        self.known: list[tuple[int, int, torch.Tensor]] | None = None
         super().__init__(layer_class_to_replicate=self._new_layer)
 
     def _new_layer(self) -> PreallocatedLayer:

@@ -213,10 +213,12 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         return DecodeState(logits, width, {**extra, **(record or {})})
 
     def _prefill_part(self, ids: torch.Tensor, positions: torch.Tensor, prompt_mask: torch.Tensor, cache: PreallocatedCache,
-                      rows: torch.Tensor | None = None) -> tuple:
+                      rows: torch.Tensor | None = None, known_until: torch.Tensor | None = None) -> tuple:
         """The lean step's part for a prefill: every position sees the real positions up to it
         (and itself, so that a padding position's states stay finite). ``rows``: the prompts
-        computed (None: all; the others' slots are zeros, written by the caller)."""
+        computed (None: all; the others' slots are zeros, written by the caller);
+        ``known_until``: ``(rows,)`` each row's first slot computed (the slots before it are
+        padding, or a cached prefix the cache writes in: ``cache.known``)."""
         while len(cache.layers) < self._layers:
             cache.layers.append(cache.layer_class_to_replicate())
         width = ids.shape[1]
@@ -226,6 +228,8 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         computed = real
         if rows is not None:
             computed = real & torch.zeros(len(ids), dtype=torch.bool, device=ids.device).index_fill_(0, rows.to(ids.device), True)[:, None]
+        if known_until is not None:
+            computed = computed & (torch.arange(width, device=ids.device)[None, :] >= known_until.to(ids.device)[:, None])
         if bool(computed.all()):
             return ids, positions, cache, visible[:, None], None
         # the left padding's states (and cached prompts') are never read: only the rest is computed

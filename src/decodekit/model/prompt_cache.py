@@ -24,9 +24,15 @@ from collections import OrderedDict
 import torch
 
 
+PREFIX_BLOCK = 16
+"""Prompts share cached prefixes in whole blocks of this many tokens."""
+
+
 class PromptCache:
     """Prefilled prompts: ``tuple(prompt)`` -> ``(keys_values, logits)``, at most ``max_bytes``
-    of tensors, least recently used evicted first."""
+    of tensors, least recently used evicted first. A prompt not held whole may still share a
+    prefix of whole :data:`PREFIX_BLOCK` s with one held (a chat's system prompt, an earlier
+    turn of the conversation, a few-shot preamble): those tokens' keys/values are taken from it."""
 
     def __init__(self, max_bytes: int):
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
@@ -34,7 +40,11 @@ class PromptCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = self.misses = 0
+        self.prefix_hits = self.prefix_tokens = 0  # prompts that took a prefix; tokens taken
         self._entries: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        # the held prompts' blocks as a tree: (parent node, block) -> (node, prompts through it)
+        self._blocks: dict[tuple[int, tuple[int, ...]], tuple[int, dict]] = {}
+        self._nodes = itertools.count(1)
         self._stamp: tuple | None = None
         self._lock = threading.Lock()
 
@@ -44,24 +54,65 @@ class PromptCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._blocks.clear()
             self.bytes = 0
 
-    def lookup(self, prompts: list[list[int]], stamp: tuple) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-        """Each prompt's entry (None: not cached). ``stamp``: the model's weights now."""
+    def lookup(self, prompts: list[list[int]], stamp: tuple) -> list[tuple[torch.Tensor, torch.Tensor | None] | None]:
+        """Each prompt's entry (None: nothing cached): ``(keys_values, logits)`` for a prompt
+        held whole, ``(keys_values of its first k tokens, None)`` for one sharing a prefix of
+        ``k`` tokens (whole blocks, fewer than its length) with a held prompt. ``stamp``: the
+        model's weights now."""
         with self._lock:
             if stamp != self._stamp:
                 self._entries.clear()
+                self._blocks.clear()
                 self.bytes, self._stamp = 0, stamp
             out = []
             for prompt in prompts:
-                entry = self._entries.get(tuple(prompt))
+                key = tuple(prompt)
+                entry = self._entries.get(key)
                 if entry is not None:
-                    self._entries.move_to_end(tuple(prompt))
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                else:
+                    entry = self._prefix(key)
+                    self.misses += 1
                 out.append(entry)
-            found = sum(e is not None for e in out)
-            self.hits += found
-            self.misses += len(out) - found
             return out
+
+    def _prefix(self, key: tuple[int, ...]) -> tuple[torch.Tensor, None] | None:
+        """The longest held prefix of ``key`` in whole blocks, shorter than ``key``."""
+        parent, found, length = 0, None, 0
+        for start in range(0, len(key) - PREFIX_BLOCK, PREFIX_BLOCK):  # at least one token left
+            node = self._blocks.get((parent, key[start : start + PREFIX_BLOCK]))
+            if node is None:
+                break
+            parent, found, length = node[0], node[1], start + PREFIX_BLOCK
+        if found is None:
+            return None
+        holder = next(reversed(found))  # the most recently stored prompt through that block
+        self._entries.move_to_end(holder)
+        self.prefix_hits += 1
+        self.prefix_tokens += length
+        return self._entries[holder][0][..., :length, :], None
+
+    def _walk(self, key: tuple[int, ...], add: bool) -> None:
+        """Add ``key`` to (or remove it from) the block tree along its whole blocks."""
+        parent = 0
+        for start in range(0, len(key) - PREFIX_BLOCK + 1, PREFIX_BLOCK):
+            edge = (parent, key[start : start + PREFIX_BLOCK])
+            node = self._blocks.get(edge)
+            if node is None:
+                if not add:
+                    return
+                node = self._blocks[edge] = (next(self._nodes), {})
+            if add:
+                node[1][key] = None
+            else:
+                node[1].pop(key, None)
+                if not node[1]:
+                    del self._blocks[edge]
+            parent = node[0]
 
     def store(self, prompt: list[int], keys_values: torch.Tensor, logits: torch.Tensor) -> None:
         """Keep ``prompt``'s ``(layers, 2, heads, len(prompt), dim)`` keys/values and its
@@ -72,9 +123,11 @@ class PromptCache:
             if size > self.max_bytes or key in self._entries:
                 return
             self._entries[key] = (keys_values.clone(), logits.clone())
+            self._walk(key, add=True)
             self.bytes += size
             while self.bytes > self.max_bytes:
-                _, (kv, lg) = self._entries.popitem(last=False)
+                old, (kv, lg) = self._entries.popitem(last=False)
+                self._walk(old, add=False)
                 self.bytes -= kv.numel() * kv.element_size() + lg.numel() * lg.element_size()
 
 
@@ -97,14 +150,27 @@ class CachedPrefills:
         return hits if any(h is not None for h in hits) else None
 
     def _cached_prefill(self, prompts: list[list[int]], ids, positions, prompt_mask, cache) -> tuple:
-        """``(hits, computed, part)``: each prompt's cache entry (None: no hit at all), the
-        prompts the prefill computes (None: all of them) and the lean step's part for them
-        (None: every prompt is cached)."""
-        hits = self._prefill_hits(prompts)
-        if hits is None:
+        """``(hits, computed, part)``: each prompt's whole-prompt cache entry (None: no prompt
+        held whole), the prompts the prefill computes (None: all of them) and the lean step's
+        part for them (None: every prompt is cached). A computed prompt that shares a cached
+        prefix computes only the rest: its prefix's keys/values are written into ``cache`` as
+        the forward goes (:attr:`~decodekit.model.cache.PreallocatedCache.known`)."""
+        found = self._prefill_hits(prompts)
+        if found is None:
             return None, None, self._prefill_part(ids, positions, prompt_mask, cache)
+        width = ids.shape[1]
+        hits = [h if h is not None and h[1] is not None else None for h in found]
+        known = [(row, width - len(p), h[0]) for row, (p, h) in enumerate(zip(prompts, found)) if h is not None and h[1] is None]
+        skip = None
+        if known:
+            cache.known = known
+            skip = torch.zeros(len(prompts), dtype=torch.long)
+            for row, start, kv in known:
+                skip[row] = start + kv.shape[-2]  # the slots before it are padding or known
+        if all(h is None for h in hits):
+            return None, None, self._prefill_part(ids, positions, prompt_mask, cache, known_until=skip)
         computed = torch.tensor([i for i, h in enumerate(hits) if h is None], dtype=torch.long, device=ids.device)
-        return hits, computed, self._prefill_part(ids, positions, prompt_mask, cache, computed) if len(computed) else None
+        return hits, computed, self._prefill_part(ids, positions, prompt_mask, cache, computed, known_until=skip) if len(computed) else None
 
     def _prefilled_logits(self, prompts: list[list[int]], hits: list | None, computed: torch.Tensor | None,
                           logits: torch.Tensor | None, cache) -> torch.Tensor:
@@ -124,6 +190,7 @@ class CachedPrefills:
                     out[row] = hit[1]
         else:
             out = logits
+        cache.known = None  # written by the forward
         if self.prompt_cache is not None and _cacheable(cache):
             storage = cache.storage
             for row, prompt in enumerate(prompts):

@@ -3,6 +3,7 @@
     python bench/bench_server.py                          # decodekit, then transformers serve
     python bench/bench_server.py --peer none --requests 500
     python bench/bench_server.py --unique-prompts --without-prompt-cache   # no prompt repeats; decodekit with and without its prompt cache
+    python bench/bench_server.py --unique-prompts --preamble --without-prompt-cache   # distinct prompts after one shared preamble
 
 Each server runs alone in a subprocess on a free loopback port, serving the embedded model
 (``--threads`` torch threads, 1 by default; decodekit's engine in a process of its own, as
@@ -10,7 +11,8 @@ Each server runs alone in a subprocess on a free loopback port, serving the embe
 client, one process) send ``--requests`` completions in all, with mixed parameters: greedy and
 sampled (temperature, top_p, seed), 16 to 64 new tokens, some with a stop string, over a set of
 code prompts (8 of them, so prompts repeat and ``decodekit serve``'s prompt cache serves most
-prefills; ``--unique-prompts`` makes every prompt distinct). The same request list goes to every server. The peer is
+prefills; ``--unique-prompts`` makes every prompt distinct; ``--preamble`` puts one shared
+preamble of about 200 tokens before every prompt, as a system prompt or a few-shot header does). The same request list goes to every server. The peer is
 ``transformers serve --continuous-batching`` (needs ``accelerate``: ``pip install -e ".[bench]"``).
 
 Prints, per server: requests, errors, generated tokens (from the streamed usage), throughput
@@ -51,14 +53,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def requests(count: int, seed: int, unique: bool = False) -> list[dict]:
+PREAMBLE = '''"""Utilities for reading, checking and writing the project's data files.
+
+Every function here takes paths as strings or pathlib.Path objects, never opens a file it was
+not given, and raises ValueError with the offending line number when the input is malformed.
+Functions that write return the number of bytes written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+ENCODING = "utf-8"
+FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_name(name: str) -> str:
+    if not FIELD.match(name):
+        raise ValueError(f"not a field name: {name!r}")
+    return name
+
+'''
+"""``--preamble``: what every prompt then begins with (about 200 tokens of the embedded model)."""
+
+
+def requests(count: int, seed: int, unique: bool = False, preamble: bool = False) -> list[dict]:
     """The mixed request list (the same for every server); ``unique``: no two prompts alike
-    (each begins with its request's number), so no prompt cache can help."""
+    (each begins with its request's number, after the preamble if any)."""
     rng = random.Random(seed)
     out = []
     for i in range(count):
         prompt = rng.choice(PROMPTS)
-        body = {"prompt": f"# request {i}\n{prompt}" if unique else prompt, "max_tokens": rng.choice([16, 32, 48, 64])}
+        prompt = f"# request {i}\n{prompt}" if unique else prompt
+        body = {"prompt": PREAMBLE + prompt if preamble else prompt, "max_tokens": rng.choice([16, 32, 48, 64])}
         if i % 2:
             body |= {"temperature": rng.choice([0.7, 0.9, 1.0]), "top_p": rng.choice([0.9, 0.95, 1.0]), "seed": i}
         else:
@@ -190,13 +222,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine-in-process", action="store_true", help="decodekit's engine in the server's process (default: its own)")
     parser.add_argument("--unique-prompts", action="store_true", help="no two prompts alike (each begins with its request's number)")
+    parser.add_argument("--preamble", action="store_true", help="one shared preamble (about 200 tokens) before every prompt")
     parser.add_argument("--without-prompt-cache", action="store_true", help="also run decodekit with --prompt-cache-mib 0")
     args = parser.parse_args()
     from decodekit.models import embedded_model_path
 
     path = str(embedded_model_path("stdlib-code"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    bodies = requests(args.requests, args.seed, args.unique_prompts)
+    bodies = requests(args.requests, args.seed, args.unique_prompts, args.preamble)
     ours = [sys.executable, "-m", "decodekit", "serve", "--port", "{port}", "--served-model-name", "m"] + (["--engine-in-process"] if args.engine_in_process else [])
     servers = [("decodekit", ours, "m")]
     if args.without_prompt_cache:
@@ -204,6 +237,7 @@ def main() -> None:
     if args.peer == "transformers":
         servers.append(("transformers serve", ["transformers", "serve", "--continuous-batching", "--device", "cpu", "--host", "127.0.0.1", "--port", "{port}", path], path))
     kind = "every prompt distinct" if args.unique_prompts else f"prompts drawn from {len(PROMPTS)}"
+    kind += ", after a shared preamble" if args.preamble else ""
     print(f"embedded model (stdlib-code), {args.requests} streaming completions, {args.clients} concurrent clients, {args.threads} threads, mixed greedy/sampled, 16-64 new tokens, {kind}\n")
     results = {}
     for name, command, model in servers:

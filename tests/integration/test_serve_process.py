@@ -13,7 +13,9 @@ import pytest
 import serving
 
 import decodekit
+from decodekit.model.prompt_cache import PREFIX_BLOCK
 from decodekit.serve import create_app
+from decodekit.serve.format import default_chat_prompt
 from decodekit.serve.remote import EngineExited, EngineProcess
 
 
@@ -85,6 +87,18 @@ def test_a_repeated_prompt_comes_from_the_prompt_cache_with_the_same_answer(remo
     answers = [client.completions.create(model="stdlib-code", prompt=prompt, max_tokens=16, temperature=0).choices[0].text for _ in range(3)]
     assert _metric(url, "decodekit_prompt_cache_hits") >= before + 2
     assert answers == [local.generate(prompt, "greedy", max_new_tokens=16).text] * 3
+
+
+def test_chats_sharing_a_system_prompt_take_its_prefix_from_the_cache_with_the_same_answers(remote, local):
+    client, url = _client(remote[1]), remote[1]
+    system = {"role": "system", "content": "You write short, correct Python functions with docstrings and type hints. " * 3}
+    before = _metric(url, "decodekit_prompt_cache_prefix_tokens")
+    for question in ("a loop over a list", "read a file", "sort a dict by value"):
+        messages = [system, {"role": "user", "content": question}]
+        got = client.chat.completions.create(model="stdlib-code", messages=messages, max_tokens=12, temperature=0).choices[0].message.content
+        want = local.generate(default_chat_prompt(messages), "greedy", max_new_tokens=12).text
+        assert got == want
+    assert _metric(url, "decodekit_prompt_cache_prefix_tokens") >= before + 2 * PREFIX_BLOCK
 
 
 def test_a_disconnected_stream_frees_its_rows_in_the_engine_process(remote):

@@ -162,6 +162,12 @@ class Engine(Admission):
         cache = getattr(self.model, "prompt_cache", None)
         return cache.hits if cache is not None else 0
 
+    @property
+    def prompt_cache_prefix_tokens(self) -> int:
+        """Prompt tokens taken from cached prefixes of other prompts so far (0 without a cache)."""
+        cache = getattr(self.model, "prompt_cache", None)
+        return cache.prefix_tokens if cache is not None else 0
+
     def drive(self, ready: Callable[[], bool], timeout: float | None = None) -> None:
         """Run steps (or wait for the thread running them) until ``ready()`` or ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout

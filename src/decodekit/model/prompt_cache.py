@@ -23,7 +23,6 @@ from collections import OrderedDict
 
 import torch
 
-
 PREFIX_BLOCK = 16
 """Prompts share cached prefixes in whole blocks of this many tokens."""
 

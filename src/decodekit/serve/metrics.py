@@ -1,5 +1,5 @@
 """Prometheus metrics of a server (one registry per app): requests, tokens, queue depth,
-running rows, prompts taken from the prompt cache, time to first token and per-token latency."""
+running rows, prompts and prefixes taken from the prompt cache, time to first token and per-token latency."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ class Metrics:
         queue = Gauge("decodekit_queue_depth", "Groups of requests waiting for admission", registry=registry)
         running = Gauge("decodekit_running_rows", "Rows the engine is decoding", registry=registry)
         cached = Gauge("decodekit_prompt_cache_hits", "Prompts whose prefill the prompt cache saved since the start", registry=registry)
+        prefixes = Gauge("decodekit_prompt_cache_prefix_tokens", "Prompt tokens taken from cached prefixes of other prompts since the start", registry=registry)
+        prefixes.set_function(lambda: engine.prompt_cache_prefix_tokens)
         queue.set_function(lambda: engine.queued)
         cached.set_function(lambda: engine.prompt_cache_hits)
         running.set_function(lambda: engine.running_rows)

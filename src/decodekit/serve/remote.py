@@ -99,6 +99,7 @@ class RemoteEngine:
         self.queued = 0
         self.running_rows = 0
         self.prompt_cache_hits = 0
+        self.prompt_cache_prefix_tokens = 0
         self.listeners: list = []
 
     def add_listener(self, listener) -> None:
@@ -192,7 +193,7 @@ class EngineProcess:
                     reply[1] = (pendings, error)
                     reply[0].set()
             elif message[0] == "news":
-                _, news, self.engine.queued, self.engine.running_rows, self.engine.prompt_cache_hits = message
+                _, news, self.engine.queued, self.engine.running_rows, self.engine.prompt_cache_hits, self.engine.prompt_cache_prefix_tokens = message
                 for rid, events, ended, result, error in news:
                     pending = self._live.pop(rid) if ended else self._live.get(rid)
                     if pending is not None:

@@ -97,7 +97,7 @@ class Worker:
                 item = self._news(rid, entry)
                 if item is not None:
                     news.append(item)
-            state = (self.engine.queued, self.engine.running_rows, self.engine.prompt_cache_hits)
+            state = (self.engine.queued, self.engine.running_rows, self.engine.prompt_cache_hits, self.engine.prompt_cache_prefix_tokens)
             if news or state != self.last:
                 self.last = state
                 try:

@@ -127,3 +127,16 @@ def test_models_retrieve_and_errors_in_openai_shape_on_every_path(server, client
     # unknown paths do not grow the metrics' label set
     text = httpx.get(base + "/metrics").text
     assert "/v1/embeddings" not in text and 'endpoint="other"' in text
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_naming_the_prompt(server, client):
+    decoder, _ = server
+    prompt = "x = 1\n" * 1500  # 6,001 tokens against the embedded model's 4,096
+    with pytest.raises(decodekit.errors.InputError, match="prompt 0 has 6001 tokens"):
+        decoder.generate(prompt, max_new_tokens=4)
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="stdlib-code", prompt=prompt, max_tokens=4)
+    assert error.value.body["param"] == "prompt" and "at most 4095" in error.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="stdlib-code", messages=[{"role": "user", "content": prompt}], max_tokens=4)
+    assert error.value.body["param"] == "messages"

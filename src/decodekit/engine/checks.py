@@ -33,6 +33,12 @@ def check_prompts(model: LanguageModel, prompts: list[list[int]], options: Decod
                     "already past it decodes with the long factors throughout)",
                 )
     room = model.max_length - longest
+    if room < 1:  # the prompt itself leaves no room, whatever max_new_tokens is
+        index = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+        raise InputError(
+            f"prompt {index} has {longest} tokens: the model attends over {model.max_length}, so a prompt may have at most "
+            f"{model.max_length - 1} (room for one new token)"
+        )
     if options.max_new_tokens > room:
         raise ConfigError(
             "max_new_tokens",

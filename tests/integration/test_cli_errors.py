@@ -87,7 +87,7 @@ def test_a_prompt_too_long_mid_file_costs_only_its_line(tmp_path, capsys):
     assert main(["generate", "--input", str(source), "--max-new-tokens", "2", "--output-format", "jsonl", "--on-error", "skip", "--batch-size", "3"]) == 0
     records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3]
-    assert "error" in records[1] and "max_new_tokens" in records[1]["error"]
+    assert "error" in records[1] and "the model attends over 4096, so a prompt may have at most 4095" in records[1]["error"]
     assert "sequences" in records[0] and "sequences" in records[2]
 
 

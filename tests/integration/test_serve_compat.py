@@ -54,11 +54,19 @@ def test_top_k_and_min_p_leave_greedy_unchanged_and_top_k_minus_one_is_off(serve
     assert sampled.choices[0].decodekit["token_ids"] == list(library)
 
 
-def test_stop_token_ids_end_the_output(server, client):
+def test_stop_token_ids_end_the_output_and_ignore_eos_decodes_past_eos(server, client):
     decoder, _ = server
     first = decoder.generate(PROMPT, max_new_tokens=6).best.token_ids
     got = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=6, temperature=0, extra_body={"stop_token_ids": [first[2]]})
     assert got.choices[0].decodekit["token_ids"] == list(first[:3]) and got.choices[0].finish_reason == "stop"
+    # EOS made the most likely token: it ends the output, unless ignore_eos
+    eos = decoder.model.eos_token_ids[0]
+    bias = {"logit_bias": {str(eos): 100}}
+    ended = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=5, temperature=0, extra_body=bias)
+    assert ended.choices[0].decodekit["token_ids"] == [eos] and ended.choices[0].finish_reason == "stop"
+    past = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=5, temperature=0, extra_body={**bias, "ignore_eos": True})
+    want = decoder.generate(PROMPT, max_new_tokens=5, logit_bias={eos: 100}, eos_token_ids=()).best.token_ids
+    assert past.choices[0].decodekit["token_ids"] == list(want) == [eos] * 5 and past.choices[0].finish_reason == "length"
 
 
 @pytest.mark.parametrize(

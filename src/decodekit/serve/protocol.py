@@ -75,6 +75,7 @@ class Sampling(Strict):
     min_tokens: int | None = None
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool | None = None
+    ignore_eos: bool | None = None
 
 
 class CompletionRequest(Sampling):

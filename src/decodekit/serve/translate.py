@@ -121,6 +121,8 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
         settings["no_repeat_ngram_size"] = ext.no_repeat_ngram_size
     if req.stop_token_ids:
         settings["stop_token_ids"] = tuple(req.stop_token_ids)
+    if req.ignore_eos:  # vLLM's: decode past the model's EOS (stop_token_ids still end it)
+        settings["eos_token_ids"] = ()
     if req.include_stop_str_in_output is not None:
         settings["include_stop_str_in_output"] = req.include_stop_str_in_output
     # sampling warpers; top-k and min-p never drop the most likely token, so greedy is unchanged

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import tiny_models as tm
 import torch
+from architectures import ARCHITECTURES
 
 import decodekit
 from decodekit.engine import Engine, Request
@@ -116,6 +117,60 @@ def test_engine_requests_with_repeated_prompts_decode_as_without_the_cache():
 
     assert run(with_cache) == run(without)
     assert with_cache.model.prompt_cache.hits >= 6
+
+
+FORWARD_ONLY = ["phi3", "gemma2-window", "falcon-alibi", "mpt", "gpt_neox", "opt", "mixtral"]
+"""Architectures without a lean step: their prefill is the model's own forward."""
+
+
+@pytest.mark.parametrize("name", FORWARD_ONLY)
+def test_without_a_lean_step_cached_prompts_leave_the_forward_and_decode_as_without_the_cache(name, one_thread):
+    model = ARCHITECTURES[name][0]()
+    cached, plain = HFLanguageModel(model), HFLanguageModel(model)
+    assert cached._lean_step() is None
+    cached.prompt_cache = PromptCache(1 << 22)
+    cached.start(PROMPTS[:2], 6)
+    batch = [PROMPTS[1], PROMPTS[2], PROMPTS[0], PROMPTS[3]]
+    forwards = cached.forward_count
+    state = cached.start(batch, 6)
+    assert cached.forward_count == forwards + 1 and cached.prompt_cache.hits == 2
+    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start(batch, 6), 4)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    forwards = cached.forward_count
+    state = cached.start([PROMPTS[3], PROMPTS[0]], 6)  # every prompt cached: no forward
+    assert cached.forward_count == forwards
+    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start([PROMPTS[3], PROMPTS[0]], 6), 4)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_a_model_whose_keys_and_values_differ_in_shape_keeps_nothing_and_decodes_the_same(one_thread):
+    model = ARCHITECTURES["deepseek_v3"][0]()  # multi-head latent attention: keys wider than values
+    cached, plain = HFLanguageModel(model), HFLanguageModel(model)
+    cached.prompt_cache = PromptCache(1 << 22)
+    cached.start(PROMPTS, 6)
+    assert len(cached.prompt_cache) == 0
+    for got, want in zip(_steps(cached, cached.start(PROMPTS, 6), 3), _steps(plain, plain.start(PROMPTS, 6), 3)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_engine_requests_of_a_merging_architecture_with_repeated_prompts_decode_as_without_the_cache(one_thread):
+    model = ARCHITECTURES["phi3"][0]().double()
+    with_cache = decodekit.load(model, prompt_cache_mib=4)
+    without = decodekit.load(model)
+    prompts = [PROMPTS[i % 3] for i in range(8)]
+
+    def run(decoder) -> list[list[int]]:
+        engine = Engine(decoder.model)
+        handles = []
+        for i, prompt in enumerate(prompts):  # one newcomer a step: each joins running rows
+            handles += engine.submit([Request(prompt, decodekit.Sampling(seed=i), decodekit.DecodeOptions(max_new_tokens=5 + i))])
+            engine.step()
+        while any(not h.done for h in handles):
+            engine.step()
+        return [h.result().hypotheses[0].token_ids for h in handles]
+
+    assert run(with_cache) == run(without)
+    assert with_cache.model.prompt_cache.hits >= 5
 
 
 SHARED = list(range(5, 5 + 2 * PREFIX_BLOCK + 9))  # two whole blocks and some

@@ -182,6 +182,9 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         ids, positions, prompt_mask, mask, cache = self._prefill_inputs(prompts, max_new_tokens)
         if self._lean_step() is not None and record is None:
             logits = self._lean_prefill(prompts, ids, positions, prompt_mask, cache)
+        elif record is None and self.prompt_cache is not None and self.batch_invariant:
+            record = {}
+            logits = self._forward_prefill(prompts, max_new_tokens, ids, positions, prompt_mask, cache, record)
         else:
             record = dict(record or {})  # it also takes the new state's own rotary frequencies, if any
             logits = self._forward(

@@ -171,6 +171,32 @@ class CachedPrefills:
         computed = torch.tensor([i for i, h in enumerate(hits) if h is None], dtype=torch.long, device=ids.device)
         return hits, computed, self._prefill_part(ids, positions, prompt_mask, cache, computed, known_until=skip) if len(computed) else None
 
+    def _forward_prefill(self, prompts: list[list[int]], max_new_tokens: int, ids, positions, prompt_mask, cache, record: dict) -> torch.Tensor:
+        """The prefill through the model's own forward (no lean step) with the prompt cache:
+        the prompts held whole are left out of the forward, which runs over the others alone
+        (their own batch and padding: a prompt's keys/values do not depend on the batch, as for
+        every model whose rows may merge); their slots are copied in, right-aligned as in the
+        whole batch. Prompts sharing only a prefix are computed whole."""
+        found = self._prefill_hits(prompts)
+        hits = None if found is None else [h if h is not None and h[1] is not None else None for h in found]
+        if hits is None or all(h is None for h in hits):
+            logits = self._forward(record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache})
+            return self._prefilled_logits(prompts, None, None, logits, cache)
+        rows = [i for i, h in enumerate(hits) if h is None]
+        computed = torch.tensor(rows, dtype=torch.long, device=ids.device)
+        logits = None
+        if rows:
+            part = [prompts[i] for i in rows]
+            part_ids, part_positions, part_mask, _, part_cache = self._prefill_inputs(part, max_new_tokens)
+            logits = self._forward(record, input_ids=part_ids, attention_mask=part_mask, position_ids=part_positions, **{self._cache_kw: part_cache})
+            if not _cacheable(part_cache):  # cannot be copied in: the whole batch in one forward after all
+                logits = self._forward(record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache})
+                return self._prefilled_logits(prompts, None, None, logits, cache)
+            width, part_width = ids.shape[1], part_ids.shape[1]
+            storage = _storage_for(cache, len(prompts), width, next(h for h in hits if h is not None)[0])
+            storage[:, :, computed, :, width - part_width : width] = part_cache.storage[:, :, :, :, :part_width]
+        return self._prefilled_logits(prompts, hits, computed, logits, cache)
+
     def _prefilled_logits(self, prompts: list[list[int]], hits: list | None, computed: torch.Tensor | None,
                           logits: torch.Tensor | None, cache) -> torch.Tensor:
         """All prompts' next-token logits, from the computed prompts' ``logits`` (rows

@@ -4,6 +4,8 @@ different here, model retrieval, and errors in OpenAI's shape for every path. Re
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -148,3 +150,40 @@ def test_a_prompt_longer_than_the_context_is_a_400_naming_the_prompt(server, cli
     with pytest.raises(openai.BadRequestError) as error:
         client.chat.completions.create(model="stdlib-code", messages=[{"role": "user", "content": prompt}], max_tokens=4)
     assert error.value.body["param"] == "messages"
+
+
+def test_vllm_guided_fields_constrain_as_the_library_does(server, client):
+    decoder, _ = server
+    from decodekit.constraints import Catalog, Grammar, JsonSchema, Regex
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "ok": {"type": "boolean"}}, "required": ["name", "ok"], "additionalProperties": False}
+    cases = [
+        ({"guided_json": schema}, JsonSchema(schema)),
+        ({"guided_json": json.dumps(schema)}, JsonSchema(schema)),
+        ({"guided_regex": "[0-9]{2,4}-[a-z]+"}, Regex("[0-9]{2,4}-[a-z]+")),
+        ({"guided_choice": ["yes", "no", "maybe"]}, Catalog(["yes", "no", "maybe"])),
+        ({"guided_grammar": 'start: "x = " NUMBER\nNUMBER: /[0-9]+/'}, Grammar('start: "x = " NUMBER\nNUMBER: /[0-9]+/')),
+    ]
+    for extra, constraint in cases:
+        got = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=40, temperature=0, extra_body=extra)
+        want = decoder.generate(PROMPT, max_new_tokens=40, constraint=constraint).best
+        assert got.choices[0].text == want.text and got.choices[0].finish_reason == "stop", extra
+    parsed = json.loads(client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=40, temperature=0, extra_body=cases[0][0]).choices[0].text)
+    assert set(parsed) == {"name", "ok"} and isinstance(parsed["ok"], bool)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"guided_json": "{not json"}, "guided_json"),
+        ({"guided_regex": "[0-9]+", "guided_choice": ["a"]}, "guided_choice"),
+        ({"guided_choice": ["a"], "decodekit": {"regex": "[a-z]"}}, "guided_choice"),
+        ({"guided_regex": "([0-9]"}, "guided_regex"),
+        ({"guided_grammar": "start: undefined_rule"}, "guided_grammar"),
+        ({"decodekit": {"regex": "([0-9]"}}, "decodekit.regex"),
+    ],
+)
+def test_bad_or_several_guided_fields_are_400s_naming_them(client, extra, param):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="stdlib-code", prompt="x", max_tokens=4, temperature=0, extra_body=extra)
+    assert error.value.body["param"] == param

@@ -3,6 +3,7 @@ cannot honour is a :class:`~decodekit.errors.ConfigError` naming it (a 400), nev
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,14 @@ def api_param(field: str, req=None) -> str:
     may give at its top level)."""
     if req is not None and field in TOP_LEVEL and getattr(req, TOP_LEVEL[field], None) is not None:
         return TOP_LEVEL[field]
+    if req is not None and field in ("constraint", "regex", "grammar", "catalog", "json_schema", "schema"):  # its one constraint field
+        ext = req.decodekit or DecodekitOptions()
+        given = [f"decodekit.{n}" for n in ("regex", "grammar", "catalog") if getattr(ext, n) is not None]
+        given += [n for n in ("guided_json", "guided_regex", "guided_choice", "guided_grammar") if getattr(req, n) is not None]
+        fmt = req.response_format
+        if fmt is not None and fmt.type != "text":
+            return "response_format.json_schema" if fmt.type == "json_schema" else "response_format"
+        return given[0] if given else field
     return PARAMS.get(field, field)
 
 
@@ -194,6 +203,19 @@ def _constraint(req, ext):
         value = getattr(ext, name)
         if value is not None:
             chosen.append((f"decodekit.{name}", make(value)))
+    # vLLM's structured-output fields (a JSON Schema as an object or its JSON text; a Lark grammar)
+    if req.guided_json is not None:
+        schema = req.guided_json
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError:
+                raise ConfigError("guided_json", req.guided_json[:80], "a JSON Schema, as an object or as its JSON text") from None
+        chosen.append(("guided_json", JsonSchema(schema)))
+    for name, make in (("guided_regex", Regex), ("guided_choice", Catalog), ("guided_grammar", Grammar)):
+        value = getattr(req, name)
+        if value is not None:
+            chosen.append((name, make(value)))
     if len(chosen) > 1:
         raise ConfigError(chosen[1][0], "...", f"one constraint per request (already {chosen[0][0]})")
     return chosen[0][1] if chosen else None

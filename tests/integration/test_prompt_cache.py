@@ -34,6 +34,26 @@ def _steps(model: HFLanguageModel, state, count: int) -> list[torch.Tensor]:
     return out
 
 
+def _engine_tokens(decoder, prompts: list[list[int]], strategy, new_tokens) -> list[list[int]]:
+    """Each request's tokens, submitted one a step (each joins running rows) through an engine;
+    ``strategy(i)`` and ``new_tokens(i)`` give request ``i``'s."""
+    engine = Engine(decoder.model)
+    handles = []
+    for i, prompt in enumerate(prompts):
+        handles += engine.submit([Request(prompt, strategy(i), decodekit.DecodeOptions(max_new_tokens=new_tokens(i)))])
+        engine.step()
+    while any(not h.done for h in handles):
+        engine.step()
+    return [h.result().hypotheses[0].token_ids for h in handles]
+
+
+def _assert_decodes_alike(cached: HFLanguageModel, state, plain: HFLanguageModel, batch: list[list[int]], count: int, max_new: int = 6) -> None:
+    """``state``'s logits now and at ``count`` greedy steps equal a fresh prefill of ``batch``
+    by ``plain`` (a model without the cache), to float rounding."""
+    for got, want in zip(_steps(cached, state, count), _steps(plain, plain.start(batch, max_new), count)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("builder", ["gpt2", "llama", "qwen2"])
 def test_a_cached_prompt_is_not_computed_and_decodes_as_without_the_cache(builder):
     cached, plain = _pair(builder)
@@ -45,14 +65,12 @@ def test_a_cached_prompt_is_not_computed_and_decodes_as_without_the_cache(builde
     state = cached.start(batch, 6)
     assert cached.forward_count == forwards + 1  # the two misses, in one forward
     assert (cached.prompt_cache.hits, len(cached.prompt_cache)) == (2, 4)
-    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start(batch, 6), 4)):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    _assert_decodes_alike(cached, state, plain, batch, 4)
     # every prompt cached: no forward at all, the same logits and steps
     forwards = cached.forward_count
     state = cached.start([PROMPTS[3], PROMPTS[0]], 6)
     assert cached.forward_count == forwards
-    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start([PROMPTS[3], PROMPTS[0]], 6), 4)):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    _assert_decodes_alike(cached, state, plain, [PROMPTS[3], PROMPTS[0]], 4)
 
 
 @pytest.mark.parametrize("builder", ["gpt2", "llama"])
@@ -106,14 +124,7 @@ def test_engine_requests_with_repeated_prompts_decode_as_without_the_cache():
     prompts = [PROMPTS[i % 3] for i in range(9)]
 
     def run(decoder) -> list[list[int]]:
-        engine = Engine(decoder.model)
-        handles = []
-        for i, prompt in enumerate(prompts):  # one newcomer a step: each joins running rows
-            handles += engine.submit([Request(prompt, decodekit.Greedy(), decodekit.DecodeOptions(max_new_tokens=6 + i))])
-            engine.step()
-        while any(not h.done for h in handles):
-            engine.step()
-        return [h.result().hypotheses[0].token_ids for h in handles]
+        return _engine_tokens(decoder, prompts, lambda i: decodekit.Greedy(), lambda i: 6 + i)
 
     assert run(with_cache) == run(without)
     assert with_cache.model.prompt_cache.hits >= 6
@@ -134,13 +145,24 @@ def test_without_a_lean_step_cached_prompts_leave_the_forward_and_decode_as_with
     forwards = cached.forward_count
     state = cached.start(batch, 6)
     assert cached.forward_count == forwards + 1 and cached.prompt_cache.hits == 2
-    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start(batch, 6), 4)):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    _assert_decodes_alike(cached, state, plain, batch, 4)
     forwards = cached.forward_count
     state = cached.start([PROMPTS[3], PROMPTS[0]], 6)  # every prompt cached: no forward
     assert cached.forward_count == forwards
-    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start([PROMPTS[3], PROMPTS[0]], 6), 4)):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    _assert_decodes_alike(cached, state, plain, [PROMPTS[3], PROMPTS[0]], 4)
+
+
+def test_without_a_lean_step_a_shared_prefix_is_computed_and_not_counted_as_taken(one_thread):
+    model = ARCHITECTURES["phi3"][0]()
+    cached, plain = HFLanguageModel(model), HFLanguageModel(model)
+    cached.prompt_cache = PromptCache(1 << 22)
+    cached.start([SHARED], 6)
+    batch = [SHARED[:-2] + [60, 61], [7, 8]]
+    forwards = cached.forward_count
+    state = cached.start(batch, 6)
+    assert cached.forward_count == forwards + 1
+    assert (cached.prompt_cache.hits, cached.prompt_cache.prefix_hits, cached.prompt_cache.prefix_tokens) == (0, 0, 0)
+    _assert_decodes_alike(cached, state, plain, batch, 3)
 
 
 def test_a_model_whose_keys_and_values_differ_in_shape_keeps_nothing_and_decodes_the_same(one_thread):
@@ -149,8 +171,7 @@ def test_a_model_whose_keys_and_values_differ_in_shape_keeps_nothing_and_decodes
     cached.prompt_cache = PromptCache(1 << 22)
     cached.start(PROMPTS, 6)
     assert len(cached.prompt_cache) == 0
-    for got, want in zip(_steps(cached, cached.start(PROMPTS, 6), 3), _steps(plain, plain.start(PROMPTS, 6), 3)):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    _assert_decodes_alike(cached, cached.start(PROMPTS, 6), plain, PROMPTS, 3)
 
 
 def test_engine_requests_of_a_merging_architecture_with_repeated_prompts_decode_as_without_the_cache(one_thread):
@@ -160,14 +181,7 @@ def test_engine_requests_of_a_merging_architecture_with_repeated_prompts_decode_
     prompts = [PROMPTS[i % 3] for i in range(8)]
 
     def run(decoder) -> list[list[int]]:
-        engine = Engine(decoder.model)
-        handles = []
-        for i, prompt in enumerate(prompts):  # one newcomer a step: each joins running rows
-            handles += engine.submit([Request(prompt, decodekit.Sampling(seed=i), decodekit.DecodeOptions(max_new_tokens=5 + i))])
-            engine.step()
-        while any(not h.done for h in handles):
-            engine.step()
-        return [h.result().hypotheses[0].token_ids for h in handles]
+        return _engine_tokens(decoder, prompts, lambda i: decodekit.Sampling(seed=i), lambda i: 5 + i)
 
     assert run(with_cache) == run(without)
     assert with_cache.model.prompt_cache.hits >= 5
@@ -199,14 +213,12 @@ def test_a_prompt_sharing_a_cached_prefix_computes_only_the_rest(builder):
     cache = cached.prompt_cache
     assert (cache.hits, cache.prefix_hits, cache.prefix_tokens) == (1, 2, 3 * PREFIX_BLOCK)
     assert counts == [len(batch[0]) - 2 * PREFIX_BLOCK + len(batch[2]) + len(batch[3]) - PREFIX_BLOCK]
-    for got, want in zip(_steps(cached, state, 4), _steps(plain, plain.start(batch, 6), 4)):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    _assert_decodes_alike(cached, state, plain, batch, 4)
     # a prompt that is exactly a cached prefix keeps at least its last token to compute
     exact = SHARED[: 2 * PREFIX_BLOCK]
     state = cached.start([exact], 6)
     assert cache.prefix_tokens == 4 * PREFIX_BLOCK
-    for got, want in zip(_steps(cached, state, 3), _steps(plain, plain.start([exact], 6), 3)):
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    _assert_decodes_alike(cached, state, plain, [exact], 3)
     # shorter than a block in common: nothing taken
     cached.start([SHARED[: PREFIX_BLOCK - 1] + [90, 91]], 6)
     assert cache.prefix_tokens == 4 * PREFIX_BLOCK
@@ -249,14 +261,7 @@ def test_engine_requests_sharing_a_prefix_decode_as_without_the_cache():
     prompts = [SHARED + [60 + i, 61 + i] for i in range(6)]
 
     def run(decoder) -> list[list[int]]:
-        engine = Engine(decoder.model)
-        handles = []
-        for i, prompt in enumerate(prompts):
-            handles += engine.submit([Request(prompt, decodekit.Sampling(seed=i), decodekit.DecodeOptions(max_new_tokens=8))])
-            engine.step()
-        while any(not h.done for h in handles):
-            engine.step()
-        return [h.result().hypotheses[0].token_ids for h in handles]
+        return _engine_tokens(decoder, prompts, lambda i: decodekit.Sampling(seed=i), lambda i: 8)
 
     assert run(with_cache) == run(without)
     assert with_cache.model.prompt_cache.prefix_hits >= 5

@@ -56,11 +56,11 @@ class PromptCache:
             self._blocks.clear()
             self.bytes = 0
 
-    def lookup(self, prompts: list[list[int]], stamp: tuple) -> list[tuple[torch.Tensor, torch.Tensor | None] | None]:
+    def lookup(self, prompts: list[list[int]], stamp: tuple, prefixes: bool = True) -> list[tuple[torch.Tensor, torch.Tensor | None] | None]:
         """Each prompt's entry (None: nothing cached): ``(keys_values, logits)`` for a prompt
-        held whole, ``(keys_values of its first k tokens, None)`` for one sharing a prefix of
-        ``k`` tokens (whole blocks, fewer than its length) with a held prompt. ``stamp``: the
-        model's weights now."""
+        held whole, and with ``prefixes``, ``(keys_values of its first k tokens, None)`` for one
+        sharing a prefix of ``k`` tokens (whole blocks, fewer than its length) with a held
+        prompt. ``stamp``: the model's weights now."""
         with self._lock:
             if stamp != self._stamp:
                 self._entries.clear()
@@ -74,7 +74,7 @@ class PromptCache:
                     self._entries.move_to_end(key)
                     self.hits += 1
                 else:
-                    entry = self._prefix(key)
+                    entry = self._prefix(key) if prefixes else None
                     self.misses += 1
                 out.append(entry)
             return out
@@ -141,11 +141,12 @@ class CachedPrefills:
 
     prompt_cache: PromptCache | None = None
 
-    def _prefill_hits(self, prompts: list[list[int]]) -> list | None:
-        """Each prompt's cache entry or None; None when no prompt hit (or there is no cache)."""
+    def _prefill_hits(self, prompts: list[list[int]], prefixes: bool = True) -> list | None:
+        """Each prompt's cache entry or None (:meth:`PromptCache.lookup`); None when no prompt
+        hit (or there is no cache)."""
         if self.prompt_cache is None:
             return None
-        hits = self.prompt_cache.lookup(prompts, weights_stamp(self.model))
+        hits = self.prompt_cache.lookup(prompts, weights_stamp(self.model), prefixes)
         return hits if any(h is not None for h in hits) else None
 
     def _cached_prefill(self, prompts: list[list[int]], ids, positions, prompt_mask, cache) -> tuple:
@@ -158,7 +159,7 @@ class CachedPrefills:
         if found is None:
             return None, None, self._prefill_part(ids, positions, prompt_mask, cache)
         width = ids.shape[1]
-        hits = [h if h is not None and h[1] is not None else None for h in found]
+        hits = [h if h is not None and h[1] is not None else None for h in found]  # held whole
         known = [(row, width - len(p), h[0]) for row, (p, h) in enumerate(zip(prompts, found)) if h is not None and h[1] is None]
         skip = None
         if known:
@@ -176,10 +177,13 @@ class CachedPrefills:
         the prompts held whole are left out of the forward, which runs over the others alone
         (their own batch and padding: a prompt's keys/values do not depend on the batch, as for
         every model whose rows may merge); their slots are copied in, right-aligned as in the
-        whole batch. Prompts sharing only a prefix are computed whole."""
-        found = self._prefill_hits(prompts)
-        hits = None if found is None else [h if h is not None and h[1] is not None else None for h in found]
-        if hits is None or all(h is None for h in hits):
+        whole batch. Prompts sharing only a prefix are computed whole (the forward computes
+        every token it is given), so prefixes are not looked up.
+
+        Subtle: only a cache with every layer in its one storage is ever stored, and the same
+        model lays out every prefill's cache alike, so with a hit the part's cache has one too."""
+        hits = self._prefill_hits(prompts, prefixes=False)
+        if hits is None:
             logits = self._forward(record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache})
             return self._prefilled_logits(prompts, None, None, logits, cache)
         rows = [i for i, h in enumerate(hits) if h is None]
@@ -189,9 +193,6 @@ class CachedPrefills:
             part = [prompts[i] for i in rows]
             part_ids, part_positions, part_mask, _, part_cache = self._prefill_inputs(part, max_new_tokens)
             logits = self._forward(record, input_ids=part_ids, attention_mask=part_mask, position_ids=part_positions, **{self._cache_kw: part_cache})
-            if not _cacheable(part_cache):  # cannot be copied in: the whole batch in one forward after all
-                logits = self._forward(record, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, **{self._cache_kw: cache})
-                return self._prefilled_logits(prompts, None, None, logits, cache)
             width, part_width = ids.shape[1], part_ids.shape[1]
             storage = _storage_for(cache, len(prompts), width, next(h for h in hits if h is not None)[0])
             storage[:, :, computed, :, width - part_width : width] = part_cache.storage[:, :, :, :, :part_width]

@@ -23,11 +23,16 @@ def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+INT64_MAX = 2**63 - 1
+"""Settings become int64 tensors and counters: no integer setting may exceed it."""
+
+
 def integer(field: str, value: Any, low: int, high: int | None = None, what: str = "") -> int:
-    """``value`` as an int in ``[low, high]`` (bools are not integers here)."""
-    span = f">= {low}" + (f" and <= {high}" if high is not None else "")
+    """``value`` as an int in ``[low, high]`` (bools are not integers here); with no ``high``,
+    at most :data:`INT64_MAX` (the setting becomes a tensor entry)."""
+    span = f">= {low}" + (f" and <= {high}" if high is not None else " and below 2**63")
     allowed = f"an integer {span}" + (f" ({what})" if what else "")
-    if not is_integer(value) or value < low or (high is not None and value > high):
+    if not is_integer(value) or value < low or value > (INT64_MAX if high is None else high):
         raise ConfigError(field, value, allowed)
     return int(value)
 

@@ -42,6 +42,7 @@ BAD_STRATEGIES = [
     (lambda: decodekit.Sampling(seed=2**63), "seed"),
     (lambda: decodekit.Sampling(seed=math.inf), "seed"),
     (lambda: decodekit.Sampling(top_k=math.inf), "top_k"),
+    (lambda: decodekit.Sampling(top_k=10**30), "top_k"),  # past int64: never a tensor entry
     (lambda: decodekit.Sampling(n=True), "n"),
     (lambda: decodekit.Sampling(n=10**7), "n"),
     (lambda: decodekit.BeamSearch(num_beams=True), "num_beams"),

@@ -150,3 +150,31 @@ def test_the_check_finds_a_model_whose_holes_change_what_it_computes():
     assert adapter.can_merge is False
     assert holes_change_nothing(adapter) is False
     assert holes_change_nothing(decodekit.load(ARCHITECTURES["phi3"][0]().eval()).model) is True
+
+
+# configs whose layers differ (transformers' per-layer configs): Gemma 4's full-attention layers
+# have heads of their own size; a Qwen2 with one layer's window set on its own
+HETEROGENEOUS = {
+    "gemma4_text": lambda: T.Gemma4ForCausalLM(T.Gemma4TextConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, eos_token_id=2, pad_token_id=0, bos_token_id=1)),
+    "qwen2-per-layer": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        eos_token_id=2, pad_token_id=0, per_layer_config={0: {"sliding_window": 4}})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HETEROGENEOUS))
+def test_a_config_whose_layers_differ_decodes_exactly(name, one_thread):
+    torch.manual_seed(0)
+    model = HETEROGENEOUS[name]().eval()
+    assert model.config.is_heterogeneous
+    decoder = decodekit.load(model)
+    # the cache bound counts each layer's own key/value width, as the projections give it
+    widths = [m.out_features for n, m in model.named_modules() if n.endswith(("self_attn.k_proj", "self_attn.v_proj"))]
+    assert decoder.model.cache_bytes_per_token() == 4 * sum(widths)
+    for strategy, hf in ((decodekit.Greedy(), {"num_beams": 1}), (decodekit.BeamSearch(num_beams=3), {"num_beams": 3})):
+        singles = [decoder.generate(p, strategy, max_new_tokens=NEW, min_new_tokens=NEW).best.token_ids for p in PROMPTS]
+        assert singles == [reference(model, p, **hf) for p in PROMPTS], strategy.name
+        batch = decoder.generate(PROMPTS, strategy, max_new_tokens=NEW, min_new_tokens=NEW)
+        assert [r.best.token_ids for r in batch] == singles

@@ -62,7 +62,8 @@ class GPT2Step(LeanStep):
     def build(cls, model: torch.nn.Module) -> GPT2Step | None:
         """A step for ``model`` if it is a configuration this step reproduces, else None."""
         config = model.config
-        if type(model).__name__ != "GPT2LMHeadModel" or config.model_type != "gpt2":
+        heterogeneous = getattr(config, "is_heterogeneous", False)  # layers of their own sizes or windows
+        if heterogeneous or type(model).__name__ != "GPT2LMHeadModel" or config.model_type != "gpt2":
             return None
         try:
             supported = all(cls._checks(model, config))

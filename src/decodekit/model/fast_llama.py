@@ -96,7 +96,8 @@ class LlamaStep(LeanStep):
     def build(cls, model: torch.nn.Module) -> LlamaStep | None:
         """A step for ``model`` if it is a configuration this step reproduces, else None."""
         config = model.config
-        if type(model).__name__ not in _ARCHITECTURES or config.model_type not in ("llama", "qwen2", "qwen3", "mistral"):
+        heterogeneous = getattr(config, "is_heterogeneous", False)  # layers of their own sizes or windows
+        if heterogeneous or type(model).__name__ not in _ARCHITECTURES or config.model_type not in ("llama", "qwen2", "qwen3", "mistral"):
             return None
         attention_parts = _PARTS["attention_qk_norm" if config.model_type == "qwen3" else "attention"]
         base = model.model

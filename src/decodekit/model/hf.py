@@ -91,14 +91,14 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         self.forward_count = 0
 
     def cache_bytes_per_token(self) -> int:
-        """Bytes of key/value cache one row needs per position (an estimate from the config)."""
+        """Bytes of key/value cache one row needs per position (an estimate from the config; a
+        config whose head sizes vary by layer, e.g. Gemma 4's, is read layer by layer)."""
         text = self.model.config.get_text_config(decoder=True)
-        heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", 1)
-        kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0) or 0
-        head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else 0)
+        view = getattr(text, "per_layer_config", None) if getattr(text, "is_heterogeneous", False) else None
+        layers = [view[i] for i in range(len(view))] if view is not None else [text]
+        per_layer = sum(_kv_width(layer) for layer in layers) / len(layers)
         size = next(self.model.parameters()).element_size()
-        return self._layers * 2 * int(kv_heads) * int(head_dim) * size
+        return int(self._layers * 2 * per_layer * size)
 
     @property
     def device(self) -> torch.device:
@@ -392,3 +392,13 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         extra = state.extra
         extra["next_position"] = extra["next_position"] + 1
         extra["length"] += 1
+
+
+def _kv_width(config) -> int:
+    """Key (or value) numbers per position of one layer of ``config``: heads x head size."""
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0) or 0
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
+    return int(kv_heads) * int(head_dim)
+

@@ -28,9 +28,20 @@ MERGEABLE = frozenset({
 })
 
 
+def setting(config, name: str, default=None):
+    """``config.name``; for an attribute that a heterogeneous config sets layer by layer (which
+    transformers refuses to read globally), the first layer's value that is set, so that a
+    window or a rotary scaling on any layer is seen."""
+    try:
+        return getattr(config, name, default)
+    except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        values = (getattr(layer, name, None) for layer in config.per_layer_config)
+        return next((value for value in values if value is not None), default)
+
+
 def _rope(text) -> dict:
     """The config's RoPE scaling settings ({} without)."""
-    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    rope = setting(text, "rope_parameters", None) or setting(text, "rope_scaling", None) or {}
     return rope if isinstance(rope, dict) else {}
 
 
@@ -41,7 +52,7 @@ def _rope_type(text) -> str | None:
 
 def _windowed(text) -> bool:
     """Whether the config sets a sliding window (counted in cache slots)."""
-    return getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
+    return setting(text, "sliding_window", None) is not None and setting(text, "use_sliding_window", True)
 
 
 def batch_dependent_rope(text) -> bool:
@@ -56,7 +67,7 @@ def rope_switch(text) -> int | None:
     re-encodes the whole cache there; decodekit refuses a sequence that crosses it), else None."""
     if _rope_type(text) != "longrope":
         return None
-    original = _rope(text).get("original_max_position_embeddings") or getattr(text, "original_max_position_embeddings", None)
+    original = _rope(text).get("original_max_position_embeddings") or setting(text, "original_max_position_embeddings", None)
     return int(original) if original else None
 
 
@@ -64,7 +75,7 @@ def context_length(text) -> int | None:
     """Longest sequence the model attends over: its position table, extended by a RoPE scaling
     meant for longer contexts (linear, dynamic NTK and YaRN multiply the original length by
     their factor; llama3 and longrope configs already state the extended length)."""
-    length = next((int(v) for k in ("max_position_embeddings", "n_positions") if (v := getattr(text, k, None))), None)
+    length = next((int(v) for k in ("max_position_embeddings", "n_positions") if (v := setting(text, k, None))), None)
     rope = _rope(text)
     if length is None:
         return length
@@ -79,7 +90,7 @@ def refuse_unsupported(model) -> None:
     """Raise :class:`ModelError` for a model whose state decodekit cannot hold, fork or roll back."""
     config = model.config
     text_config = config.get_text_config(decoder=True)
-    kinds = set(getattr(text_config, "layer_types", None) or ()) | set(getattr(text_config, "block_types", None) or ())
+    kinds = set(setting(text_config, "layer_types", None) or ()) | set(setting(text_config, "block_types", None) or ())
     if text_config.model_type in RECURRENT or (kinds - ATTENTION_LAYERS):
         raise ModelError(
             f"model: {type(model).__name__} ({text_config.model_type}) keeps a recurrent/state-space "
@@ -91,13 +102,13 @@ def speculation_refusal(model, is_encoder_decoder: bool) -> str | None:
     """Why speculative decoding cannot be exact on this model, or None if it can."""
     text = model.config.get_text_config(decoder=True)
     name = f"{type(model).__name__} ({text.model_type})"
-    if text.model_type in ALIBI or getattr(text, "alibi", False):
+    if text.model_type in ALIBI or setting(text, "alibi", False):
         return f"a model with rotary or learned positions: {name} adds ALiBi biases, which draft blocks do not reproduce"
     if _rope_type(text) == "dynamic":
         return (f"a model whose rotary frequencies do not depend on the block: {name} uses dynamic NTK scaling, whose frequencies "
                 "follow the largest position a forward sees, so a draft's length would change the accepted tokens' rotation")
-    kinds = set(getattr(text, "layer_types", None) or ())
-    if _windowed(text) or "sliding_attention" in kinds or getattr(text, "attention_types", None) and text.model_type == "gpt_neo":
+    kinds = set(setting(text, "layer_types", None) or ())
+    if _windowed(text) or "sliding_attention" in kinds or setting(text, "attention_types", None) and text.model_type == "gpt_neo":
         return f"a model with full attention: {name} has sliding-window layers, which draft blocks would not respect"
     return None
 
@@ -115,11 +126,11 @@ def can_merge(model, is_encoder_decoder: bool, has_lean_step: bool) -> bool | No
     text = model.config.get_text_config(decoder=True)
     if _windowed(text):
         return False
-    if "local" in set(getattr(text, "attention_layers", None) or ()) or batch_dependent_rope(text):
+    if "local" in set(setting(text, "attention_layers", None) or ()) or batch_dependent_rope(text):
         return False  # GPT-Neo's local layers count cache slots; these RoPEs rotate by the batch
     if has_lean_step or text.model_type in MERGEABLE:
         return True
-    kinds = set(getattr(text, "layer_types", None) or ())
-    if text.model_type in ALIBI or getattr(text, "alibi", False) or kinds - {"full_attention", "attention"} or getattr(text, "attention_chunk_size", None):
+    kinds = set(setting(text, "layer_types", None) or ())
+    if text.model_type in ALIBI or setting(text, "alibi", False) or kinds - {"full_attention", "attention"} or setting(text, "attention_chunk_size", None):
         return False
     return None

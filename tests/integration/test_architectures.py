@@ -178,3 +178,11 @@ def test_a_config_whose_layers_differ_decodes_exactly(name, one_thread):
         assert singles == [reference(model, p, **hf) for p in PROMPTS], strategy.name
         batch = decoder.generate(PROMPTS, strategy, max_new_tokens=NEW, min_new_tokens=NEW)
         assert [r.best.token_ids for r in batch] == singles
+
+
+def test_a_model_without_a_key_value_cache_is_refused_at_load():
+    """The original GPT recomputes its whole sequence every step (its forward takes no cache):
+    refused by name when loaded, not failing at the first step."""
+    model = T.OpenAIGPTLMHeadModel(T.OpenAIGPTConfig(vocab_size=V, n_embd=32, n_layer=1, n_head=4, n_positions=64)).eval()
+    with pytest.raises(ModelError, match="OpenAIGPTLMHeadModel .*keeps no key/value cache"):
+        decodekit.load(model)

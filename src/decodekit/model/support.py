@@ -4,6 +4,8 @@ and how long a context the model supports."""
 
 from __future__ import annotations
 
+import inspect
+
 from decodekit.errors import ModelError
 
 # Architectures that keep a recurrent or state-space state instead of (or beside) an attention
@@ -87,7 +89,7 @@ def context_length(text) -> int | None:
 
 
 def refuse_unsupported(model) -> None:
-    """Raise :class:`ModelError` for a model whose state decodekit cannot hold, fork or roll back."""
+    """Raise :class:`ModelError` for a model whose state decodekit cannot hold, fork or roll back, or that keeps none."""
     config = model.config
     text_config = config.get_text_config(decoder=True)
     kinds = set(setting(text_config, "layer_types", None) or ()) | set(setting(text_config, "block_types", None) or ())
@@ -95,6 +97,12 @@ def refuse_unsupported(model) -> None:
         raise ModelError(
             f"model: {type(model).__name__} ({text_config.model_type}) keeps a recurrent/state-space "
             "state, which decodekit cannot fork or roll back; it decodes attention models only"
+        )
+    parameters = inspect.signature(model.forward).parameters
+    if "cache" not in parameters and "past_key_values" not in parameters:
+        raise ModelError(
+            f"model: {type(model).__name__} ({text_config.model_type}) keeps no key/value cache (its forward takes "
+            "neither `cache` nor `past_key_values`); decodekit decodes models that keep one"
         )
 
 

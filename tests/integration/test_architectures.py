@@ -186,3 +186,24 @@ def test_a_model_without_a_key_value_cache_is_refused_at_load():
     model = T.OpenAIGPTLMHeadModel(T.OpenAIGPTConfig(vocab_size=V, n_embd=32, n_layer=1, n_head=4, n_positions=64)).eval()
     with pytest.raises(ModelError, match="OpenAIGPTLMHeadModel .*keeps no key/value cache"):
         decodekit.load(model)
+
+
+def test_a_decoder_that_numbers_positions_by_cache_slots_keeps_batch_equal_to_single(one_thread):
+    """TrOCR's decoder takes no position ids (its positions count cache slots, padding
+    included): its prompts are prefilled apart, so a batch equals its singles, and it does not
+    speculate (a draft block's positions cannot be given); before, both were silently off."""
+    torch.manual_seed(0)
+    model = T.TrOCRForCausalLM(T.TrOCRConfig(vocab_size=V, d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64,
+                                             max_position_embeddings=256, eos_token_id=2, pad_token_id=0, bos_token_id=1)).eval()
+    decoder = decodekit.load(model)
+    assert support.positions_from_cache(model, False) and not decoder.model.can_merge
+    for strategy, hf in ((decodekit.Greedy(), {"num_beams": 1}), (decodekit.BeamSearch(num_beams=3), {"num_beams": 3})):
+        singles = [decoder.generate(p, strategy, max_new_tokens=NEW, min_new_tokens=NEW).best.token_ids for p in PROMPTS]
+        assert singles == [reference(model, p, **hf) for p in PROMPTS], strategy.name
+        assert [r.best.token_ids for r in decoder.generate(PROMPTS, strategy, max_new_tokens=NEW, min_new_tokens=NEW)] == singles
+    sampling = decodekit.Sampling(seed=3, top_k=10)
+    alone = [decoder.generate(p, sampling, max_new_tokens=NEW).best.token_ids for p in PROMPTS]
+    assert [r.best.token_ids for r in decoder.generate(PROMPTS, sampling, max_new_tokens=NEW)] == alone
+    with pytest.raises(ConfigError) as error:
+        decoder.generate(PROMPTS, decodekit.Greedy(speculative=Speculative("ngram")), max_new_tokens=NEW)
+    assert error.value.field == "speculative"

@@ -56,7 +56,7 @@ class Admission:
         if target is not None and pooled:
             self._fused = FusedPrefill(target, list(pooled.values()))
         else:
-            together = getattr(self.model, "batch_invariant", True)  # else rotary set by a batch's longest row
+            together = getattr(self.model, "batch_invariant", True)  # else rotary or positions set by the batch
             for groups in pooled.values():
                 for batch in [groups] if together else [[g] for g in groups]:
                     self._admit_groups(batch)

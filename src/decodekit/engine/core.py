@@ -98,7 +98,7 @@ class Engine(Admission):
             if not isinstance(request, Request):
                 raise ConfigError("requests", request, "decodekit.engine.Request objects")
             request = resolved(self.model, request)
-            # a model whose rotary frequencies follow the batch's longest row: one group each
+            # a model whose rotary frequencies or positions follow the batch (batch_invariant False): one group each
             if batches and same_group(batches[-1][0], request) and getattr(self.model, "batch_invariant", True):
                 batches[-1].append(request)
             else:

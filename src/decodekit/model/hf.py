@@ -75,7 +75,9 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         text = config.get_text_config(decoder=True)
         self.max_length = support.context_length(text)
         self.rope_switch = support.rope_switch(text)  # LongRoPE's switch position (checks.py)
-        self.batch_invariant = not support.batch_dependent_rope(text)  # False: each group prefilled alone
+        # False: each group prefilled alone (rotary frequencies set by the batch's longest row,
+        # or positions counted over a row's padding)
+        self.batch_invariant = not (support.batch_dependent_rope(text) or support.positions_from_cache(model, self.is_encoder_decoder))
         if self.is_encoder_decoder and self.decoder_start_token_id is None:
             raise InputError("encoder-decoder model has no decoder_start_token_id in its config")
         support.refuse_unsupported(model)

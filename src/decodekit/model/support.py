@@ -64,6 +64,18 @@ def batch_dependent_rope(text) -> bool:
     return _rope_type(text) in ("dynamic", "longrope")
 
 
+def positions_from_cache(model, is_encoder_decoder: bool) -> bool:
+    """Whether a decoder-only model numbers its positions by cache slots rather than taking
+    ``position_ids`` (TrOCR's and the BART family's decoders, Whisper's, MusicGen's): a
+    left-padded row is then shifted by its padding and a draft block cannot be placed, so its
+    prompts are prefilled alone and it does not speculate. ALiBi models (Bloom, MPT) bias by
+    distance, which padding and blocks leave unchanged."""
+    if is_encoder_decoder or "position_ids" in inspect.signature(model.forward).parameters:
+        return False
+    text = model.config.get_text_config(decoder=True)
+    return not (text.model_type in ALIBI or setting(text, "alibi", False))
+
+
 def rope_switch(text) -> int | None:
     """The position at which LongRoPE switches from its short to its long factors (transformers
     re-encodes the whole cache there; decodekit refuses a sequence that crosses it), else None."""
@@ -112,6 +124,9 @@ def speculation_refusal(model, is_encoder_decoder: bool) -> str | None:
     name = f"{type(model).__name__} ({text.model_type})"
     if text.model_type in ALIBI or setting(text, "alibi", False):
         return f"a model with rotary or learned positions: {name} adds ALiBi biases, which draft blocks do not reproduce"
+    if positions_from_cache(model, is_encoder_decoder):
+        return (f"a model that takes position ids: {name} numbers positions by cache slots, so a draft block's tree "
+                "positions cannot be given to it")
     if _rope_type(text) == "dynamic":
         return (f"a model whose rotary frequencies do not depend on the block: {name} uses dynamic NTK scaling, whose frequencies "
                 "follow the largest position a forward sees, so a draft's length would change the accepted tokens' rotation")
@@ -134,6 +149,8 @@ def can_merge(model, is_encoder_decoder: bool, has_lean_step: bool) -> bool | No
     text = model.config.get_text_config(decoder=True)
     if _windowed(text):
         return False
+    if positions_from_cache(model, is_encoder_decoder):
+        return False  # a hole would shift the positions of every later token
     if "local" in set(setting(text, "attention_layers", None) or ()) or batch_dependent_rope(text):
         return False  # GPT-Neo's local layers count cache slots; these RoPEs rotate by the batch
     if has_lean_step or text.model_type in MERGEABLE:

@@ -8,7 +8,7 @@ A one-token step of a small model reads every weight once (``rows`` = 1): it is 
 fast the weights come from memory, not by arithmetic. This bench times, for the embedded
 model's projection shapes (every layer's q, k, v, o, gate, up, down and the output layer, each
 a distinct tensor so nothing stays in cache), a chain of products ``x @ W.T`` through
-``F.linear`` (MKL here), through oneDNN's ``_linear_pointwise`` (plain and with weights packed
+``F.linear`` (MKL here), from ``(in, out)`` copies of the weights, through oneDNN's ``_linear_pointwise`` (plain and with weights packed
 for it), against a plain sum over a buffer of the same size (the memory's streaming rate).
 Prints GB/s of weights per second and each form's time per chain, for 1, 8 and 32 rows. Nothing
 is asserted.
@@ -70,7 +70,13 @@ def main() -> None:
         def onednn(inputs=inputs, tensors=weights):
             return [torch.ops.mkldnn._linear_pointwise(inputs[w.shape[1]], t, None, "none", [], "") for w, t in zip(weights, tensors)]
 
-        forms = {"F.linear (MKL)": mkl, "oneDNN": onednn, "oneDNN, packed": lambda inputs=inputs, packed=packed: onednn(inputs, packed)}
+        transposed = [w.t().contiguous() for w in weights]
+
+        def in_out(inputs=inputs, transposed=transposed):  # the (in, out) layout of decodekit.model.layout
+            return [inputs[t.shape[0]] @ t for t in transposed]
+
+        forms = {"F.linear (MKL)": mkl, "(in, out) copy, x @ W": in_out, "oneDNN": onednn,
+                 "oneDNN, packed": lambda inputs=inputs, packed=packed: onednn(inputs, packed)}
         for name, fn in forms.items():
             seconds = timed(fn, args.repeats)
             print(f"| {rows} | {name} | {1e3 * seconds:.2f} | {total / seconds / 1e9:.1f} | {seconds / stream:.2f}x |")

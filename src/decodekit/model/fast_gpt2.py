@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from decodekit.model.cache import PreallocatedCache
+from decodekit.model.layout import Projections
 from decodekit.model.lean import LeanStep, Packing
 
 _BLOCK = {"ln_1", "attn", "ln_2", "mlp"}
@@ -57,6 +58,7 @@ class GPT2Step(LeanStep):
         self.blocks = [_Block(b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.c_proj) for b in base.h]
         self.final = base.ln_f
         self.modules = list(model.modules())
+        self.head = Projections([model.lm_head])  # the output layer for few-row steps
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> GPT2Step | None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from decodekit.model.cache import PreallocatedCache
+from decodekit.model.layout import Projections
 from decodekit.model.lean import LeanStep, Packing
 
 _ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
@@ -91,6 +92,9 @@ class LlamaStep(LeanStep):
         ]
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
         self.modules = list(model.modules())
+        # each layer's q, k, v, o, gate, up, down, in that order (index 7 * layer + j)
+        self.projections = Projections([m for x in self.layers for m in (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)])
+        self.head = Projections([model.lm_head])
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> LlamaStep | None:
@@ -192,17 +196,18 @@ class LlamaStep(LeanStep):
             cos, sin = self._rotary(positions.reshape(-1), int(positions.max()) + 1)
             tables.append((cos.view(rows, n, 1, d), sin.view(rows, n, 1, d)))  # broadcast over heads
         hidden = F.embedding(packing.flat(parts, 0), self.embed)  # (active tokens, D)
+        linear = self.projections
+        linear.refresh()
         for index, layer in enumerate(self.layers):
+            at = 7 * index
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.input_norm, self.eps)
-            q = F.linear(x, layer.q.weight, layer.q.bias)
-            k = F.linear(x, layer.k.weight, layer.k.bias)
-            v = F.linear(x, layer.v.weight, layer.v.bias)
-            outs, at = [], 0
+            q, k, v = linear(x, at), linear(x, at + 1), linear(x, at + 2)
+            outs, first = [], 0
             for part, ((_, _, cache, mask, plan, *_), (rows, n), size, count, (cos, sin)) in enumerate(zip(parts, shapes, sizes, counts, tables)):
-                qi = packing.unpack(part, q[at : at + count]).view(rows, n, H, d)
-                ki = packing.unpack(part, k[at : at + count]).view(rows, n, Hkv, d)
-                vi = packing.unpack(part, v[at : at + count]).view(rows, n, Hkv, d)
-                at += count
+                qi = packing.unpack(part, q[first : first + count]).view(rows, n, H, d)
+                ki = packing.unpack(part, k[first : first + count]).view(rows, n, Hkv, d)
+                vi = packing.unpack(part, v[first : first + count]).view(rows, n, Hkv, d)
+                first += count
                 if layer.q_norm is not None:
                     qi = F.rms_norm(qi, (d,), layer.q_norm, self.eps)
                     ki = F.rms_norm(ki, (d,), layer.k_norm, self.eps)
@@ -211,8 +216,8 @@ class LlamaStep(LeanStep):
                 keys, values = cache.layers[index].update(ki.transpose(1, 2), vi.transpose(1, 2))
                 outs.append(packing.pack(part, self._attend(qi.transpose(1, 2), keys, values, mask, plan).reshape(size, H * d)))
             out = outs[0] if len(outs) == 1 else torch.cat(outs)
-            hidden = hidden + F.linear(out, layer.o.weight, layer.o.bias)
+            hidden = hidden + linear(out, at + 3)
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.post_norm, self.eps)
-            hidden = hidden + F.linear(F.silu(F.linear(x, layer.gate.weight)) * F.linear(x, layer.up.weight), layer.down.weight)
+            hidden = hidden + linear(F.silu(linear(x, at + 4)) * linear(x, at + 5), at + 6)
         hidden = F.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.eps)
         return packing.outputs(hidden)

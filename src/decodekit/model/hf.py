@@ -153,7 +153,9 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         head = self.model.get_output_embeddings()
         if output_head.applies(self._head, hidden.numel() // hidden.shape[-1]):
             return output_head.weight_first_linear(head, hidden).float()
-        return head(hidden).float()
+        step = self._lean_step()
+        few = step.project(head, hidden) if step is not None else None
+        return (few if few is not None else head(hidden)).float()
 
     @torch.inference_mode()
     def output_head(self, hidden: torch.Tensor) -> torch.Tensor:

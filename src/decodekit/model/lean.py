@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.nn.modules import module as _module
 
 from decodekit.model import attention
+from decodekit.model.layout import ROWS, Projections
 
 _global_hooks = (_module._global_forward_hooks, _module._global_forward_pre_hooks)
 
@@ -20,6 +21,17 @@ class LeanStep:
     embed: torch.Tensor
     modules: list[torch.nn.Module]
     scale: float
+    head: Projections | None = None  # the output layer, for few-row steps (set by a subclass)
+
+    def project(self, output: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``output(hidden)`` from the head's few-row layout (:mod:`decodekit.model.layout`),
+        or None where it does not serve: more rows, or an output layer other than the one
+        the step was built with."""
+        rows = hidden.numel() // hidden.shape[-1]
+        if self.head is None or rows > ROWS or self.head.linears[0] is not output:
+            return None
+        self.head.refresh()
+        return self.head(hidden.reshape(rows, hidden.shape[-1]), 0).reshape(*hidden.shape[:-1], -1)
 
     def usable(self) -> bool:
         """Whether the step still reproduces the model: weights float32 on the CPU, and no

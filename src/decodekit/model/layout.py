@@ -1,0 +1,58 @@
+"""Linear layers' weights laid out for few-row products on the CPU.
+
+``torch.nn.Linear`` keeps its weight ``(out, in)`` and computes ``x @ W.T``. With a handful of
+rows (a decoding step: one row per sequence) the product is bound by streaming the weight, and
+on this project's reference CPU MKL streams a widening weight (out > in: a gated MLP's gate and
+up projections, the output layer) faster from an ``(in, out)`` copy, while narrowing ones are
+no faster (``python bench/bench_gemv.py`` times the layouts). So a lean step keeps such copies
+of its widening weights for steps of at most :data:`ROWS` rows, when the copies are small
+(:data:`BUDGET`): they cost that memory again.
+
+A copy is remade when its weight changes: a different tensor on the module, or an in-place
+update of the same one (its version counter moves), so a model edited after loading is still
+the model decoded. The products equal ``F.linear``'s up to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# at most this many bytes of weights are copied (the embedded models: 24 MB; a 110M-parameter
+# Llama: 340 MB); larger models' steps read the modules' own weights
+BUDGET = 512 << 20
+ROWS = 4  # the copies serve products of at most this many rows
+
+
+class Projections:
+    """``linears``' weights as ``(in, out)`` copies (or the modules' own, over the budget);
+    :meth:`refresh` once per forward, then ``self(x, index)`` is ``linears[index](x)``."""
+
+    def __init__(self, linears: list[torch.nn.Linear], budget: int = BUDGET):
+        self.linears = list(linears)
+        # only widening products gain from the (in, out) layout: narrowing ones lose
+        self.wide = [m.weight.shape[0] > m.weight.shape[1] for m in self.linears]
+        size = sum(m.weight.numel() * m.weight.element_size() for m, wide in zip(self.linears, self.wide) if wide)
+        self.copied = size <= budget and all(m.weight.device.type == "cpu" for m in self.linears)
+        self._copies: list[tuple[torch.Tensor, int, torch.Tensor] | None] = [None] * len(self.linears)
+
+    def refresh(self) -> None:
+        """Remake the copy of any weight replaced or changed in place since the last call."""
+        if not self.copied:
+            return
+        for index, module in enumerate(self.linears):
+            if not self.wide[index]:
+                continue
+            weight, entry = module.weight, self._copies[index]
+            if entry is None or entry[0] is not weight or entry[1] != weight._version:
+                self._copies[index] = (weight, weight._version, weight.detach().t().contiguous())
+
+    def __call__(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """``linears[index]`` applied to ``x`` of shape ``(rows, in)``."""
+        module = self.linears[index]
+        entry = self._copies[index] if self.copied and x.shape[0] <= ROWS else None
+        if entry is None:
+            return F.linear(x, module.weight, module.bias)
+        if module.bias is None:
+            return x @ entry[2]
+        return torch.addmm(module.bias, x, entry[2])

@@ -93,14 +93,9 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         self.forward_count = 0
 
     def cache_bytes_per_token(self) -> int:
-        """Bytes of key/value cache one row needs per position (an estimate from the config; a
-        config whose head sizes vary by layer, e.g. Gemma 4's, is read layer by layer)."""
+        """Bytes of key/value cache one row needs per position (an estimate from the config)."""
         text = self.model.config.get_text_config(decoder=True)
-        view = getattr(text, "per_layer_config", None) if getattr(text, "is_heterogeneous", False) else None
-        layers = [view[i] for i in range(len(view))] if view is not None else [text]
-        per_layer = sum(_kv_width(layer) for layer in layers) / len(layers)
-        size = next(self.model.parameters()).element_size()
-        return int(self._layers * 2 * per_layer * size)
+        return support.kv_bytes_per_token(text, self._layers, next(self.model.parameters()).element_size())
 
     @property
     def device(self) -> torch.device:
@@ -396,13 +391,3 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
         extra = state.extra
         extra["next_position"] = extra["next_position"] + 1
         extra["length"] += 1
-
-
-def _kv_width(config) -> int:
-    """Key (or value) numbers per position of one layer of ``config``: heads x head size."""
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0) or 0
-    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
-    return int(kv_heads) * int(head_dim)
-

@@ -37,7 +37,10 @@ def setting(config, name: str, default=None):
     try:
         return getattr(config, name, default)
     except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError
-        values = (getattr(layer, name, None) for layer in config.per_layer_config)
+        layers = getattr(config, "per_layer_config", None)
+        if layers is None:
+            raise
+        values = (getattr(layer, name, None) for layer in layers)
         return next((value for value in values if value is not None), default)
 
 
@@ -159,3 +162,21 @@ def can_merge(model, is_encoder_decoder: bool, has_lean_step: bool) -> bool | No
     if text.model_type in ALIBI or setting(text, "alibi", False) or kinds - {"full_attention", "attention"} or setting(text, "attention_chunk_size", None):
         return False
     return None
+
+
+def kv_bytes_per_token(text, layers: int, element_size: int) -> int:
+    """Key/value cache bytes per position of ``layers`` layers of ``text`` (a decoder config);
+    a config whose head sizes vary by layer (Gemma 4's) is read layer by layer."""
+    view = setting(text, "per_layer_config", None) if getattr(text, "is_heterogeneous", False) else None
+    configs = [view[i] for i in range(len(view))] if view is not None else [text]
+    per_layer = sum(_kv_width(config) for config in configs) / len(configs)
+    return int(layers * 2 * per_layer * element_size)
+
+
+def _kv_width(config) -> int:
+    """Key (or value) numbers per position of one layer of ``config``: heads x head size."""
+    heads = setting(config, "num_attention_heads", None) or setting(config, "n_head", 1)
+    kv_heads = setting(config, "num_key_value_heads", None) or heads
+    hidden = setting(config, "hidden_size", None) or setting(config, "n_embd", 0) or 0
+    head_dim = setting(config, "head_dim", None) or (hidden // heads if heads else 0)
+    return int(kv_heads) * int(head_dim)

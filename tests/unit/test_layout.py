@@ -32,6 +32,18 @@ def test_products_equal_the_modules(rows):
     assert layout.wide == [True, False, True]  # only widening products are copied
 
 
+def test_a_lean_step_spends_one_budget_on_its_layers_and_its_head(monkeypatch):
+    from decodekit.model import fast_llama
+
+    model = llama(seed=3)
+    step = fast_llama.LlamaStep(model)
+    assert step.projections.copied and step.head.copied
+    both = step.projections.size + step.head.size
+    monkeypatch.setattr(fast_llama, "BUDGET", both - 1)  # room for the layers' copies, not also the head's
+    step = fast_llama.LlamaStep(model)
+    assert step.projections.copied and not step.head.copied and step.head.size == 0
+
+
 def test_over_the_budget_nothing_is_copied():
     linears = _linears()
     layout = Projections(linears, budget=100)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from decodekit.model.cache import PreallocatedCache
-from decodekit.model.layout import Projections
+from decodekit.model.layout import BUDGET, Projections
 from decodekit.model.lean import LeanStep, Packing
 
 _ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
@@ -94,7 +94,7 @@ class LlamaStep(LeanStep):
         self.modules = list(model.modules())
         # each layer's q, k, v, o, gate, up, down, in that order (index 7 * layer + j)
         self.projections = Projections([m for x in self.layers for m in (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)])
-        self.head = Projections([model.lm_head])
+        self.head = Projections([model.lm_head], budget=BUDGET - self.projections.size)  # one budget for both
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> LlamaStep | None:

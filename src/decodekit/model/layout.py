@@ -34,6 +34,7 @@ class Projections:
         self.wide = [m.weight.shape[0] > m.weight.shape[1] for m in self.linears]
         size = sum(m.weight.numel() * m.weight.element_size() for m, wide in zip(self.linears, self.wide) if wide)
         self.copied = size <= budget and all(m.weight.device.type == "cpu" for m in self.linears)
+        self.size = size if self.copied else 0  # bytes of the copies (what is left of a budget: budget - size)
         self._copies: list[tuple[torch.Tensor, int, torch.Tensor] | None] = [None] * len(self.linears)
 
     def refresh(self) -> None:

@@ -15,7 +15,7 @@ import torch
 from decodekit.engine.beam_pool import beam_pool_key
 from decodekit.engine.group import PlainGroup, deliver_error
 from decodekit.engine.limits import model_error
-from decodekit.engine.placement import place, pool_key, prefill, started, target_partition
+from decodekit.engine.placement import Refused, place, pool_key, prefill, started, target_partition
 from decodekit.engine.request import RequestHandle
 from decodekit.engine.speculative import SpeculativeGroup
 from decodekit.engine.step import FusedPrefill
@@ -71,7 +71,28 @@ class Admission:
         then their rows join the running state (:mod:`decodekit.engine.placement`)."""
         state = prefill(self.model, groups, self.clock)
         if state is not None:
+            self._place(groups, state)
+
+    def _place(self, groups: list[PlainGroup], state) -> None:
+        """:func:`~decodekit.engine.placement.place`, a failure contained: where the model
+        refused the rows (:class:`~decodekit.engine.placement.Refused`, the running state
+        unchanged) only ``groups`` fail; any other failure also fails the partition they were
+        joining, whose rows may no longer match its requests. Every other request goes on."""
+        before, target = list(self._partitions), target_partition(self.model, self._partitions)
+        try:
             place(self.model, self._partitions, groups, state, self.pool_beams)
+        except Refused as refused:
+            for group in groups:
+                deliver_error(group.handles, model_error(self.model, "admission", refused.error))
+        except Exception as error:
+            failed = model_error(self.model, "admission", error)
+            broken = [p for p in self._partitions if p is target or not any(p is b for b in before)]
+            for group in groups:
+                deliver_error(group.handles, failed)
+            for partition in broken:
+                for member in partition.groups:
+                    deliver_error(member.handles, failed)
+            self._partitions = [p for p in self._partitions if not any(p is b for b in broken)]
 
     def _place_fused(self, fused: FusedPrefill) -> None:
         """After a step whose forward prefilled ``fused``'s prompts: set their groups up and
@@ -92,7 +113,7 @@ class Admission:
                 for group in groups:
                     deliver_error(group.handles, model_error(self.model, "prefill", error))
                 continue
-            place(self.model, self._partitions, groups, part, self.pool_beams)
+            self._place(groups, part)
 
     def _admit_speculative(self, handles: list[RequestHandle]) -> bool:
         """Start a speculative group if its proposer is free, or join the running group that

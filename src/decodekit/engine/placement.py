@@ -16,6 +16,24 @@ from decodekit.engine.pool import RowPool
 from decodekit.engine.step import Partition
 
 
+class Refused(Exception):
+    """The model could not take new rows into a running state (``error``: why, e.g. memory);
+    merging and inserting build what they need before changing anything, so the running
+    state is as it was and only the new requests fail."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def merged(model, first, second, at: int | None = None):
+    """``model.merge(first, second, at)``, its failure a :class:`Refused`."""
+    try:
+        return model.merge(first, second) if at is None else model.merge(first, second, at)
+    except Exception as error:
+        raise Refused(error) from error
+
+
 def pool_key(group: PlainGroup) -> tuple:
     """Greedy and sampling rows share a pool; different EOS sets or top-logprob counts do not."""
     return (group.eos, group.options.top_logprobs)
@@ -76,7 +94,7 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state, p
         return
     if not first.poolable:
         if partition is not None:
-            partition.state = model.merge(partition.state, state)
+            partition.state = merged(model, partition.state, state)
             partition.groups.extend(groups)
         else:
             partitions.append(Partition(state, list(groups)))
@@ -87,7 +105,11 @@ def place(model, partitions: list[Partition], groups: list[PlainGroup], state, p
         if len(member.free) >= state.rows and hasattr(model, "insert"):
             slots = sorted(member.free)[: state.rows]
             rows = torch.tensor(slots, dtype=torch.long, device=state.logits.device) + offset
-            if model.insert(partition.state, state, rows):  # only the new rows are copied
+            try:
+                inserted = model.insert(partition.state, state, rows)
+            except Exception as error:
+                raise Refused(error) from error
+            if inserted:  # only the new rows are copied
                 at = 0
                 for group in groups:
                     member.add(group, slots[at : at + group.rows])
@@ -123,7 +145,7 @@ def _pool_of(partition: Partition | None, kind: type, key) -> tuple:
 
 def _join(model, partition: Partition, pool, offset: int, groups: list[PlainGroup], state) -> None:
     """``groups`` (prefilled in ``state``) join ``pool``: their rows right after its rows."""
-    partition.state = model.merge(partition.state, state, offset + pool.rows)
+    partition.state = merged(model, partition.state, state, offset + pool.rows)
     for group in groups:
         pool.add(group)
 
@@ -133,7 +155,7 @@ def _start(model, partitions: list[Partition], partition: Partition | None, pool
     for group in groups:
         pool.add(group)
     if partition is not None:
-        partition.state = model.merge(partition.state, state)
+        partition.state = merged(model, partition.state, state)
         partition.groups.append(pool)
     else:
         partitions.append(Partition(state, [pool]))

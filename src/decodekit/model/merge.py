@@ -41,12 +41,14 @@ def merge_states(first: DecodeState, second: DecodeState, at: int | None = None)
                 index[dim] = rows
                 new[tuple(index)][..., span:length, :] = 0
 
+    # Every new tensor is built before ``first`` is touched: a failure (memory) leaves it as it was.
+    storage = None
     if cache_a.storage is not None and cache_b.storage is not None:
         sa, sb = cache_a.storage, cache_b.storage
         storage = sa.new_empty(*sa.shape[:2], ra + rb, sa.shape[3], capacity, sa.shape[5])
         place(storage, sa, sb, 2)
         holes(storage, 2)
-        cache_a.storage, cache_a.capacity = storage, capacity
+    buffers = []
     for layer_a, layer_b in zip(cache_a.layers, cache_b.layers):
         if not layer_a.shared:
             for name in ("_key_buffer", "_value_buffer"):
@@ -54,13 +56,7 @@ def merge_states(first: DecodeState, second: DecodeState, at: int | None = None)
                 merged = buf_a.new_empty(ra + rb, buf_a.shape[1], capacity, buf_a.shape[3])
                 place(merged, buf_a, buf_b, 0)
                 holes(merged, 0)
-                setattr(layer_a, name, merged)
-            layer_a.capacity = capacity
-        layer_a.length = length
-        if layer_a.shared:
-            cache_a._point(layer_a)
-        else:
-            layer_a._refresh_views()
+                buffers.append((layer_a, name, merged))
     mask = a["mask"].new_zeros(ra + rb, max(a["mask"].shape[1], capacity))
     mask[head, :la] = a["mask"][:at, :la]
     mask[block, :lb] = b["mask"][:, :lb]
@@ -77,7 +73,20 @@ def merge_states(first: DecodeState, second: DecodeState, at: int | None = None)
         "holes": True,
         "group": 1,
     }
-    return DecodeState(rows(first.logits, second.logits), min(first.prompt_length, second.prompt_length), extra)
+    logits = rows(first.logits, second.logits)
+    # commit: from here on nothing allocates
+    if storage is not None:
+        cache_a.storage, cache_a.capacity = storage, capacity
+    for layer_a, name, merged in buffers:
+        setattr(layer_a, name, merged)
+        layer_a.capacity = capacity
+    for layer_a in cache_a.layers:
+        layer_a.length = length
+        if layer_a.shared:
+            cache_a._point(layer_a)
+        else:
+            layer_a._refresh_views()
+    return DecodeState(logits, min(first.prompt_length, second.prompt_length), extra)
 
 
 @torch.inference_mode()
@@ -95,11 +104,17 @@ def insert_rows(target: DecodeState, source: DecodeState, rows: torch.Tensor) ->
     if any(la.shared != lb_.shared for la, lb_ in zip(cache_a.layers, cache_b.layers)) or len(cache_a.layers) != len(cache_b.layers):
         return False
     old = a["length"]
+    # what allocates comes first: a failure (memory) leaves ``target`` as it was
+    mask = a["mask"]
+    if mask.shape[1] < length:
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], length - mask.shape[1])], dim=1)
+    next_position = a["next_position"].index_copy(0, rows, b["next_position"])
+    logits = target.logits.index_copy(0, rows, source.logits)
     tensors = [(cache_a.storage, cache_b.storage, 2)] if cache_a.storage is not None else []
     for layer_a, layer_b in zip(cache_a.layers, cache_b.layers):
         if not layer_a.shared:
             tensors += [(getattr(layer_a, n), getattr(layer_b, n), 0) for n in ("_key_buffer", "_value_buffer")]
-    for new, src, dim in tensors:
+    for new, src, dim in tensors:  # the rows written are free ones: no running row reads them
         if length > old:  # every row's slots [old, length) become zeroed holes
             new.narrow(-2, old, length - old).zero_()
         new.narrow(-2, 0, lb).index_copy_(dim, rows, src.narrow(-2, 0, lb))
@@ -111,15 +126,12 @@ def insert_rows(target: DecodeState, source: DecodeState, rows: torch.Tensor) ->
             cache_a._point(layer)
         else:
             layer._refresh_views()
-    mask = a["mask"]
-    if mask.shape[1] < length:
-        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], length - mask.shape[1])], dim=1)
     mask[:, old:length] = 0
     mask.index_fill_(0, rows, 0)
     mask[:, :lb].index_copy_(0, rows, b["mask"][:, :lb].to(mask.dtype))
     a["mask"], a["length"], a["holes"], a["group"] = mask, length, True, 1
-    a["next_position"] = a["next_position"].index_copy(0, rows, b["next_position"])
-    target.logits = target.logits.index_copy(0, rows, source.logits)
+    a["next_position"] = next_position
+    target.logits = logits
     target.prompt_length = min(target.prompt_length, source.prompt_length)
     return True
 

@@ -27,6 +27,7 @@ from decodekit.serve.bridge import Bridge
 from decodekit.serve.format import (
     FINISH,
     body_echo,
+    chat_message,
     chat_prompt,
     choice,
     chunk_choice,
@@ -178,7 +179,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
             plan = decoding(body, default_max_tokens=min(256 if chat else 16, limits.max_tokens))
             _check_sizes(plan, body, prompts, chat)
             pending = await anyio.to_thread.run_sync(
-                lambda: decoder.submit(prompts, plan.strategy, constraint=plan.constraint, stream=body.stream and not plan.beam, **plan.settings)
+                lambda: decoder.submit(prompts, plan.strategy, constraint=plan.constraint, stream=body.stream and not plan.whole, **plan.settings)
             )
         except ConfigError as error:
             param = api_param(error.field, body)
@@ -202,7 +203,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         choices, completion_tokens = [], 0
         for p, result in zip(pending, results):
             for sequence in result.sequences:
-                choices.append(choice(len(choices), p, sequence, body, chat))
+                choices.append(choice(len(choices), p, sequence, body, chat, plan.tools))
                 completion_tokens += len(sequence.token_ids)
         metrics.generated_tokens.inc(completion_tokens)
         metrics.ttft.observe(first)
@@ -277,7 +278,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         tokens, first_seen, started = 0, None, set()
         wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
         pending_decoder = pending[0].decoder
-        sources = {index: (p, None if plan.beam else p.events(wait=False)) for index, p in enumerate(pending)}
+        sources = {index: (p, None if plan.whole else p.events(wait=False)) for index, p in enumerate(pending)}
         waiter = bridge.register()
         try:
             while sources:
@@ -307,9 +308,12 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     if what == "final":
                         tokens += len(item.token_ids)
                         text = (p.prompt if body_echo(body) else "") + (item.text or "")
-                        delta = {"content": text} if chat else None
+                        reason, delta = FINISH.get(item.finish_reason), {"content": text} if chat else None
+                        if chat and plan.tools is not None:  # a call: its whole message in one delta
+                            message, reason = chat_message(item, plan.tools)
+                            delta = {"content": text} if message["content"] is not None else {"tool_calls": [{"index": j, **c} for j, c in enumerate(message["tool_calls"])]}
                         logprobs = logprobs_object(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
-                        out.append(chunk(chunk_choice(index, text, delta, FINISH.get(item.finish_reason), item, chat, logprobs)))
+                        out.append(chunk(chunk_choice(index, text, delta, reason, item, chat, logprobs)))
                         continue
                     event = item
                     if event.token_id is not None:

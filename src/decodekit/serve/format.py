@@ -3,15 +3,25 @@ chunks and ``logprobs`` objects."""
 
 from __future__ import annotations
 
+import json
+
 from decodekit.serve.limits import APIError
 from decodekit.serve.protocol import ChatCompletionRequest
+from decodekit.serve.tools import ToolPlan, request_tools
 
 
-def default_chat_prompt(messages: list[dict]) -> str:
+def default_chat_prompt(messages: list[dict], tools: list[dict] | None = None) -> str:
     """The chat format of tokenizers without a chat template (the embedded models): each
     message as a ``# role`` line, its text and a blank line, then ``# assistant`` and a newline
-    for the reply."""
-    return "".join(f"# {m['role']}\n{m['content']}\n\n" for m in messages) + "# assistant\n"
+    for the reply. Tools come first, as a ``# tools`` message of one JSON line per tool; an
+    assistant's tool calls follow its text, one ``{"name", "arguments"}`` JSON line each."""
+    head = "# tools\n" + "".join(json.dumps(t["function"], ensure_ascii=False) + "\n" for t in tools) + "\n" if tools else ""
+    parts = []
+    for m in messages:
+        calls = "".join(json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False) + "\n" for c in m.get("tool_calls") or ())
+        text = m["content"] + ("\n" if m["content"] and calls else "") + calls.rstrip("\n")
+        parts.append(f"# {m['role']}\n{text}\n\n")
+    return head + "".join(parts) + "# assistant\n"
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "constraint": "constraint"}
 """decodekit finish reasons -> the API's (``constraint``: the output does not satisfy the
@@ -46,10 +56,42 @@ def chat_prompt(decoder, body: ChatCompletionRequest) -> str:
                     raise APIError(400, f"messages.{i}.content: only text parts are supported", param=f"messages.{i}.content")
                 texts.append(part["text"])
             content = "".join(texts)
-        messages.append({"role": message.role, "content": content or ""})
+        entry = {"role": message.role, "content": content or ""}
+        if message.tool_calls:  # templates read arguments as a mapping where they parse
+            entry["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}} for c in message.tool_calls]
+        if message.tool_call_id is not None:
+            entry["tool_call_id"] = message.tool_call_id
+        if message.name is not None:
+            entry["name"] = message.name
+        messages.append(entry)
+    plan = request_tools(body)
+    tools = [t.spec() for t in plan.tools] if plan is not None else None
     if not getattr(tokenizer, "chat_template", None):
-        return default_chat_prompt(messages)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return default_chat_prompt(messages, tools)
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+
+
+def _arguments(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def chat_message(sequence, tools: ToolPlan | None) -> tuple[dict, str | None]:
+    """An output as an assistant message and its finish reason: a tool call (when the request
+    makes one and the output is complete: ``tool_calls``, finish reason ``tool_calls``), else
+    the text."""
+    text = sequence.text or ""
+    reason = FINISH.get(sequence.finish_reason, sequence.finish_reason)
+    if tools is None or not tools.calls:
+        return {"role": "assistant", "content": text}, reason
+    calls = tools.tool_calls(text) if sequence.finish_reason in ("eos", "stop") else None
+    if calls is None and tools.choice != "required" and sequence.finish_reason == "length":
+        calls = tools.tool_calls_unfinished(text)  # cut short: the arguments so far, as OpenAI does
+    if calls is None:
+        return {"role": "assistant", "content": text}, reason
+    return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls" if reason == "stop" else reason
 
 
 def token_text(decoder, token: int) -> str:
@@ -83,14 +125,15 @@ def extension(sequence) -> dict:
     return {"score": sequence.score, "logprob": sequence.logprob, "group": sequence.group, "finish_reason": sequence.finish_reason, "token_ids": list(sequence.token_ids), "constraint": sequence.constraint}
 
 
-def choice(index: int, pending, sequence, body, chat: bool) -> dict:
+def choice(index: int, pending, sequence, body, chat: bool, tools: ToolPlan | None = None) -> dict:
     decoder = pending.decoder
     text = sequence.text or ""
     wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
     logprobs = logprobs_object(sequence.token_ids, sequence.token_logprobs, sequence.top_logprobs, decoder, chat) if wants_logprobs else None
     reason = FINISH.get(sequence.finish_reason, sequence.finish_reason)
     if chat:
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": reason, "decodekit": extension(sequence)}
+        message, reason = chat_message(sequence, tools)
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason, "decodekit": extension(sequence)}
     if body.echo:
         text = (pending.prompt if isinstance(pending.prompt, str) else decoder.decode_text(pending.request.prompt) or "") + text
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "decodekit": extension(sequence)}

@@ -10,6 +10,7 @@ from typing import Any
 import decodekit
 from decodekit.errors import ConfigError
 from decodekit.serve.protocol import ChatCompletionRequest, CompletionRequest, DecodekitOptions
+from decodekit.serve.tools import ToolPlan, request_tools, tool_plan
 
 PARAMS = {
     "max_new_tokens": "max_tokens",
@@ -44,6 +45,9 @@ def api_param(field: str, req=None) -> str:
     if req is not None and field in TOP_LEVEL and getattr(req, TOP_LEVEL[field], None) is not None:
         return TOP_LEVEL[field]
     if req is not None and field in ("constraint", "regex", "grammar", "catalog", "json_schema", "schema"):  # its one constraint field
+        calls = request_tools(req)
+        if calls is not None and calls.calls:  # the constraint is the call's schema
+            return "tools" if calls.choice == "required" else f"tools.{[t.name for t in calls.tools].index(calls.choice)}.function.parameters"
         ext = req.decodekit or DecodekitOptions()
         given = [f"decodekit.{n}" for n in ("regex", "grammar", "catalog") if getattr(ext, n) is not None]
         given += [n for n in ("guided_json", "guided_regex", "guided_choice", "guided_grammar") if getattr(req, n) is not None]
@@ -62,10 +66,6 @@ def _check_no_ops(req: ChatCompletionRequest) -> None:
         raise ConfigError("service_tier", req.service_tier, "'auto', 'default' or null (this server has one tier)")
     if req.modalities not in (None, ["text"]):
         raise ConfigError("modalities", req.modalities, '["text"] or null')
-    if req.tools:
-        raise ConfigError("tools", "[...]", "null or []: function calling is not supported")
-    if req.tool_choice not in (None, "none"):
-        raise ConfigError("tool_choice", req.tool_choice, "'none' or null (no tools here)")
 
 
 def _top_level(req, ext: DecodekitOptions) -> dict:
@@ -87,6 +87,13 @@ class Decoding:
     constraint: Any
     choices_per_prompt: int
     beam: bool
+    tools: ToolPlan | None = None
+
+    @property
+    def whole(self) -> bool:
+        """Whether outputs are sent whole, not token by token: beam searches' n-best, and
+        tool calls (a call's message is complete or not at all)."""
+        return self.beam or (self.tools is not None and self.tools.calls)
 
 
 def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens: int) -> Decoding:
@@ -108,6 +115,7 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
             raise ConfigError("top_logprobs", req.top_logprobs, "null unless logprobs is true")
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         _check_no_ops(req)
+    tools = tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls) if not isinstance(req, CompletionRequest) else None
     ext = req.decodekit or DecodekitOptions()
     given = _top_level(req, ext)
     settings: dict = {"max_new_tokens": max_tokens if max_tokens is not None else default_max_tokens}
@@ -185,13 +193,17 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
             if v is not None
         }
         strategy = decodekit.DiverseBeamSearch(num_beams=beams, num_groups=groups, num_return_sequences=n, **extra)
-    return Decoding(strategy, settings, _constraint(req, ext), n, beam)
+    return Decoding(strategy, settings, _constraint(req, ext, tools), n, beam, tools)
 
 
-def _constraint(req, ext):
+def _constraint(req, ext, tools: ToolPlan | None = None):
     from decodekit.constraints import Catalog, Grammar, JsonSchema, Regex
 
     chosen = []
+    if tools is not None and tools.calls:
+        if req.stop:
+            raise ConfigError("stop", req.stop, f"null with tool_choice={req.tool_choice!r} (a call ends where its JSON does)")
+        chosen.append(("tool_choice", JsonSchema(tools.schema())))
     fmt = req.response_format
     if fmt is not None and fmt.type == "json_object":
         chosen.append(("response_format", JsonSchema({"type": "object"})))

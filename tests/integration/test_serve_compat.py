@@ -186,3 +186,14 @@ def test_bad_or_several_guided_fields_are_400s_naming_them(client, extra, param)
     with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model="stdlib-code", prompt="x", max_tokens=4, temperature=0, extra_body=extra)
     assert error.value.body["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("n", "2"), ("stream", "true"), ("echo", 1), ("max_tokens", True), ("seed", 5.0), ("temperature", "0.5"), ("logprobs", False)],
+)
+def test_a_value_of_the_wrong_type_is_a_400_not_coerced(server, field, value):
+    """JSON's types are kept: "2" is not 2, 1 is not true, true is not 1 token."""
+    response = httpx.post(server[1] + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, field: value}, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field

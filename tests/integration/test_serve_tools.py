@@ -159,3 +159,17 @@ def test_a_chat_template_gets_the_tools_and_the_calls_with_their_arguments_parse
         f"[tool get_weather: {json.dumps(WEATHER)}][tool count: {json.dumps(COUNT)}]"
         "<user>What is the weather in Paris?<assistant>[call get_weather Paris]<tool>sunny[for c1]<assistant>"
     )
+
+
+def test_messages_a_chat_template_refuses_are_a_400_naming_messages():
+    """A template's own check (``raise_exception``: e.g. no system role) is the messages'
+    fault, not the server's."""
+    from decodekit.serve.format import chat_prompt
+    from decodekit.serve.limits import APIError
+    from decodekit.serve.protocol import ChatCompletionRequest
+
+    decoder = decodekit.load()
+    decoder.tokenizer.chat_template = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{{ m.content }}{% endfor %}"
+    with pytest.raises(APIError) as raised:
+        chat_prompt(decoder, ChatCompletionRequest(messages=[{"role": "system", "content": "be brief"}]))
+    assert raised.value.status == 400 and raised.value.body.param == "messages" and "System role not supported" in raised.value.body.message

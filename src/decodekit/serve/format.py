@@ -68,7 +68,10 @@ def chat_prompt(decoder, body: ChatCompletionRequest) -> str:
     tools = [t.spec() for t in plan.tools] if plan is not None else None
     if not getattr(tokenizer, "chat_template", None):
         return default_chat_prompt(messages, tools)
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    except Exception as error:  # the template's own checks (roles that must alternate, ...): the messages' fault
+        raise APIError(400, f"messages: the model's chat template refused them: {type(error).__name__}: {str(error)[:300]}", param="messages") from None
 
 
 def _arguments(text: str):

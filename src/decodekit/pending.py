@@ -48,6 +48,8 @@ def stream_events(decoder, prompt, request, source, stop) -> Iterator[StreamEven
             reason = event.finish_reason if last else None
             if stop is not None and reason == "stop":
                 text = stop.trim(text)
+            elif stop is not None and reason is None:  # text that may begin a stop string waits
+                text = stop.shown(text)
             # hold back an incomplete multi-byte character until the row ends
             held = text.endswith("\ufffd") and reason is None
             before = shown.get(row, "")

@@ -28,3 +28,10 @@ class StopStrings:
             return text
         at, length = min(found)
         return text[: at + length] if self.keep else text[:at]
+
+    def shown(self, text: str) -> str:
+        """What of a row's text so far can be streamed: all but its longest ending that
+        begins a stop string (it may yet become one, and then it is cut)."""
+        text = self.trim(text)
+        held = max((k for s in self.stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
+        return text[: len(text) - held]

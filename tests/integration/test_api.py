@@ -64,6 +64,24 @@ def test_stop_strings_end_and_are_cut(decoder):
     assert plain.token_ids[: len(stopped.token_ids)] == stopped.token_ids
 
 
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("strategy", [decodekit.Greedy(), decodekit.Sampling(seed=4, top_k=8)])
+def test_a_streamed_output_with_stop_strings_is_the_generated_one(keep, strategy):
+    """Streaming never sends text that a stop string then cuts: text that may begin one is
+    held back until it does not or the row ends. Stop strings taken from the unstopped output
+    (spanning tokens, repeated pieces, one character), each alone and all together."""
+    decoder = decodekit.load()
+    prompt = "def read(path):"
+    plain = decoder.generate(prompt, strategy, max_new_tokens=24, min_new_tokens=24).text
+    stops = [plain[i : i + n] for i, n in ((3, 5), (9, 2), (14, 9), (len(plain) // 2, 1), (len(plain) - 4, 3))]
+    for stop in [[s] for s in stops if s] + [[s for s in stops if s]]:
+        settings = {"max_new_tokens": 24, "stop": stop, "include_stop_str_in_output": keep}
+        want = decoder.generate(prompt, strategy, **settings).best
+        events = list(decoder.stream(prompt, strategy, **settings))
+        assert "".join(e.text for e in events) == want.text, stop
+        assert events[-1].finish_reason == want.finish_reason
+
+
 def test_cli_generate_jsonl(checkpoint, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["def ", "class A", "import"]))

@@ -197,3 +197,34 @@ def test_a_value_of_the_wrong_type_is_a_400_not_coerced(server, field, value):
     response = httpx.post(server[1] + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, field: value}, timeout=60)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == field
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_top_logprobs_under_a_constraint_leave_out_what_it_rules_out(server, chat):
+    """A constraint that allows fewer tokens than the alternatives asked for: the ruled-out
+    ones (log-prob -inf) are left out, and every body and chunk is JSON (no -Infinity)."""
+    _, base = server
+    if chat:
+        path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": "yes?"}], "logprobs": True, "top_logprobs": 3}
+    else:
+        path, body = "/v1/completions", {"prompt": "x", "logprobs": 3}
+    body.update(max_tokens=4, temperature=0, guided_choice=["yes", "no"])
+    plain = httpx.post(base + path, json=body, timeout=60)
+    assert plain.status_code == 200, plain.text
+    choice = _strict_json(plain.text)["choices"][0]
+    if chat:
+        tops = [t["top_logprobs"] for t in choice["logprobs"]["content"]]
+        assert all(len(top) >= 1 and all(e["logprob"] > -1e30 for e in top) for top in tops)
+    else:
+        assert all(len(top) >= 1 for top in choice["logprobs"]["top_logprobs"])
+    assert any(len(top) < 3 for top in (tops if chat else choice["logprobs"]["top_logprobs"]))  # some were ruled out
+    with httpx.stream("POST", base + path, json={**body, "stream": True}, timeout=60) as response:
+        lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
+    assert lines and all(_strict_json(line) for line in lines)

@@ -32,6 +32,7 @@ from decodekit.serve.format import (
     choice,
     chunk_choice,
     completion_prompts,
+    finite,
     logprobs_object,
 )
 from decodekit.serve.limits import APIError, BodyLimit, ServerLimits, error_response
@@ -98,6 +99,11 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         response = error_response(APIError(exc.status_code, message, kind))
         response.headers.update(exc.headers or {})
         return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # a bug: still OpenAI's error shape
+        metrics.requests.labels(label(request.url.path), "500").inc()
+        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}", "server_error"))
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
@@ -216,7 +222,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": model_name,
-            "choices": choices,
+            "choices": finite(choices),
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
         }
 
@@ -273,7 +279,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
             yield "end", index, None
 
         def chunk(entry: dict) -> str:
-            return "data: " + json.dumps({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [entry]}) + "\n\n"
+            return "data: " + json.dumps(finite({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [entry]}), allow_nan=False) + "\n\n"
 
         tokens, first_seen, started = 0, None, set()
         wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None

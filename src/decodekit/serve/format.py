@@ -4,6 +4,7 @@ chunks and ``logprobs`` objects."""
 from __future__ import annotations
 
 import json
+import math
 
 from decodekit.serve.limits import APIError
 from decodekit.serve.protocol import ChatCompletionRequest
@@ -97,6 +98,18 @@ def chat_message(sequence, tools: ToolPlan | None) -> tuple[dict, str | None]:
     return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls" if reason == "stop" else reason
 
 
+def finite(value):
+    """``value`` with every non-finite float (a score of -inf, say) as None: JSON has no
+    infinities, and a body with ``-Infinity`` in it is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def token_text(decoder, token: int) -> str:
     return decoder.tokenizer.decode([token]) if decoder.tokenizer is not None else str(token)
 
@@ -105,6 +118,8 @@ def logprobs_object(token_ids, token_logprobs, top_logprobs, decoder, chat: bool
     """OpenAI's ``logprobs`` object for these tokens (chat: ``content`` entries with their
     ``top_logprobs``; completions: parallel lists, ``top_logprobs`` as text -> log-prob maps)."""
     pieces = [token_text(decoder, t) for t in token_ids]
+    if top_logprobs is not None:  # alternatives a constraint or processor ruled out (-inf) are none
+        top_logprobs = [[t for t in top if math.isfinite(t.logprob)] if top else top for top in top_logprobs]
     tops = top_logprobs if top_logprobs is not None else [None] * len(pieces)
     if chat:
         def entry(piece, lp):

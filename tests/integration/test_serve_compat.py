@@ -228,3 +228,24 @@ def test_top_logprobs_under_a_constraint_leave_out_what_it_rules_out(server, cha
     with httpx.stream("POST", base + path, json={**body, "stream": True}, timeout=60) as response:
         lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
     assert lines and all(_strict_json(line) for line in lines)
+
+
+def test_a_constrained_output_cut_short_by_max_tokens_finishes_with_length(client):
+    """Not ``constraint``: OpenAI clients read ``length`` (``parse()`` raises its
+    LengthFinishReasonError instead of failing to parse half a JSON document)."""
+    import pydantic
+
+    class Answer(pydantic.BaseModel):
+        flag: bool
+        name: str = pydantic.Field(max_length=6)
+
+    messages = [{"role": "user", "content": "json"}]
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": Answer.model_json_schema()}}
+    got = client.chat.completions.create(model="stdlib-code", messages=messages, max_tokens=3, temperature=0, response_format=schema)
+    assert got.choices[0].finish_reason == "length" and got.usage.completion_tokens == 3
+    chunks = list(client.chat.completions.create(model="stdlib-code", messages=messages, max_tokens=3, temperature=0, response_format=schema, stream=True))
+    assert chunks[-1].choices[0].finish_reason == "length"
+    with pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(model="stdlib-code", messages=messages, max_tokens=3, temperature=0, response_format=Answer)
+    done = client.chat.completions.parse(model="stdlib-code", messages=messages, max_tokens=64, temperature=0, response_format=Answer)
+    assert done.choices[0].finish_reason == "stop" and isinstance(done.choices[0].message.parsed, Answer)

@@ -25,7 +25,7 @@ from decodekit.engine import AbortedError
 from decodekit.errors import ConfigError, DecodeKitError, InputError
 from decodekit.serve.bridge import Bridge
 from decodekit.serve.format import (
-    FINISH,
+    api_finish,
     body_echo,
     chat_message,
     chat_prompt,
@@ -281,7 +281,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         def chunk(entry: dict) -> str:
             return "data: " + json.dumps(finite({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [entry]}), allow_nan=False) + "\n\n"
 
-        tokens, first_seen, started = 0, None, set()
+        tokens, first_seen, started, counts = 0, None, set(), {}
         wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
         pending_decoder = pending[0].decoder
         sources = {index: (p, None if plan.whole else p.events(wait=False)) for index, p in enumerate(pending)}
@@ -314,9 +314,10 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     if what == "final":
                         tokens += len(item.token_ids)
                         text = (p.prompt if body_echo(body) else "") + (item.text or "")
-                        reason, delta = FINISH.get(item.finish_reason), {"content": text} if chat else None
+                        limit = p.request.options.max_new_tokens
+                        reason, delta = api_finish(item.finish_reason, len(item.token_ids), limit), {"content": text} if chat else None
                         if chat and plan.tools is not None:  # a call: its whole message in one delta
-                            message, reason = chat_message(item, plan.tools)
+                            message, reason = chat_message(item, plan.tools, limit)
                             delta = {"content": text} if message["content"] is not None else {"tool_calls": [{"index": j, **c} for j, c in enumerate(message["tool_calls"])]}
                         logprobs = logprobs_object(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
                         out.append(chunk(chunk_choice(index, text, delta, reason, item, chat, logprobs)))
@@ -324,12 +325,13 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     event = item
                     if event.token_id is not None:
                         tokens += 1
+                        counts[index] = counts.get(index, 0) + 1
                     logprobs = None
                     if wants_logprobs and event.token_id is not None:
                         top = [event.top_logprobs] if event.top_logprobs is not None else None
                         logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat)
                     if event.text or event.finish_reason or logprobs is not None:
-                        reason = FINISH.get(event.finish_reason) if event.finish_reason else None
+                        reason = api_finish(event.finish_reason, counts.get(index, 0), p.request.options.max_new_tokens)
                         delta = {"content": event.text} if chat else None
                         out.append(chunk(chunk_choice(index, event.text, delta, reason, None, chat, logprobs)))
                 if out:

@@ -29,6 +29,16 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length", "constraint": "cons
 request's constraint, never reported as ``stop``)."""
 
 
+def api_finish(reason: str | None, count: int, limit: int) -> str | None:
+    """A decodekit finish reason as the API's, for an output of ``count`` tokens under a limit
+    of ``limit``: a constrained output that the limit cut short is ``length`` (what OpenAI
+    clients check for, e.g. ``parse()`` raising ``LengthFinishReasonError``); one its
+    constraint ended unsatisfied within the limit stays ``constraint``."""
+    if reason == "constraint" and count >= limit:
+        return "length"
+    return FINISH.get(reason, reason) if reason is not None else None
+
+
 def body_echo(body) -> bool:
     return bool(getattr(body, "echo", False))
 
@@ -82,16 +92,16 @@ def _arguments(text: str):
         return text
 
 
-def chat_message(sequence, tools: ToolPlan | None) -> tuple[dict, str | None]:
-    """An output as an assistant message and its finish reason: a tool call (when the request
-    makes one and the output is complete: ``tool_calls``, finish reason ``tool_calls``), else
-    the text."""
+def chat_message(sequence, tools: ToolPlan | None, limit: int) -> tuple[dict, str | None]:
+    """An output (``limit``: its ``max_tokens``) as an assistant message and its finish
+    reason: a tool call (when the request makes one and the output is complete:
+    ``tool_calls``, finish reason ``tool_calls``), else the text."""
     text = sequence.text or ""
-    reason = FINISH.get(sequence.finish_reason, sequence.finish_reason)
+    reason = api_finish(sequence.finish_reason, len(sequence.token_ids), limit)
     if tools is None or not tools.calls:
         return {"role": "assistant", "content": text}, reason
     calls = tools.tool_calls(text) if sequence.finish_reason in ("eos", "stop") else None
-    if calls is None and tools.choice != "required" and sequence.finish_reason == "length":
+    if calls is None and tools.choice != "required" and reason == "length":
         calls = tools.tool_calls_unfinished(text)  # cut short: the arguments so far, as OpenAI does
     if calls is None:
         return {"role": "assistant", "content": text}, reason
@@ -148,9 +158,10 @@ def choice(index: int, pending, sequence, body, chat: bool, tools: ToolPlan | No
     text = sequence.text or ""
     wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
     logprobs = logprobs_object(sequence.token_ids, sequence.token_logprobs, sequence.top_logprobs, decoder, chat) if wants_logprobs else None
-    reason = FINISH.get(sequence.finish_reason, sequence.finish_reason)
+    limit = pending.request.options.max_new_tokens
+    reason = api_finish(sequence.finish_reason, len(sequence.token_ids), limit)
     if chat:
-        message, reason = chat_message(sequence, tools)
+        message, reason = chat_message(sequence, tools, limit)
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason, "decodekit": extension(sequence)}
     if body.echo:
         text = (pending.prompt if isinstance(pending.prompt, str) else decoder.decode_text(pending.request.prompt) or "") + text

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the model's context)")
     serve.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted (default 4096)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond it a 413 (default 1 MiB)")
+    serve.add_argument("--max-request-rows", type=int, default=256, help="rows one request decodes: its prompts times n or beams (default 256)")
     serve.add_argument("--threads", type=int, default=None, help="torch threads of the engine (default: torch's, which follows OMP_NUM_THREADS)")
     serve.add_argument("--prompt-cache-mib", type=int, default=64,
                        help="MiB of prefilled prompts kept, so a prompt seen again skips its prefill (default 64; 0: off)")
@@ -260,12 +261,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", args.port, "a TCP port in [0, 65535]")
     for flag, value, low in (("--max-concurrent-requests", args.max_concurrent_requests, 1), ("--max-queued-requests", args.max_queued_requests, 0),
-                             ("--max-tokens-limit", args.max_tokens_limit, 1), ("--max-body-bytes", args.max_body_bytes, 1024)):
+                             ("--max-tokens-limit", args.max_tokens_limit, 1), ("--max-body-bytes", args.max_body_bytes, 1024),
+                             ("--max-request-rows", args.max_request_rows, 1)):
         if value < low:
             raise ConfigError(flag, value, f"an integer >= {low}")
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
         raise ConfigError("--max-prompt-tokens", args.max_prompt_tokens, "an integer >= 1")
-    limits = ServerLimits(args.max_concurrent_requests, args.max_queued_requests, args.max_prompt_tokens, args.max_tokens_limit, args.max_body_bytes)
+    limits = ServerLimits(args.max_concurrent_requests, args.max_queued_requests, args.max_prompt_tokens, args.max_tokens_limit, args.max_body_bytes, args.max_request_rows)
     transformers_logging.disable_progress_bar()
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads", args.threads, "an integer >= 1")

@@ -32,7 +32,7 @@ def server():
 @pytest.fixture(scope="module")
 def tight(server):
     """A second server on the same decoder with small limits."""
-    limits = ServerLimits(max_concurrent_requests=1, max_queued_requests=0, max_prompt_tokens=8, max_tokens=32, max_body_bytes=4096)
+    limits = ServerLimits(max_concurrent_requests=1, max_queued_requests=0, max_prompt_tokens=8, max_tokens=32, max_body_bytes=4096, max_request_rows=6)
     instance, thread, url = _start(server[0], limits)
     yield url
     instance.should_exit = True
@@ -47,6 +47,13 @@ def test_limits_give_openai_errors(tight):
     with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model="stdlib-code", prompt="x = 1\n" * 20, max_tokens=4)
     assert error.value.body["param"] == "prompt"
+    # rows per request: prompts times n (or beams)
+    for settings, param in (({"prompt": ["x"] * 7}, "prompt"), ({"prompt": ["x"] * 2, "n": 4, "temperature": 1.0}, "prompt"), ({"prompt": "x", "n": 7, "temperature": 1.0}, "n"),
+                            ({"prompt": "x", "extra_body": {"decodekit": {"strategy": "beam", "num_beams": 8}}}, "n")):
+        with pytest.raises(openai.BadRequestError) as error:
+            client.completions.create(model="stdlib-code", max_tokens=2, **settings)
+        assert error.value.body["param"] == param and "limit of 6 rows" in error.value.body["message"]
+    assert len(client.completions.create(model="stdlib-code", prompt=["x"] * 3, n=2, temperature=1.0, max_tokens=2).choices) == 6
     response = httpx.post(tight + "/v1/completions", content=json.dumps({"prompt": "x" * 5000}), headers={"content-type": "application/json"})
     assert response.status_code == 413 and set(response.json()["error"]) == {"message", "type", "param", "code"}
     # one slot, no queue: a second request while one streams is a 429; the slot comes back after

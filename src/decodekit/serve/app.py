@@ -171,6 +171,10 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         if plan.settings["max_new_tokens"] > limits.max_tokens:
             field = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
             raise APIError(400, f"{field}={plan.settings['max_new_tokens']} is over this server's limit of {limits.max_tokens}", param=field)
+        width = getattr(plan.strategy, "num_beams", None) or getattr(plan.strategy, "n", 1)
+        if len(prompts) * width > limits.max_request_rows:
+            param = "prompt" if len(prompts) > 1 else "n"
+            raise APIError(400, f"{param}: {len(prompts)} prompt(s) x {width} rows each is over this server's limit of {limits.max_request_rows} rows per request", param=param)
         if limits.max_prompt_tokens is not None:
             for prompt in prompts:
                 if len(decoder.encode(prompt)) > limits.max_prompt_tokens:

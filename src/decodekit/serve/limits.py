@@ -25,13 +25,15 @@ class ServerLimits:
     the engine) at once; ``max_queued_requests``: requests waiting for one of those slots
     (beyond: 429); ``max_prompt_tokens`` (None: the model's context) and ``max_tokens``: sizes
     per request (beyond: 400 naming the field); ``max_body_bytes``: request body size (beyond:
-    413)."""
+    413); ``max_request_rows``: rows one request decodes at once, its prompts times ``n`` (or
+    beams) (beyond: 400), so that no single request holds the engine for everyone else."""
 
     max_concurrent_requests: int = 256
     max_queued_requests: int = 1024
     max_prompt_tokens: int | None = None
     max_tokens: int = 4096
     max_body_bytes: int = 1 << 20
+    max_request_rows: int = 256
 
 
 class BodyLimit:

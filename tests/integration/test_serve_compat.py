@@ -249,3 +249,21 @@ def test_a_constrained_output_cut_short_by_max_tokens_finishes_with_length(clien
         client.chat.completions.parse(model="stdlib-code", messages=messages, max_tokens=3, temperature=0, response_format=Answer)
     done = client.chat.completions.parse(model="stdlib-code", messages=messages, max_tokens=64, temperature=0, response_format=Answer)
     assert done.choices[0].finish_reason == "stop" and isinstance(done.choices[0].message.parsed, Answer)
+
+
+@pytest.mark.parametrize("beam", [False, True])
+def test_echo_puts_the_prompt_first_streamed_or_not(server, client, beam):
+    decoder, _ = server
+    extra = {"extra_body": {"decodekit": {"strategy": "beam", "num_beams": 2}}} if beam else {"temperature": 0}
+    for prompt, text in ((PROMPT, PROMPT), (decoder.encode("x = 1"), decoder.decode_text(decoder.encode("x = 1")))):
+        want = decoder.generate(prompt, decodekit.BeamSearch(num_beams=2) if beam else decodekit.Greedy(), max_new_tokens=5).best.text
+        got = client.completions.create(model="stdlib-code", prompt=prompt, max_tokens=5, echo=True, **extra)
+        assert got.choices[0].text == text + want
+        streamed = "".join(c.choices[0].text for c in client.completions.create(model="stdlib-code", prompt=prompt, max_tokens=5, echo=True, stream=True, **extra) if c.choices)
+        assert streamed == text + want
+
+
+def test_echo_with_logprobs_is_a_400_not_logprobs_that_miss_the_prompt(client):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=2, echo=True, logprobs=1)
+    assert error.value.body["param"] == "logprobs"

@@ -32,6 +32,7 @@ from decodekit.serve.format import (
     choice,
     chunk_choice,
     completion_prompts,
+    echo_text,
     finite,
     logprobs_object,
 )
@@ -285,7 +286,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         def chunk(entry: dict) -> str:
             return "data: " + json.dumps(finite({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [entry]}), allow_nan=False) + "\n\n"
 
-        tokens, first_seen, started, counts = 0, None, set(), {}
+        tokens, first_seen, started, counts, echoed = 0, None, set(), {}, set()
         wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
         pending_decoder = pending[0].decoder
         sources = {index: (p, None if plan.whole else p.events(wait=False)) for index, p in enumerate(pending)}
@@ -317,7 +318,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                         out.append(chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}))
                     if what == "final":
                         tokens += len(item.token_ids)
-                        text = (p.prompt if body_echo(body) else "") + (item.text or "")
+                        text = (echo_text(p) if body_echo(body) else "") + (item.text or "")
                         limit = p.request.options.max_new_tokens
                         reason, delta = api_finish(item.finish_reason, len(item.token_ids), limit), {"content": text} if chat else None
                         if chat and plan.tools is not None:  # a call: its whole message in one delta
@@ -334,10 +335,14 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     if wants_logprobs and event.token_id is not None:
                         top = [event.top_logprobs] if event.top_logprobs is not None else None
                         logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat)
-                    if event.text or event.finish_reason or logprobs is not None:
+                    text = event.text
+                    if body_echo(body) and index not in echoed:  # the prompt first, once per choice
+                        echoed.add(index)
+                        text = echo_text(p) + text
+                    if text or event.finish_reason or logprobs is not None:
                         reason = api_finish(event.finish_reason, counts.get(index, 0), p.request.options.max_new_tokens)
-                        delta = {"content": event.text} if chat else None
-                        out.append(chunk(chunk_choice(index, event.text, delta, reason, None, chat, logprobs)))
+                        delta = {"content": text} if chat else None
+                        out.append(chunk(chunk_choice(index, text, delta, reason, None, chat, logprobs)))
                 if out:
                     yield "".join(out)
             if body.stream_options is not None and body.stream_options.include_usage:

@@ -43,6 +43,12 @@ def body_echo(body) -> bool:
     return bool(getattr(body, "echo", False))
 
 
+def echo_text(pending) -> str:
+    """The prompt as text, for ``echo`` (a prompt of token ids decoded)."""
+    prompt = pending.prompt
+    return prompt if isinstance(prompt, str) else pending.decoder.decode_text(pending.request.prompt) or ""
+
+
 def completion_prompts(prompt) -> list:
     if isinstance(prompt, str):
         return [prompt]
@@ -164,7 +170,7 @@ def choice(index: int, pending, sequence, body, chat: bool, tools: ToolPlan | No
         message, reason = chat_message(sequence, tools, limit)
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason, "decodekit": extension(sequence)}
     if body.echo:
-        text = (pending.prompt if isinstance(pending.prompt, str) else decoder.decode_text(pending.request.prompt) or "") + text
+        text = echo_text(pending) + text
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "decodekit": extension(sequence)}
 
 

@@ -267,3 +267,33 @@ def test_echo_with_logprobs_is_a_400_not_logprobs_that_miss_the_prompt(client):
     with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=2, echo=True, logprobs=1)
     assert error.value.body["param"] == "logprobs"
+
+
+def test_a_reply_message_given_back_as_it_came_is_accepted(client):
+    """``message.model_dump()`` of a reply carries ``refusal``, ``annotations``, ``audio``,
+    ``function_call`` and ``tool_calls`` as nulls; null fields with defaults are the defaults."""
+    messages = [{"role": "user", "content": "hi"}]
+    reply = client.chat.completions.create(model="stdlib-code", messages=messages, max_tokens=4, temperature=0).choices[0].message
+    later = messages + [reply.model_dump(), {"role": "user", "content": "more"}]
+    got = client.chat.completions.create(model="stdlib-code", messages=later, max_tokens=4, temperature=0, extra_body={"n": None, "stream": None, "logprobs": None, "presence_penalty": None, "functions": None})
+    assert got.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"prompt": 5}, "prompt"),  # not "prompt.str"
+        ("/v1/completions", {"prompt": "x", "stop": [1]}, "stop"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ("/v1/completions", {"prompt": "x", "logprobs": 2, "temperature": 0, "decodekit": {"speculative": "ngram"}}, "logprobs"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, "max_completion_tokens"),
+        ("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object", "json_schema": {"name": "a", "schema": {}}}}, "response_format.json_schema"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "42"}]}, "messages.1.tool_call_id"),
+        ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "x", "refusal": "no"}]}, "messages.0.refusal"),
+    ],
+)
+def test_errors_name_the_field_the_request_gave(server, path, body, param):
+    response = httpx.post(server[1] + path, json={"max_tokens": 2, **body} if "max_completion_tokens" not in body else body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param, response.json()

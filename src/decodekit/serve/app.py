@@ -42,6 +42,14 @@ from decodekit.serve.protocol import ChatCompletionRequest, CompletionRequest, E
 from decodekit.serve.remote import EngineExited
 from decodekit.serve.translate import api_param, decoding
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _union_tag(part) -> bool:
+    """Whether a validation error's location part names a branch of a union type
+    (``prompt.str``, ``content.list[dict[str,any]]``), not a field: fields are lowercase words."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper() or "-" in part)
+
 
 def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | None = None, close_on_shutdown: bool = False) -> FastAPI:
     """An app serving ``decoder`` (a :class:`~decodekit.Decoder`, or an
@@ -86,7 +94,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         if first.get("type") == "json_invalid":  # its loc is a character position, not a field
             param, message = None, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', 'invalid')}"
         else:
-            loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+            loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _union_tag(x)]
             param = ".".join(loc) or None
             message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
         metrics.requests.labels(label(request.url.path), "400").inc()

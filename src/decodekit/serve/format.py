@@ -13,15 +13,16 @@ from decodekit.serve.tools import ToolPlan, request_tools
 
 def default_chat_prompt(messages: list[dict], tools: list[dict] | None = None) -> str:
     """The chat format of tokenizers without a chat template (the embedded models): each
-    message as a ``# role`` line, its text and a blank line, then ``# assistant`` and a newline
-    for the reply. Tools come first, as a ``# tools`` message of one JSON line per tool; an
+    message as a ``# role`` line (``# role (name)`` with a name), its text and a blank line,
+    then ``# assistant`` and a newline for the reply. Tools come first, as a ``# tools`` message of one JSON line per tool; an
     assistant's tool calls follow its text, one ``{"name", "arguments"}`` JSON line each."""
     head = "# tools\n" + "".join(json.dumps(t["function"], ensure_ascii=False) + "\n" for t in tools) + "\n" if tools else ""
     parts = []
     for m in messages:
         calls = "".join(json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}, ensure_ascii=False) + "\n" for c in m.get("tool_calls") or ())
         text = m["content"] + ("\n" if m["content"] and calls else "") + calls.rstrip("\n")
-        parts.append(f"# {m['role']}\n{text}\n\n")
+        who = f"{m['role']} ({m['name']})" if m.get("name") else m["role"]
+        parts.append(f"# {who}\n{text}\n\n")
     return head + "".join(parts) + "# assistant\n"
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "constraint": "constraint"}
@@ -73,6 +74,8 @@ def chat_prompt(decoder, body: ChatCompletionRequest) -> str:
                     raise APIError(400, f"messages.{i}.content: only text parts are supported", param=f"messages.{i}.content")
                 texts.append(part["text"])
             content = "".join(texts)
+        if message.role == "tool" and message.tool_call_id is None:
+            raise APIError(400, f"messages.{i}.tool_call_id: a tool message names the call it answers", param=f"messages.{i}.tool_call_id")
         entry = {"role": message.role, "content": content or ""}
         if message.tool_calls:  # templates read arguments as a mapping where they parse
             entry["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}} for c in message.tool_calls]

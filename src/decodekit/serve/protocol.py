@@ -5,11 +5,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # "2" is not 2, 1 is not true
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        """``null`` for a field with a default is that default (OpenAI allows ``"n": null``)."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            data = {k: v for k, v in data.items() if not (v is None and k in fields and fields[k].default is not None and not fields[k].is_required())}
+        return data
 
 
 class DecodekitOptions(Strict):
@@ -107,6 +116,11 @@ class ChatMessage(Strict):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant's calls, given back in a later turn
     tool_call_id: str | None = None  # a tool message: the call it answers
+    # what OpenAI's reply messages carry besides (a reply given back as it came): null here
+    refusal: None = None
+    audio: None = None
+    function_call: None = None
+    annotations: list[dict[str, Any]] | None = None  # citations: metadata, not text the model reads
 
 
 class ChatCompletionRequest(Sampling):
@@ -123,6 +137,8 @@ class ChatCompletionRequest(Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    functions: None = None  # OpenAI's deprecated function calling: null only (use tools)
+    function_call: None = None
 
 
 class Usage(BaseModel):

@@ -55,6 +55,12 @@ def api_param(field: str, req=None) -> str:
         if fmt is not None and fmt.type != "text":
             return "response_format.json_schema" if fmt.type == "json_schema" else "response_format"
         return given[0] if given else field
+    if req is not None and field == "top_logprobs" and isinstance(req, CompletionRequest):
+        return "logprobs"
+    if req is not None and field == "eos_token_ids" and getattr(req, "ignore_eos", None):
+        return "ignore_eos"
+    if req is not None and field == "max_new_tokens" and getattr(req, "max_completion_tokens", None) is not None:
+        return "max_completion_tokens"
     return PARAMS.get(field, field)
 
 
@@ -98,6 +104,10 @@ class Decoding:
 
 def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens: int) -> Decoding:
     """The strategy, options and constraint a request asks for."""
+    if req.stream_options is not None and not req.stream:
+        raise ConfigError("stream_options", req.stream_options.model_dump(), "null unless stream is true")
+    if req.response_format is not None and req.response_format.type != "json_schema" and req.response_format.json_schema is not None:
+        raise ConfigError("response_format.json_schema", "{...}", f"absent with type {req.response_format.type!r} (a schema is type 'json_schema')")
     if isinstance(req, CompletionRequest):
         if req.suffix:
             raise ConfigError("suffix", req.suffix, "null or empty: insertion (suffix) is not supported")

@@ -297,3 +297,15 @@ def test_errors_name_the_field_the_request_gave(server, path, body, param):
     response = httpx.post(server[1] + path, json={"max_tokens": 2, **body} if "max_completion_tokens" not in body else body, timeout=60)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param, response.json()
+
+
+def test_chat_logprob_bytes_are_each_tokens_own_bytes(server, client):
+    """Byte-level tokens report their one byte each (not U+FFFD's), so the bytes of the
+    chosen tokens rebuild the text."""
+    got = client.chat.completions.create(
+        model="stdlib-code", messages=[{"role": "user", "content": "party"}], max_tokens=12, temperature=0, logprobs=True, top_logprobs=2,
+        extra_body={"guided_regex": "🎉ü"},
+    )
+    content = got.choices[0].logprobs.content
+    assert len(content) > 2  # several byte-level tokens
+    assert bytes(b for entry in content for b in entry.bytes).decode("utf-8") == got.choices[0].message.content == "🎉ü"

@@ -35,6 +35,7 @@ from decodekit.serve.format import (
     echo_text,
     finite,
     logprobs_object,
+    sequence_logprobs,
 )
 from decodekit.serve.limits import APIError, BodyLimit, ServerLimits, error_response
 from decodekit.serve.metrics import Metrics
@@ -332,7 +333,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                         if chat and plan.tools is not None:  # a call: its whole message in one delta
                             message, reason = chat_message(item, plan.tools, limit)
                             delta = {"content": text} if message["content"] is not None else {"tool_calls": [{"index": j, **c} for j, c in enumerate(message["tool_calls"])]}
-                        logprobs = logprobs_object(item.token_ids, item.token_logprobs, item.top_logprobs, pending_decoder, chat) if wants_logprobs else None
+                        logprobs = sequence_logprobs(item, pending_decoder, chat) if wants_logprobs else None
                         out.append(chunk(chunk_choice(index, text, delta, reason, item, chat, logprobs)))
                         continue
                     event = item
@@ -340,7 +341,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                         tokens += 1
                         counts[index] = counts.get(index, 0) + 1
                     logprobs = None
-                    if wants_logprobs and event.token_id is not None:
+                    if wants_logprobs and event.token_id is not None and event.finish_reason != "eos":  # an ending EOS is not text
                         top = [event.top_logprobs] if event.top_logprobs is not None else None
                         logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat)
                     text = event.text

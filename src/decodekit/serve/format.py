@@ -133,6 +133,30 @@ def token_text(decoder, token: int) -> str:
     return decoder.tokenizer.decode([token]) if decoder.tokenizer is not None else str(token)
 
 
+def token_bytes(decoder, token: int) -> list[int]:
+    """A token's own bytes (a byte-level token's one byte, not U+FFFD's three), through
+    llguidance's view of the tokenizer; the text's UTF-8 where it has none."""
+    tokenizer = decoder.tokenizer
+    if tokenizer is not None:
+        from decodekit.constraints.grammar import ll_tokenizer
+        from decodekit.errors import InputError
+
+        try:
+            return list(ll_tokenizer(tokenizer).decode_bytes([token]))
+        except (InputError, ValueError, TypeError):
+            pass
+    return list(token_text(decoder, token).encode("utf-8"))
+
+
+def sequence_logprobs(sequence, decoder, chat: bool):
+    """A finished output's ``logprobs`` object, over the tokens of its text: an EOS that ended
+    it is not part of the text, so not of its log-probs either."""
+    ids, lps, tops = list(sequence.token_ids), list(sequence.token_logprobs), sequence.top_logprobs
+    if sequence.finish_reason == "eos" and ids:
+        ids, lps, tops = ids[:-1], lps[:-1], tops[:-1] if tops is not None else None
+    return logprobs_object(ids, lps, tops, decoder, chat)
+
+
 def logprobs_object(token_ids, token_logprobs, top_logprobs, decoder, chat: bool, offset: int = 0):
     """OpenAI's ``logprobs`` object for these tokens (chat: ``content`` entries with their
     ``top_logprobs``; completions: parallel lists, ``top_logprobs`` as text -> log-prob maps)."""
@@ -141,12 +165,12 @@ def logprobs_object(token_ids, token_logprobs, top_logprobs, decoder, chat: bool
         top_logprobs = [[t for t in top if math.isfinite(t.logprob)] if top else top for top in top_logprobs]
     tops = top_logprobs if top_logprobs is not None else [None] * len(pieces)
     if chat:
-        def entry(piece, lp):
-            return {"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8"))}
+        def entry(token, piece, lp):
+            return {"token": piece, "logprob": lp, "bytes": token_bytes(decoder, token)}
 
         return {"content": [
-            {**entry(piece, lp), "top_logprobs": [entry(token_text(decoder, t.token_id), t.logprob) for t in top] if top else []}
-            for piece, lp, top in zip(pieces, token_logprobs, tops)
+            {**entry(token, piece, lp), "top_logprobs": [entry(t.token_id, token_text(decoder, t.token_id), t.logprob) for t in top] if top else []}
+            for token, piece, lp, top in zip(token_ids, pieces, token_logprobs, tops)
         ]}
     offsets, at = [], offset
     for piece in pieces:
@@ -166,7 +190,7 @@ def choice(index: int, pending, sequence, body, chat: bool, tools: ToolPlan | No
     decoder = pending.decoder
     text = sequence.text or ""
     wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
-    logprobs = logprobs_object(sequence.token_ids, sequence.token_logprobs, sequence.top_logprobs, decoder, chat) if wants_logprobs else None
+    logprobs = sequence_logprobs(sequence, decoder, chat) if wants_logprobs else None
     limit = pending.request.options.max_new_tokens
     reason = api_finish(sequence.finish_reason, len(sequence.token_ids), limit)
     if chat:

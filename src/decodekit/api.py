@@ -224,6 +224,13 @@ class Decoder:
 
         return score(self, prompts, continuations)
 
+    def prompt_logprobs(self, prompt_ids: Sequence[int], top: int = 0) -> list:
+        """Each prompt token's log-prob given the ones before it (None for the first) and the
+        ``top`` most likely alternatives there (:func:`decodekit.teacher.prompt_logprobs`)."""
+        from decodekit.teacher import prompt_logprobs
+
+        return prompt_logprobs(self, list(prompt_ids), top)
+
     # -- test-time search -------------------------------------------------------------------
 
     def search(self, prompt: Prompt, strategy="best_of_n", reward=None, *, max_new_tokens: int = 128, stop: Sequence[str] = (), seed: int = 0):

@@ -38,6 +38,26 @@ def score(decoder, prompts, continuations):
     return out[0] if single else out
 
 
+def prompt_logprobs(decoder, prompt_ids: list[int], top: int = 0) -> list[tuple[float, list[tuple[int, float]]] | None]:
+    """Each prompt token's log-prob given the tokens before it, with the ``top`` most likely
+    alternatives there (``(id, log-prob)``, most likely first): None for the first token,
+    which nothing conditions. One forward, the model's raw distribution; decoder-only models."""
+    if not isinstance(decoder.model, HFLanguageModel) or decoder.model.is_encoder_decoder:
+        raise ConfigError("logprobs", top, "null with echo for this model (a prompt's own log-probs need a decoder-only transformers model)")
+    ids = [int(t) for t in prompt_ids]
+    if len(ids) < 2:
+        return [None] * len(ids)
+    with decoder.engine.exclusive():  # not while a step runs on the same model
+        (dist,) = forward_distributions(decoder.model, [ids[:1]], [ids[1:]])
+    chosen = dist.gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1).tolist()
+    if top:
+        values, indices = dist.topk(min(top, dist.shape[-1]), dim=-1)
+        tops = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+    else:
+        tops = [[] for _ in chosen]
+    return [None] + list(zip(chosen, tops))
+
+
 def forward_logprobs(lm: HFLanguageModel, prompts: list[list[int]], continuations: list[list[int]]) -> list[torch.Tensor]:
     """Each continuation's per-token log-probs given its prompt, in one forward over the
     batch (right-padded; the model's raw distribution)."""

@@ -263,10 +263,27 @@ def test_echo_puts_the_prompt_first_streamed_or_not(server, client, beam):
         assert streamed == text + want
 
 
-def test_echo_with_logprobs_is_a_400_not_logprobs_that_miss_the_prompt(client):
-    with pytest.raises(openai.BadRequestError) as error:
-        client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=2, echo=True, logprobs=1)
-    assert error.value.body["param"] == "logprobs"
+def test_echo_with_logprobs_scores_the_prompt_too(server, client):
+    """What evaluation harnesses read: the prompt's tokens with their log-probs (the first
+    null) and alternatives, then the generated ones', offsets into the echoed text; equal to
+    the library's teacher-forced scores, streamed or not."""
+    decoder, _ = server
+    ids = decoder.encode(PROMPT)
+    got = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=4, temperature=0, echo=True, logprobs=2).choices[0]
+    plain = client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2).choices[0]
+    lp = got.logprobs
+    n = len(ids)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    scored = decoder.score([ids[:1]], [ids[1:]])[0].token_logprobs
+    assert lp.token_logprobs[1:n] == pytest.approx(scored, abs=1e-4)
+    assert all(len(top) == 2 and max(top.values()) >= value - 1e-5 for top, value in zip(lp.top_logprobs[1:n], lp.token_logprobs[1:n]))
+    assert lp.tokens[n:] == plain.logprobs.tokens and lp.token_logprobs[n:] == pytest.approx(plain.logprobs.token_logprobs, abs=1e-5)
+    assert got.text == PROMPT + plain.text and lp.text_offset[n] == len(PROMPT)
+    assert lp.text_offset == sorted(lp.text_offset)
+    chunks = [c.choices[0] for c in client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=4, temperature=0, echo=True, logprobs=2, stream=True) if c.choices]
+    streamed = [x for c in chunks if c.logprobs is not None for x in c.logprobs.token_logprobs]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-5)
+    assert [o for c in chunks if c.logprobs is not None for o in c.logprobs.text_offset] == lp.text_offset
 
 
 def test_a_reply_message_given_back_as_it_came_is_accepted(client):

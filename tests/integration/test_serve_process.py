@@ -5,6 +5,7 @@ a clean end when that process stops or dies."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -50,6 +51,28 @@ def test_completions_equal_the_library_in_this_process(remote, local):
     beams = client.completions.create(model="stdlib-code", prompt=prompt, max_tokens=12, n=3, extra_body={"decodekit": {"strategy": "beam", "num_beams": 3}})
     expected = local.generate(prompt, decodekit.BeamSearch(num_beams=3, num_return_sequences=3), max_new_tokens=12)
     assert [c.text for c in beams.choices] == [s.text for s in expected.sequences]
+
+
+def test_echoed_prompt_log_probs_come_from_the_engine_process(remote, local):
+    client = _client(remote[1])
+    prompt = "def parse(line):"
+    got = client.completions.create(model="stdlib-code", prompt=prompt, max_tokens=3, temperature=0, echo=True, logprobs=1).choices[0]
+    ids = local.encode(prompt)
+    assert got.logprobs.token_logprobs[0] is None
+    assert got.logprobs.token_logprobs[1 : len(ids)] == pytest.approx([e[0] for e in local.prompt_logprobs(ids)[1:]], abs=1e-4)
+
+
+def test_tool_calls_and_finish_reasons_cross_the_process(remote):
+    client = _client(remote[1])
+    params = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "count", "parameters": params}}]
+    messages = [{"role": "user", "content": "count"}]
+    got = client.chat.completions.create(model="stdlib-code", messages=messages, tools=tools, tool_choice="required", max_tokens=40, temperature=0)
+    assert got.choices[0].finish_reason == "tool_calls"
+    (call,) = got.choices[0].message.tool_calls
+    assert call.function.name == "count" and 0 <= json.loads(call.function.arguments)["n"] <= 9
+    cut = client.chat.completions.create(model="stdlib-code", messages=messages, max_tokens=2, temperature=0, response_format={"type": "json_object"})
+    assert cut.choices[0].finish_reason == "length"
 
 
 def test_streams_equal_the_whole_response(remote):

@@ -34,7 +34,9 @@ from decodekit.serve.format import (
     completion_prompts,
     echo_text,
     finite,
+    joined,
     logprobs_object,
+    prompt_logprobs_object,
     sequence_logprobs,
 )
 from decodekit.serve.limits import APIError, BodyLimit, ServerLimits, error_response
@@ -198,9 +200,13 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         try:
             plan = decoding(body, default_max_tokens=min(256 if chat else 16, limits.max_tokens))
             _check_sizes(plan, body, prompts, chat)
+            scored = None
+            if not chat and body.echo and body.logprobs is not None:  # the echoed prompts' own log-probs
+                scored = await anyio.to_thread.run_sync(lambda: [(ids, decoder.prompt_logprobs(ids, body.logprobs)) for ids in (decoder.encode(p) for p in prompts)])
             pending = await anyio.to_thread.run_sync(
                 lambda: decoder.submit(prompts, plan.strategy, constraint=plan.constraint, stream=body.stream and not plan.whole, **plan.settings)
             )
+            prompt_parts = [prompt_logprobs_object(decoder, ids, s) for ids, s in scored] if scored is not None else [None] * len(pending)
         except ConfigError as error:
             param = api_param(error.field, body)
             raise APIError(400, f"{param}={error.value!r} is not allowed: {error.allowed}", param=param) from None
@@ -213,7 +219,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         metrics.prompt_tokens.inc(sum(len(p.request.prompt) for p in pending))
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
-            stream = _stream(request, body, pending, plan, chat, ident, arrived, release)
+            stream = _stream(request, body, pending, plan, chat, ident, arrived, release, prompt_parts)
             return StreamingResponse(stream, media_type="text/event-stream")
         results = await _wait(request, pending)
         if results is None:
@@ -221,9 +227,9 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
             return Response(status_code=499)
         first = time.perf_counter() - arrived
         choices, completion_tokens = [], 0
-        for p, result in zip(pending, results):
+        for p, result, part in zip(pending, results, prompt_parts):
             for sequence in result.sequences:
-                choices.append(choice(len(choices), p, sequence, body, chat, plan.tools))
+                choices.append(choice(len(choices), p, sequence, body, chat, plan.settings["max_new_tokens"], plan.tools, part))
                 completion_tokens += len(sequence.token_ids)
         metrics.generated_tokens.inc(completion_tokens)
         metrics.ttft.observe(first)
@@ -265,7 +271,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         except DecodeKitError as error:
             raise APIError(500, str(error), "server_error") from None
 
-    async def _stream(request: Request, body, pending, plan, chat: bool, ident: str, arrived: float, release) -> AsyncIterator[str]:
+    async def _stream(request: Request, body, pending, plan, chat: bool, ident: str, arrived: float, release, prompt_parts) -> AsyncIterator[str]:
         """Server-sent events: one chunk per streamed token (or block), then each choice's
         finish, then usage (``stream_options.include_usage``) and ``[DONE]``."""
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -295,7 +301,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         def chunk(entry: dict) -> str:
             return "data: " + json.dumps(finite({"id": ident, "object": kind, "created": created, "model": model_name, "choices": [entry]}), allow_nan=False) + "\n\n"
 
-        tokens, first_seen, started, counts, echoed = 0, None, set(), {}, set()
+        tokens, first_seen, started, counts, echoed, sent = 0, None, set(), {}, set(), {}
         wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
         pending_decoder = pending[0].decoder
         sources = {index: (p, None if plan.whole else p.events(wait=False)) for index, p in enumerate(pending)}
@@ -309,13 +315,13 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                         if what == "end":
                             del sources[key]
                         else:
-                            items.append((what, index, p, item))
+                            items.append((what, index, key, p, item))
                 if not items and sources:
                     if not await bridge.wait(waiter) and await request.is_disconnected():
                         return
                     continue
                 out = []  # this wake's chunks, sent in one write
-                for what, index, p, item in items:
+                for what, index, key, p, item in items:
                     if what == "error":
                         out.append("data: " + json.dumps({"error": ErrorBody(message=str(item), type="server_error").model_dump()}) + "\n\n")
                         continue
@@ -328,12 +334,13 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     if what == "final":
                         tokens += len(item.token_ids)
                         text = (echo_text(p) if body_echo(body) else "") + (item.text or "")
-                        limit = p.request.options.max_new_tokens
+                        limit = plan.settings["max_new_tokens"]
                         reason, delta = api_finish(item.finish_reason, len(item.token_ids), limit), {"content": text} if chat else None
                         if chat and plan.tools is not None:  # a call: its whole message in one delta
                             message, reason = chat_message(item, plan.tools, limit)
                             delta = {"content": text} if message["content"] is not None else {"tool_calls": [{"index": j, **c} for j, c in enumerate(message["tool_calls"])]}
-                        logprobs = sequence_logprobs(item, pending_decoder, chat) if wants_logprobs else None
+                        echoed_text = echo_text(p) if body_echo(body) else ""
+                        logprobs = joined(prompt_parts[key], sequence_logprobs(item, pending_decoder, chat, len(echoed_text))) if wants_logprobs else None
                         out.append(chunk(chunk_choice(index, text, delta, reason, item, chat, logprobs)))
                         continue
                     event = item
@@ -343,13 +350,18 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     logprobs = None
                     if wants_logprobs and event.token_id is not None and event.finish_reason != "eos":  # an ending EOS is not text
                         top = [event.top_logprobs] if event.top_logprobs is not None else None
-                        logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat)
+                        logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat, sent.get(index, 0))
                     text = event.text
                     if body_echo(body) and index not in echoed:  # the prompt first, once per choice
                         echoed.add(index)
-                        text = echo_text(p) + text
+                        prompt_text = echo_text(p)
+                        text = prompt_text + text
+                        if wants_logprobs and not chat:  # the prompt's tokens ahead of this one's, offsets after the prompt
+                            own = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat, len(prompt_text)) if logprobs is not None else None
+                            logprobs = joined(prompt_parts[key], own)
+                    sent[index] = sent.get(index, 0) + len(text)
                     if text or event.finish_reason or logprobs is not None:
-                        reason = api_finish(event.finish_reason, counts.get(index, 0), p.request.options.max_new_tokens)
+                        reason = api_finish(event.finish_reason, counts.get(index, 0), plan.settings["max_new_tokens"])
                         delta = {"content": text} if chat else None
                         out.append(chunk(chunk_choice(index, text, delta, reason, None, chat, logprobs)))
                 if out:

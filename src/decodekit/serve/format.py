@@ -148,13 +148,31 @@ def token_bytes(decoder, token: int) -> list[int]:
     return list(token_text(decoder, token).encode("utf-8"))
 
 
-def sequence_logprobs(sequence, decoder, chat: bool):
+def prompt_logprobs_object(decoder, prompt_ids, scored) -> dict:
+    """The completions ``logprobs`` of an echoed prompt (``scored``: from
+    ``prompt_logprobs``; the first token's log-prob is null, nothing conditions it)."""
+    pieces = [token_text(decoder, t) for t in prompt_ids]
+    widths = [len(decoder.decode_text([t]) or "") for t in prompt_ids]  # a special token (BOS) is no echoed text
+    offsets = [sum(widths[:i]) for i in range(len(widths))]
+    lps = [None if entry is None else entry[0] for entry in scored]
+    tops = [None if entry is None else {token_text(decoder, t): lp for t, lp in entry[1]} for entry in scored]
+    return {"tokens": pieces, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def joined(first: dict | None, second: dict | None) -> dict | None:
+    """Two completions ``logprobs`` objects, one after the other."""
+    if first is None or second is None:
+        return first or second
+    return {k: list(first[k] or [None] * len(first["tokens"])) + list(second[k] or [None] * len(second["tokens"])) for k in first}
+
+
+def sequence_logprobs(sequence, decoder, chat: bool, offset: int = 0):
     """A finished output's ``logprobs`` object, over the tokens of its text: an EOS that ended
     it is not part of the text, so not of its log-probs either."""
     ids, lps, tops = list(sequence.token_ids), list(sequence.token_logprobs), sequence.top_logprobs
     if sequence.finish_reason == "eos" and ids:
         ids, lps, tops = ids[:-1], lps[:-1], tops[:-1] if tops is not None else None
-    return logprobs_object(ids, lps, tops, decoder, chat)
+    return logprobs_object(ids, lps, tops, decoder, chat, offset)
 
 
 def logprobs_object(token_ids, token_logprobs, top_logprobs, decoder, chat: bool, offset: int = 0):
@@ -186,12 +204,14 @@ def extension(sequence) -> dict:
     return {"score": sequence.score, "logprob": sequence.logprob, "group": sequence.group, "finish_reason": sequence.finish_reason, "token_ids": list(sequence.token_ids), "constraint": sequence.constraint}
 
 
-def choice(index: int, pending, sequence, body, chat: bool, tools: ToolPlan | None = None) -> dict:
+def choice(index: int, pending, sequence, body, chat: bool, limit: int, tools: ToolPlan | None = None, prompt_part: dict | None = None) -> dict:
+    """One choice of a response (``limit``: its ``max_tokens``; ``prompt_part``: an echoed
+    prompt's log-probs)."""
     decoder = pending.decoder
     text = sequence.text or ""
     wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
-    logprobs = sequence_logprobs(sequence, decoder, chat) if wants_logprobs else None
-    limit = pending.request.options.max_new_tokens
+    shift = len(echo_text(pending)) if not chat and body.echo else 0
+    logprobs = joined(prompt_part, sequence_logprobs(sequence, decoder, chat, shift)) if wants_logprobs else None
     reason = api_finish(sequence.finish_reason, len(sequence.token_ids), limit)
     if chat:
         message, reason = chat_message(sequence, tools, limit)

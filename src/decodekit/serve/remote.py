@@ -181,6 +181,21 @@ class EngineProcess:
             raise error
         return pendings
 
+    def prompt_logprobs(self, prompt_ids, top: int = 0) -> list:
+        """:meth:`decodekit.api.Decoder.prompt_logprobs`, computed in the engine's process."""
+        sid = next(self._ids)
+        reply = [threading.Event(), None]
+        self._replies[sid] = reply
+        try:
+            self._send(("prompt_logprobs", sid, [int(t) for t in prompt_ids], int(top)))
+            reply[0].wait()
+        finally:
+            self._replies.pop(sid, None)
+        value, error = reply[1]
+        if error is not None:
+            raise error
+        return value
+
     def _read(self) -> None:
         while True:
             message = self._recv()
@@ -191,6 +206,12 @@ class EngineProcess:
                 reply = self._replies.get(sid)
                 if reply is not None:
                     reply[1] = (pendings, error)
+                    reply[0].set()
+            elif message[0] == "answered":
+                _, sid, value, error = message
+                reply = self._replies.get(sid)
+                if reply is not None:
+                    reply[1] = (value, error)
                     reply[0].set()
             elif message[0] == "news":
                 _, news, self.engine.queued, self.engine.running_rows, self.engine.prompt_cache_hits, self.engine.prompt_cache_prefix_tokens = message

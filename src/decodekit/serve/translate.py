@@ -113,8 +113,6 @@ def decoding(req: CompletionRequest | ChatCompletionRequest, default_max_tokens:
             raise ConfigError("suffix", req.suffix, "null or empty: insertion (suffix) is not supported")
         if req.best_of is not None and req.best_of != req.n:
             raise ConfigError("best_of", req.best_of, "equal to n (or absent): best_of is not supported")
-        if req.echo and req.logprobs is not None:
-            raise ConfigError("logprobs", req.logprobs, "null with echo: the prompt's own log-probs are not computed here (only the generated tokens')")
         top = req.logprobs or 0
         if not 0 <= top <= MAX_TOP_LOGPROBS:
             raise ConfigError("logprobs", req.logprobs, f"an integer in [0, {MAX_TOP_LOGPROBS}] (alternatives per token), or null")

@@ -67,6 +67,14 @@ class Worker:
                         entry = self.live.get(message[1])
                     if entry is not None:
                         entry[0].abort()
+                elif message[0] == "prompt_logprobs":
+                    _, sid, ids, top = message
+                    try:
+                        reply = (self.decoder.prompt_logprobs(ids, top), None)
+                    except Exception as error:
+                        reply = (None, portable(error))
+                    with self.lock:
+                        self.conn.send(("answered", sid, *reply))
                 elif message[0] == "close":
                     break
         finally:

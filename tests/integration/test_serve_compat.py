@@ -306,7 +306,6 @@ def test_a_reply_message_given_back_as_it_came_is_accepted(client):
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, "max_completion_tokens"),
         ("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object", "json_schema": {"name": "a", "schema": {}}}}, "response_format.json_schema"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "42"}]}, "messages.1.tool_call_id"),
         ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "x", "refusal": "no"}]}, "messages.0.refusal"),
     ],
 )

@@ -74,8 +74,6 @@ def chat_prompt(decoder, body: ChatCompletionRequest) -> str:
                     raise APIError(400, f"messages.{i}.content: only text parts are supported", param=f"messages.{i}.content")
                 texts.append(part["text"])
             content = "".join(texts)
-        if message.role == "tool" and message.tool_call_id is None:
-            raise APIError(400, f"messages.{i}.tool_call_id: a tool message names the call it answers", param=f"messages.{i}.tool_call_id")
         entry = {"role": message.role, "content": content or ""}
         if message.tool_calls:  # templates read arguments as a mapping where they parse
             entry["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}} for c in message.tool_calls]

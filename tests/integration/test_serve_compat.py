@@ -325,3 +325,22 @@ def test_chat_logprob_bytes_are_each_tokens_own_bytes(server, client):
     content = got.choices[0].logprobs.content
     assert len(content) > 2  # several byte-level tokens
     assert bytes(b for entry in content for b in entry.bytes).decode("utf-8") == got.choices[0].message.content == "🎉ü"
+
+
+def test_echo_with_max_tokens_0_scores_the_prompts_without_decoding(server, client):
+    """The scoring request of evaluation harnesses: the prompts back with their log-probs,
+    nothing generated, streamed or not; without echo, max_tokens 0 stays a 400."""
+    decoder, _ = server
+    prompts = [PROMPT, "import os"]
+    got = client.completions.create(model="stdlib-code", prompt=prompts, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    assert [c.text for c in got.choices] == prompts and {c.finish_reason for c in got.choices} == {"length"}
+    assert got.usage.completion_tokens == 0 and got.usage.prompt_tokens == sum(len(decoder.encode(p)) for p in prompts)
+    for text, c in zip(prompts, got.choices):
+        ids = decoder.encode(text)
+        assert c.logprobs.token_logprobs[0] is None
+        assert c.logprobs.token_logprobs[1:] == pytest.approx([e[0] for e in decoder.prompt_logprobs(ids)[1:]], abs=1e-4)
+    streamed = [c for c in client.completions.create(model="stdlib-code", prompt=prompts, max_tokens=0, echo=True, logprobs=1, stream=True, temperature=0)]
+    assert sorted((c.choices[0].index, c.choices[0].text) for c in streamed) == [(0, prompts[0]), (1, prompts[1])]
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=0)
+    assert error.value.body["param"] == "max_tokens"

@@ -33,25 +33,18 @@ from decodekit.serve.format import (
     chunk_choice,
     completion_prompts,
     echo_text,
+    echoed_prompts,
     finite,
     joined,
     logprobs_object,
     prompt_logprobs_object,
     sequence_logprobs,
 )
-from decodekit.serve.limits import APIError, BodyLimit, ServerLimits, error_response
+from decodekit.serve.limits import APIError, BodyLimit, ServerLimits, error_response, union_tag
 from decodekit.serve.metrics import Metrics
 from decodekit.serve.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody
 from decodekit.serve.remote import EngineExited
 from decodekit.serve.translate import api_param, decoding
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
-
-
-def _union_tag(part) -> bool:
-    """Whether a validation error's location part names a branch of a union type
-    (``prompt.str``, ``content.list[dict[str,any]]``), not a field: fields are lowercase words."""
-    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper() or "-" in part)
 
 
 def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | None = None, close_on_shutdown: bool = False) -> FastAPI:
@@ -97,7 +90,7 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
         if first.get("type") == "json_invalid":  # its loc is a character position, not a field
             param, message = None, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', 'invalid')}"
         else:
-            loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _union_tag(x)]
+            loc = [str(x) for x in first.get("loc", ()) if x != "body" and not union_tag(x)]
             param = ".".join(loc) or None
             message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
         metrics.requests.labels(label(request.url.path), "400").inc()
@@ -203,6 +196,8 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
             scored = None
             if not chat and body.echo and body.logprobs is not None:  # the echoed prompts' own log-probs
                 scored = await anyio.to_thread.run_sync(lambda: [(ids, decoder.prompt_logprobs(ids, body.logprobs)) for ids in (decoder.encode(p) for p in prompts)])
+            if not chat and body.echo and plan.settings["max_new_tokens"] == 0:  # scoring prompts: nothing to decode
+                return _echoed(request, body, *echoed_prompts(decoder, prompts, scored, plan.choices_per_prompt))
             pending = await anyio.to_thread.run_sync(
                 lambda: decoder.submit(prompts, plan.strategy, constraint=plan.constraint, stream=body.stream and not plan.whole, **plan.settings)
             )
@@ -245,6 +240,20 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
             "choices": finite(choices),
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
         }
+
+    def _echoed(request: Request, body, choices: list[dict], prompt_tokens: int):
+        """The response to ``echo`` with ``max_tokens`` 0: the prompts (and their log-probs)."""
+        ident, created = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}
+        metrics.requests.labels(request.url.path, "200").inc()
+        whole = {"id": ident, "object": "text_completion", "created": created, "model": model_name, "choices": finite(choices), "usage": usage}
+        if not body.stream:
+            return whole
+        head = {k: v for k, v in whole.items() if k not in ("choices", "usage")}
+        events = ["data: " + json.dumps({**head, "choices": [c]}, allow_nan=False) + "\n\n" for c in whole["choices"]]
+        if body.stream_options is not None and body.stream_options.include_usage:
+            events.append("data: " + json.dumps({**whole, "choices": []}) + "\n\n")
+        return StreamingResponse(iter(events + ["data: [DONE]\n\n"]), media_type="text/event-stream")
 
     async def _wait(request: Request, pending):
         """Every pending result once all are done, or None if the client left first."""

@@ -224,3 +224,18 @@ def chunk_choice(index: int, text: str, delta, reason, sequence, chat: bool, log
     if chat:
         return {"index": index, "delta": delta if text else {}, "logprobs": logprobs, "finish_reason": reason, **extra}
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, **extra}
+
+
+def echoed_prompts(decoder, prompts: list, scored, n: int) -> tuple[list[dict], int]:
+    """Choices of a completions request with ``echo`` and ``max_tokens`` 0 (scoring its
+    prompts: nothing is decoded): each prompt ``n`` times, with its log-probs when asked
+    (``scored``), finish reason ``length``; and the prompt tokens in all."""
+    choices, tokens = [], 0
+    for at, prompt in enumerate(prompts):
+        ids = decoder.encode(prompt)
+        tokens += len(ids)
+        text = prompt if isinstance(prompt, str) else decoder.decode_text(ids) or ""
+        logprobs = prompt_logprobs_object(decoder, *scored[at]) if scored is not None else None
+        for _ in range(n):
+            choices.append({"index": len(choices), "text": text, "logprobs": logprobs, "finish_reason": "length"})
+    return choices, tokens

@@ -74,3 +74,12 @@ class BodyLimit:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def union_tag(part) -> bool:
+    """Whether a validation error's location part names a branch of a union type
+    (``prompt.str``, ``content.list[dict[str,any]]``), not a field: fields are lowercase words."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper() or "-" in part)

@@ -76,3 +76,23 @@ def test_refusals_and_json():
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)["sequences"][0]
     assert len(record["logits"]) == len(record["token_ids"]) and "scores" not in record
+
+
+@pytest.mark.parametrize("build", [tm.gpt2, tm.llama])
+def test_prompt_logprobs_are_the_models_own_forward(build, one_thread):
+    """Each prompt token's log-prob and alternatives equal the log-softmax of the model's own
+    forward over the prompt; the first token has none; encoder-decoder models are refused."""
+    model = build(seed=2)
+    decoder = decodekit.load(model, use_generation_config=False)
+    prompt = tm.prompts(1, 9)[0]
+    got = decoder.prompt_logprobs(prompt, top=3)
+    with torch.no_grad():
+        want = torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), -1)
+    assert got[0] is None and len(got) == len(prompt)
+    for i in range(1, len(prompt)):
+        value, top = got[i]
+        assert value == pytest.approx(want[i - 1, prompt[i]].item(), abs=1e-5)
+        values, ids = want[i - 1].topk(3)
+        assert [t for t, _ in top] == ids.tolist() and [v for _, v in top] == pytest.approx(values.tolist(), abs=1e-5)
+    with pytest.raises(ConfigError, match="logprobs"):
+        decodekit.load(tm.bart(seed=1), use_generation_config=False).prompt_logprobs(prompt)

@@ -344,3 +344,21 @@ def test_echo_with_max_tokens_0_scores_the_prompts_without_decoding(server, clie
     with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model="stdlib-code", prompt=PROMPT, max_tokens=0)
     assert error.value.body["param"] == "max_tokens"
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_text_offsets_follow_characters_split_across_tokens(server, echo):
+    """Byte-level tokens of one character begin where it does: offsets never decrease, stay
+    within the text, and are the same streamed or not; ``logprobs`` 0 gives one empty map per
+    token."""
+    _, base = server
+    body = {"prompt": "s = 'héllo 中文 😀'", "max_tokens": 6, "temperature": 0, "logprobs": 0, "echo": echo, "guided_regex": "(中文|é|😀)+"}
+    whole = httpx.post(base + "/v1/completions", json=body, timeout=60).json()["choices"][0]
+    lp = whole["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) == len(lp["top_logprobs"])
+    assert lp["text_offset"] == sorted(lp["text_offset"]) and max(lp["text_offset"]) < len(whole["text"])
+    assert all(top == {} for top in lp["top_logprobs"][1 if echo else 0 :])
+    with httpx.stream("POST", base + "/v1/completions", json={**body, "stream": True}, timeout=60) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    streamed = [o for c in chunks for ch in c["choices"] if ch["logprobs"] for o in ch["logprobs"]["text_offset"]]
+    assert streamed == lp["text_offset"]

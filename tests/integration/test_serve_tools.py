@@ -173,3 +173,28 @@ def test_messages_a_chat_template_refuses_are_a_400_naming_messages():
     with pytest.raises(APIError) as raised:
         chat_prompt(decoder, ChatCompletionRequest(messages=[{"role": "system", "content": "be brief"}]))
     assert raised.value.status == 400 and raised.value.body.param == "messages" and "System role not supported" in raised.value.body.message
+
+
+def test_required_calls_resolve_each_tools_own_references(client):
+    """``$defs``, ``definitions`` and a recursive ``#`` inside a tool's parameters resolve
+    within that tool when the calls are one array (each tool a definition of the root)."""
+    point = {"type": "object", "$defs": {"pt": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"], "additionalProperties": False}},
+             "properties": {"p": {"$ref": "#/$defs/pt"}}, "required": ["p"], "additionalProperties": False}
+    chain = {"type": "object", "properties": {"v": {"type": "integer"}, "next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}}, "required": ["v", "next"], "additionalProperties": False}
+    pick = {"type": "object", "definitions": {"a": {"enum": ["x", "y"]}}, "properties": {"a": {"$ref": "#/definitions/a"}}, "required": ["a"], "additionalProperties": False}
+    schemas = {"point": point, "chain": chain, "pick": pick}
+    tools = [{"type": "function", "function": {"name": name, "parameters": schema}} for name, schema in schemas.items()]
+    got = client.chat.completions.create(model="stdlib-code", messages=MESSAGES, tools=tools, tool_choice="required", parallel_tool_calls=False, max_tokens=48, temperature=1.0, seed=5, n=4)
+    made = 0
+    for choice in got.choices:
+        for call in choice.message.tool_calls or ():
+            jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+            made += 1
+    assert made >= 1
+
+
+def test_a_tool_whose_arguments_are_not_an_object_is_a_400(client):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "array", "items": {"type": "integer"}}}}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="stdlib-code", messages=MESSAGES, tools=tools, tool_choice="required", max_tokens=8)
+    assert raised.value.body["param"] == "tools.0.function.parameters.type"

@@ -3,6 +3,7 @@ chunks and ``logprobs`` objects."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 
@@ -131,6 +132,35 @@ def token_text(decoder, token: int) -> str:
     return decoder.tokenizer.decode([token]) if decoder.tokenizer is not None else str(token)
 
 
+def text_offsets(decoder, token_ids, start: int = 0) -> list[int]:
+    """Where each token's text begins, in characters from ``start``: the tokens' bytes
+    decoded as one UTF-8 stream, so a token holding part of a character (a byte-level token)
+    begins where that character does; special tokens (BOS) add no text."""
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    special = _special(decoder)
+    offsets, at = [], start
+    for token in token_ids:
+        offsets.append(at)
+        if not special(token):
+            at += len(utf8.decode(bytes(token_bytes(decoder, token))))
+    return offsets
+
+
+def _special(decoder):
+    """A test for special tokens (no text of their own), through llguidance's tokenizer view."""
+    tokenizer = decoder.tokenizer
+    if tokenizer is not None:
+        from decodekit.constraints.grammar import ll_tokenizer
+        from decodekit.errors import InputError
+
+        try:
+            view = ll_tokenizer(tokenizer)
+            return view.is_special_token
+        except (InputError, ValueError, TypeError):
+            pass
+    return lambda token: not decoder.decode_text([token])
+
+
 def token_bytes(decoder, token: int) -> list[int]:
     """A token's own bytes (a byte-level token's one byte, not U+FFFD's three), through
     llguidance's view of the tokenizer; the text's UTF-8 where it has none."""
@@ -150,10 +180,9 @@ def prompt_logprobs_object(decoder, prompt_ids, scored) -> dict:
     """The completions ``logprobs`` of an echoed prompt (``scored``: from
     ``prompt_logprobs``; the first token's log-prob is null, nothing conditions it)."""
     pieces = [token_text(decoder, t) for t in prompt_ids]
-    widths = [len(decoder.decode_text([t]) or "") for t in prompt_ids]  # a special token (BOS) is no echoed text
-    offsets = [sum(widths[:i]) for i in range(len(widths))]
+    offsets = text_offsets(decoder, prompt_ids)
     lps = [None if entry is None else entry[0] for entry in scored]
-    tops = [None if entry is None else {token_text(decoder, t): lp for t, lp in entry[1]} for entry in scored]
+    tops = [None if entry is None else {token_text(decoder, t): lp for t, lp in entry[1]} for entry in scored]  # {} for logprobs 0
     return {"tokens": pieces, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
@@ -188,11 +217,8 @@ def logprobs_object(token_ids, token_logprobs, top_logprobs, decoder, chat: bool
             {**entry(token, piece, lp), "top_logprobs": [entry(t.token_id, token_text(decoder, t.token_id), t.logprob) for t in top] if top else []}
             for token, piece, lp, top in zip(token_ids, pieces, token_logprobs, tops)
         ]}
-    offsets, at = [], offset
-    for piece in pieces:
-        offsets.append(at)
-        at += len(piece)
-    top_maps = None
+    offsets = text_offsets(decoder, token_ids, offset)
+    top_maps = [{} for _ in pieces]  # logprobs 0: no alternatives, one empty map per token
     if top_logprobs is not None:
         top_maps = [{token_text(decoder, t.token_id): t.logprob for t in top} for top in top_logprobs]
     return {"tokens": pieces, "token_logprobs": list(token_logprobs), "top_logprobs": top_maps, "text_offset": offsets}

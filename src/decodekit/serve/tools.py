@@ -56,20 +56,24 @@ class ToolPlan:
         return self.choice is not None
 
     def schema(self) -> Any:
-        """The JSON Schema the output is constrained to."""
+        """The JSON Schema the output is constrained to. For ``required``, each tool's
+        parameters become a definition of the root (``#/$defs/tool<i>``), their local
+        references rewritten to point into it, so ``$defs``, ``definitions`` and recursion
+        (``#``) resolve as they do in the tool's own schema."""
         if self.choice != "required":
             return next(t.parameters for t in self.tools if t.name == self.choice)
+        defs = {f"tool{i}": _rebased(t.parameters, f"#/$defs/tool{i}") for i, t in enumerate(self.tools)}
         calls = [
             {
                 "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                "properties": {"name": {"const": t.name}, "arguments": {"$ref": f"#/$defs/tool{i}"}},
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
-            for t in self.tools
+            for i, t in enumerate(self.tools)
         ]
         call = calls[0] if len(calls) == 1 else {"anyOf": calls}
-        return {"type": "array", "items": call, "minItems": 1, **({} if self.parallel else {"maxItems": 1})}
+        return {"$defs": defs, "type": "array", "items": call, "minItems": 1, **({} if self.parallel else {"maxItems": 1})}
 
     def tool_calls(self, text: str) -> list[dict] | None:
         """The calls of a finished output (OpenAI's ``tool_calls``), or None when it is not
@@ -86,6 +90,21 @@ class ToolPlan:
     def tool_calls_unfinished(self, text: str) -> list[dict]:
         """A named call cut short: its arguments so far (not valid JSON)."""
         return [_call(self.choice, text)]
+
+
+def _rebased(schema: Any, root: str) -> Any:
+    """``schema`` with every local ``$ref`` (``#``, ``#/...``) pointing below ``root``."""
+    if isinstance(schema, dict):
+        out = {}
+        for key, value in schema.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+                out[key] = root + value[1:]
+            else:
+                out[key] = _rebased(value, root)
+        return out
+    if isinstance(schema, list):
+        return [_rebased(v, root) for v in schema]
+    return schema
 
 
 def _call(name: str, arguments: str) -> dict:
@@ -157,4 +176,6 @@ def _tool(i: int, entry: Any) -> Tool:
     parameters = function.get("parameters", NO_ARGUMENTS)
     if not isinstance(parameters, (dict, bool)):
         raise ConfigError(f"{where}.function.parameters", parameters, "a JSON Schema object")
+    if isinstance(parameters, dict) and parameters.get("type", "object") != "object":  # arguments are a JSON object
+        raise ConfigError(f"{where}.function.parameters.type", parameters.get("type"), "'object' (a function's arguments are a JSON object)")
     return Tool(name, description, parameters)

@@ -80,13 +80,18 @@ def merge_states(first: DecodeState, second: DecodeState, at: int | None = None)
     for layer_a, name, merged in buffers:
         setattr(layer_a, name, merged)
         layer_a.capacity = capacity
-    for layer_a in cache_a.layers:
-        layer_a.length = length
-        if layer_a.shared:
-            cache_a._point(layer_a)
-        else:
-            layer_a._refresh_views()
+    _set_length(cache_a, length)
     return DecodeState(logits, min(first.prompt_length, second.prompt_length), extra)
+
+
+def _set_length(cache, length: int) -> None:
+    """Every layer of ``cache`` at ``length`` slots, its views remade over its buffers."""
+    for layer in cache.layers:
+        layer.length = length
+        if layer.shared:
+            cache._point(layer)
+        else:
+            layer._refresh_views()
 
 
 @torch.inference_mode()
@@ -120,12 +125,7 @@ def insert_rows(target: DecodeState, source: DecodeState, rows: torch.Tensor) ->
         new.narrow(-2, 0, lb).index_copy_(dim, rows, src.narrow(-2, 0, lb))
         if length > lb:
             new.narrow(-2, lb, length - lb).index_fill_(dim, rows, 0)
-    for layer in cache_a.layers:
-        layer.length = length
-        if layer.shared:
-            cache_a._point(layer)
-        else:
-            layer._refresh_views()
+    _set_length(cache_a, length)
     mask[:, old:length] = 0
     mask.index_fill_(0, rows, 0)
     mask[:, :lb].index_copy_(0, rows, b["mask"][:, :lb].to(mask.dtype))

@@ -342,13 +342,13 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                         out.append(chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}))
                     if what == "final":
                         tokens += len(item.token_ids)
-                        text = (echo_text(p) if body_echo(body) else "") + (item.text or "")
+                        echoed_text = echo_text(p) if body_echo(body) else ""
+                        text = echoed_text + (item.text or "")
                         limit = plan.settings["max_new_tokens"]
                         reason, delta = api_finish(item.finish_reason, len(item.token_ids), limit), {"content": text} if chat else None
                         if chat and plan.tools is not None:  # a call: its whole message in one delta
                             message, reason = chat_message(item, plan.tools, limit)
                             delta = {"content": text} if message["content"] is not None else {"tool_calls": [{"index": j, **c} for j, c in enumerate(message["tool_calls"])]}
-                        echoed_text = echo_text(p) if body_echo(body) else ""
                         logprobs = joined(prompt_parts[key], sequence_logprobs(item, pending_decoder, chat, len(echoed_text))) if wants_logprobs else None
                         out.append(chunk(chunk_choice(index, text, delta, reason, item, chat, logprobs)))
                         continue
@@ -356,18 +356,17 @@ def create_app(decoder, model_name: str = "decodekit", limits: ServerLimits | No
                     if event.token_id is not None:
                         tokens += 1
                         counts[index] = counts.get(index, 0) + 1
+                    prefix = ""
+                    if body_echo(body) and index not in echoed:  # the prompt first, once per choice
+                        echoed.add(index)
+                        prefix = echo_text(p)
                     logprobs = None
                     if wants_logprobs and event.token_id is not None and event.finish_reason != "eos":  # an ending EOS is not text
                         top = [event.top_logprobs] if event.top_logprobs is not None else None
-                        logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat, sent.get(index, 0))
-                    text = event.text
-                    if body_echo(body) and index not in echoed:  # the prompt first, once per choice
-                        echoed.add(index)
-                        prompt_text = echo_text(p)
-                        text = prompt_text + text
-                        if wants_logprobs and not chat:  # the prompt's tokens ahead of this one's, offsets after the prompt
-                            own = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat, len(prompt_text)) if logprobs is not None else None
-                            logprobs = joined(prompt_parts[key], own)
+                        logprobs = logprobs_object([event.token_id], [event.logprob], top, pending_decoder, chat, sent.get(index, 0) + len(prefix))
+                    if prefix and wants_logprobs:  # the prompt's own tokens ahead of this one's
+                        logprobs = joined(prompt_parts[key], logprobs)
+                    text = prefix + event.text
                     sent[index] = sent.get(index, 0) + len(text)
                     if text or event.finish_reason or logprobs is not None:
                         reason = api_finish(event.finish_reason, counts.get(index, 0), plan.settings["max_new_tokens"])

@@ -147,33 +147,27 @@ def text_offsets(decoder, token_ids, start: int = 0) -> list[int]:
 
 
 def _special(decoder):
-    """A test for special tokens (no text of their own), through llguidance's tokenizer view."""
-    tokenizer = decoder.tokenizer
-    if tokenizer is not None:
-        from decodekit.constraints.grammar import ll_tokenizer
-        from decodekit.errors import InputError
-
-        try:
-            view = ll_tokenizer(tokenizer)
-            return view.is_special_token
-        except (InputError, ValueError, TypeError):
-            pass
-    return lambda token: not decoder.decode_text([token])
+    """A test for special tokens (no text of their own)."""
+    view = _ll_view(decoder)
+    return view.is_special_token if view is not None else (lambda token: not decoder.decode_text([token]))
 
 
 def token_bytes(decoder, token: int) -> list[int]:
     """A token's own bytes (a byte-level token's one byte, not U+FFFD's three), through
     llguidance's view of the tokenizer; the text's UTF-8 where it has none."""
-    tokenizer = decoder.tokenizer
-    if tokenizer is not None:
-        from decodekit.constraints.grammar import ll_tokenizer
-        from decodekit.errors import InputError
+    view = _ll_view(decoder)
+    return list(view.decode_bytes([token])) if view is not None else list(token_text(decoder, token).encode("utf-8"))
 
-        try:
-            return list(ll_tokenizer(tokenizer).decode_bytes([token]))
-        except (InputError, ValueError, TypeError):
-            pass
-    return list(token_text(decoder, token).encode("utf-8"))
+
+def _ll_view(decoder):
+    """llguidance's view of the decoder's tokenizer (built once, cached), or None without one."""
+    from decodekit.constraints.grammar import ll_tokenizer
+    from decodekit.errors import InputError
+
+    try:
+        return ll_tokenizer(decoder.tokenizer) if decoder.tokenizer is not None else None
+    except (InputError, ValueError, TypeError):
+        return None
 
 
 def prompt_logprobs_object(decoder, prompt_ids, scored) -> dict:

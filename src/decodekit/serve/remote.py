@@ -169,25 +169,20 @@ class EngineProcess:
         except Exception as error:
             field = next((k for k, v in [("strategy", strategy), *kwargs.items()] if not _picklable(v)), "prompts")
             raise ConfigError(field, "...", f"a value that pickles: the engine runs in another process ({type(error).__name__})") from None
-        reply = [threading.Event(), None]
-        self._replies[sid] = reply
-        try:
-            self._send(data)
-            reply[0].wait()
-        finally:
-            self._replies.pop(sid, None)
-        pendings, error = reply[1]
-        if error is not None:
-            raise error
-        return pendings
+        return self._ask(sid, data)
 
     def prompt_logprobs(self, prompt_ids, top: int = 0) -> list:
         """:meth:`decodekit.api.Decoder.prompt_logprobs`, computed in the engine's process."""
         sid = next(self._ids)
+        return self._ask(sid, ("prompt_logprobs", sid, [int(t) for t in prompt_ids], int(top)))
+
+    def _ask(self, sid: int, message):
+        """Send ``message`` (request ``sid``) and wait for its answer: its value, or the error
+        raised for it there (or the process's exit)."""
         reply = [threading.Event(), None]
         self._replies[sid] = reply
         try:
-            self._send(("prompt_logprobs", sid, [int(t) for t in prompt_ids], int(top)))
+            self._send(message)
             reply[0].wait()
         finally:
             self._replies.pop(sid, None)

@@ -12,23 +12,18 @@ import pytest
 import serving
 
 import decodekit
-from decodekit.serve import create_app
 
 PROMPT = "def read(path):"
 
 
 @pytest.fixture(scope="module")
 def server():
-    decoder = decodekit.load()
-    instance, thread, url = serving.start(create_app(decoder, "stdlib-code"))
-    yield decoder, url
-    instance.should_exit = True
-    thread.join(timeout=10)
+    yield from serving.embedded()
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return serving.openai_client(server[1])
 
 
 def test_vllm_sampling_fields_equal_the_library(server, client):

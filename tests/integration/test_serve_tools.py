@@ -13,7 +13,6 @@ import serving
 
 import decodekit
 from decodekit.constraints import JsonSchema
-from decodekit.serve import create_app
 from decodekit.serve.format import default_chat_prompt
 
 WEATHER = {
@@ -32,16 +31,12 @@ MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server():
-    decoder = decodekit.load()
-    instance, thread, url = serving.start(create_app(decoder, "stdlib-code"))
-    yield decoder, url
-    instance.should_exit = True
-    thread.join(timeout=10)
+    yield from serving.embedded()
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return serving.openai_client(server[1])
 
 
 def test_a_named_call_is_the_library_constrained_to_its_parameters(server, client):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from decodekit.model.cache import PreallocatedCache
 from decodekit.model.layout import BUDGET, Projections
 from decodekit.model.lean import LeanStep, Packing
+from decodekit.model.native_llama import NativeLlamaStep
 
 _ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
 # the submodules each part may have: a model with anything else (a variant) is not reproduced
@@ -95,6 +96,7 @@ class LlamaStep(LeanStep):
         # each layer's q, k, v, o, gate, up, down, in that order (index 7 * layer + j)
         self.projections = Projections([m for x in self.layers for m in (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)])
         self.head = Projections([model.lm_head], budget=BUDGET - self.projections.size)  # one budget for both
+        self.native = NativeLlamaStep.build(self)  # one-token steps in one kernel call, where built
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> LlamaStep | None:
@@ -187,6 +189,10 @@ class LlamaStep(LeanStep):
         one-token step of the running rows and the prefill of new prompts: one set of kernel
         calls instead of two); a part may name its ``active`` tokens as a sixth entry
         (:class:`~decodekit.model.lean.Packing`). Returns each part's hidden states."""
+        if len(parts) == 1 and self.native is not None:
+            hidden = self.native(parts[0])
+            if hidden is not None:
+                return [hidden]
         d, H, Hkv = self.head_dim, self.heads, self.kv_heads
         half = d // 2
         packing = Packing(parts)

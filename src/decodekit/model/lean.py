@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.nn.modules import module as _module
 
 from decodekit.model import attention
-from decodekit.model.layout import ROWS, Projections
+from decodekit.model.layout import Projections
 
 _global_hooks = (_module._global_forward_hooks, _module._global_forward_pre_hooks)
 
@@ -28,7 +28,7 @@ class LeanStep:
         or None where it does not serve: more rows, or an output layer other than the one
         the step was built with."""
         rows = hidden.numel() // hidden.shape[-1]
-        if self.head is None or rows > ROWS or self.head.linears[0] is not output:
+        if self.head is None or rows > self.head.rows or self.head.linears[0] is not output:
             return None
         self.head.refresh()
         return self.head(hidden.reshape(rows, hidden.shape[-1]), 0).reshape(*hidden.shape[:-1], -1)

@@ -1,0 +1,95 @@
+"""The lean Llama step's one-token decoding step in one call of decodekit's kernels
+(:mod:`decodekit.native`): every layer's norms, projections, rotary embedding, cache write,
+attention and MLP for every row, without a PyTorch operation between them.
+
+It serves exactly the steps the C kernel covers (one part, one new token per row, every row
+computed, no shared-prefix plan, the cache in its preallocated contiguous buffers); anything
+else stays on :class:`~decodekit.model.fast_llama.LlamaStep`'s PyTorch path. Results equal
+that path's up to float rounding (``tests/unit/test_native.py`` compares the two).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from decodekit import native
+
+
+class NativeLlamaStep:
+    """:meth:`__call__` a lean step's part, or None where the kernel does not serve it."""
+
+    def __init__(self, step):
+        self.step = step
+        self.lib = native.library()
+        self.dims = (ctypes.c_int64 * 7)(len(step.layers), step.embed.shape[1], step.heads, step.kv_heads, step.head_dim,
+                                          step.layers[0].gate.weight.shape[0], int(step.layers[0].q_norm is not None))
+        self.scalars = (ctypes.c_float * 2)(step.eps, step.scale)
+        self._weights: tuple[list[int], ctypes.Array] | None = None
+
+    @classmethod
+    def build(cls, step) -> NativeLlamaStep | None:
+        if native.library() is None or step.heads % step.kv_heads or step.head_dim % 2:
+            return None
+        return cls(step)
+
+    def _weight_array(self) -> ctypes.Array | None:
+        step = self.step
+        cos, sin = step._table
+        tensors = [step.embed, step.final_norm, cos, sin]
+        for x in step.layers:
+            tensors += [x.input_norm, x.q.weight, x.k.weight, x.v.weight, x.o.weight, x.post_norm,
+                        x.gate.weight, x.up.weight, x.down.weight, x.q_norm, x.k_norm]
+        if any(t is not None and not (t.dtype == torch.float32 and t.is_contiguous()) for t in tensors):
+            return None
+        if any(m.bias is not None for x in step.layers for m in (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)):
+            return None
+        addresses = [0 if t is None else t.data_ptr() for t in tensors]
+        if self._weights is None or self._weights[0] != addresses:
+            self._weights = (addresses, (ctypes.c_void_p * len(addresses))(*addresses))
+        return self._weights[1]
+
+    def __call__(self, part: tuple) -> torch.Tensor | None:
+        """The final normed hidden states ``(rows, 1, dim)`` of a one-token step ``part``
+        (``(tokens, positions, cache, mask, plan)``), the cache advanced by one slot; None
+        (nothing done) where the kernel does not serve it."""
+        if len(part) != 5:
+            return None
+        tokens, positions, cache, mask, plan = part
+        rows, n = tokens.shape
+        layers = getattr(cache, "layers", None)
+        if n != 1 or plan is not None or not layers or len(layers) != len(self.step.layers):
+            return None
+        length, capacity = layers[0].length, getattr(layers[0], "capacity", None)
+        for layer in layers:
+            if not getattr(layer, "is_initialized", False) or layer.length != length or layer.capacity != capacity:
+                return None
+            if layer._key_buffer is None or layer._key_buffer.shape[0] != rows:
+                return None
+        if mask is not None:
+            if mask.dtype != torch.bool or mask.shape != (rows, 1, 1, length + 1):
+                return None
+            mask = mask.contiguous()
+        tokens, positions = tokens.reshape(rows).contiguous(), positions.reshape(rows).contiguous()
+        self.step._rotary(positions[:1], int(positions.max()) + 1)  # the table covers every position
+        weights = self._weight_array()
+        if weights is None:
+            return None
+        for layer in layers:  # one storage for all: growing the first grows the others
+            if length + 1 > layer.capacity:
+                layer._grow(length + 1)
+        buffers = [(layer._key_buffer, layer._value_buffer) for layer in layers]
+        if len({b.shape[2] for pair in buffers for b in pair}) != 1 or any(not (b.is_contiguous() and b.dtype == torch.float32) for pair in buffers for b in pair):
+            return None
+        out = self.step.embed.new_empty(rows, self.dims[1])
+        code = self.lib.dk_llama_step(
+            self.dims, self.scalars, weights, native.pointers([k for k, _ in buffers]), native.pointers([v for _, v in buffers]),
+            buffers[0][0].shape[2], length, tokens.data_ptr(), positions.data_ptr(), 0 if mask is None else mask.data_ptr(), rows, out.data_ptr(),
+        )
+        if code != 0:
+            raise MemoryError("decodekit's native step could not allocate its buffers")
+        for layer in layers:
+            layer.length = length + 1
+            layer._refresh_views()
+        return out.view(rows, 1, -1)

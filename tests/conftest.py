@@ -18,3 +18,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def without_native(monkeypatch):
+    """decodekit's C kernels (:mod:`decodekit.native`) off: the PyTorch paths they stand in for."""
+    from decodekit import native
+
+    monkeypatch.setattr(native, "library", lambda: None)

@@ -12,6 +12,10 @@ from tiny_models import generated_part, hf_generate, llama
 import decodekit
 from decodekit.model.layout import ROWS, Projections
 
+# the (in, out) copies are the path where decodekit's own kernels are not in use
+# (tests/unit/test_native.py covers those)
+pytestmark = pytest.mark.usefixtures("without_native")
+
 
 def _linears():
     torch.manual_seed(0)

@@ -36,11 +36,14 @@ class LeanStep:
     def usable(self) -> bool:
         """Whether the step still reproduces the model: weights float32 on the CPU, and no
         forward hook registered since :meth:`build` (hooks must see the model's own calls)."""
+        hooks = self.__dict__.get("_hooks")
+        if hooks is None or len(hooks) != 2 * len(self.modules):  # each module's hook dicts, read once
+            hooks = self._hooks = [d for m in self.modules for d in (m._forward_hooks, m._forward_pre_hooks)]
         return (
             self.embed.dtype == torch.float32
             and self.embed.device.type == "cpu"
             and not (_global_hooks[0] or _global_hooks[1])
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+            and not any(hooks)
         )
 
     def _attend(self, query, keys, values, mask, plan) -> torch.Tensor:

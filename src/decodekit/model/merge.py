@@ -179,12 +179,16 @@ class MergingStates:
     inserting and releasing rows."""
 
     _merge_checked: bool | None = None  # holes_change_nothing's answer, for an architecture outside the tested set
+    _merge_known: tuple[bool, bool | None] | None = None  # (lean step?, support.can_merge's answer)
 
     @property
     def can_merge(self) -> bool:
         """True when rows of separately prefilled batches may share one state (see
         :func:`decodekit.model.support.can_merge`)."""
-        known = support.can_merge(self.model, self.is_encoder_decoder, self._step is not None)
+        lean = self._step is not None
+        if self._merge_known is None or self._merge_known[0] != lean:  # read once: it inspects the model
+            self._merge_known = (lean, support.can_merge(self.model, self.is_encoder_decoder, lean))
+        known = self._merge_known[1]
         if known is None:  # an architecture outside the tested set: checked once on the model
             if self._merge_checked is None:
                 counted, self.prompt_cache, kept = self.forward_count, None, self.prompt_cache

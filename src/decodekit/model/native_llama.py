@@ -23,31 +23,35 @@ class NativeLlamaStep:
     def __init__(self, step):
         self.step = step
         self.lib = native.library()
-        self.dims = (ctypes.c_int64 * 7)(len(step.layers), step.embed.shape[1], step.heads, step.kv_heads, step.head_dim,
-                                          step.layers[0].gate.weight.shape[0], int(step.layers[0].q_norm is not None))
+        self.dims = (ctypes.c_int64 * 8)(len(step.layers), step.embed.shape[1], step.heads, step.kv_heads, step.head_dim,
+                                          step.layers[0].gate.weight.shape[0], int(step.layers[0].q_norm is not None), step.embed.shape[0])
         self.scalars = (ctypes.c_float * 2)(step.eps, step.scale)
         self._weights: tuple[list[int], ctypes.Array] | None = None
 
     @classmethod
     def build(cls, step) -> NativeLlamaStep | None:
-        if native.library() is None or step.heads % step.kv_heads or step.head_dim % 2:
+        lib = native.library()
+        if lib is None or step.heads % step.kv_heads or not lib.dk_attends(step.head_dim):
             return None
         return cls(step)
 
     def _weight_array(self) -> ctypes.Array | None:
+        """The C array of the step's weight pointers (remade when a tensor moved), or None
+        where a weight is not one the kernel reads."""
         step = self.step
         cos, sin = step._table
         tensors = [step.embed, step.final_norm, cos, sin]
         for x in step.layers:
-            tensors += [x.input_norm, x.q.weight, x.k.weight, x.v.weight, x.o.weight, x.post_norm,
-                        x.gate.weight, x.up.weight, x.down.weight, x.q_norm, x.k_norm]
-        if any(t is not None and not (t.dtype == torch.float32 and t.is_contiguous()) for t in tensors):
-            return None
-        if any(m.bias is not None for x in step.layers for m in (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)):
-            return None
+            linears = (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)
+            q, k, v, o, gate, up, down = (_weight(m) for m in linears)
+            tensors += [x.input_norm, q, k, v, o, x.post_norm, gate, up, down, x.q_norm, x.k_norm]
+            tensors += [_weight(m, "bias") for m in linears]
         addresses = [0 if t is None else t.data_ptr() for t in tensors]
-        if self._weights is None or self._weights[0] != addresses:
-            self._weights = (addresses, (ctypes.c_void_p * len(addresses))(*addresses))
+        if self._weights is not None and self._weights[0] == addresses:
+            return self._weights[1]
+        if not all(t is None or (t.dtype == torch.float32 and t.is_contiguous()) for t in tensors):
+            return None
+        self._weights = (addresses, (ctypes.c_void_p * len(addresses))(*addresses))
         return self._weights[1]
 
     def __call__(self, part: tuple) -> torch.Tensor | None:
@@ -87,9 +91,18 @@ class NativeLlamaStep:
             self.dims, self.scalars, weights, native.pointers([k for k, _ in buffers]), native.pointers([v for _, v in buffers]),
             buffers[0][0].shape[2], length, tokens.data_ptr(), positions.data_ptr(), 0 if mask is None else mask.data_ptr(), rows, out.data_ptr(),
         )
+        if code == -2:
+            raise IndexError(f"a token id is not in the model's embedding (0 to {self.dims[7] - 1})")
         if code != 0:
             raise MemoryError("decodekit's native step could not allocate its buffers")
         for layer in layers:
             layer.length = length + 1
             layer._refresh_views()
         return out.view(rows, 1, -1)
+
+
+def _weight(linear: torch.nn.Linear, name: str = "weight") -> torch.Tensor | None:
+    """A linear layer's weight (or bias), read past ``nn.Module.__getattr__`` where it is a
+    parameter."""
+    parameters = linear._parameters
+    return parameters[name] if name in parameters else getattr(linear, name)

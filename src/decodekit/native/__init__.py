@@ -45,6 +45,7 @@ def library() -> ctypes.CDLL | None:
     lib.dk_linear.restype = None
     lib.dk_llama_step.argtypes = [_pointer] * 5 + [_size] * 2 + [_pointer] * 3 + [_size, _pointer]
     lib.dk_llama_step.restype = ctypes.c_int
+    lib.dk_attends.argtypes = [_size]
     return lib
 
 

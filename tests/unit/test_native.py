@@ -1,0 +1,205 @@
+"""decodekit's own CPU kernels (:mod:`decodekit.native`): the products equal ``F.linear``'s and
+do not depend on the rows computed with them; the Llama one-token step in one kernel call
+equals the lean step's PyTorch path (and through it the model's forward,
+``tests/integration/test_fast_paths.py``) on the configurations it serves, and is not taken
+where it does not serve. Skipped where the kernels are not built, except the check that a
+machine able to build them did."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tiny_models as tm
+import torch
+import torch.nn.functional as F
+import transformers
+
+import decodekit
+from decodekit import native
+from decodekit.model.hf import HFLanguageModel
+from decodekit.model.native_llama import NativeLlamaStep
+
+built = pytest.mark.skipif(not native.available(), reason="decodekit's kernels are not built or not for this CPU")
+
+
+def _avx2() -> bool:
+    info = Path("/proc/cpuinfo")
+    return info.exists() and {"avx2", "fma"} <= set(info.read_text().split())
+
+
+@pytest.mark.skipif(not (platform.machine() == "x86_64" and sys.platform == "linux" and shutil.which("cc") and _avx2()),
+                    reason="not a machine that builds and runs the kernels")
+def test_a_machine_with_a_compiler_and_avx2_runs_the_kernels():
+    # the install builds them; without this check every test below could skip unseen
+    assert native.available()
+
+
+@built
+def test_the_kernels_can_be_switched_off():
+    code = "from decodekit import native; print(native.available())"
+    env = {**os.environ, "DECODEKIT_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@built
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, native.ROWS])
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (37, 29), (5, 256), (256, 704)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_products_equal_f_linear(rows, shape, bias):
+    generator = torch.Generator().manual_seed(rows * 1000 + shape[0])
+    weight = torch.randn(*shape, generator=generator)
+    b = torch.randn(shape[0], generator=generator) if bias else None
+    x = torch.randn(rows, shape[1], generator=generator)
+    got = native.linear(x, weight, b)
+    torch.testing.assert_close(got, F.linear(x, weight, b), atol=1e-4, rtol=1e-5)
+
+
+@built
+def test_a_rows_product_does_not_depend_on_the_rows_beside_it():
+    generator = torch.Generator().manual_seed(0)
+    weight, x = torch.randn(300, 104, generator=generator), torch.randn(native.ROWS, 104, generator=generator)
+    together = native.linear(x, weight, None)
+    for row in range(native.ROWS):
+        assert torch.equal(native.linear(x[row : row + 1], weight, None), together[row : row + 1])
+    assert torch.equal(native.linear(x[3:9], weight, None), together[3:9])
+
+
+@built
+def test_products_the_kernel_does_not_serve_are_left_to_torch():
+    weight = torch.randn(8, 8)
+    assert native.linear(torch.randn(native.ROWS + 1, 8), weight, None) is None  # many rows: the BLAS
+    assert native.linear(torch.randn(2, 8).double(), weight.double(), None) is None
+    assert native.linear(torch.randn(8, 2).t(), weight, None) is None  # not contiguous
+    grad = torch.randn(8, 8, requires_grad=True)
+    assert native.linear(torch.randn(2, 8), grad, None) is None  # autograd wants the graph
+    with torch.no_grad():
+        assert native.linear(torch.randn(2, 8), grad, None) is not None
+
+
+def _llama(seed: int, **config) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    base = dict(vocab_size=tm.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2, bos_token_id=tm.BOS,
+                eos_token_id=tm.EOS, pad_token_id=tm.PAD)
+    kind = config.pop("kind", "llama")
+    classes = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+               "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+               "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}
+    config_class, model_class = classes[kind]
+    model = model_class(config_class(**{**base, **config}))
+    if kind == "qwen3":
+        with torch.no_grad():  # per-head norms that matter
+            for layer in model.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    return tm._finish(model)
+
+
+MODELS = {
+    "gqa, head dim 8": lambda: _llama(0),
+    "mha, head dim 64": lambda: _llama(1, hidden_size=128, num_attention_heads=2, num_key_value_heads=2),
+    "8 heads per kv head, head dim 16": lambda: _llama(2, hidden_size=128, num_attention_heads=8, num_key_value_heads=1),
+    "odd width 40, head dim 8": lambda: _llama(3, hidden_size=40, intermediate_size=72, num_attention_heads=5, num_key_value_heads=5),
+    "qwen2 (q/k/v biases)": lambda: _llama(4, kind="qwen2"),
+    "llama, attention bias": lambda: _llama(5, attention_bias=True),
+    "qwen3 (q/k norms)": lambda: _llama(6, kind="qwen3", head_dim=16),
+}
+
+
+@pytest.fixture
+def native_calls(monkeypatch):
+    """The steps the kernel served (rows of each)."""
+    served, real = [], NativeLlamaStep.__call__
+
+    def counting(self, part):
+        out = real(self, part)
+        if out is not None:
+            served.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(NativeLlamaStep, "__call__", counting)
+    return served
+
+
+@built
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_kernel_step_equals_the_pytorch_step(name, native_calls):
+    """Padded prompts (masked slots), fanned-out rows reordered at every step, and steps past
+    the cache's first capacity: the kernel's logits equal the PyTorch path's at every step."""
+    model = MODELS[name]()
+    fast, plain = HFLanguageModel(model), HFLanguageModel(model)
+    assert fast._step.native is not None
+    plain._step.native = None
+    generator = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(3, tm.VOCAB, (n,), generator=generator).tolist() for n in (9, 3, 14)]
+    states = [m.start(prompts, 2) for m in (fast, plain)]  # room for 2 new tokens: the cache grows below
+    fan_out = torch.arange(3).repeat_interleave(3)
+    for m, state in zip((fast, plain), states):
+        m.select(state, fan_out)
+    steps = 20
+    for _ in range(steps):
+        torch.testing.assert_close(states[0].logits, states[1].logits, atol=5e-5, rtol=1e-5)
+        tokens = torch.randint(3, tm.VOCAB, (9,), generator=generator)
+        parents = torch.tensor([0, 0, 1, 4, 3, 3, 8, 6, 6])  # rows move within their prompt's group
+        for m, state in zip((fast, plain), states):
+            m.advance(state, parents, tokens)
+    torch.testing.assert_close(states[0].logits, states[1].logits, atol=5e-5, rtol=1e-5)
+    assert native_calls == [9] * steps  # every step was the kernel's
+
+
+@built
+def test_decoding_through_the_kernel_matches_generate(native_calls):
+    model = MODELS["gqa, head dim 8"]()
+    prompts = tm.prompts(3, 3, low=2, high=10)
+    decoder = decodekit.load(model)
+    for prompt in prompts:
+        want = tm.generated_part(model, tm.hf_generate(model, [prompt], max_new_tokens=12, min_new_tokens=12), [prompt])[0]
+        assert decoder.generate(prompt, max_new_tokens=12, min_new_tokens=12).best.token_ids == want
+    assert native_calls
+
+
+@built
+def test_a_model_edited_after_loading_decodes_as_edited_through_the_kernel(native_calls):
+    model = MODELS["qwen2 (q/k/v biases)"]()
+    decoder = decodekit.load(model)
+    prompt = [[5, 6, 7, 8]]
+
+    def reference():
+        return tm.generated_part(model, tm.hf_generate(model, prompt, max_new_tokens=8, min_new_tokens=8), prompt)[0]
+
+    before = reference()
+    assert decoder.generate(prompt[0], max_new_tokens=8, min_new_tokens=8).best.token_ids == before
+    torch.manual_seed(1)
+    with torch.no_grad():  # in place, and a weight replaced by a new tensor
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight.add_(torch.randn_like(layer.mlp.up_proj.weight))
+            layer.self_attn.q_proj.bias.mul_(-3.0)
+        model.model.layers[1].self_attn.o_proj.weight = torch.nn.Parameter(torch.randn_like(model.model.layers[1].self_attn.o_proj.weight))
+    want = reference()
+    assert want != before  # the edit changes what the model says
+    assert decoder.generate(prompt[0], max_new_tokens=8, min_new_tokens=8).best.token_ids == want
+    assert native_calls
+
+
+@built
+def test_steps_the_kernel_does_not_serve_take_the_pytorch_path(native_calls):
+    from decodekit.model import attention
+
+    model = MODELS["gqa, head dim 8"]()
+    adapter = HFLanguageModel(model)
+    long = [[3 + i % (tm.VOCAB - 3) for i in range(attention.MIN_PREFIX + 4)]]
+    state = adapter.start(long, 4)
+    adapter.select(state, torch.zeros(3, dtype=torch.long))  # 3 rows sharing a long prompt: the shared-prefix plan
+    adapter.advance(state, None, torch.tensor([5, 6, 7]))
+    assert native_calls == []
+    with pytest.raises(IndexError):  # as the PyTorch path: a token outside the embedding
+        adapter.advance(adapter.start([[5, 6]], 4), None, torch.tensor([tm.VOCAB]))
+    odd = _llama(8, hidden_size=48, num_attention_heads=2, num_key_value_heads=2)  # head dim 24: not a kernel size
+    assert HFLanguageModel(odd)._step.native is None

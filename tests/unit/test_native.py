@@ -23,7 +23,7 @@ import transformers
 import decodekit
 from decodekit import native
 from decodekit.model.hf import HFLanguageModel
-from decodekit.model.native_llama import NativeLlamaStep
+from decodekit.model.native_steps import NativeStep
 
 built = pytest.mark.skipif(not native.available(), reason="decodekit's kernels are not built or not for this CPU")
 
@@ -110,13 +110,24 @@ MODELS = {
     "qwen2 (q/k/v biases)": lambda: _llama(4, kind="qwen2"),
     "llama, attention bias": lambda: _llama(5, attention_bias=True),
     "qwen3 (q/k norms)": lambda: _llama(6, kind="qwen3", head_dim=16),
+    "gpt2, head dim 16": lambda: tm.gpt2(seed=7, positions=512),
+    "gpt2, head dim 8, width 64": lambda: _gpt2(8, n_embd=64, n_head=8),
+    "gpt2, width 40 (out of 8 lanes)": lambda: _gpt2(12, n_embd=40, n_head=5),
+    "gpt2, unscaled attention": lambda: _gpt2(9, scale_attn_weights=False),
 }
+
+
+def _gpt2(seed: int, **config) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    base = dict(vocab_size=tm.VOCAB, n_positions=512, n_embd=32, n_layer=2, n_head=4, bos_token_id=tm.BOS,
+                eos_token_id=tm.EOS, pad_token_id=tm.PAD, initializer_range=0.2)
+    return tm._finish(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**base, **config})))
 
 
 @pytest.fixture
 def native_calls(monkeypatch):
     """The steps the kernel served (rows of each)."""
-    served, real = [], NativeLlamaStep.__call__
+    served, real = [], NativeStep.__call__
 
     def counting(self, part):
         out = real(self, part)
@@ -124,7 +135,7 @@ def native_calls(monkeypatch):
             served.append(out.shape[0])
         return out
 
-    monkeypatch.setattr(NativeLlamaStep, "__call__", counting)
+    monkeypatch.setattr(NativeStep, "__call__", counting)
     return served
 
 
@@ -203,3 +214,14 @@ def test_steps_the_kernel_does_not_serve_take_the_pytorch_path(native_calls):
         adapter.advance(adapter.start([[5, 6]], 4), None, torch.tensor([tm.VOCAB]))
     odd = _llama(8, hidden_size=48, num_attention_heads=2, num_key_value_heads=2)  # head dim 24: not a kernel size
     assert HFLanguageModel(odd)._step.native is None
+    assert HFLanguageModel(_gpt2(10, n_embd=36, n_head=3))._step.native is None  # head dim 12
+
+
+@built
+def test_a_gpt2_position_outside_its_table_is_an_error_not_a_read():
+    model = _gpt2(11, n_positions=16)
+    adapter = HFLanguageModel(model)
+    state = adapter.start([[5, 6]], 4)
+    state.extra["next_position"] = torch.tensor([16])  # what the model's own forward would refuse too
+    with pytest.raises(IndexError):
+        adapter.advance(state, None, torch.tensor([7]))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from decodekit.model.cache import PreallocatedCache
 from decodekit.model.layout import Projections
 from decodekit.model.lean import LeanStep, Packing
+from decodekit.model.native_steps import NativeGPT2Step
 
 _BLOCK = {"ln_1", "attn", "ln_2", "mlp"}
 _ATTENTION = {"c_attn", "c_proj", "attn_dropout", "resid_dropout"}
@@ -59,6 +60,7 @@ class GPT2Step(LeanStep):
         self.final = base.ln_f
         self.modules = list(model.modules())
         self.head = Projections([model.lm_head])  # the output layer for few-row steps
+        self.native = NativeGPT2Step.build(self)  # one-token steps in one kernel call, where built
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> GPT2Step | None:
@@ -122,6 +124,10 @@ class GPT2Step(LeanStep):
     def parts(self, parts: list[tuple]) -> list[torch.Tensor]:
         """Several batches with caches of their own in one pass; as :meth:`LlamaStep.parts
         <decodekit.model.fast_llama.LlamaStep.parts>`."""
+        if len(parts) == 1 and self.native is not None:
+            hidden = self.native(parts[0])
+            if hidden is not None:
+                return [hidden]
         D, H, d = self.dim, self.heads, self.head_dim
         packing = Packing(parts)
         hidden = F.embedding(packing.flat(parts, 0), self.embed) + F.embedding(packing.flat(parts, 1), self.position_table)  # (active tokens, D)

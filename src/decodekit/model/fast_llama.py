@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from decodekit.model.cache import PreallocatedCache
 from decodekit.model.layout import BUDGET, Projections
 from decodekit.model.lean import LeanStep, Packing
-from decodekit.model.native_llama import NativeLlamaStep
+from decodekit.model.native_steps import NativeLlamaStep
 
 _ARCHITECTURES = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
 # the submodules each part may have: a model with anything else (a variant) is not reproduced

@@ -1,4 +1,5 @@
-"""decodekit's own CPU kernels for few-row decoding steps (``kernels.c``).
+"""decodekit's own CPU kernels for few-row decoding steps (``products.c``, ``attention.c``,
+``steps.c``).
 
 The C library is built with the package (an optional extension: where no C compiler is found,
 or the platform is not x86-64, the install goes on without it) and loaded with ctypes; it is
@@ -46,6 +47,10 @@ def library() -> ctypes.CDLL | None:
     lib.dk_llama_step.argtypes = [_pointer] * 5 + [_size] * 2 + [_pointer] * 3 + [_size, _pointer]
     lib.dk_llama_step.restype = ctypes.c_int
     lib.dk_attends.argtypes = [_size]
+    lib.dk_gpt2_step.argtypes = lib.dk_llama_step.argtypes
+    lib.dk_gpt2_step.restype = ctypes.c_int
+    lib.dk_linear_t.argtypes = lib.dk_linear.argtypes
+    lib.dk_linear_t.restype = None
     return lib
 
 

@@ -1,0 +1,165 @@
+"""The lean steps' one-token decoding steps in one call of decodekit's kernels
+(:mod:`decodekit.native`): every layer's norms, projections, rotary embedding (Llama) or
+learned positions (GPT-2), cache write, attention and MLP for every row, without a PyTorch
+operation between them.
+
+It serves exactly the steps the C kernel covers (one part, one new token per row, every row
+computed, no shared-prefix plan, the cache in its preallocated contiguous buffers); anything
+else stays on the lean step's PyTorch path. Results equal
+that path's up to float rounding (``tests/unit/test_native.py`` compares the two).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from decodekit import native
+
+
+class NativeStep:
+    """:meth:`__call__` a lean step's part, or None where the kernel does not serve it.
+    Subclasses set ``function`` (the kernel), ``dims``, ``scalars`` and :meth:`_tensors`."""
+
+    function: str
+    dims: ctypes.Array
+    scalars: ctypes.Array
+
+    def __init__(self, step):
+        self.step = step
+        self.lib = native.library()
+        self.kernel = getattr(self.lib, self.function)
+        self._weights: tuple[list[int], ctypes.Array] | None = None
+
+    def _tensors(self) -> list[torch.Tensor | None]:
+        """The weights in the kernel's order (None: a pointer the kernel takes as absent)."""
+        raise NotImplementedError
+
+    def _weight_array(self) -> ctypes.Array | None:
+        """The C array of the step's weight pointers (remade when a tensor moved), or None
+        where a weight is not one the kernel reads."""
+        tensors = self._tensors()
+        addresses = [0 if t is None else t.data_ptr() for t in tensors]
+        if self._weights is not None and self._weights[0] == addresses:
+            return self._weights[1]
+        if not all(t is None or (t.dtype == torch.float32 and t.is_contiguous()) for t in tensors):
+            return None
+        self._weights = (addresses, (ctypes.c_void_p * len(addresses))(*addresses))
+        return self._weights[1]
+
+    def _prepare(self, positions: torch.Tensor) -> None:
+        """Anything a step needs before the weights are read (the Llama rotary table)."""
+
+    def __call__(self, part: tuple) -> torch.Tensor | None:
+        """The final normed hidden states ``(rows, 1, dim)`` of a one-token step ``part``
+        (``(tokens, positions, cache, mask, plan)``), the cache advanced by one slot; None
+        (nothing done) where the kernel does not serve it."""
+        if len(part) != 5:
+            return None
+        tokens, positions, cache, mask, plan = part
+        rows, n = tokens.shape
+        layers = getattr(cache, "layers", None)
+        if n != 1 or plan is not None or not layers or len(layers) != self.dims[0]:
+            return None
+        length, capacity = layers[0].length, getattr(layers[0], "capacity", None)
+        for layer in layers:
+            if not getattr(layer, "is_initialized", False) or layer.length != length or layer.capacity != capacity:
+                return None
+            if layer._key_buffer is None or layer._key_buffer.shape[0] != rows:
+                return None
+        if mask is not None:
+            if mask.dtype != torch.bool or mask.shape != (rows, 1, 1, length + 1):
+                return None
+            mask = mask.contiguous()
+        tokens, positions = tokens.reshape(rows).contiguous(), positions.reshape(rows).contiguous()
+        self._prepare(positions)
+        weights = self._weight_array()
+        if weights is None:
+            return None
+        for layer in layers:  # one storage for all: growing the first grows the others
+            if length + 1 > layer.capacity:
+                layer._grow(length + 1)
+        buffers = [(layer._key_buffer, layer._value_buffer) for layer in layers]
+        if len({b.shape[2] for pair in buffers for b in pair}) != 1 or any(not (b.is_contiguous() and b.dtype == torch.float32) for pair in buffers for b in pair):
+            return None
+        out = tokens.new_empty(rows, self.dims[1], dtype=torch.float32)
+        code = self.kernel(
+            self.dims, self.scalars, weights, native.pointers([k for k, _ in buffers]), native.pointers([v for _, v in buffers]),
+            buffers[0][0].shape[2], length, tokens.data_ptr(), positions.data_ptr(), 0 if mask is None else mask.data_ptr(), rows, out.data_ptr(),
+        )
+        if code == -2:
+            raise IndexError("a token id or position is outside the model's embedding tables")
+        if code != 0:
+            raise MemoryError("decodekit's native step could not allocate its buffers")
+        for layer in layers:
+            layer.length = length + 1
+            layer._refresh_views()
+        return out.view(rows, 1, -1)
+
+
+class NativeLlamaStep(NativeStep):
+    """:class:`~decodekit.model.fast_llama.LlamaStep`'s one-token steps in ``dk_llama_step``."""
+
+    function = "dk_llama_step"
+
+    def __init__(self, step):
+        super().__init__(step)
+        # layers, dim, heads, kv heads, head dim, ffn, q/k norms, vocab
+        self.dims = (ctypes.c_int64 * 8)(len(step.layers), step.embed.shape[1], step.heads, step.kv_heads, step.head_dim,
+                                          step.layers[0].gate.weight.shape[0], int(step.layers[0].q_norm is not None), step.embed.shape[0])
+        self.scalars = (ctypes.c_float * 2)(step.eps, step.scale)
+
+    @classmethod
+    def build(cls, step) -> NativeLlamaStep | None:
+        lib = native.library()
+        if lib is None or step.heads % step.kv_heads or not lib.dk_attends(step.head_dim):
+            return None
+        return cls(step)
+
+    def _prepare(self, positions: torch.Tensor) -> None:
+        self.step._rotary(positions[:1], int(positions.max()) + 1)  # the table covers every position
+
+    def _tensors(self) -> list[torch.Tensor | None]:
+        step = self.step
+        cos, sin = step._table
+        tensors = [step.embed, step.final_norm, cos, sin]
+        for x in step.layers:
+            linears = (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)
+            q, k, v, o, gate, up, down = (_weight(m) for m in linears)
+            tensors += [x.input_norm, q, k, v, o, x.post_norm, gate, up, down, x.q_norm, x.k_norm]
+            tensors += [_weight(m, "bias") for m in linears]
+        return tensors
+
+
+class NativeGPT2Step(NativeStep):
+    """:class:`~decodekit.model.fast_gpt2.GPT2Step`'s one-token steps in ``dk_gpt2_step``."""
+
+    function = "dk_gpt2_step"
+
+    def __init__(self, step):
+        super().__init__(step)
+        # layers, dim, heads, ffn, vocab, positions
+        self.dims = (ctypes.c_int64 * 6)(len(step.blocks), step.dim, step.heads, _weight(step.blocks[0].fc).shape[1],
+                                          step.embed.shape[0], step.position_table.shape[0])
+        self.scalars = (ctypes.c_float * 2)(step.final.eps, step.scale)
+
+    @classmethod
+    def build(cls, step) -> NativeGPT2Step | None:
+        lib = native.library()
+        return cls(step) if lib is not None and lib.dk_attends(step.head_dim) else None
+
+    def _tensors(self) -> list[torch.Tensor | None]:
+        step = self.step
+        tensors = [step.embed, step.position_table, _weight(step.final), _weight(step.final, "bias")]
+        for b in step.blocks:
+            for m in (b.ln1, b.qkv, b.proj, b.ln2, b.fc, b.out):
+                tensors += [_weight(m), _weight(m, "bias")]
+        return tensors
+
+
+def _weight(linear: torch.nn.Linear, name: str = "weight") -> torch.Tensor | None:
+    """A linear layer's weight (or bias), read past ``nn.Module.__getattr__`` where it is a
+    parameter."""
+    parameters = linear._parameters
+    return parameters[name] if name in parameters else getattr(linear, name)

@@ -1,0 +1,128 @@
+/* Few-row products against a layer's weights, in either layout.
+ *
+ * y[r, o] = sum_k x[r, k] * W[o, k] (+ bias[o]) with W in torch.nn.Linear's (out, in) layout:
+ * a block of R rows and O outputs keeps R*O accumulators of 8 lanes and reads each weight once
+ * per block of rows. dk_linear_t takes W as (in, out) (transformers' Conv1D): a block of R rows
+ * and V vectors of 8 outputs adds x[r, k] * W[k, block] for k in order. Either way a row's sums
+ * run in the same order whatever rows are computed with it, so its result does not depend on
+ * them.
+ */
+#include "kernels.h"
+
+#ifdef DK_X86
+int dk_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* R rows, O outputs from o0; vectors over k < in8, then the scalar tail k in [in8, in) */
+#define BLOCK(R, O)                                                                            \
+    DK_TARGET static void block_##R##_##O(const float *x, const float *W, const float *bias,   \
+                                          float *y, int64_t o0, int64_t out, int64_t in) {     \
+        __m256 acc[R][O];                                                                      \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int j = 0; j < O; j++) acc[r][j] = _mm256_setzero_ps();                       \
+        const float *w = W + o0 * in;                                                          \
+        int64_t in8 = in & ~(int64_t)7;                                                        \
+        for (int64_t k = 0; k < in8; k += 8) {                                                 \
+            __m256 wv[O];                                                                      \
+            for (int j = 0; j < O; j++) wv[j] = _mm256_loadu_ps(w + j * in + k);               \
+            for (int r = 0; r < R; r++) {                                                      \
+                __m256 xv = _mm256_loadu_ps(x + r * in + k);                                   \
+                for (int j = 0; j < O; j++) acc[r][j] = _mm256_fmadd_ps(wv[j], xv, acc[r][j]); \
+            }                                                                                  \
+        }                                                                                      \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int j = 0; j < O; j++) {                                                      \
+                float s = hsum(acc[r][j]);                                                     \
+                for (int64_t k = in8; k < in; k++) s += x[r * in + k] * w[j * in + k];         \
+                y[r * out + o0 + j] = bias ? s + bias[o0 + j] : s;                             \
+            }                                                                                  \
+    }
+
+BLOCK(1, 8) BLOCK(1, 1) BLOCK(2, 4) BLOCK(2, 1) BLOCK(3, 3) BLOCK(3, 1)
+BLOCK(4, 2) BLOCK(4, 1) BLOCK(6, 2) BLOCK(6, 1) BLOCK(8, 1)
+
+#define SWEEP(R, O)                                                                            \
+    for (; o + O <= out; o += O) block_##R##_##O(xr, W, bias, yr, o, out, in);                  \
+    for (; o < out; o++) block_##R##_1(xr, W, bias, yr, o, out, in);                            \
+    break;
+
+/* x (rows, in), W (out, in), bias (out) or NULL, y (rows, out): all contiguous float32 */
+DK_TARGET void dk_linear(const float *x, const float *W, const float *bias, float *y,
+                         int64_t rows, int64_t out, int64_t in) {
+    for (int64_t r0 = 0; r0 < rows;) {
+        int64_t left = rows - r0;
+        int64_t R = left >= 8 ? 8 : left >= 6 ? 6 : left >= 4 ? 4 : left;
+        const float *xr = x + r0 * in;
+        float *yr = y + r0 * out;
+        int64_t o = 0;
+        switch (R) {
+        case 1: SWEEP(1, 8)
+        case 2: SWEEP(2, 4)
+        case 3: SWEEP(3, 3)
+        case 4: SWEEP(4, 2)
+        case 6: SWEEP(6, 2)
+        default:
+            for (; o < out; o++) block_8_1(xr, W, bias, yr, o, out, in);
+        }
+        r0 += R;
+    }
+}
+
+/* R rows, V vectors of 8 outputs from o0, W (in, out) */
+#define TBLOCK(R, V)                                                                                 \
+    DK_TARGET static void tblock_##R##_##V(const float *x, const float *W, const float *bias, float *y, \
+                                           int64_t o0, int64_t out, int64_t in) {                    \
+        __m256 acc[R][V];                                                                            \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int v = 0; v < V; v++) acc[r][v] = _mm256_setzero_ps();                             \
+        for (int64_t k = 0; k < in; k++) {                                                           \
+            __m256 w[V];                                                                             \
+            for (int v = 0; v < V; v++) w[v] = _mm256_loadu_ps(W + k * out + o0 + 8 * v);           \
+            for (int r = 0; r < R; r++) {                                                            \
+                __m256 xb = _mm256_set1_ps(x[r * in + k]);                                           \
+                for (int v = 0; v < V; v++) acc[r][v] = _mm256_fmadd_ps(w[v], xb, acc[r][v]);        \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int v = 0; v < V; v++) {                                                            \
+                __m256 s = acc[r][v];                                                                \
+                if (bias) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + o0 + 8 * v));                  \
+                _mm256_storeu_ps(y + r * out + o0 + 8 * v, s);                                       \
+            }                                                                                        \
+    }
+
+TBLOCK(1, 8) TBLOCK(1, 1) TBLOCK(2, 4) TBLOCK(2, 1) TBLOCK(4, 2) TBLOCK(4, 1) TBLOCK(8, 1)
+
+#define TSWEEP(R, V)                                                                              \
+    for (; o + 8 * V <= out; o += 8 * V) tblock_##R##_##V(xr, W, bias, yr, o, out, in);            \
+    for (; o + 8 <= out; o += 8) tblock_##R##_1(xr, W, bias, yr, o, out, in);                      \
+    break;
+
+DK_TARGET void dk_linear_t(const float *x, const float *W, const float *bias, float *y,
+                           int64_t rows, int64_t out, int64_t in) {
+    for (int64_t r0 = 0; r0 < rows;) {
+        int64_t left = rows - r0;
+        int64_t R = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const float *xr = x + r0 * in;
+        float *yr = y + r0 * out;
+        int64_t o = 0;
+        switch (R) {
+        case 1: TSWEEP(1, 8)
+        case 2: TSWEEP(2, 4)
+        case 4: TSWEEP(4, 2)
+        default: TSWEEP(8, 1)
+        }
+        for (int64_t r = 0; r < R; r++) /* the last out % 8 outputs, k in the same order */
+            for (int64_t c = o; c < out; c++) {
+                float s = 0.0f;
+                for (int64_t k = 0; k < in; k++) s = fmaf(xr[r * in + k], W[k * out + c], s);
+                yr[r * out + c] = bias ? s + bias[c] : s;
+            }
+        r0 += R;
+    }
+}
+#else
+int dk_supported(void) { return 0; }
+#endif

@@ -9,7 +9,7 @@ fast the weights come from memory, not by arithmetic. This bench times, for the 
 model's projection shapes (every layer's q, k, v, o, gate, up, down and the output layer, each
 a distinct tensor so nothing stays in cache), a chain of products ``x @ W.T`` through
 ``F.linear`` (MKL here), from ``(in, out)`` copies of the weights, through oneDNN's ``_linear_pointwise`` (plain and with weights packed
-for it), against a plain sum over a buffer of the same size (the memory's streaming rate).
+for it) and through decodekit's own kernel (:mod:`decodekit.native`, where built; up to 16 rows), against a plain sum over a buffer of the same size (the memory's streaming rate).
 Prints GB/s of weights per second and each form's time per chain, for 1, 8 and 32 rows. Nothing
 is asserted.
 """
@@ -24,6 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from decodekit import native
 from decodekit.models import embedded_model_path
 
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
     torch.manual_seed(0)
     weights = [torch.randn(n, k) for n, k in shapes()]
     total = sum(w.numel() * 4 for w in weights)
@@ -75,8 +77,13 @@ def main() -> None:
         def in_out(inputs=inputs, transposed=transposed):  # the (in, out) layout of decodekit.model.layout
             return [inputs[t.shape[0]] @ t for t in transposed]
 
+        def kernel(inputs=inputs):
+            return [native.linear(inputs[w.shape[1]], w, None) for w in weights]
+
         forms = {"F.linear (MKL)": mkl, "(in, out) copy, x @ W": in_out, "oneDNN": onednn,
                  "oneDNN, packed": lambda inputs=inputs, packed=packed: onednn(inputs, packed)}
+        if native.available() and rows <= native.ROWS:
+            forms["decodekit kernel"] = kernel
         for name, fn in forms.items():
             seconds = timed(fn, args.repeats)
             print(f"| {rows} | {name} | {1e3 * seconds:.2f} | {total / seconds / 1e9:.1f} | {seconds / stream:.2f}x |")

@@ -225,3 +225,26 @@ def test_a_gpt2_position_outside_its_table_is_an_error_not_a_read():
     state.extra["next_position"] = torch.tensor([16])  # what the model's own forward would refuse too
     with pytest.raises(IndexError):
         adapter.advance(state, None, torch.tensor([7]))
+
+
+@built
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_kernel_verifies_draft_blocks_like_the_pytorch_step(name, native_calls):
+    """A tree block and a chain under the verification mask, rollback, then the next step."""
+    model = MODELS[name]()
+    fast, plain = HFLanguageModel(model), HFLanguageModel(model)
+    plain._step.native = None
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, tm.VOCAB, (n,), generator=generator).tolist() for n in (11, 6)]
+    states = [m.start(prompts, 3) for m in (fast, plain)]
+    for _ in range(2):
+        tokens = torch.randint(3, tm.VOCAB, (2, 5), generator=generator)
+        parents = torch.tensor([[-1, 0, 0, 1, 3], [-1, 0, 1, 2, 3]])  # a tree and a chain
+        blocks = [m.verify(state, tokens, parents) for m, state in zip((fast, plain), states)]
+        torch.testing.assert_close(blocks[0], blocks[1], atol=5e-5, rtol=1e-5)
+        index, count = torch.tensor([[0, 2, 0], [0, 1, 2]]), torch.tensor([2, 3])
+        for m, state in zip((fast, plain), states):
+            m.keep(state, index, count)
+            m.advance(state, None, torch.tensor([7, 9]))
+        torch.testing.assert_close(states[0].logits, states[1].logits, atol=5e-5, rtol=1e-5)
+    assert native_calls == [2, 2, 2, 2]  # both blocks and both steps were the kernel's

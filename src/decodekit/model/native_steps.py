@@ -3,9 +3,10 @@
 learned positions (GPT-2), cache write, attention and MLP for every row, without a PyTorch
 operation between them.
 
-It serves exactly the steps the C kernel covers (one part, one new token per row, every row
-computed, no shared-prefix plan, the cache in its preallocated contiguous buffers); anything
-else stays on the lean step's PyTorch path. Results equal
+It serves exactly the steps the C kernel covers (one part: a token per row or a speculative
+block, at most :data:`decodekit.native.STEP_TOKENS` tokens, every row computed, no
+shared-prefix plan, the cache in its preallocated contiguous buffers); anything else (prefill,
+fused admission passes) stays on the lean step's PyTorch path. Results equal
 that path's up to float rounding (``tests/unit/test_native.py`` compares the two).
 """
 
@@ -52,15 +53,15 @@ class NativeStep:
         """Anything a step needs before the weights are read (the Llama rotary table)."""
 
     def __call__(self, part: tuple) -> torch.Tensor | None:
-        """The final normed hidden states ``(rows, 1, dim)`` of a one-token step ``part``
-        (``(tokens, positions, cache, mask, plan)``), the cache advanced by one slot; None
-        (nothing done) where the kernel does not serve it."""
+        """The final normed hidden states ``(rows, n, dim)`` of a step ``part`` (``(tokens,
+        positions, cache, mask, plan)``: a token per row, or a speculative block of ``n``), the
+        cache advanced by ``n`` slots; None (nothing done) where the kernel does not serve it."""
         if len(part) != 5:
             return None
         tokens, positions, cache, mask, plan = part
         rows, n = tokens.shape
         layers = getattr(cache, "layers", None)
-        if n != 1 or plan is not None or not layers or len(layers) != self.dims[0]:
+        if rows * n > native.STEP_TOKENS or plan is not None or not layers or len(layers) != self.dims[0]:
             return None
         length, capacity = layers[0].length, getattr(layers[0], "capacity", None)
         for layer in layers:
@@ -69,33 +70,49 @@ class NativeStep:
             if layer._key_buffer is None or layer._key_buffer.shape[0] != rows:
                 return None
         if mask is not None:
-            if mask.dtype != torch.bool or mask.shape != (rows, 1, 1, length + 1):
+            mask = _visible(mask, rows, n, length + n)
+            if mask is None:
                 return None
-            mask = mask.contiguous()
-        tokens, positions = tokens.reshape(rows).contiguous(), positions.reshape(rows).contiguous()
+        tokens, positions = tokens.contiguous(), positions.contiguous()
         self._prepare(positions)
         weights = self._weight_array()
         if weights is None:
             return None
         for layer in layers:  # one storage for all: growing the first grows the others
-            if length + 1 > layer.capacity:
-                layer._grow(length + 1)
+            if length + n > layer.capacity:
+                layer._grow(length + n)
         buffers = [(layer._key_buffer, layer._value_buffer) for layer in layers]
         if len({b.shape[2] for pair in buffers for b in pair}) != 1 or any(not (b.is_contiguous() and b.dtype == torch.float32) for pair in buffers for b in pair):
             return None
-        out = tokens.new_empty(rows, self.dims[1], dtype=torch.float32)
+        out = torch.empty(rows, n, self.dims[1])
         code = self.kernel(
             self.dims, self.scalars, weights, native.pointers([k for k, _ in buffers]), native.pointers([v for _, v in buffers]),
-            buffers[0][0].shape[2], length, tokens.data_ptr(), positions.data_ptr(), 0 if mask is None else mask.data_ptr(), rows, out.data_ptr(),
+            buffers[0][0].shape[2], length, tokens.data_ptr(), positions.data_ptr(), 0 if mask is None else mask.data_ptr(), rows, n, out.data_ptr(),
         )
         if code == -2:
             raise IndexError("a token id or position is outside the model's embedding tables")
         if code != 0:
             raise MemoryError("decodekit's native step could not allocate its buffers")
         for layer in layers:
-            layer.length = length + 1
+            layer.length = length + n
             layer._refresh_views()
-        return out.view(rows, 1, -1)
+        return out
+
+
+def _visible(mask: torch.Tensor, rows: int, n: int, slots: int) -> torch.Tensor | None:
+    """A lean part's mask (``(rows, 1, n, slots)``: bool, visible; or float, 0 visible and the
+    dtype's minimum hidden) as the kernel's contiguous bytes, or None for any other mask (a
+    float mask with other values adds biases the kernel does not)."""
+    if mask.shape != (rows, 1, n, slots):
+        return None
+    if mask.dtype == torch.bool:
+        return mask.contiguous()
+    if mask.dtype != torch.float32:
+        return None
+    visible = mask == 0
+    if not bool((visible | (mask <= torch.finfo(mask.dtype).min)).all()):
+        return None
+    return visible
 
 
 class NativeLlamaStep(NativeStep):
@@ -118,7 +135,7 @@ class NativeLlamaStep(NativeStep):
         return cls(step)
 
     def _prepare(self, positions: torch.Tensor) -> None:
-        self.step._rotary(positions[:1], int(positions.max()) + 1)  # the table covers every position
+        self.step._rotary(positions.reshape(-1)[:1], int(positions.max()) + 1)  # the table covers every position
 
     def _tensors(self) -> list[torch.Tensor | None]:
         step = self.step

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 ROWS = 16  # products of at most this many rows use the kernel (more: the BLAS)
+STEP_TOKENS = 32  # a whole step in one kernel call for at most this many tokens (rows x block)
 
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
 
@@ -44,7 +45,7 @@ def library() -> ctypes.CDLL | None:
         return None
     lib.dk_linear.argtypes = [_pointer] * 4 + [_size] * 3
     lib.dk_linear.restype = None
-    lib.dk_llama_step.argtypes = [_pointer] * 5 + [_size] * 2 + [_pointer] * 3 + [_size, _pointer]
+    lib.dk_llama_step.argtypes = [_pointer] * 5 + [_size] * 2 + [_pointer] * 3 + [_size, _size, _pointer]
     lib.dk_llama_step.restype = ctypes.c_int
     lib.dk_attends.argtypes = [_size]
     lib.dk_gpt2_step.argtypes = lib.dk_llama_step.argtypes

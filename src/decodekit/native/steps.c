@@ -32,74 +32,84 @@ static void rotate(float *v, const float *cos, const float *sin, int64_t d) {
  * weights: embed, final_norm, cos, sin, then per layer 18 pointers: input_norm, q, k, v, o,
  *   post_norm, gate, up, down, q_norm, k_norm (NULL without qk_norm), then the biases of q, k,
  *   v, o, gate, up, down (each NULL where the layer has none)
- * keys, values: per layer the cache buffer (rows, kv_heads, capacity, head_dim), contiguous
- * mask: (rows, length + 1) bytes, nonzero = visible, or NULL (every slot visible)
- * out: (rows, dim), the final normed hidden states; returns 0, -1 if out of memory, -2 if a
+ * keys, values: per layer the cache buffer (rows, kv_heads, capacity, head_dim), contiguous;
+ *   each row's n new tokens are written at slots [length, length + n)
+ * tokens, positions: (rows, n)
+ * mask: (rows, n, length + n) bytes, nonzero = the token sees the slot; NULL: every cached slot
+ *   and the block's tokens up to itself (causal)
+ * out: (rows, n, dim), the final normed hidden states; returns 0, -1 if out of memory, -2 if a
  * token is not a row of the embedding (nothing written) */
 DK_TARGET int dk_llama_step(const int64_t *dims, const float *scalars, const float *const *weights,
                             float *const *keys, float *const *values, int64_t capacity, int64_t length,
                             const int64_t *tokens, const int64_t *positions, const uint8_t *mask,
-                            int64_t rows, float *out) {
+                            int64_t rows, int64_t n, float *out) {
     int64_t layers = dims[0], D = dims[1], H = dims[2], Hkv = dims[3], d = dims[4], F = dims[5];
     int qk_norm = (int)dims[6];
-    for (int64_t r = 0; r < rows; r++)
-        if (tokens[r] < 0 || tokens[r] >= dims[7]) return -2;
+    int64_t m = rows * n; /* the tokens computed */
+    for (int64_t t = 0; t < m; t++)
+        if (tokens[t] < 0 || tokens[t] >= dims[7]) return -2;
     float eps = scalars[0], scale = scalars[1];
-    int64_t Q = H * d, KV = Hkv * d, count = length + 1, group = H / Hkv;
-    size_t floats = (size_t)rows * (2 * D + Q + 2 * KV + Q + 2 * F) + (size_t)((count + 7) & ~(int64_t)7);
+    int64_t Q = H * d, KV = Hkv * d, slots = length + n, group = H / Hkv;
+    size_t floats = (size_t)m * (2 * D + Q + 2 * KV + Q + 2 * F) + (size_t)((slots + 7) & ~(int64_t)7);
     float *buffer = malloc(floats * sizeof(float));
     if (!buffer) return -1;
-    float *hidden = buffer, *x = hidden + rows * D, *q = x + rows * D, *k = q + rows * Q;
-    float *v = k + rows * KV, *att = v + rows * KV, *gate = att + rows * Q, *up = gate + rows * F;
-    float *scores = up + rows * F;
+    float *hidden = buffer, *x = hidden + m * D, *q = x + m * D, *k = q + m * Q;
+    float *v = k + m * KV, *att = v + m * KV, *gate = att + m * Q, *up = gate + m * F;
+    float *scores = up + m * F;
     const float *embed = weights[0], *cos = weights[2], *sin = weights[3];
-    for (int64_t r = 0; r < rows; r++) memcpy(hidden + r * D, embed + tokens[r] * D, D * sizeof(float));
+    for (int64_t t = 0; t < m; t++) memcpy(hidden + t * D, embed + tokens[t] * D, D * sizeof(float));
     for (int64_t l = 0; l < layers; l++) {
         const float *const *w = weights + 4 + 18 * l, *const *b = w + 11;
-        rms_norm(hidden, w[0], x, rows, D, eps);
-        dk_linear(x, w[1], b[0], q, rows, Q, D);
-        dk_linear(x, w[2], b[1], k, rows, KV, D);
-        dk_linear(x, w[3], b[2], v, rows, KV, D);
-        for (int64_t r = 0; r < rows; r++) {
-            const float *c = cos + positions[r] * d, *s = sin + positions[r] * d;
+        rms_norm(hidden, w[0], x, m, D, eps);
+        dk_linear(x, w[1], b[0], q, m, Q, D);
+        dk_linear(x, w[2], b[1], k, m, KV, D);
+        dk_linear(x, w[3], b[2], v, m, KV, D);
+        for (int64_t t = 0; t < m; t++) { /* rotary embedding, then the cache write */
+            int64_t r = t / n, slot = length + t % n;
+            const float *c = cos + positions[t] * d, *s = sin + positions[t] * d;
             for (int64_t h = 0; h < H; h++) {
-                float *qh = q + r * Q + h * d;
+                float *qh = q + t * Q + h * d;
                 if (qk_norm) rms_norm(qh, w[9], qh, 1, d, eps);
                 rotate(qh, c, s, d);
             }
             for (int64_t h = 0; h < Hkv; h++) {
-                float *kh = k + r * KV + h * d;
+                float *kh = k + t * KV + h * d;
                 if (qk_norm) rms_norm(kh, w[10], kh, 1, d, eps);
                 rotate(kh, c, s, d);
-                size_t slot = (((size_t)r * Hkv + h) * capacity + length) * d;
-                memcpy(keys[l] + slot, kh, d * sizeof(float));
-                memcpy(values[l] + slot, v + r * KV + h * d, d * sizeof(float));
-            }
-            const uint8_t *visible = mask ? mask + r * count : NULL;
-            for (int64_t h = 0; h < H; h++) {
-                size_t base = ((size_t)r * Hkv + h / group) * capacity * d;
-                dk_attend(q + r * Q + h * d, keys[l] + base, values[l] + base, visible, count, d, scale, scores, att + r * Q + h * d);
+                size_t at = (((size_t)r * Hkv + h) * capacity + slot) * d;
+                memcpy(keys[l] + at, kh, d * sizeof(float));
+                memcpy(values[l] + at, v + t * KV + h * d, d * sizeof(float));
             }
         }
-        dk_linear(att, w[4], b[3], x, rows, D, Q);
-        for (int64_t i = 0; i < rows * D; i++) hidden[i] += x[i];
-        rms_norm(hidden, w[5], x, rows, D, eps);
-        dk_linear(x, w[6], b[4], gate, rows, F, D);
-        dk_linear(x, w[7], b[5], up, rows, F, D);
-        int64_t i = 0, cells = rows * F; /* SiLU(gate) * up */
+        for (int64_t t = 0; t < m; t++) { /* every token of a row after all of them are written */
+            int64_t r = t / n;
+            const uint8_t *visible = mask ? mask + t * slots : NULL;
+            int64_t count = mask ? slots : length + t % n + 1;
+            for (int64_t h = 0; h < H; h++) {
+                size_t base = ((size_t)r * Hkv + h / group) * capacity * d;
+                dk_attend(q + t * Q + h * d, keys[l] + base, values[l] + base, visible, count, d, scale, scores, att + t * Q + h * d);
+            }
+        }
+        dk_linear(att, w[4], b[3], x, m, D, Q);
+        for (int64_t i = 0; i < m * D; i++) hidden[i] += x[i];
+        rms_norm(hidden, w[5], x, m, D, eps);
+        dk_linear(x, w[6], b[4], gate, m, F, D);
+        dk_linear(x, w[7], b[5], up, m, F, D);
+        int64_t i = 0, cells = m * F; /* SiLU(gate) * up */
         for (; i + 8 <= cells; i += 8) {
             __m256 g = _mm256_loadu_ps(gate + i), e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
             __m256 silu = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
             _mm256_storeu_ps(gate + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
         }
         for (; i < cells; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-        dk_linear(gate, w[8], b[6], x, rows, D, F);
-        for (int64_t i = 0; i < rows * D; i++) hidden[i] += x[i];
+        dk_linear(gate, w[8], b[6], x, m, D, F);
+        for (int64_t i = 0; i < m * D; i++) hidden[i] += x[i];
     }
-    rms_norm(hidden, weights[1], out, rows, D, eps);
+    rms_norm(hidden, weights[1], out, m, D, eps);
     free(buffer);
     return 0;
 }
+
 /* ---- a GPT-2 decoding step ---- */
 
 DK_TARGET static void layer_norm(const float *x, const float *w, const float *b, float *y, int64_t rows, int64_t n, float eps) {
@@ -136,47 +146,53 @@ DK_TARGET static void gelu_tanh(float *x, int64_t n) {
  * weights: wte, wpe, ln_f weight, ln_f bias, then per layer 12 pointers: ln_1 w, b, c_attn w
  *   (dim, 3 dim), b, attn c_proj w (dim, dim), b, ln_2 w, b, c_fc w (dim, ffn), b, mlp c_proj w
  *   (ffn, dim), b (Conv1D weights are (in, out))
- * keys, values, capacity, length, tokens, positions, mask, rows, out: as dk_llama_step
+ * keys, values, capacity, length, tokens, positions, mask, rows, n, out: as dk_llama_step
  * returns 0, -1 if out of memory, -2 if a token or position is outside its table */
 DK_TARGET int dk_gpt2_step(const int64_t *dims, const float *scalars, const float *const *weights,
                            float *const *keys, float *const *values, int64_t capacity, int64_t length,
                            const int64_t *tokens, const int64_t *positions, const uint8_t *mask,
-                           int64_t rows, float *out) {
-    int64_t layers = dims[0], D = dims[1], H = dims[2], F = dims[3], d = D / H, count = length + 1;
-    for (int64_t r = 0; r < rows; r++)
-        if (tokens[r] < 0 || tokens[r] >= dims[4] || positions[r] < 0 || positions[r] >= dims[5]) return -2;
+                           int64_t rows, int64_t n, float *out) {
+    int64_t layers = dims[0], D = dims[1], H = dims[2], F = dims[3], d = D / H, slots = length + n, m = rows * n;
+    for (int64_t t = 0; t < m; t++)
+        if (tokens[t] < 0 || tokens[t] >= dims[4] || positions[t] < 0 || positions[t] >= dims[5]) return -2;
     float eps = scalars[0], scale = scalars[1];
-    size_t floats = (size_t)rows * (3 * D + 3 * D + F) + (size_t)((count + 7) & ~(int64_t)7);
+    size_t floats = (size_t)m * (3 * D + 3 * D + F) + (size_t)((slots + 7) & ~(int64_t)7);
     float *buffer = malloc(floats * sizeof(float));
     if (!buffer) return -1;
-    float *hidden = buffer, *x = hidden + rows * D, *att = x + rows * D, *qkv = att + rows * D;
-    float *inner = qkv + rows * 3 * D, *scores = inner + rows * F;
+    float *hidden = buffer, *x = hidden + m * D, *att = x + m * D, *qkv = att + m * D;
+    float *inner = qkv + m * 3 * D, *scores = inner + m * F;
     const float *wte = weights[0], *wpe = weights[1];
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < D; i++) hidden[r * D + i] = wte[tokens[r] * D + i] + wpe[positions[r] * D + i];
+    for (int64_t t = 0; t < m; t++)
+        for (int64_t i = 0; i < D; i++) hidden[t * D + i] = wte[tokens[t] * D + i] + wpe[positions[t] * D + i];
     for (int64_t l = 0; l < layers; l++) {
         const float *const *w = weights + 4 + 12 * l;
-        layer_norm(hidden, w[0], w[1], x, rows, D, eps);
-        dk_linear_t(x, w[2], w[3], qkv, rows, 3 * D, D);
-        for (int64_t r = 0; r < rows; r++) {
-            const float *row = qkv + r * 3 * D;
-            const uint8_t *visible = mask ? mask + r * count : NULL;
+        layer_norm(hidden, w[0], w[1], x, m, D, eps);
+        dk_linear_t(x, w[2], w[3], qkv, m, 3 * D, D);
+        for (int64_t t = 0; t < m; t++) { /* the cache write */
+            const float *row = qkv + t * 3 * D;
             for (int64_t h = 0; h < H; h++) {
-                size_t base = ((size_t)r * H + h) * capacity * d;
-                memcpy(keys[l] + base + length * d, row + D + h * d, d * sizeof(float));
-                memcpy(values[l] + base + length * d, row + 2 * D + h * d, d * sizeof(float));
-                dk_attend(row + h * d, keys[l] + base, values[l] + base, visible, count, d, scale, scores, att + r * D + h * d);
+                size_t at = (((size_t)(t / n) * H + h) * capacity + length + t % n) * d;
+                memcpy(keys[l] + at, row + D + h * d, d * sizeof(float));
+                memcpy(values[l] + at, row + 2 * D + h * d, d * sizeof(float));
             }
         }
-        dk_linear_t(att, w[4], w[5], x, rows, D, D);
-        for (int64_t i = 0; i < rows * D; i++) hidden[i] += x[i];
-        layer_norm(hidden, w[6], w[7], x, rows, D, eps);
-        dk_linear_t(x, w[8], w[9], inner, rows, F, D);
-        gelu_tanh(inner, rows * F);
-        dk_linear_t(inner, w[10], w[11], x, rows, D, F);
-        for (int64_t i = 0; i < rows * D; i++) hidden[i] += x[i];
+        for (int64_t t = 0; t < m; t++) {
+            const uint8_t *visible = mask ? mask + t * slots : NULL;
+            int64_t count = mask ? slots : length + t % n + 1;
+            for (int64_t h = 0; h < H; h++) {
+                size_t base = ((size_t)(t / n) * H + h) * capacity * d;
+                dk_attend(qkv + t * 3 * D + h * d, keys[l] + base, values[l] + base, visible, count, d, scale, scores, att + t * D + h * d);
+            }
+        }
+        dk_linear_t(att, w[4], w[5], x, m, D, D);
+        for (int64_t i = 0; i < m * D; i++) hidden[i] += x[i];
+        layer_norm(hidden, w[6], w[7], x, m, D, eps);
+        dk_linear_t(x, w[8], w[9], inner, m, F, D);
+        gelu_tanh(inner, m * F);
+        dk_linear_t(inner, w[10], w[11], x, m, D, F);
+        for (int64_t i = 0; i < m * D; i++) hidden[i] += x[i];
     }
-    layer_norm(hidden, weights[2], weights[3], out, rows, D, eps);
+    layer_norm(hidden, weights[2], weights[3], out, m, D, eps);
     free(buffer);
     return 0;
 }

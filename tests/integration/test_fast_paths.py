@@ -131,7 +131,8 @@ def test_long_prompt_samples_same_with_and_without_sharing(monkeypatch, flash_ca
             assert lp_s == pytest.approx(lp_p, abs=1e-4)
 
 
-def test_large_vocabulary_head_matches_generate(monkeypatch):
+def test_large_vocabulary_head_matches_generate(monkeypatch, without_native):
+    # decodekit's kernels take such products where built; this is the path without them
     vocab = 16384  # x 256: 4M entries, weight first at 16..32 rows (4 prompts x 4 beams)
     model = tm.gpt2(vocab=vocab, dim=256, seed=2)
     used = []

@@ -146,10 +146,13 @@ class HFLanguageModel(BlockSteps, FusedSteps, CachedPrefills, MergingStates):
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Output projection of final hidden states ``(..., dim)`` -> float32 logits."""
         head = self.model.get_output_embeddings()
-        if output_head.applies(self._head, hidden.numel() // hidden.shape[-1]):
-            return output_head.weight_first_linear(head, hidden).float()
         step = self._lean_step()
-        few = step.project(head, hidden) if step is not None else None
+        native = step is not None and step.head is not None and step.head.native  # decodekit's kernel first
+        few = step.project(head, hidden) if native else None
+        if few is None and output_head.applies(self._head, hidden.numel() // hidden.shape[-1]):
+            return output_head.weight_first_linear(head, hidden).float()
+        if few is None and step is not None and not native:
+            few = step.project(head, hidden)
         return (few if few is not None else head(hidden)).float()
 
     @torch.inference_mode()

@@ -248,3 +248,71 @@ def test_the_kernel_verifies_draft_blocks_like_the_pytorch_step(name, native_cal
             m.advance(state, None, torch.tensor([7, 9]))
         torch.testing.assert_close(states[0].logits, states[1].logits, atol=5e-5, rtol=1e-5)
     assert native_calls == [2, 2, 2, 2]  # both blocks and both steps were the kernel's
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Sets the kernels' thread count (one or two) for a test, torch's left as it is, so that
+    only the kernels' sums can differ."""
+    lib = native.library()
+    monkeypatch.setattr(native, "follow_threads", lambda lib: None)
+    yield lib.dk_set_threads
+    lib.dk_set_threads(torch.get_num_threads())
+    native._threads[0] = torch.get_num_threads()
+
+
+@built
+@pytest.mark.parametrize("rows", [1, 5, 9, native.ROWS])
+def test_a_second_thread_changes_no_product(rows, threads):
+    # large enough to be split between the threads; 520 outputs: the halves end off a block
+    generator = torch.Generator().manual_seed(rows)
+    weight, bias = torch.randn(520, 300, generator=generator), torch.randn(520, generator=generator)
+    x = torch.randn(rows, 300, generator=generator)
+    threads(1)
+    alone = native.linear(x, weight, bias)
+    lib = native.library()
+    transposed, alone_t = weight.t().contiguous(), torch.empty(rows, 520)  # Conv1D's layout
+    lib.dk_linear_t(x.data_ptr(), transposed.data_ptr(), bias.data_ptr(), alone_t.data_ptr(), rows, 520, 300)
+    threads(2)
+    for _ in range(20):  # the worker between jobs: spinning, asleep, woken
+        assert torch.equal(native.linear(x, weight, bias), alone)
+        y = torch.empty(rows, 520)
+        lib.dk_linear_t(x.data_ptr(), transposed.data_ptr(), bias.data_ptr(), y.data_ptr(), rows, 520, 300)
+        assert torch.equal(y, alone_t)
+
+
+@built
+@pytest.mark.parametrize("model", [lambda: _llama(10, hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2),
+                                   lambda: _gpt2(11, n_embd=320, n_head=5)], ids=["llama", "gpt2"])
+def test_a_second_thread_changes_no_step(model, threads, native_calls):
+    model = model()
+    prompts = tm.prompts(3, 3, low=4, high=12)
+    decoder = decodekit.load(model)
+    runs = []
+    for count in (1, 2):
+        threads(count)
+        beam = decodekit.BeamSearch(num_beams=3, num_return_sequences=3)
+        runs.append([decoder.generate(p, beam, max_new_tokens=10, min_new_tokens=10) for p in prompts])
+    for one, two in zip(*runs):
+        assert [c.token_ids for c in one.sequences] == [c.token_ids for c in two.sequences]
+        assert [c.score for c in one.sequences] == [c.score for c in two.sequences]
+    assert native_calls
+
+
+@built
+def test_a_forked_process_computes_with_its_own_second_thread():
+    code = """
+import os, torch
+from decodekit import native
+torch.set_num_threads(2)
+x, w = torch.randn(4, 300), torch.randn(520, 300)
+want = native.linear(x, w, None)  # the parent's worker is running
+pid = os.fork()
+if pid == 0:
+    ok = all(torch.equal(native.linear(x, w, None), want) for _ in range(5))
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "0"

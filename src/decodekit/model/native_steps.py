@@ -85,6 +85,7 @@ class NativeStep:
         if len({b.shape[2] for pair in buffers for b in pair}) != 1 or any(not (b.is_contiguous() and b.dtype == torch.float32) for pair in buffers for b in pair):
             return None
         out = torch.empty(rows, n, self.dims[1])
+        native.follow_threads(self.lib)
         code = self.kernel(
             self.dims, self.scalars, weights, native.pointers([k for k, _ in buffers]), native.pointers([v for _, v in buffers]),
             buffers[0][0].shape[2], length, tokens.data_ptr(), positions.data_ptr(), 0 if mask is None else mask.data_ptr(), rows, n, out.data_ptr(),

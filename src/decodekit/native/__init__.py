@@ -52,7 +52,21 @@ def library() -> ctypes.CDLL | None:
     lib.dk_gpt2_step.restype = ctypes.c_int
     lib.dk_linear_t.argtypes = lib.dk_linear.argtypes
     lib.dk_linear_t.restype = None
+    lib.dk_set_threads.argtypes = [_size]
+    lib.dk_set_threads.restype = None
     return lib
+
+
+_threads = [1]
+
+
+def follow_threads(lib: ctypes.CDLL) -> None:
+    """Give large products a second thread when torch is set to more than one (the kernels
+    use at most two; each output is summed as with one)."""
+    count = torch.get_num_threads()
+    if count != _threads[0]:
+        lib.dk_set_threads(count)
+        _threads[0] = count
 
 
 def available() -> bool:
@@ -69,6 +83,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     if lib is None or x.dim() != 2 or rows > ROWS or not _plain(x, weight) or (bias is not None and not _plain(bias)):
         return None
     out = x.new_empty(rows, weight.shape[0])
+    follow_threads(lib)
     lib.dk_linear(x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), rows, weight.shape[0], weight.shape[1])
     return out
 

@@ -44,19 +44,19 @@ BLOCK(1, 8) BLOCK(1, 1) BLOCK(2, 4) BLOCK(2, 1) BLOCK(3, 3) BLOCK(3, 1)
 BLOCK(4, 2) BLOCK(4, 1) BLOCK(6, 2) BLOCK(6, 1) BLOCK(8, 1)
 
 #define SWEEP(R, O)                                                                            \
-    for (; o + O <= out; o += O) block_##R##_##O(xr, W, bias, yr, o, out, in);                  \
-    for (; o < out; o++) block_##R##_1(xr, W, bias, yr, o, out, in);                            \
+    for (; o + O <= end; o += O) block_##R##_##O(xr, W, bias, yr, o, out, in);                  \
+    for (; o < end; o++) block_##R##_1(xr, W, bias, yr, o, out, in);                            \
     break;
 
-/* x (rows, in), W (out, in), bias (out) or NULL, y (rows, out): all contiguous float32 */
-DK_TARGET void dk_linear(const float *x, const float *W, const float *bias, float *y,
-                         int64_t rows, int64_t out, int64_t in) {
+/* outputs [begin, end) of y = x W^T (+ bias) */
+DK_TARGET static void linear_range(const float *x, const float *W, const float *bias, float *y,
+                                   int64_t rows, int64_t out, int64_t in, int64_t begin, int64_t end) {
     for (int64_t r0 = 0; r0 < rows;) {
         int64_t left = rows - r0;
         int64_t R = left >= 8 ? 8 : left >= 6 ? 6 : left >= 4 ? 4 : left;
         const float *xr = x + r0 * in;
         float *yr = y + r0 * out;
-        int64_t o = 0;
+        int64_t o = begin;
         switch (R) {
         case 1: SWEEP(1, 8)
         case 2: SWEEP(2, 4)
@@ -64,10 +64,30 @@ DK_TARGET void dk_linear(const float *x, const float *W, const float *bias, floa
         case 4: SWEEP(4, 2)
         case 6: SWEEP(6, 2)
         default:
-            for (; o < out; o++) block_8_1(xr, W, bias, yr, o, out, in);
+            for (; o < end; o++) block_8_1(xr, W, bias, yr, o, out, in);
         }
         r0 += R;
     }
+}
+
+typedef struct {
+    const float *x, *W, *bias;
+    float *y;
+    int64_t rows, out, in, split;
+} Product;
+
+static void product_part(void *arg, int part) {
+    const Product *p = arg;
+    linear_range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, part ? p->split : 0, part ? p->out : p->split);
+}
+
+/* x (rows, in), W (out, in), bias (out) or NULL, y (rows, out): all contiguous float32. With
+ * two threads (dk_set_threads) a large product's outputs are split between them; each output
+ * is summed as with one. */
+void dk_linear(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in) {
+    Product p = {x, W, bias, y, rows, out, in, (out / 2 + 7) & ~(int64_t)7};
+    if (rows * out * in < (1 << 17) || out < 32 || !dk_parallel(product_part, &p))
+        linear_range(x, W, bias, y, rows, out, in, 0, out);
 }
 
 /* R rows, V vectors of 8 outputs from o0, W (in, out) */
@@ -96,32 +116,44 @@ DK_TARGET void dk_linear(const float *x, const float *W, const float *bias, floa
 TBLOCK(1, 8) TBLOCK(1, 1) TBLOCK(2, 4) TBLOCK(2, 1) TBLOCK(4, 2) TBLOCK(4, 1) TBLOCK(8, 1)
 
 #define TSWEEP(R, V)                                                                              \
-    for (; o + 8 * V <= out; o += 8 * V) tblock_##R##_##V(xr, W, bias, yr, o, out, in);            \
-    for (; o + 8 <= out; o += 8) tblock_##R##_1(xr, W, bias, yr, o, out, in);                      \
+    for (; o + 8 * V <= end; o += 8 * V) tblock_##R##_##V(xr, W, bias, yr, o, out, in);            \
+    for (; o + 8 <= end; o += 8) tblock_##R##_1(xr, W, bias, yr, o, out, in);                      \
     break;
 
-DK_TARGET void dk_linear_t(const float *x, const float *W, const float *bias, float *y,
-                           int64_t rows, int64_t out, int64_t in) {
+/* outputs [begin, end) of y = x W (+ bias), begin a multiple of 8 */
+DK_TARGET static void linear_t_range(const float *x, const float *W, const float *bias, float *y,
+                                     int64_t rows, int64_t out, int64_t in, int64_t begin, int64_t end) {
     for (int64_t r0 = 0; r0 < rows;) {
         int64_t left = rows - r0;
         int64_t R = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
         const float *xr = x + r0 * in;
         float *yr = y + r0 * out;
-        int64_t o = 0;
+        int64_t o = begin;
         switch (R) {
         case 1: TSWEEP(1, 8)
         case 2: TSWEEP(2, 4)
         case 4: TSWEEP(4, 2)
         default: TSWEEP(8, 1)
         }
-        for (int64_t r = 0; r < R; r++) /* the last out % 8 outputs, k in the same order */
-            for (int64_t c = o; c < out; c++) {
+        for (int64_t r = 0; r < R; r++) /* the last end % 8 outputs, k in the same order */
+            for (int64_t c = o; c < end; c++) {
                 float s = 0.0f;
                 for (int64_t k = 0; k < in; k++) s = fmaf(xr[r * in + k], W[k * out + c], s);
                 yr[r * out + c] = bias ? s + bias[c] : s;
             }
         r0 += R;
     }
+}
+
+static void product_t_part(void *arg, int part) {
+    const Product *p = arg;
+    linear_t_range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, part ? p->split : 0, part ? p->out : p->split);
+}
+
+void dk_linear_t(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in) {
+    Product p = {x, W, bias, y, rows, out, in, (out / 2 + 7) & ~(int64_t)7};
+    if (rows * out * in < (1 << 17) || out < 32 || !dk_parallel(product_t_part, &p))
+        linear_t_range(x, W, bias, y, rows, out, in, 0, out);
 }
 #else
 int dk_supported(void) { return 0; }

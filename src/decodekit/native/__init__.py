@@ -1,5 +1,5 @@
 """decodekit's own CPU kernels for few-row decoding steps (``products.c``, ``attention.c``,
-``steps.c``).
+``steps.c``; ``threads.c`` splits large products between torch's OpenMP threads).
 
 The C library is built with the package (an optional extension: where no C compiler is found,
 or the platform is not x86-64, the install goes on without it) and loaded with ctypes; it is
@@ -61,8 +61,8 @@ _threads = [1]
 
 
 def follow_threads(lib: ctypes.CDLL) -> None:
-    """Give large products a second thread when torch is set to more than one (the kernels
-    use at most two; each output is summed as with one)."""
+    """Split large products between as many threads as torch is set to (on torch's own OpenMP
+    threads; each output is summed as with one)."""
     count = torch.get_num_threads()
     if count != _threads[0]:
         lib.dk_set_threads(count)

@@ -46,9 +46,9 @@ DK_TARGET static inline __m256 exp8(__m256 x) {
 void dk_linear(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in);
 /* y = x W (+ bias): W (in, out) as transformers' Conv1D keeps it */
 void dk_linear_t(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in);
-/* fn(arg, 0) here and fn(arg, 1) on the second thread, both done on return; 0 (nothing run)
- * where one thread is set or the second is busy with another caller's work */
-int dk_parallel(void (*fn)(void *, int), void *arg);
+/* fn(arg, part, parts) for each part of a split into at most `most` parts, one per thread
+ * (dk_set_threads), all done on return */
+void dk_parallel(void (*fn)(void *, int, int), void *arg, int64_t most);
 /* one query's softmax(q . K^T * scale) V over slots [0, count) of one head (K, V: count x d) */
 void dk_attend(const float *q, const float *K, const float *V, const uint8_t *visible, int64_t count, int64_t d,
                float scale, float *scores, float *out);

@@ -73,21 +73,29 @@ DK_TARGET static void linear_range(const float *x, const float *W, const float *
 typedef struct {
     const float *x, *W, *bias;
     float *y;
-    int64_t rows, out, in, split;
+    int64_t rows, out, in;
 } Product;
 
-static void product_part(void *arg, int part) {
-    const Product *p = arg;
-    linear_range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, part ? p->split : 0, part ? p->out : p->split);
+/* where part `part` of `parts` begins: a multiple of 8 outputs */
+static int64_t boundary(int64_t out, int part, int parts) {
+    int64_t at = ((out * part / parts) + 7) & ~(int64_t)7;
+    return part == parts || at > out ? out : at;
 }
 
+static void product_part(void *arg, int part, int parts) {
+    const Product *p = arg;
+    linear_range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, boundary(p->out, part, parts), boundary(p->out, part + 1, parts));
+}
+
+/* products this large are split by outputs between the threads */
+#define SPLIT(rows, out, in) ((rows) * (out) * (in) >= (1 << 17) ? (out) / 16 : 1)
+
 /* x (rows, in), W (out, in), bias (out) or NULL, y (rows, out): all contiguous float32. With
- * two threads (dk_set_threads) a large product's outputs are split between them; each output
- * is summed as with one. */
+ * more than one thread (dk_set_threads) a large product's outputs are split between them;
+ * each output is summed as with one. */
 void dk_linear(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in) {
-    Product p = {x, W, bias, y, rows, out, in, (out / 2 + 7) & ~(int64_t)7};
-    if (rows * out * in < (1 << 17) || out < 32 || !dk_parallel(product_part, &p))
-        linear_range(x, W, bias, y, rows, out, in, 0, out);
+    Product p = {x, W, bias, y, rows, out, in};
+    dk_parallel(product_part, &p, SPLIT(rows, out, in));
 }
 
 /* R rows, V vectors of 8 outputs from o0, W (in, out) */
@@ -145,15 +153,14 @@ DK_TARGET static void linear_t_range(const float *x, const float *W, const float
     }
 }
 
-static void product_t_part(void *arg, int part) {
+static void product_t_part(void *arg, int part, int parts) {
     const Product *p = arg;
-    linear_t_range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, part ? p->split : 0, part ? p->out : p->split);
+    linear_t_range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, boundary(p->out, part, parts), boundary(p->out, part + 1, parts));
 }
 
 void dk_linear_t(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in) {
-    Product p = {x, W, bias, y, rows, out, in, (out / 2 + 7) & ~(int64_t)7};
-    if (rows * out * in < (1 << 17) || out < 32 || !dk_parallel(product_t_part, &p))
-        linear_t_range(x, W, bias, y, rows, out, in, 0, out);
+    Product p = {x, W, bias, y, rows, out, in};
+    dk_parallel(product_t_part, &p, SPLIT(rows, out, in));
 }
 #else
 int dk_supported(void) { return 0; }

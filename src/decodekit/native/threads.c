@@ -1,66 +1,33 @@
-/* A second thread for large products: one persistent worker that spins briefly between jobs
- * (a step's products follow each other within microseconds) and then sleeps. Work is handed
- * over only by one caller at a time (others compute alone), and a process forked after the
- * worker started (the serving engine's process) starts its own. */
+/* Threads for large products: the OpenMP team of the calling thread. The kernels are loaded
+ * after torch, whose OpenMP runtime (libgomp.so.1) is then the one linked here, so a product
+ * runs on the threads torch's own operations use (already spinning between a step's
+ * operations) rather than on a second pool competing with them for the cores. */
 #define _GNU_SOURCE
 #include "kernels.h"
 
-#ifdef DK_X86
-#include <pthread.h>
-#include <stdatomic.h>
+#ifdef _OPENMP
+#include <omp.h>
 #include <unistd.h>
+#endif
 
 static int threads = 1;
-static pid_t owner = 0; /* the process whose worker is running */
-static pthread_mutex_t dispatch = PTHREAD_MUTEX_INITIALIZER, sleeping = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
-static atomic_long posted, finished;
-static void (*job)(void *, int);
-static void *job_arg;
-
-void dk_set_threads(int64_t count) { threads = count > 1 ? 2 : 1; }
-
-static void *work(void *unused) {
-    (void)unused;
-    long seen = 0; /* posted is reset to 0 before the worker starts */
-    for (;;) {
-        long now;
-        int spins = 0;
-        while ((now = atomic_load(&posted)) == seen && ++spins < 20000) __builtin_ia32_pause();
-        if (now == seen) {
-            pthread_mutex_lock(&sleeping);
-            while ((now = atomic_load(&posted)) == seen) pthread_cond_wait(&wake, &sleeping);
-            pthread_mutex_unlock(&sleeping);
-        }
-        seen = now;
-        job(job_arg, 1);
-        atomic_store(&finished, now);
-    }
-    return NULL;
-}
-
-int dk_parallel(void (*fn)(void *, int), void *arg) {
-    if (threads < 2 || pthread_mutex_trylock(&dispatch) != 0) return 0;
-    if (owner != getpid()) { /* first use, or a forked child: the worker is not in this process */
-        pthread_t thread;
-        atomic_store(&posted, 0);
-        atomic_store(&finished, 0);
-        if (pthread_create(&thread, NULL, work, NULL) != 0) {
-            pthread_mutex_unlock(&dispatch);
-            return 0;
-        }
-        pthread_detach(thread);
-        owner = getpid();
-    }
-    job = fn;
-    job_arg = arg;
-    pthread_mutex_lock(&sleeping);
-    long ticket = atomic_fetch_add(&posted, 1) + 1;
-    pthread_cond_signal(&wake);
-    pthread_mutex_unlock(&sleeping);
-    fn(arg, 0);
-    while (atomic_load(&finished) != ticket) __builtin_ia32_pause();
-    pthread_mutex_unlock(&dispatch);
-    return 1;
-}
+#ifdef _OPENMP
+/* the process whose OpenMP threads ran a product: libgomp's threads do not survive a fork,
+ * and a team asked for in a forked child waits for them forever, so a child computes alone */
+static pid_t owner = 0;
 #endif
+
+void dk_set_threads(int64_t count) { threads = count > 1 ? (int)count : 1; }
+
+void dk_parallel(void (*fn)(void *, int, int), void *arg, int64_t most) {
+    int parts = threads < most ? threads : (int)most;
+#ifdef _OPENMP
+    if (parts > 1 && owner == 0) owner = getpid();
+    if (parts > 1 && owner == getpid()) {
+#pragma omp parallel num_threads(parts)
+        fn(arg, omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    fn(arg, 0, 1);
+}

@@ -98,14 +98,17 @@ void dk_linear(const float *x, const float *W, const float *bias, float *y, int6
     dk_parallel(product_part, &p, SPLIT(rows, out, in));
 }
 
-/* R rows, V vectors of 8 outputs from o0, W (in, out) */
+/* R rows, V vectors of 8 outputs from o0, W (in, out): the sums over k in [k0, k1), added to
+ * the partial sums in y unless k0 is 0, the bias added when k1 is in (each output's fused
+ * multiply-adds run in k's order, as in one pass) */
 #define TBLOCK(R, V)                                                                                 \
     DK_TARGET static void tblock_##R##_##V(const float *x, const float *W, const float *bias, float *y, \
-                                           int64_t o0, int64_t out, int64_t in) {                    \
+                                           int64_t o0, int64_t out, int64_t in, int64_t k0, int64_t k1) { \
         __m256 acc[R][V];                                                                            \
         for (int r = 0; r < R; r++)                                                                  \
-            for (int v = 0; v < V; v++) acc[r][v] = _mm256_setzero_ps();                             \
-        for (int64_t k = 0; k < in; k++) {                                                           \
+            for (int v = 0; v < V; v++)                                                              \
+                acc[r][v] = k0 ? _mm256_loadu_ps(y + r * out + o0 + 8 * v) : _mm256_setzero_ps();    \
+        for (int64_t k = k0; k < k1; k++) {                                                          \
             __m256 w[V];                                                                             \
             for (int v = 0; v < V; v++) w[v] = _mm256_loadu_ps(W + k * out + o0 + 8 * v);           \
             for (int r = 0; r < R; r++) {                                                            \
@@ -116,41 +119,48 @@ void dk_linear(const float *x, const float *W, const float *bias, float *y, int6
         for (int r = 0; r < R; r++)                                                                  \
             for (int v = 0; v < V; v++) {                                                            \
                 __m256 s = acc[r][v];                                                                \
-                if (bias) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + o0 + 8 * v));                  \
+                if (bias && k1 == in) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + o0 + 8 * v));      \
                 _mm256_storeu_ps(y + r * out + o0 + 8 * v, s);                                       \
             }                                                                                        \
     }
 
-TBLOCK(1, 8) TBLOCK(1, 1) TBLOCK(2, 4) TBLOCK(2, 1) TBLOCK(4, 2) TBLOCK(4, 1) TBLOCK(8, 1)
+TBLOCK(1, 8) TBLOCK(1, 1) TBLOCK(2, 4) TBLOCK(2, 1) TBLOCK(4, 2) TBLOCK(4, 1)
 
-#define TSWEEP(R, V)                                                                              \
-    for (; o + 8 * V <= end; o += 8 * V) tblock_##R##_##V(xr, W, bias, yr, o, out, in);            \
-    for (; o + 8 <= end; o += 8) tblock_##R##_1(xr, W, bias, yr, o, out, in);                      \
+#define TSWEEP(R, V)                                                                                   \
+    for (; o + 8 * V <= end; o += 8 * V) tblock_##R##_##V(xr, W, bias, yr, o, out, in, k0, k1);          \
+    for (; o + 8 <= end; o += 8) tblock_##R##_1(xr, W, bias, yr, o, out, in, k0, k1);                    \
     break;
+
+/* k is taken in chunks, each swept across every output: W's rows are then read along their
+ * length, not down a column (whose stride, at 1024 outputs, is 4 KiB and defeats the caches) */
+#define K_CHUNK 16
 
 /* outputs [begin, end) of y = x W (+ bias), begin a multiple of 8 */
 DK_TARGET static void linear_t_range(const float *x, const float *W, const float *bias, float *y,
                                      int64_t rows, int64_t out, int64_t in, int64_t begin, int64_t end) {
-    for (int64_t r0 = 0; r0 < rows;) {
-        int64_t left = rows - r0;
-        int64_t R = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-        const float *xr = x + r0 * in;
-        float *yr = y + r0 * out;
-        int64_t o = begin;
-        switch (R) {
-        case 1: TSWEEP(1, 8)
-        case 2: TSWEEP(2, 4)
-        case 4: TSWEEP(4, 2)
-        default: TSWEEP(8, 1)
-        }
-        for (int64_t r = 0; r < R; r++) /* the last end % 8 outputs, k in the same order */
-            for (int64_t c = o; c < end; c++) {
-                float s = 0.0f;
-                for (int64_t k = 0; k < in; k++) s = fmaf(xr[r * in + k], W[k * out + c], s);
-                yr[r * out + c] = bias ? s + bias[c] : s;
+    int64_t vectors = begin + ((end - begin) & ~(int64_t)7); /* outputs up to here in vectors of 8 */
+    for (int64_t k0 = 0; k0 < in; k0 += K_CHUNK) {
+        int64_t k1 = k0 + K_CHUNK < in ? k0 + K_CHUNK : in;
+        for (int64_t r0 = 0; r0 < rows;) {
+            int64_t left = rows - r0;
+            int64_t R = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            const float *xr = x + r0 * in;
+            float *yr = y + r0 * out;
+            int64_t o = begin;
+            switch (R) {
+            case 1: TSWEEP(1, 8)
+            case 2: TSWEEP(2, 4)
+            default: TSWEEP(4, 2)
             }
-        r0 += R;
+            r0 += R;
+        }
     }
+    for (int64_t r = 0; r < rows; r++) /* the last outputs short of a vector, k in the same order */
+        for (int64_t c = vectors; c < end; c++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < in; k++) s = fmaf(x[r * in + k], W[k * out + c], s);
+            y[r * out + c] = bias ? s + bias[c] : s;
+        }
 }
 
 static void product_t_part(void *arg, int part, int parts) {

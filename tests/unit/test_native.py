@@ -317,3 +317,33 @@ print(os.waitstatus_to_exitcode(status))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "0"
+
+
+@built
+@pytest.mark.parametrize("name", ["gqa, head dim 8", "qwen3 (q/k norms)", "gpt2, head dim 16"])
+def test_free_rows_left_out_of_a_step_are_as_the_pytorch_step_leaves_them(name, native_calls):
+    """A pool's free rows (``idle``): the kernel computes them on placeholder ids, then gives
+    them what the packed PyTorch pass does (zero logits, zero keys and values); the other
+    rows' logits equal the PyTorch step's at every step, as do the caches."""
+    model = MODELS[name]()
+    fast, plain = HFLanguageModel(model), HFLanguageModel(model)
+    plain._step.native = None
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, tm.VOCAB, (n,), generator=generator).tolist() for n in (6, 11, 4, 8)]
+    states = [m.start(prompts, 16) for m in (fast, plain)]
+    for step in range(12):
+        idle = torch.tensor([step % 4, (step + 2) % 4]) if step % 3 else None
+        tokens = torch.randint(3, tm.VOCAB, (4,), generator=generator)
+        if idle is not None:
+            tokens[idle] = -1  # never read: the kernel must not look them up
+        for m, state in zip((fast, plain), states):
+            m.advance(state, None, tokens, idle=idle)
+        busy = torch.ones(4, dtype=torch.bool)
+        if idle is not None:
+            busy[idle] = False
+            assert not states[0].logits[~busy].any()
+        torch.testing.assert_close(states[0].logits[busy], states[1].logits[busy], atol=5e-5, rtol=1e-5)
+    for a, b in zip(states[0].extra["cache"].layers, states[1].extra["cache"].layers):
+        torch.testing.assert_close(a.keys, b.keys, atol=5e-5, rtol=1e-5)
+        torch.testing.assert_close(a.values, b.values, atol=5e-5, rtol=1e-5)
+    assert native_calls == [4] * 12

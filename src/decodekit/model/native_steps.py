@@ -56,10 +56,13 @@ class NativeStep:
         """The final normed hidden states ``(rows, n, dim)`` of a step ``part`` (``(tokens,
         positions, cache, mask, plan)``: a token per row, or a speculative block of ``n``), the
         cache advanced by ``n`` slots; None (nothing done) where the kernel does not serve it."""
-        if len(part) != 5:
+        if len(part) not in (5, 6):
             return None
-        tokens, positions, cache, mask, plan = part
+        tokens, positions, cache, mask, plan = part[:5]
         rows, n = tokens.shape
+        idle = _idle(part[5], rows, n) if len(part) == 6 else None
+        if idle is False:
+            return None
         layers = getattr(cache, "layers", None)
         if rows * n > native.STEP_TOKENS or plan is not None or not layers or len(layers) != self.dims[0]:
             return None
@@ -74,6 +77,8 @@ class NativeStep:
             if mask is None:
                 return None
         tokens, positions = tokens.contiguous(), positions.contiguous()
+        if idle is not None:  # rows nobody reads (a pool's free slots): any ids the tables hold
+            tokens, positions = tokens.index_fill(0, idle, 0), positions.index_fill(0, idle, 0)
         self._prepare(positions)
         weights = self._weight_array()
         if weights is None:
@@ -94,10 +99,27 @@ class NativeStep:
             raise IndexError("a token id or position is outside the model's embedding tables")
         if code != 0:
             raise MemoryError("decodekit's native step could not allocate its buffers")
+        if idle is not None:  # as the packed PyTorch pass leaves them: zero results, keys and values
+            out.index_fill_(0, idle, 0.0)
+            for keys, values in buffers:
+                keys[idle, :, length] = 0.0
+                values[idle, :, length] = 0.0
         for layer in layers:
             layer.length = length + n
             layer._refresh_views()
         return out
+
+
+def _idle(active: torch.Tensor | None, rows: int, n: int) -> torch.Tensor | None | bool:
+    """The rows outside a one-token part's ``active`` tokens (None: every row is active);
+    False where the kernel does not take the part (a block with some tokens inactive)."""
+    if active is None or len(active) == rows * n:
+        return None
+    if n != 1:
+        return False
+    idle = torch.ones(rows, dtype=torch.bool)
+    idle[active] = False
+    return idle.nonzero().squeeze(1)
 
 
 def _visible(mask: torch.Tensor, rows: int, n: int, slots: int) -> torch.Tensor | None:

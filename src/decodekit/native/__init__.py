@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 ROWS = 32  # products of at most this many rows use the kernel (more: the BLAS, faster from ~48 rows)
-STEP_TOKENS = 32  # a whole step in one kernel call for at most this many tokens (rows x block)
+STEP_TOKENS = 48  # a whole step in one kernel call for at most this many tokens (rows x block; a 32-token draft and its root fit)
 
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
 

@@ -58,12 +58,21 @@ def library() -> ctypes.CDLL | None:
 
 
 _threads = [1]
+_forked = [False]  # this process is a fork's child: OpenMP's threads did not come with it
+
+
+def _mark_forked() -> None:
+    _forked[0] = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 
 
 def follow_threads(lib: ctypes.CDLL) -> None:
     """Split large products between as many threads as torch is set to (on torch's own OpenMP
-    threads; each output is summed as with one)."""
-    count = torch.get_num_threads()
+    threads; each output is summed as with one). A forked child computes on one: libgomp's
+    threads do not survive a fork, and a team asked for there can wait for them forever."""
+    count = 1 if _forked[0] else torch.get_num_threads()
     if count != _threads[0]:
         lib.dk_set_threads(count)
         _threads[0] = count

@@ -70,7 +70,12 @@ DK_TARGET static void linear_range(const float *x, const float *W, const float *
     }
 }
 
+/* outputs [begin, end) of a product, in one of the two weight layouts */
+typedef void (*Range)(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in,
+                      int64_t begin, int64_t end);
+
 typedef struct {
+    Range range;
     const float *x, *W, *bias;
     float *y;
     int64_t rows, out, in;
@@ -84,18 +89,20 @@ static int64_t boundary(int64_t out, int part, int parts) {
 
 static void product_part(void *arg, int part, int parts) {
     const Product *p = arg;
-    linear_range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, boundary(p->out, part, parts), boundary(p->out, part + 1, parts));
+    p->range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, boundary(p->out, part, parts), boundary(p->out, part + 1, parts));
 }
 
-/* products this large are split by outputs between the threads */
-#define SPLIT(rows, out, in) ((rows) * (out) * (in) >= (1 << 17) ? (out) / 16 : 1)
+/* A product on as many threads as are set (dk_set_threads), its outputs split between them
+ * where it has at least 2^17 multiply-adds (smaller ones cost more to hand over than they
+ * take), at most one part per 16 outputs; each output is summed as with one thread. */
+static void product(Range range, const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in) {
+    Product p = {range, x, W, bias, y, rows, out, in};
+    dk_parallel(product_part, &p, rows * out * in >= (1 << 17) ? out / 16 : 1);
+}
 
-/* x (rows, in), W (out, in), bias (out) or NULL, y (rows, out): all contiguous float32. With
- * more than one thread (dk_set_threads) a large product's outputs are split between them;
- * each output is summed as with one. */
+/* x (rows, in), W (out, in), bias (out) or NULL, y (rows, out): all contiguous float32 */
 void dk_linear(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in) {
-    Product p = {x, W, bias, y, rows, out, in};
-    dk_parallel(product_part, &p, SPLIT(rows, out, in));
+    product(linear_range, x, W, bias, y, rows, out, in);
 }
 
 /* R rows, V vectors of 8 outputs from o0, W (in, out): the sums over k in [k0, k1), added to
@@ -163,14 +170,8 @@ DK_TARGET static void linear_t_range(const float *x, const float *W, const float
         }
 }
 
-static void product_t_part(void *arg, int part, int parts) {
-    const Product *p = arg;
-    linear_t_range(p->x, p->W, p->bias, p->y, p->rows, p->out, p->in, boundary(p->out, part, parts), boundary(p->out, part + 1, parts));
-}
-
 void dk_linear_t(const float *x, const float *W, const float *bias, float *y, int64_t rows, int64_t out, int64_t in) {
-    Product p = {x, W, bias, y, rows, out, in};
-    dk_parallel(product_t_part, &p, SPLIT(rows, out, in));
+    product(linear_t_range, x, W, bias, y, rows, out, in);
 }
 #else
 int dk_supported(void) { return 0; }

@@ -40,29 +40,40 @@ int dk_supported(void) {
             }                                                                                  \
     }
 
-BLOCK(1, 8) BLOCK(1, 1) BLOCK(2, 4) BLOCK(2, 1) BLOCK(3, 3) BLOCK(3, 1)
-BLOCK(4, 2) BLOCK(4, 1) BLOCK(6, 2) BLOCK(6, 1) BLOCK(8, 1)
+BLOCK(1, 8) BLOCK(1, 1) BLOCK(2, 4) BLOCK(2, 1) BLOCK(3, 1) BLOCK(4, 1) BLOCK(5, 1) BLOCK(6, 1)
+BLOCK(7, 1) BLOCK(8, 1)
 
+/* Subtle: from three rows on, a block takes one output at a time, so the weights are read as
+ * one stream along their rows (several outputs at once, several streams, were up to 2.5x
+ * slower where the weights come from memory, as they do in a whole step); one or two rows
+ * take several outputs, or the adds would wait on each other. */
 #define SWEEP(R, O)                                                                            \
     for (; o + O <= end; o += O) block_##R##_##O(xr, W, bias, yr, o, out, in);                  \
     for (; o < end; o++) block_##R##_1(xr, W, bias, yr, o, out, in);                            \
     break;
 
+/* rows per block: all of them up to BLOCK_ROWS, else as few passes over the weights as that
+ * allows, evenly filled (12 rows: 6 + 6, not 8 + 4); more rows per block were slower here */
+#define BLOCK_ROWS 8
+
 /* outputs [begin, end) of y = x W^T (+ bias) */
 DK_TARGET static void linear_range(const float *x, const float *W, const float *bias, float *y,
                                    int64_t rows, int64_t out, int64_t in, int64_t begin, int64_t end) {
+    int64_t passes = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
     for (int64_t r0 = 0; r0 < rows;) {
-        int64_t left = rows - r0;
-        int64_t R = left >= 8 ? 8 : left >= 6 ? 6 : left >= 4 ? 4 : left;
+        int64_t left = rows - r0, R = (left + passes - 1) / passes;
+        passes--;
         const float *xr = x + r0 * in;
         float *yr = y + r0 * out;
         int64_t o = begin;
         switch (R) {
         case 1: SWEEP(1, 8)
         case 2: SWEEP(2, 4)
-        case 3: SWEEP(3, 3)
-        case 4: SWEEP(4, 2)
-        case 6: SWEEP(6, 2)
+        case 3: SWEEP(3, 1)
+        case 4: SWEEP(4, 1)
+        case 5: SWEEP(5, 1)
+        case 6: SWEEP(6, 1)
+        case 7: SWEEP(7, 1)
         default:
             for (; o < end; o++) block_8_1(xr, W, bias, yr, o, out, in);
         }

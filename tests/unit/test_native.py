@@ -49,7 +49,7 @@ def test_the_kernels_can_be_switched_off():
 
 
 @built
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, native.ROWS])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 17, native.ROWS])
 @pytest.mark.parametrize("shape", [(48, 16), (16, 48), (37, 29), (5, 256), (256, 704)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_products_equal_f_linear(rows, shape, bias):

@@ -32,10 +32,20 @@ class NativeStep:
         self.lib = native.library()
         self.kernel = getattr(self.lib, self.function)
         self._weights: tuple[list[int], ctypes.Array] | None = None
+        self._places: list[tuple[dict, str]] | None = None
+
+    def _slots(self) -> list[tuple[dict, str]]:
+        """Where each weight is read from, in the kernel's order: a ``(namespace, name)`` pair
+        (a module's parameter dict, or an object's ``__dict__``), so a parameter replaced on
+        its module is seen at the next step; an entry None is a pointer the kernel takes as
+        absent."""
+        raise NotImplementedError
 
     def _tensors(self) -> list[torch.Tensor | None]:
         """The weights in the kernel's order (None: a pointer the kernel takes as absent)."""
-        raise NotImplementedError
+        if self._places is None:
+            self._places = self._slots()
+        return [space[name] for space, name in self._places]
 
     def _weight_array(self) -> ctypes.Array | None:
         """The C array of the step's weight pointers (remade when a tensor moved), or None
@@ -160,16 +170,21 @@ class NativeLlamaStep(NativeStep):
     def _prepare(self, positions: torch.Tensor) -> None:
         self.step._rotary(positions.reshape(-1)[:1], int(positions.max()) + 1)  # the table covers every position
 
-    def _tensors(self) -> list[torch.Tensor | None]:
+    def _slots(self) -> list[tuple[dict, str]]:
         step = self.step
-        cos, sin = step._table
-        tensors = [step.embed, step.final_norm, cos, sin]
+        slots = [_place(step, "embed"), _place(step, "final_norm"), None, None]  # the rotary table: read each step
         for x in step.layers:
             linears = (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)
-            q, k, v, o, gate, up, down = (_weight(m) for m in linears)
-            tensors += [x.input_norm, q, k, v, o, x.post_norm, gate, up, down, x.q_norm, x.k_norm]
-            tensors += [_weight(m, "bias") for m in linears]
-        return tensors
+            q, k, v, o, gate, up, down = (_place(m, "weight") for m in linears)
+            slots += [_place(x, "input_norm"), q, k, v, o, _place(x, "post_norm"), gate, up, down, _place(x, "q_norm"), _place(x, "k_norm")]
+            slots += [_place(m, "bias") for m in linears]
+        return slots
+
+    def _tensors(self) -> list[torch.Tensor | None]:
+        if self._places is None:
+            self._places = self._slots()
+        tensors = [space[name] for space, name in self._places[:2]] + list(self.step._table)
+        return tensors + [space[name] for space, name in self._places[4:]]
 
 
 class NativeGPT2Step(NativeStep):
@@ -189,13 +204,25 @@ class NativeGPT2Step(NativeStep):
         lib = native.library()
         return cls(step) if lib is not None and lib.dk_attends(step.head_dim) else None
 
-    def _tensors(self) -> list[torch.Tensor | None]:
+    def _slots(self) -> list[tuple[dict, str]]:
         step = self.step
-        tensors = [step.embed, step.position_table, _weight(step.final), _weight(step.final, "bias")]
+        slots = [_place(step, "embed"), _place(step, "position_table"), _place(step.final, "weight"), _place(step.final, "bias")]
         for b in step.blocks:
             for m in (b.ln1, b.qkv, b.proj, b.ln2, b.fc, b.out):
-                tensors += [_weight(m), _weight(m, "bias")]
-        return tensors
+                slots += [_place(m, "weight"), _place(m, "bias")]
+        return slots
+
+
+def _place(owner, name: str) -> tuple[dict, str]:
+    """Where ``owner.name`` is read each step: a module's parameter dict when it is a
+    parameter there, else the object's ``__dict__``; a value found neither way (a property) is
+    read now, once."""
+    parameters = getattr(owner, "_parameters", None)
+    if parameters is not None and name in parameters:
+        return parameters, name
+    if name in vars(owner):
+        return vars(owner), name
+    return {name: getattr(owner, name)}, name
 
 
 def _weight(linear: torch.nn.Linear, name: str = "weight") -> torch.Tensor | None:

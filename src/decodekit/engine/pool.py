@@ -193,11 +193,10 @@ class RowPool:
         stuck = None
         if self.min_new_any:  # as MinNewTokens: no EOS before a row's minimum length
             early = self.t < self.min_new
-            logits = logits.clone()
-            logits[:, self.eos] = logits[:, self.eos].masked_fill(early[:, None], -float("inf"))
+            logits = logits.masked_fill(early[:, None] & self._eos_columns(logits.shape[1]), -float("inf"))
             logprobs = logits.log_softmax(-1)
             stuck = logprobs[:, 0].isnan() & ~nonfinite  # only EOS was possible
-        rows = torch.arange(self.rows, device=self.device)
+        rows = self._arange()
         sampled = self.sampled_rows
         if sampled == 0:
             tokens = logits.max(-1).indices  # the first maximum, as argmax; faster on the CPU
@@ -217,9 +216,10 @@ class RowPool:
             self.finished |= stuck
         running = ~self.finished
         tokens = tokens.masked_fill(self.finished, self.pad)
-        self.tokens[rows, self.t] = tokens
-        chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
-        self.logprobs[rows, self.t] = chosen.masked_fill(self.finished, 0.0)
+        at = self.t[:, None]
+        self.tokens.scatter_(1, at, tokens[:, None])
+        chosen = logprobs.gather(1, tokens[:, None])
+        self.logprobs.scatter_(1, at, chosen.masked_fill(self.finished[:, None], 0.0))
         if self.top_n:
             values, ids = torch.topk(logprobs, self.top_n, dim=-1)
             self.top_values[rows, self.t], self.top_ids[rows, self.t] = values, ids
@@ -237,6 +237,22 @@ class RowPool:
         self.step_tokens = tokens
         self._running_before = running
         return torch.cat([nonfinite, self.finished])
+
+    def _arange(self) -> torch.Tensor:
+        """``arange(rows)``, made again only when the rows change."""
+        cached = self.__dict__.get("_rows_index")
+        if cached is None or cached.shape[0] != self.rows:
+            cached = self._rows_index = torch.arange(self.rows, device=self.device)
+        return cached
+
+    def _eos_columns(self, vocab: int) -> torch.Tensor:
+        """``(vocab,)`` bool: the EOS ids' columns."""
+        cached = self.__dict__.get("_eos_mask")
+        if cached is None or cached.shape[0] != vocab:
+            cached = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+            cached[self.eos[self.eos < vocab]] = True
+            self._eos_mask = cached
+        return cached
 
     def _stop_hits(self) -> torch.Tensor:
         """``(rows,)``: rows whose generated text now holds one of their request's stop

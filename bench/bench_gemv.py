@@ -3,6 +3,7 @@ streams memory at all: the floor of a one-row decoding step.
 
     python bench/bench_gemv.py                 # 1 thread, the embedded model's shapes
     python bench/bench_gemv.py --threads 2
+    python bench/bench_gemv.py --rows 1 2 3 4 5 6 7 8   # the row counts of speculative blocks
 
 A one-token step of a small model reads every weight once (``rows`` = 1): it is bound by how
 fast the weights come from memory, not by arithmetic. This bench times, for the embedded
@@ -10,7 +11,7 @@ model's projection shapes (every layer's q, k, v, o, gate, up, down and the outp
 a distinct tensor so nothing stays in cache), a chain of products ``x @ W.T`` through
 ``F.linear`` (MKL here), from ``(in, out)`` copies of the weights, through oneDNN's ``_linear_pointwise`` (plain and with weights packed
 for it) and through decodekit's own kernel (:mod:`decodekit.native`, where built; up to 32 rows), against a plain sum over a buffer of the same size (the memory's streaming rate).
-Prints GB/s of weights per second and each form's time per chain, for 1, 8 and 32 rows. Nothing
+Prints GB/s of weights per second and each form's time per chain, for 1, 8 and 32 rows (``--rows``). Nothing
 is asserted.
 """
 
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -63,7 +65,7 @@ def main() -> None:
     print(f"sum over {total / 1e6:.1f} MB: {1e3 * stream:.2f} ms, {total / stream / 1e9:.1f} GB/s\n")
     print("| rows | form | ms per chain | GB/s of weights | vs sum |")
     print("|---:|---|---:|---:|---:|")
-    for rows in (1, 8, 32):  # the kernel serves up to decodekit.native.ROWS
+    for rows in args.rows:  # the kernel serves up to decodekit.native.ROWS
         inputs = {k: torch.randn(rows, k) for k in {w.shape[1] for w in weights}}
         packed = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights]
         def mkl(inputs=inputs):

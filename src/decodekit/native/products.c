@@ -40,13 +40,13 @@ int dk_supported(void) {
             }                                                                                  \
     }
 
-BLOCK(1, 8) BLOCK(1, 1) BLOCK(2, 4) BLOCK(2, 1) BLOCK(3, 1) BLOCK(4, 1) BLOCK(5, 1) BLOCK(6, 1)
+BLOCK(1, 8) BLOCK(1, 1) BLOCK(2, 1) BLOCK(3, 1) BLOCK(4, 1) BLOCK(5, 1) BLOCK(6, 1)
 BLOCK(7, 1) BLOCK(8, 1)
 
-/* Subtle: from three rows on, a block takes one output at a time, so the weights are read as
+/* Subtle: from two rows on, a block takes one output at a time, so the weights are read as
  * one stream along their rows (several outputs at once, several streams, were up to 2.5x
- * slower where the weights come from memory, as they do in a whole step); one or two rows
- * take several outputs, or the adds would wait on each other. */
+ * slower where the weights come from memory, as they do in a whole step); one row takes 8
+ * outputs, or its adds would wait on each other. */
 #define SWEEP(R, O)                                                                            \
     for (; o + O <= end; o += O) block_##R##_##O(xr, W, bias, yr, o, out, in);                  \
     for (; o < end; o++) block_##R##_1(xr, W, bias, yr, o, out, in);                            \
@@ -68,7 +68,7 @@ DK_TARGET static void linear_range(const float *x, const float *W, const float *
         int64_t o = begin;
         switch (R) {
         case 1: SWEEP(1, 8)
-        case 2: SWEEP(2, 4)
+        case 2: SWEEP(2, 1)
         case 3: SWEEP(3, 1)
         case 4: SWEEP(4, 1)
         case 5: SWEEP(5, 1)

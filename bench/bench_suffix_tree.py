@@ -99,7 +99,7 @@ def main() -> None:
         ratio = suffix_us / forwards[at]
         print(
             f"| {length} | {build:.2f} | {suffix_us:.0f} | {ngram_us:.0f} | {forwards[at]:.0f} "
-            f"| {100 * ratio:.1f}% {'(<= 10%)' if ratio <= 0.1 else '(> 10%)'} |"
+            f"| {100 * ratio:.1f}% {'(<= 3%)' if ratio <= 0.03 else '(> 3%)'} |"
         )
 
 

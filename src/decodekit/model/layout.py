@@ -15,6 +15,11 @@ the model decoded. The products equal ``F.linear``'s up to float rounding.
 Where decodekit's own kernels are built and the CPU runs them (:mod:`decodekit.native`), they
 take the products of up to :data:`decodekit.native.ROWS` rows from the modules' own weights,
 faster than either layout through the BLAS, and no copies are made.
+
+Larger products (a prefill, a step of many rows) go through oneDNN instead of MKL where the CPU
+has AVX-512 (:data:`ONEDNN`): MKL does not use AVX-512 on the AMD CPUs measured, oneDNN does,
+and took about half MKL's time there from 33 rows on (``python bench/bench_gemv.py --rows 64
+512`` shows both). Elsewhere they stay with ``F.linear``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from decodekit import native
 # Llama: 340 MB); larger models' steps read the modules' own weights
 BUDGET = 512 << 20
 ROWS = 4  # the copies serve products of at most this many rows
+# larger products through oneDNN (torch's mkldnn linear) on CPUs with AVX-512; the capability
+# torch dispatches with (``ATEN_CPU_CAPABILITY`` lowers it), read once
+ONEDNN = torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 class Projections:
@@ -69,7 +77,19 @@ class Projections:
                 return out
         entry = self._copies[index] if self.copied and x.shape[0] <= ROWS else None
         if entry is None:
+            if ONEDNN and x.shape[0] > native.ROWS and _onednn_ready(x, module):
+                return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, "none", [], "")
             return F.linear(x, module.weight, module.bias)
         if module.bias is None:
             return x @ entry[2]
         return torch.addmm(module.bias, x, entry[2])
+
+
+def _onednn_ready(x: torch.Tensor, module: torch.nn.Linear) -> bool:
+    """Whether oneDNN's linear takes this product as ``F.linear`` would: float32 on the CPU, a
+    2D input, no autograd."""
+    weight, bias = module.weight, module.bias
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return x.dim() == 2 and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) and not (
+        torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    )

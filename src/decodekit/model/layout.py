@@ -17,8 +17,8 @@ take the products of up to :data:`decodekit.native.ROWS` rows from the modules' 
 faster than either layout through the BLAS, and no copies are made.
 
 Larger products (a prefill, a step of many rows) go through oneDNN instead of MKL where the CPU
-has AVX-512 (:data:`ONEDNN`): MKL does not use AVX-512 on the AMD CPUs measured, oneDNN does,
-and took about half MKL's time there from 33 rows on (``python bench/bench_gemv.py --rows 64
+has AVX-512 (:data:`ONEDNN`): on the AMD CPU measured oneDNN ran at more than AVX2's peak rate
+and MKL well below it, and oneDNN took about half MKL's time from 33 rows on (``python bench/bench_gemv.py --rows 64
 512`` shows both). Elsewhere they stay with ``F.linear``.
 """
 
@@ -86,10 +86,6 @@ class Projections:
 
 
 def _onednn_ready(x: torch.Tensor, module: torch.nn.Linear) -> bool:
-    """Whether oneDNN's linear takes this product as ``F.linear`` would: float32 on the CPU, a
-    2D input, no autograd."""
-    weight, bias = module.weight, module.bias
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    return x.dim() == 2 and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) and not (
-        torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    )
+    """Whether oneDNN's linear takes this product as ``F.linear`` would."""
+    bias = module.bias
+    return x.dim() == 2 and native.plain(x, module.weight) and (bias is None or native.plain(bias))

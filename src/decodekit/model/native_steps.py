@@ -36,9 +36,9 @@ class NativeStep:
 
     def _slots(self) -> list[tuple[dict, str]]:
         """Where each weight is read from, in the kernel's order: a ``(namespace, name)`` pair
-        (a module's parameter dict, or an object's ``__dict__``), so a parameter replaced on
-        its module is seen at the next step; an entry None is a pointer the kernel takes as
-        absent."""
+        (a module's parameter or buffer dict, or an object's ``__dict__``, see :func:`_place`),
+        so a parameter replaced on its module is seen at the next step; a value None is a
+        pointer the kernel takes as absent."""
         raise NotImplementedError
 
     def _tensors(self) -> list[torch.Tensor | None]:
@@ -172,7 +172,7 @@ class NativeLlamaStep(NativeStep):
 
     def _slots(self) -> list[tuple[dict, str]]:
         step = self.step
-        slots = [_place(step, "embed"), _place(step, "final_norm"), None, None]  # the rotary table: read each step
+        slots = [_place(step, "embed"), _place(step, "final_norm"), _LATER, _LATER]  # the rotary table: _tensors
         for x in step.layers:
             linears = (x.q, x.k, x.v, x.o, x.gate, x.up, x.down)
             q, k, v, o, gate, up, down = (_place(m, "weight") for m in linears)
@@ -181,10 +181,9 @@ class NativeLlamaStep(NativeStep):
         return slots
 
     def _tensors(self) -> list[torch.Tensor | None]:
-        if self._places is None:
-            self._places = self._slots()
-        tensors = [space[name] for space, name in self._places[:2]] + list(self.step._table)
-        return tensors + [space[name] for space, name in self._places[4:]]
+        tensors = super()._tensors()
+        tensors[2:4] = self.step._table  # remade as positions grow
+        return tensors
 
 
 class NativeGPT2Step(NativeStep):
@@ -213,13 +212,16 @@ class NativeGPT2Step(NativeStep):
         return slots
 
 
+_LATER = ({"later": None}, "later")  # a slot a subclass's _tensors fills each step
+
+
 def _place(owner, name: str) -> tuple[dict, str]:
-    """Where ``owner.name`` is read each step: a module's parameter dict when it is a
-    parameter there, else the object's ``__dict__``; a value found neither way (a property) is
-    read now, once."""
-    parameters = getattr(owner, "_parameters", None)
-    if parameters is not None and name in parameters:
-        return parameters, name
+    """Where ``owner.name`` is read each step: a module's parameter or buffer dict when it is
+    one there, else the object's ``__dict__``; a value found none of these ways (a property)
+    is read now, once."""
+    for space in (getattr(owner, "_parameters", None), getattr(owner, "_buffers", None)):
+        if space is not None and name in space:
+            return space, name
     if name in vars(owner):
         return vars(owner), name
     return {name: getattr(owner, name)}, name

@@ -89,7 +89,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     the CPU; autograd wanted)."""
     lib = library()
     rows = x.shape[0]
-    if lib is None or x.dim() != 2 or rows > ROWS or not _plain(x, weight) or (bias is not None and not _plain(bias)):
+    if lib is None or x.dim() != 2 or rows > ROWS or not plain(x, weight) or (bias is not None and not plain(bias)):
         return None
     out = x.new_empty(rows, weight.shape[0])
     follow_threads(lib)
@@ -102,7 +102,9 @@ def pointers(tensors: list[torch.Tensor | None]) -> ctypes.Array:
     return (_pointer * len(tensors))(*[0 if t is None else t.data_ptr() for t in tensors])
 
 
-def _plain(*tensors: torch.Tensor) -> bool:
+def plain(*tensors: torch.Tensor) -> bool:
+    """Whether the tensors are what the kernels (and oneDNN's linear) take: contiguous float32
+    on the CPU, no autograd wanted."""
     return all(
         t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() and not (t.requires_grad and torch.is_grad_enabled())
         for t in tensors

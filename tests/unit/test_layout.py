@@ -91,3 +91,57 @@ def test_a_model_edited_after_loading_decodes_as_edited(one_thread):
     want = reference()
     assert want != before  # the edit changes what the model says
     assert decoder.generate(prompt[0], max_new_tokens=8, min_new_tokens=8).best.token_ids == want
+
+
+onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """oneDNN's linear switched on for the layout (as on an AVX-512 CPU); the row counts of the
+    products it took."""
+    from decodekit.model import layout as layout_module
+
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+
+    class Counting:  # torch.ops.mkldnn's ops cannot be patched one by one: a stand-in
+        def _linear_pointwise(self, *args):
+            calls.append(args[0].shape[0])
+            return real(*args)
+
+    monkeypatch.setattr(layout_module, "ONEDNN", True)
+    monkeypatch.setattr(torch.ops, "mkldnn", Counting(), raising=False)
+    return calls
+
+
+@onednn
+@pytest.mark.parametrize("rows", [33, 200])
+def test_large_products_through_onednn_equal_the_modules(rows, onednn_calls):
+    linears = _linears()
+    layout = Projections(linears)
+    layout.refresh()
+    for index, module in enumerate(linears):
+        x = torch.randn(rows, module.in_features)
+        with torch.inference_mode():  # as the lean steps run
+            got, want = layout(x, index), F.linear(x, module.weight, module.bias)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            # a strided input goes to F.linear, as do few rows
+            strided = torch.randn(module.in_features, rows).t()
+            assert torch.equal(layout(strided, index), F.linear(strided, module.weight, module.bias))
+            layout(x[:4], index)
+        # autograd wanted (the weights require grad): F.linear
+        assert torch.equal(layout(x, index), F.linear(x, module.weight, module.bias))
+    assert onednn_calls == [rows] * len(linears)
+
+
+@onednn
+def test_a_prefill_through_onednn_decodes_as_generate(onednn_calls, one_thread):
+    model = llama(seed=4)
+    decoder = decodekit.load(model)
+    generator = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 60, (n,), generator=generator).tolist() for n in (40, 23)]
+    want = generated_part(model, hf_generate(model, prompts, max_new_tokens=8, min_new_tokens=8), prompts)
+    got = [r.best.token_ids for r in decoder.generate(prompts, max_new_tokens=8, min_new_tokens=8)]
+    assert got == want
+    assert onednn_calls and set(onednn_calls) == {63}  # the prefill's products: both prompts' tokens, padding left out
